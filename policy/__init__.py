@@ -1,0 +1,1 @@
+"""greenloop package."""
