@@ -235,7 +235,9 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def load_config_text(text: str, *, source: str = "greenloop.toml", env: Mapping[str, str] | None = None) -> GreenloopConfig:
+def load_config_text(
+    text: str, *, source: str = "greenloop.toml", env: Mapping[str, str] | None = None
+) -> GreenloopConfig:
     """Parse and validate a `greenloop.toml` text, overlaid with `GREENLOOP_SECTION__KEY` env values.
 
     Raises:
