@@ -9,6 +9,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "AttemptStatus",
     "Autonomy",
+    "RefusalReason",
     "SkipReason",
 ]
 
@@ -54,3 +55,24 @@ class SkipReason(StrEnum):
     ESCALATED = "escalated"  # consecutive-failure cap reached
     BACKOFF = "backoff"
     FLAKY_RERUN = "flaky_rerun"  # not a skip of the failure: a re-run is asked for instead
+
+
+class RefusalReason(StrEnum):
+    """Machine-readable reasons a path is refused (`PathRefused.reason`)."""
+
+    EMPTY = "empty"
+    ABSOLUTE = "absolute"  # '/x', '//x', '~/x'
+    TRAVERSAL = "traversal"  # a '..' component anywhere
+    NUL_BYTE = "nul_byte"
+    BACKSLASH = "backslash"
+    DRIVE = "drive"  # 'C:...'
+    CONTROL_CHAR = "control_char"  # control, format (zero-width, bidi), surrogate or line-separator characters
+    TOO_LONG = "too_long"
+    ENCODED = "encoded"  # percent-encoded '.', '/', '\\', '%', NUL or non-ASCII byte
+    LOOKALIKE = "lookalike"  # unicode that NFKC changes, or a look-alike of '.', '/' or '\\'
+    GIT_DIR = "git_dir"  # any '.git' component, before or after resolving symlinks
+    OUTSIDE_ROOT = "outside_root"  # resolves (through symlinks) outside the workspace
+    SYMLINK_LOOP = "symlink_loop"
+    ROOT = "root"  # names the workspace root itself where a file is expected
+    DENIED_GLOB = "denied_glob"
+    NOT_ALLOWED = "not_allowed"
