@@ -1,0 +1,644 @@
+"""The forge client: GitHub REST over one `httpx2.AsyncClient`, with ETags, rate limits and bounded retries.
+
+Every call has a timeout (`ForgeSettings.timeout_seconds`). GETs send `If-None-Match` when a previous
+answer carried an ETag; a 304 returns the cached body and is counted in `ForgeStats.not_modified` (GitHub
+does not charge 304s against the rate limit, so an idle pass costs nothing). Rate limits:
+
+- `x-ratelimit-remaining` / `x-ratelimit-reset` are tracked; with none left, the client waits for the reset
+  when it is near, else raises `ForgeRateLimited` without sending.
+- 429, or 403 with `retry-after`, `x-ratelimit-remaining: 0` or a secondary-limit message, is retried after
+  the advised wait (bounded by `max_rate_wait`), at most `max_retries` times.
+- 5xx and transport errors are retried with exponential backoff and jitter, at most `max_retries` times, for
+  idempotent methods; a POST is retried only when it was never sent (connect errors).
+
+All `httpx2` exceptions are translated here; nothing above this module sees them. Error messages name the
+method, the API path and the status, never the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx2
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mcp_server.errors import (
+    ForgeAuthError,
+    ForgeConflict,
+    ForgeError,
+    ForgeNotFound,
+    ForgeRateLimited,
+    ForgeUnavailable,
+)
+from mcp_server.github_app import TokenSource
+from policy.config import ForgeSettings
+
+__all__ = [
+    "API_VERSION",
+    "Commit",
+    "CommitAuthor",
+    "CommitDetail",
+    "ForgeClient",
+    "ForgeStats",
+    "Job",
+    "JobStep",
+    "PullRequest",
+    "PullRequestRef",
+    "Repo",
+    "RunsPage",
+    "WorkflowRun",
+]
+
+API_VERSION = "2022-11-28"
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
+_SECONDARY_DEFAULT_WAIT = 60.0  # GitHub: without retry-after, wait at least a minute after a secondary limit
+_MAX_LOG_REDIRECTS = 3
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Repo(_Model):
+    """A repository (`repos/get`)."""
+
+    full_name: str
+    default_branch: str
+    private: bool = False
+    html_url: str | None = None
+
+
+class CommitAuthor(_Model):
+    """Name, email and date of a commit's author or committer."""
+
+    name: str | None = None
+    email: str | None = None
+    date: datetime | None = None
+
+
+class CommitDetail(_Model):
+    """The git part of a commit: message and identities."""
+
+    message: str
+    author: CommitAuthor | None = None
+    committer: CommitAuthor | None = None
+
+
+class Commit(_Model):
+    """One commit of `repos/list-commits`."""
+
+    sha: str
+    commit: CommitDetail
+    html_url: str | None = None
+
+
+class WorkflowRun(_Model):
+    """One workflow run (`actions/get-workflow-run`)."""
+
+    id: int
+    name: str | None = None
+    display_title: str | None = None
+    head_branch: str | None = None
+    head_sha: str
+    status: str | None = None
+    conclusion: str | None = None
+    event: str | None = None
+    run_number: int | None = None
+    run_attempt: int = 1
+    workflow_id: int | None = None
+    path: str | None = None
+    html_url: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class RunsPage(_Model):
+    """A page of workflow runs, newest first. `not_modified` is True when the forge answered 304."""
+
+    runs: tuple[WorkflowRun, ...]
+    total_count: int
+    not_modified: bool = False
+
+
+class JobStep(_Model):
+    """One step of a job."""
+
+    number: int
+    name: str
+    status: str | None = None
+    conclusion: str | None = None
+
+
+class Job(_Model):
+    """One job of a workflow run (`actions/list-jobs-for-workflow-run`)."""
+
+    id: int
+    run_id: int
+    name: str
+    status: str | None = None
+    conclusion: str | None = None
+    head_sha: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    html_url: str | None = None
+    steps: tuple[JobStep, ...] = ()
+
+
+class PullRequestRef(_Model):
+    """The head or base of a pull request."""
+
+    ref: str
+    sha: str
+    label: str | None = None
+
+
+class PullRequest(_Model):
+    """A pull request (`pulls/get`)."""
+
+    number: int
+    state: str
+    title: str
+    body: str | None = None
+    html_url: str | None = None
+    head: PullRequestRef
+    base: PullRequestRef
+    draft: bool = False
+    merged: bool = False
+    merged_at: datetime | None = None
+    merge_commit_sha: str | None = None
+
+
+class _RunsBody(_Model):
+    total_count: int = 0
+    workflow_runs: tuple[WorkflowRun, ...] = ()
+
+
+class _JobsBody(_Model):
+    total_count: int = 0
+    jobs: tuple[Job, ...] = ()
+
+
+class _MergeBody(_Model):
+    sha: str | None = None
+    merged: bool = False
+    message: str | None = None
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+@dataclass
+class ForgeStats:
+    """Counters since the client was built: HTTP requests sent, 304s, retries, last known rate budget."""
+
+    requests: int = 0
+    not_modified: int = 0
+    rate_remaining: int | None = None
+    retries: int = 0
+    rate_reset: float | None = None  # epoch seconds at which `rate_remaining` refills
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: Any
+    not_modified: bool
+
+
+@dataclass(frozen=True)
+class _CacheEntry:
+    etag: str
+    body: Any
+
+
+class ForgeClient:
+    """GitHub REST client for the endpoints greenloop uses. Holds no credential itself: `auth` does.
+
+    Every method raises a `ForgeError` subclass on failure:
+    `ForgeNotFound` (404), `ForgeAuthError` (401 after one token refresh, 403), `ForgeConflict`
+    (405/409/422), `ForgeRateLimited` (limits still hit after bounded waits), `ForgeUnavailable` (5xx,
+    timeouts, connection errors after bounded retries), plain `ForgeError` for anything else.
+    """
+
+    def __init__(
+        self,
+        settings: ForgeSettings,
+        auth: TokenSource,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        max_retries: int = 3,
+        max_rate_wait: float = 60.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 8.0,
+        max_log_bytes: int = 2_000_000,
+        etag_entries: int = 512,
+    ) -> None:
+        self._auth = auth
+        self._timeout = httpx2.Timeout(settings.timeout_seconds)
+        # Security: no `auth=` and no Authorization default header: the token is added per API request, so
+        # nothing else this client sends (log redirects) can carry it.
+        self._http = httpx2.AsyncClient(
+            base_url=settings.api_url.rstrip("/") + "/",
+            timeout=self._timeout,
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+            headers={
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "User-Agent": "greenloop",
+            },
+        )
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._max_retries = max_retries
+        self._max_rate_wait = max_rate_wait
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._max_log_bytes = max_log_bytes
+        self._etag_entries = etag_entries
+        self._etags: OrderedDict[str, _CacheEntry] = OrderedDict()
+        self.stats = ForgeStats()
+
+    async def __aenter__(self) -> ForgeClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the underlying HTTP client."""
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------------------------------ API
+
+    async def get_repo(self, repo: str) -> Repo:
+        """The repository `owner/name`."""
+        reply = await self._json("GET", f"repos/{_repo(repo)}")
+        return _parse(Repo, reply.body, f"repos/{repo}")
+
+    async def list_commits(self, repo: str, *, sha: str, per_page: int = 30) -> list[Commit]:
+        """The newest commits reachable from `sha` (a branch name or commit), newest first."""
+        reply = await self._json("GET", f"repos/{_repo(repo)}/commits", params={"sha": sha, "per_page": per_page})
+        return [_parse(Commit, item, f"repos/{repo}/commits") for item in _as_list(reply.body)]
+
+    async def list_workflow_runs(self, repo: str, *, branch: str | None = None, per_page: int = 30) -> RunsPage:
+        """The newest workflow runs (optionally of one branch). `not_modified` is set on a 304."""
+        params: dict[str, str | int] = {"per_page": per_page}
+        if branch is not None:
+            params["branch"] = branch
+        reply = await self._json("GET", f"repos/{_repo(repo)}/actions/runs", params=params)
+        body = _parse(_RunsBody, reply.body, f"repos/{repo}/actions/runs")
+        return RunsPage(runs=body.workflow_runs, total_count=body.total_count, not_modified=reply.not_modified)
+
+    async def get_workflow_run(self, repo: str, run_id: int) -> WorkflowRun:
+        """One workflow run."""
+        reply = await self._json("GET", f"repos/{_repo(repo)}/actions/runs/{int(run_id)}")
+        return _parse(WorkflowRun, reply.body, f"repos/{repo}/actions/runs/{run_id}")
+
+    async def list_run_jobs(self, repo: str, run_id: int) -> list[Job]:
+        """The jobs of one workflow run (its latest attempt), at most 100."""
+        path = f"repos/{_repo(repo)}/actions/runs/{int(run_id)}/jobs"
+        reply = await self._json("GET", path, params={"per_page": 100})
+        return list(_parse(_JobsBody, reply.body, path).jobs)
+
+    async def download_job_logs(self, repo: str, job_id: int) -> str:
+        """The plain-text log of one job, at most `max_log_bytes` (the tail is kept: failures are at the end).
+
+        The API answers 302 with a short-lived URL; that URL is fetched WITHOUT the Authorization header.
+        """
+        path = f"repos/{_repo(repo)}/actions/jobs/{int(job_id)}/logs"
+        response = await self._send("GET", path, redirect_ok=True)
+        if response.status_code in (301, 302, 303, 307, 308):
+            return await self._fetch_log_redirect(path, response)
+        return _tail_text(response.content, self._max_log_bytes)
+
+    async def rerun_workflow(self, repo: str, run_id: int) -> None:
+        """Ask the forge to re-run every job of a workflow run (used for known-flaky jobs)."""
+        await self._json("POST", f"repos/{_repo(repo)}/actions/runs/{int(run_id)}/rerun")
+
+    async def find_pull_request(self, repo: str, head_branch: str, state: str = "all") -> PullRequest | None:
+        """The newest pull request whose head is `head_branch` of this repository, or None."""
+        name = _repo(repo)
+        owner = name.split("/", 1)[0]
+        reply = await self._json(
+            "GET", f"repos/{name}/pulls", params={"head": f"{owner}:{head_branch}", "state": state, "per_page": 10}
+        )
+        pulls = [_parse(PullRequest, item, f"repos/{repo}/pulls") for item in _as_list(reply.body)]
+        # Security: only an exact head match counts, whatever the forge's filter did.
+        matching = [p for p in pulls if p.head.ref == head_branch]
+        return max(matching, key=lambda p: p.number) if matching else None
+
+    async def create_pull_request(self, repo: str, *, head: str, base: str, title: str, body: str) -> PullRequest:
+        """Open a pull request from `head` into `base`.
+
+        Raises:
+            ForgeConflict: one already exists for this head, or the branches have nothing to compare.
+        """
+        reply = await self._json(
+            "POST", f"repos/{_repo(repo)}/pulls", json={"head": head, "base": base, "title": title, "body": body}
+        )
+        return _parse(PullRequest, reply.body, f"repos/{repo}/pulls")
+
+    async def get_pull_request(self, repo: str, number: int) -> PullRequest:
+        """One pull request."""
+        reply = await self._json("GET", f"repos/{_repo(repo)}/pulls/{int(number)}")
+        return _parse(PullRequest, reply.body, f"repos/{repo}/pulls/{number}")
+
+    async def merge_pull_request(self, repo: str, number: int, *, sha: str, title: str, message: str) -> str:
+        """Squash-merge a pull request whose head is exactly `sha`; returns the merge commit's sha.
+
+        Raises:
+            ForgeConflict: the head moved, the pull request is not mergeable, or the forge didn't merge it.
+        """
+        path = f"repos/{_repo(repo)}/pulls/{int(number)}/merge"
+        reply = await self._json(
+            "PUT",
+            path,
+            json={"sha": sha, "commit_title": title, "commit_message": message, "merge_method": "squash"},
+        )
+        result = _parse(_MergeBody, reply.body, path)
+        if not result.merged or not result.sha:
+            raise ForgeConflict(f"Forge did not merge the pull request: PUT /{path}: {result.message or ''!r}.")
+        return result.sha
+
+    async def close_pull_request(self, repo: str, number: int) -> PullRequest:
+        """Close a pull request without merging it."""
+        reply = await self._json("PATCH", f"repos/{_repo(repo)}/pulls/{int(number)}", json={"state": "closed"})
+        return _parse(PullRequest, reply.body, f"repos/{repo}/pulls/{number}")
+
+    # ------------------------------------------------------------------------------------------ core
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+    ) -> _Reply:
+        """Send one API request and decode its JSON body; GETs use and fill the ETag cache."""
+        key = str(self._http.build_request(method, path, params=params).url) if method == "GET" else None
+        cached = self._etags.get(key) if key is not None else None
+        response = await self._send(
+            method, path, params=params, json=json, if_none_match=cached.etag if cached else None
+        )
+        if response.status_code == 304 and cached is not None and key is not None:
+            self.stats.not_modified += 1
+            self._etags.move_to_end(key)
+            return _Reply(status=304, body=cached.body, not_modified=True)
+        try:
+            body = response.json() if response.content else None
+        except ValueError as exc:
+            raise ForgeError(f"Forge returned a body that is not JSON: {method} /{path}.") from exc
+        etag = response.headers.get("etag")
+        if key is not None and etag:
+            self._etags[key] = _CacheEntry(etag=etag, body=body)
+            self._etags.move_to_end(key)
+            while len(self._etags) > self._etag_entries:
+                self._etags.popitem(last=False)
+        return _Reply(status=response.status_code, body=body, not_modified=False)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+        if_none_match: str | None = None,
+        redirect_ok: bool = False,
+    ) -> httpx2.Response:
+        """Send with auth, rate-limit waits and bounded retries; return a 2xx/304 (or 3xx) response."""
+        retries = 0
+        refreshed = False
+        while True:
+            await self._wait_for_primary_limit(method, path)
+            token = await self._auth.token()
+            headers = {"Authorization": f"Bearer {token}"}
+            if if_none_match:
+                headers["If-None-Match"] = if_none_match
+            try:
+                response = await self._http.request(
+                    method, path, params=params, json=json, headers=headers, timeout=self._timeout
+                )
+            except httpx2.HTTPError as exc:
+                never_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout)
+                if retries < self._max_retries and (method in _IDEMPOTENT or never_sent):
+                    retries += 1
+                    await self._retry_wait(self._backoff(retries))
+                    continue
+                what = "timed out" if isinstance(exc, httpx2.TimeoutException) else exc.__class__.__name__
+                raise ForgeUnavailable(f"Forge unavailable: {method} /{path}: {what}.") from exc
+            self.stats.requests += 1
+            self._track_rate(response.headers)
+            status = response.status_code
+            if 200 <= status < 300 or (status == 304 and if_none_match):
+                return response
+            if redirect_ok and status in (301, 302, 303, 307, 308):
+                return response
+            if status == 401 and not refreshed:
+                # The installation token may have been revoked or expired early: refresh once, then give up.
+                self._auth.invalidate(token)
+                refreshed = True
+                continue
+            if self._is_rate_limited(response):
+                wait = self._rate_wait(response)
+                if retries < self._max_retries and wait <= self._max_rate_wait:
+                    retries += 1
+                    await self._retry_wait(wait)
+                    continue
+                raise ForgeRateLimited(
+                    f"Forge rate limit: {method} /{path}: HTTP {status}; retry after {wait:.0f}s.",
+                    retry_after=wait,
+                    status=status,
+                )
+            if status >= 500:
+                if retries < self._max_retries and method in _IDEMPOTENT:
+                    retries += 1
+                    await self._retry_wait(self._backoff(retries))
+                    continue
+                raise ForgeUnavailable(f"Forge unavailable: {method} /{path}: HTTP {status}.", status=status)
+            raise self._error(method, path, response)
+
+    async def _fetch_log_redirect(self, path: str, response: httpx2.Response) -> str:
+        """Follow the log download redirect(s) without credentials and read at most the cap (the tail)."""
+        for _ in range(_MAX_LOG_REDIRECTS):
+            location = response.headers.get("location")
+            if not location:
+                raise ForgeError(f"Forge redirected without a location: GET /{path}.")
+            target = response.url.join(location)
+            if target.scheme not in ("http", "https"):
+                raise ForgeError(f"Forge redirected the log download to an unsupported scheme: {target.scheme!r}.")
+            try:
+                # Security: a fresh request to an absolute URL with only the client's default headers, which
+                # hold no Authorization: the log host (often a blob store) never sees the installation token.
+                async with self._http.stream("GET", target, timeout=self._timeout) as response:
+                    self.stats.requests += 1
+                    if response.status_code in (301, 302, 303, 307, 308):
+                        continue
+                    if response.status_code in (403, 404, 410):
+                        raise ForgeNotFound(
+                            f"Forge log download expired or missing: GET /{path}: HTTP {response.status_code}.",
+                            status=response.status_code,
+                        )
+                    if response.status_code >= 400:
+                        raise ForgeUnavailable(
+                            f"Forge log download failed: GET /{path}: HTTP {response.status_code}.",
+                            status=response.status_code,
+                        )
+                    return await _read_tail(response, self._max_log_bytes)
+            except httpx2.HTTPError as exc:
+                raise ForgeUnavailable(f"Forge log download failed: GET /{path}: {exc.__class__.__name__}.") from exc
+        raise ForgeError(f"Forge redirected the log download too many times: GET /{path}.")
+
+    async def _wait_for_primary_limit(self, method: str, path: str) -> None:
+        """With no requests left until a known reset, wait for it if it is near, else refuse to send."""
+        if self.stats.rate_remaining != 0 or self.stats.rate_reset is None:
+            return
+        wait = self.stats.rate_reset - self._clock()
+        if wait <= 0:
+            return
+        if wait > self._max_rate_wait:
+            raise ForgeRateLimited(
+                f"Forge rate limit exhausted: {method} /{path}: resets in {wait:.0f}s.", retry_after=wait
+            )
+        await self._sleep(wait)
+        self.stats.rate_remaining = None  # unknown until the next response says
+
+    def _track_rate(self, headers: httpx2.Headers) -> None:
+        remaining = headers.get("x-ratelimit-remaining")
+        reset = headers.get("x-ratelimit-reset")
+        if remaining is not None and remaining.strip().isdigit():
+            self.stats.rate_remaining = int(remaining)
+        if reset is not None and reset.strip().isdigit():
+            self.stats.rate_reset = float(reset)
+
+    @staticmethod
+    def _is_rate_limited(response: httpx2.Response) -> bool:
+        if response.status_code == 429:
+            return True
+        if response.status_code != 403:
+            return False
+        headers = response.headers
+        if "retry-after" in headers or headers.get("x-ratelimit-remaining", "").strip() == "0":
+            return True
+        # GitHub documents no header for some secondary limits; its message is the only signal then.
+        return "rate limit" in _forge_message(response).lower()
+
+    def _rate_wait(self, response: httpx2.Response) -> float:
+        """Seconds to wait before retrying a rate-limited request, per the forge's headers."""
+        retry_after = response.headers.get("retry-after", "").strip()
+        if retry_after.isdigit():
+            return float(retry_after)
+        reset = response.headers.get("x-ratelimit-reset", "").strip()
+        if response.headers.get("x-ratelimit-remaining", "").strip() == "0" and reset.isdigit():
+            return max(1.0, float(reset) - self._clock())
+        return _SECONDARY_DEFAULT_WAIT
+
+    def _backoff(self, retry: int) -> float:
+        """Exponential backoff with jitter: base * 2**(retry-1), capped, times a factor in [0.5, 1]."""
+        delay: float = min(self._backoff_cap, self._backoff_base * 2 ** (retry - 1))
+        return delay * self._rng.uniform(0.5, 1.0)
+
+    async def _retry_wait(self, seconds: float) -> None:
+        self.stats.retries += 1
+        await self._sleep(seconds)
+
+    def _error(self, method: str, path: str, response: httpx2.Response) -> ForgeError:
+        status = response.status_code
+        message = _scrub(_forge_message(response), self._auth.secrets())
+        text = f"{method} /{path}: HTTP {status}" + (f": {message!r}" if message else "")
+        if status == 404:
+            return ForgeNotFound(f"Forge: not found: {text}.", status=status)
+        if status in (401, 403):
+            return ForgeAuthError(f"Forge refused the request: {text}.", status=status)
+        if status in (405, 409, 422):
+            return ForgeConflict(f"Forge conflict: {text}.", status=status)
+        return ForgeError(f"Forge error: {text}.", status=status)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _repo(repo: str) -> str:
+    # Security: the repository name becomes part of a URL path; refuse anything that could change the path.
+    if not _REPO_RE.match(repo) or any(part in (".", "..") for part in repo.split("/")):
+        raise ForgeError(f"Forge: not a repository name: {repo!r}.")
+    return repo
+
+
+def _parse(model: type[_M], body: Any, what: str) -> _M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise ForgeError(f"Forge returned an unexpected body: /{what}.") from exc
+
+
+def _as_list(body: Any) -> list[Any]:
+    if not isinstance(body, list):
+        raise ForgeError("Forge returned an unexpected body: expected a list.")
+    return body
+
+
+def _forge_message(response: httpx2.Response) -> str:
+    """The `message` field of a GitHub error body, shortened; empty when there is none."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    return message[:200] if isinstance(message, str) else ""
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[REDACTED]")
+    return text
+
+
+def _tail_text(data: bytes, cap: int) -> str:
+    if len(data) <= cap:
+        return data.decode("utf-8", errors="replace")
+    return _dropped_note(len(data) - cap) + data[-cap:].decode("utf-8", errors="replace")
+
+
+def _dropped_note(dropped: int) -> str:
+    return f"[greenloop: the first {dropped} bytes of this log were dropped]\n"
+
+
+async def _read_tail(response: httpx2.Response, cap: int) -> str:
+    """Stream a body, keeping only its last `cap` bytes."""
+    buffer = bytearray()
+    dropped = 0
+    async for chunk in response.aiter_bytes():
+        buffer += chunk
+        if len(buffer) > cap:
+            excess = len(buffer) - cap
+            dropped += excess
+            del buffer[:excess]
+    text = buffer.decode("utf-8", errors="replace")
+    return _dropped_note(dropped) + text if dropped else text
