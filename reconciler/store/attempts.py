@@ -1,0 +1,430 @@
+"""Remediation attempts: start one (the database is the lock), move it through its states, read it back.
+
+Concurrency rules live in the schema (see `models`): a second active attempt for a project, or a second
+attempt for a failure fingerprint, is refused by the database itself. This module only inserts, catches the
+refusal, and looks up which rule refused it. Every status change is a compare-and-set on the current status
+and leaves a `reconciler_transition` row.
+
+Every function takes the session factory (`engine.make_sessionmaker`) and owns its own unit of work.
+Driver exceptions are translated here into `reconciler.errors` types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus
+from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
+from reconciler.store.engine import SessionFactory
+from reconciler.store.models import Attempt, Project, Transition, utcnow
+
+__all__ = [
+    "SETTABLE_FIELDS",
+    "StartOutcome",
+    "StartReason",
+    "active_attempts",
+    "attempt_history",
+    "attempt_transitions",
+    "can_transition",
+    "get_attempt",
+    "heartbeat",
+    "is_busy_error",
+    "list_attempts",
+    "new_attempt_id",
+    "start_attempt",
+    "transition",
+]
+
+StartReason = Literal["started", "already_active", "already_handled", "busy"]
+
+# Columns callers may set through `transition` / `heartbeat`; identity, status and timestamps are the store's.
+SETTABLE_FIELDS: Final[frozenset[str]] = frozenset(
+    {
+        "branch",
+        "pr_number",
+        "pr_url",
+        "pushed_sha",
+        "merged_sha",
+        "stop_reason",
+        "report",
+        "input_tokens",
+        "output_tokens",
+        "cache_tokens",
+        "cost_usd",
+        "turns",
+        "transcript",
+        "trace_id",
+    }
+)
+
+# Bounded retry of a unit of work the database reported busy/locked: 6 tries, ~1.5 s of sleeping at most
+# (plus the driver's own busy_timeout per try on SQLite).
+_TRIES: Final = 6
+_BACKOFF_BASE_S: Final = 0.05
+_BACKOFF_CAP_S: Final = 0.5
+
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
+# PostgreSQL SQLSTATEs worth a retry: serialization_failure, deadlock_detected, lock_not_available.
+_PG_RETRYABLE: Final = frozenset({"40001", "40P01", "55P03"})
+
+# The happy path, in order; `succeeded` is reachable only from `verifying` (the fix was seen green).
+_FORWARD: Final = (
+    AttemptStatus.PENDING,
+    AttemptStatus.RUNNING,
+    AttemptStatus.PR_OPEN,
+    AttemptStatus.VERIFYING,
+    AttemptStatus.SUCCEEDED,
+)
+_ABORTS: Final = frozenset({AttemptStatus.FAILED, AttemptStatus.CANCELLED, AttemptStatus.ESCALATED})
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class StartOutcome:
+    """What `start_attempt` did.
+
+    `attempt_id` is the new attempt when `started`; for `already_active` the project's active attempt and
+    for `already_handled` the attempt that owns the fingerprint (None if it could not be read); None for
+    `busy`.
+    """
+
+    started: bool
+    attempt_id: str | None
+    reason: StartReason
+
+
+def new_attempt_id() -> str:
+    """A short random attempt id (12 hex digits)."""
+    return uuid.uuid4().hex[:12]
+
+
+def can_transition(current: AttemptStatus, to: AttemptStatus) -> bool:
+    """Whether the state machine allows `current -> to`.
+
+    Forward along pending -> running -> pr_open -> verifying (steps may be skipped), `succeeded` only from
+    `verifying`, and `failed` / `cancelled` / `escalated` from any active state. Terminal states are final.
+    """
+    if current in TERMINAL_STATUSES:
+        return False
+    if to in _ABORTS:
+        return True
+    if to is AttemptStatus.SUCCEEDED:
+        return current is AttemptStatus.VERIFYING
+    return _FORWARD.index(to) > _FORWARD.index(current)
+
+
+def is_busy_error(exc: DBAPIError) -> bool:
+    """Whether a driver error means "locked/busy, try again" (by error code, never by message text)."""
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return getattr(orig, "sqlstate", None) in _PG_RETRYABLE
+
+
+async def start_attempt(
+    session_factory: SessionFactory,
+    *,
+    project: str,
+    job: str,
+    fingerprint: str,
+    run_id: str,
+    head_sha: str,
+    trace_id: str | None = None,
+) -> StartOutcome:
+    """Insert a `pending` attempt unless the database refuses it.
+
+    Returns `started`, `already_active` (the project has an active attempt), `already_handled` (an attempt
+    for this fingerprint exists, whatever its state) or `busy` (the database stayed locked through every
+    bounded retry: try again on a later pass).
+
+    Raises:
+        UnknownProject: no `reconciler_project` row named `project`.
+        StoreError: any other database failure.
+    """
+    for n in range(_TRIES):
+        attempt_id = new_attempt_id()
+        try:
+            async with _translated(), session_factory() as session, session.begin():
+                now = utcnow()
+                session.add(
+                    Attempt(
+                        id=attempt_id,
+                        project=project,
+                        job=job,
+                        fingerprint=fingerprint,
+                        run_id=run_id,
+                        head_sha=head_sha,
+                        status=AttemptStatus.PENDING.value,
+                        trace_id=trace_id,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                await session.flush()  # the attempt row first: the transition row references it
+                session.add(
+                    Transition(
+                        attempt_id=attempt_id,
+                        from_status=None,
+                        to_status=AttemptStatus.PENDING.value,
+                        reason="started",
+                        at=now,
+                    )
+                )
+            return StartOutcome(True, attempt_id, "started")
+        except _Refused:
+            # Which rule refused it? Ask the database, never the error text.
+            try:
+                refusal = await _refusal(session_factory, project=project, fingerprint=fingerprint)
+            except StoreBusy:
+                refusal = None
+            if refusal is not None:
+                return refusal
+            # Neither rule holds any more (the blocking attempt just finished) or an id collided: try again.
+        except StoreBusy:
+            pass
+        await asyncio.sleep(_backoff(n))
+    return StartOutcome(False, None, "busy")
+
+
+async def transition(
+    session_factory: SessionFactory,
+    attempt_id: str,
+    to: AttemptStatus,
+    *,
+    reason: str | None,
+    expected: AttemptStatus | None = None,
+    **fields: Any,
+) -> bool:
+    """Move an attempt to `to` if it is still in `expected` (default: the status read just before).
+
+    A compare-and-set: returns False, changing nothing, when the attempt does not exist, is already terminal
+    or was changed concurrently. On success it also sets `fields` (names in `SETTABLE_FIELDS`),
+    `updated_at`, `finished_at` for a terminal `to`, and records a `reconciler_transition` row.
+
+    Raises:
+        TypeError: a name in `fields` that is not in `SETTABLE_FIELDS`.
+        TransitionRefused: the state machine does not allow the change (see `can_transition`).
+        StoreBusy: the database stayed locked through every bounded retry.
+        StoreError: any other database failure.
+    """
+    _check_fields(fields)
+    to = AttemptStatus(to)
+
+    async def _once() -> bool:
+        current = expected
+        if current is None:
+            async with session_factory() as session:
+                status = await session.scalar(sa.select(Attempt.status).where(Attempt.id == attempt_id))
+            if status is None:
+                return False
+            current = AttemptStatus(status)
+            if current in TERMINAL_STATUSES:
+                return False  # someone else finished it first
+        if not can_transition(current, to):
+            raise TransitionRefused(
+                f"Transition refused: {current.value!r} -> {to.value!r} is not allowed: {attempt_id!r}.",
+                from_status=current.value,
+                to_status=to.value,
+            )
+        now = utcnow()
+        values: dict[str, Any] = {**fields, "status": to.value, "updated_at": now}
+        if to in TERMINAL_STATUSES:
+            values["finished_at"] = now
+        async with session_factory() as session, session.begin():
+            # The write transaction starts with the UPDATE, so SQLite takes its write lock at once.
+            result = await session.execute(
+                sa.update(Attempt)
+                .where(Attempt.id == attempt_id, Attempt.status == current.value)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if _rowcount(result) != 1:
+                return False
+            session.add(
+                Transition(attempt_id=attempt_id, from_status=current.value, to_status=to.value, reason=reason, at=now)
+            )
+        return True
+
+    return await _with_retry(_once)
+
+
+async def heartbeat(session_factory: SessionFactory, attempt_id: str, **fields: Any) -> bool:
+    """Refresh `heartbeat_at` (and optionally progress `fields`) of an active attempt.
+
+    Returns False when the attempt does not exist or is terminal.
+
+    Raises:
+        TypeError: a name in `fields` that is not in `SETTABLE_FIELDS`.
+        StoreBusy: the database stayed locked through every bounded retry.
+        StoreError: any other database failure.
+    """
+    _check_fields(fields)
+
+    async def _once() -> bool:
+        now = utcnow()
+        async with session_factory() as session, session.begin():
+            result = await session.execute(
+                sa.update(Attempt)
+                .where(Attempt.id == attempt_id, Attempt.status.in_(_values(ACTIVE_STATUSES)))
+                .values(**fields, heartbeat_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return _rowcount(result) == 1
+
+    return await _with_retry(_once)
+
+
+async def get_attempt(session_factory: SessionFactory, attempt_id: str) -> Attempt | None:
+    """The attempt with this id, or None.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    async with _translated(), session_factory() as session:
+        return await session.get(Attempt, attempt_id)
+
+
+async def active_attempts(session_factory: SessionFactory, project: str | None = None) -> list[Attempt]:
+    """Attempts not yet terminal (at most one per project), oldest first; all projects when `project` is None.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    query = sa.select(Attempt).where(Attempt.status.in_(_values(ACTIVE_STATUSES)))
+    if project is not None:
+        query = query.where(Attempt.project == project)
+    return await _all(session_factory, query.order_by(Attempt.created_at, Attempt.id))
+
+
+async def attempt_history(session_factory: SessionFactory, project: str, *, limit: int = 50) -> list[Attempt]:
+    """A project's attempts, newest first (for backoff, the failure cap and the API).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    return await list_attempts(session_factory, project=project, limit=limit)
+
+
+async def list_attempts(
+    session_factory: SessionFactory,
+    *,
+    project: str | None = None,
+    statuses: Iterable[AttemptStatus] | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Attempt]:
+    """Attempts newest first, optionally of one project and/or in some statuses.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    query = sa.select(Attempt)
+    if project is not None:
+        query = query.where(Attempt.project == project)
+    if statuses is not None:
+        query = query.where(Attempt.status.in_(_values(statuses)))
+    query = query.order_by(Attempt.created_at.desc(), Attempt.id.desc()).limit(limit).offset(offset)
+    return await _all(session_factory, query)
+
+
+async def attempt_transitions(session_factory: SessionFactory, attempt_id: str) -> list[Transition]:
+    """The audit trail of one attempt's status changes, oldest first (the first has `from_status` None).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    query = sa.select(Transition).where(Transition.attempt_id == attempt_id).order_by(Transition.id)
+    return await _all(session_factory, query)
+
+
+# --- internals ---------------------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """An INSERT the database refused on a constraint (which one is looked up, not parsed)."""
+
+
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    """Translate driver exceptions into `reconciler.errors` (and `_Refused` for integrity errors)."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise _Refused() from exc
+    except DBAPIError as exc:
+        if is_busy_error(exc):
+            raise StoreBusy(f"Store busy: the database is locked: {type(exc.orig).__name__}.") from exc
+        raise StoreError(f"Store error: database operation failed: {exc.orig!r}") from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"Store error: database unavailable: {exc!r}") from exc
+
+
+async def _with_retry(operation: Callable[[], Awaitable[_T]]) -> _T:
+    """Run `operation` (one unit of work), retrying with bounded backoff while the database is busy."""
+    for n in range(_TRIES):
+        try:
+            async with _translated():
+                return await operation()
+        except StoreBusy:
+            if n + 1 == _TRIES:
+                raise
+        except _Refused as exc:
+            raise StoreError(f"Store error: constraint violated: {exc.__cause__!r}") from exc.__cause__
+        await asyncio.sleep(_backoff(n))
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+async def _refusal(session_factory: SessionFactory, *, project: str, fingerprint: str) -> StartOutcome | None:
+    """After a refused INSERT: the rule that refused it, or None if neither holds now.
+
+    Raises:
+        UnknownProject: the refusal was the foreign key to a missing project.
+    """
+    async with _translated(), session_factory() as session:
+        handled = await session.scalar(sa.select(Attempt.id).where(Attempt.fingerprint == fingerprint))
+        if handled is not None:
+            return StartOutcome(False, handled, "already_handled")
+        active = await session.scalar(
+            sa.select(Attempt.id).where(Attempt.project == project, Attempt.status.in_(_values(ACTIVE_STATUSES)))
+        )
+        if active is not None:
+            return StartOutcome(False, active, "already_active")
+        if await session.get(Project, project) is None:
+            raise UnknownProject(f"Unknown project: no reconciler_project row: {project!r}.", project=project)
+    return None
+
+
+async def _all(session_factory: SessionFactory, query: sa.Select[_T]) -> list[_T]:
+    async with _translated(), session_factory() as session:
+        return list((await session.scalars(query)).all())
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    unknown = sorted(set(fields) - SETTABLE_FIELDS)
+    if unknown:
+        raise TypeError(f"Attempt fields not settable: {', '.join(unknown)}.")
+
+
+def _values(statuses: Iterable[AttemptStatus]) -> list[str]:
+    return sorted(AttemptStatus(s).value for s in statuses)
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount)
+
+
+def _backoff(n: int) -> float:
+    delay: float = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**n)
+    return delay * random.uniform(0.5, 1.0)  # jitter keeps contending writers apart

@@ -1,0 +1,126 @@
+"""Schema migrations, run programmatically: the Alembic scripts live inside this package.
+
+No `alembic.ini` is needed: the configuration is built here, so migrations work from any working directory
+and from an installed wheel. For an ad-hoc Alembic command, use `alembic_config(url)` with
+`alembic.command` (e.g. `command.revision(alembic_config(url), autogenerate=True, message=...)`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from reconciler.errors import StoreError
+from reconciler.store.engine import normalize_url, redact_url
+from reconciler.store.models import Base
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "schema_diff",
+    "upgrade",
+    "upgrade_async",
+]
+
+MIGRATIONS_DIR: Path = Path(__file__).resolve().parent / "migrations"
+
+# Dated migration file names: 2026_11_25_1640-<rev>_<slug>.py
+_FILE_TEMPLATE = "%(year)d_%(month).2d_%(day).2d_%(hour).2d%(minute).2d-%(rev)s_%(slug)s"
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """An Alembic configuration pointing at the packaged migrations (and at `url`, when given)."""
+    config = Config()
+    # ConfigParser interpolates '%': escape every value set here.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.set_main_option("file_template", _FILE_TEMPLATE.replace("%", "%%"))
+    if url is not None:
+        # Passed as an attribute, not an ini option: URLs may contain '%' and passwords.
+        config.attributes["url"] = normalize_url(url).render_as_string(hide_password=False)
+    return config
+
+
+def head_revision() -> str | None:
+    """The revision the packaged migrations lead to."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply every pending migration to the database at `url` (synchronous; starts its own event loop).
+
+    Call it from synchronous code (a CLI, a test fixture); inside a running event loop use `upgrade_async`.
+
+    Raises:
+        DatabaseUrlInvalid: the URL cannot be used.
+        StoreError: the database could not be reached or a migration failed.
+    """
+    config = alembic_config(url)
+    try:
+        command.upgrade(config, revision)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"Store error: could not apply migrations to {redact_url(url)!r}: {exc}") from exc
+
+
+async def upgrade_async(engine: AsyncEngine, revision: str = "head") -> None:
+    """Apply every pending migration through `engine`, inside the caller's event loop.
+
+    Raises:
+        StoreError: the database could not be reached or a migration failed.
+    """
+
+    def _run(connection: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_run)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"Store error: could not apply migrations to {redact_url(engine.url)!r}: {exc}") from exc
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at, or None for a database never migrated.
+
+    Raises:
+        StoreError: the database could not be reached.
+    """
+
+    def _read(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_read)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"Store error: could not read the schema revision: {exc}") from exc
+
+
+async def schema_diff(engine: AsyncEngine) -> list[Any]:
+    """Differences between the live schema and the models (`alembic check`); empty when they match.
+
+    Raises:
+        StoreError: the database could not be reached.
+    """
+
+    def _compare(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_compare)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"Store error: could not compare the schema: {exc}") from exc
