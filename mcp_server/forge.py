@@ -41,6 +41,7 @@ from mcp_server.errors import (
 )
 from mcp_server.github_app import TokenSource
 from policy.config import ForgeSettings
+from policy.redaction import redact
 
 __all__ = [
     "API_VERSION",
@@ -569,7 +570,7 @@ class ForgeClient:
 
     def _error(self, method: str, path: str, response: httpx2.Response) -> ForgeError:
         status = response.status_code
-        message = _scrub(_forge_message(response), self._auth.secrets())
+        message = redact(_forge_message(response), extra_secrets=self._auth.secrets())
         text = f"{method} /{path}: HTTP {status}" + (f": {message!r}" if message else "")
         if status == 404:
             return ForgeNotFound(f"Forge: not found: {text}.", status=status)
@@ -611,13 +612,6 @@ def _forge_message(response: httpx2.Response) -> str:
         return ""
     message = body.get("message") if isinstance(body, dict) else None
     return message[:200] if isinstance(message, str) else ""
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[REDACTED]")
-    return text
 
 
 def _tail_text(data: bytes, cap: int) -> str:
