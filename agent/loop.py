@@ -1,0 +1,449 @@
+"""The model loop: one remediation attempt, acting only through the MCP session's tools.
+
+`run_attempt` lists the session's tools, hands them to the model as Anthropic tool definitions, and
+answers every `tool_use` block by calling the MCP tool and returning a `tool_result` (is_error when the
+tool failed or was refused). It loops until the model ends its turn or a guard stops it, and always
+returns an `AttemptOutcome`; it raises only `ToolSessionError` when the tools cannot even be listed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import anyio
+from mcp import MCPError
+from mcp_types import CallToolResult, ListToolsResult, TextContent
+from pydantic import BaseModel, ConfigDict
+
+from agent.accounting import ModelCall, UsageTotals, call_from_usage, total_of
+from agent.errors import ModelError, ScriptError, ToolSessionError
+from agent.guards import Guards, GuardStop
+from agent.models import ModelBackend, ModelRequest
+from agent.prompt import build_system_prompt, build_task_message
+from agent.report import WriteAttempt, render_report
+from agent.transcript import Transcript
+from agent.types import AttemptTask, StopReason
+from mcp_server.jsonlog import log_event
+from policy.config import AgentSettings, Budgets
+from policy.redaction import redact
+
+__all__ = ["AttemptOutcome", "ToolSession", "run_attempt"]
+
+logger = logging.getLogger("greenloop.agent")
+
+_T = TypeVar("_T")
+
+WRITE_TOOL = "write_repo_file"
+READ_TOOL = "read_repo_file"
+LOG_TOOL = "get_job_logs"
+PUSH_TOOL = "commit_and_push"
+PR_TOOL = "create_pull_request"
+MERGE_TOOL = "merge_pull_request"
+
+_CUT_OFF = (
+    "Your last response was cut off at the output token limit, so this tool call was not run. "
+    "Continue with a shorter response."
+)
+_CONTINUE = "Your last response was cut off at the output token limit. Continue with a shorter response."
+_MAX_TOOL_PAGES = 20
+
+
+class ToolSession(Protocol):
+    """The slice of `mcp.Client` the loop uses."""
+
+    async def list_tools(self, *, cursor: str | None = None) -> ListToolsResult:
+        """One page of the server's tools."""
+        ...
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> CallToolResult:
+        """Call one tool; tool failures come back as `is_error` results."""
+        ...
+
+
+class AttemptOutcome(BaseModel):
+    """How one attempt ended. `transcript` and `report_markdown` are already redacted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stop_reason: StopReason
+    stop_detail: str
+    pr_number: int | None = None
+    pr_url: str | None = None
+    pushed_sha: str | None = None
+    merged: bool = False
+    turns: int
+    tool_calls: int
+    tool_errors: int
+    usage: UsageTotals
+    calls: list[ModelCall]
+    cost_usd: float
+    transcript: list[dict[str, Any]]
+    report_markdown: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """True when a pull request was opened."""
+        return self.stop_reason is StopReason.SUCCEEDED_PR
+
+
+def _structured(result: CallToolResult, text: str) -> dict[str, Any] | None:
+    """The result's structured payload as a dict, unwrapping MCPServer's {"result": ...} envelope."""
+    payload: Any = result.structured_content
+    if payload is None and text.lstrip().startswith("{"):
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = None
+    if isinstance(payload, dict) and set(payload) == {"result"} and isinstance(payload["result"], dict):
+        payload = payload["result"]
+    return payload if isinstance(payload, dict) else None
+
+
+def _first_str(data: dict[str, Any], keys: Iterable[str]) -> str | None:
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _first_int(data: dict[str, Any], keys: Iterable[str]) -> int | None:
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _render(result: CallToolResult) -> str:
+    """The text a tool result shows the model."""
+    parts: list[str] = []
+    for block in result.content:
+        if isinstance(block, TextContent):
+            parts.append(block.text)
+        else:
+            parts.append(f"[{getattr(block, 'type', 'non-text')} content omitted]")
+    if not parts and result.structured_content is not None:
+        parts.append(json.dumps(result.structured_content, ensure_ascii=False, default=str))
+    return "\n".join(parts)
+
+
+def _cap(text: str, limit: int) -> str:
+    """Keep the head and (mostly) the tail of an over-long tool result; logs fail at the end."""
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    tail = limit - head
+    return f"{text[:head]}\n[... {len(text) - limit} characters omitted ...]\n{text[-tail:]}"
+
+
+def _tool_definition(tool: Any) -> dict[str, Any]:
+    schema = tool.input_schema if isinstance(tool.input_schema, dict) else {}
+    if schema.get("type") != "object":
+        schema = {"type": "object", "properties": {}}
+    return {"name": tool.name, "description": tool.description or tool.name, "input_schema": schema}
+
+
+class _Run:
+    def __init__(
+        self,
+        backend: ModelBackend,
+        session: ToolSession,
+        task: AttemptTask,
+        budgets: Budgets,
+        settings: AgentSettings,
+        secrets: Sequence[str],
+        max_tool_result_chars: int,
+    ) -> None:
+        self.backend = backend
+        self.session = session
+        self.task = task
+        self.settings = settings
+        self.secrets = tuple(s for s in secrets if s)
+        self.max_chars = max_tool_result_chars
+        self.guards = Guards(budgets)
+        self.transcript = Transcript(secrets=self.secrets)
+        self.calls: list[ModelCall] = []
+        self.turns = 0
+        self.tool_calls = 0
+        self.tool_errors = 0
+        self.tools: list[dict[str, Any]] = []
+        self.required: dict[str, list[str]] = {}
+        self.messages: list[dict[str, Any]] = []
+        self.last_text: str | None = None
+        self.first_log: str | None = None
+        self.writes: list[WriteAttempt] = []
+        self.pr_opened = False
+        self.pr_number: int | None = None
+        self.pr_url: str | None = None
+        self.pushed_sha: str | None = None
+        self.merged = False
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    async def _within_deadline(self, during: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        # Security: every outside call is bounded by what is left of the run's wall clock.
+        with anyio.move_on_after(self.guards.remaining_seconds()):
+            return await call()
+        raise self.guards.wall_timeout(during)
+
+    async def _list_tools(self) -> None:
+        cursor: str | None = None
+        seen: dict[str, dict[str, Any]] = {}
+        try:
+            for _ in range(_MAX_TOOL_PAGES):
+                page = await self._within_deadline("listing tools", partial(self.session.list_tools, cursor=cursor))
+                for tool in page.tools:
+                    seen[tool.name] = _tool_definition(tool)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        except (MCPError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise ToolSessionError(f"Tool session error: could not list tools: {type(exc).__name__}.") from exc
+        except GuardStop as stop:
+            raise ToolSessionError(f"Tool session error: could not list tools: {stop.detail}.") from None
+        if not seen:
+            raise ToolSessionError("Tool session error: the MCP server offers no tools.")
+        self.tools = list(seen.values())
+        for d in self.tools:
+            req = d["input_schema"].get("required")
+            self.required[d["name"]] = [r for r in req if isinstance(r, str)] if isinstance(req, list) else []
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    async def execute(self) -> AttemptOutcome:
+        await self._list_tools()
+        system = build_system_prompt(self.task)
+        self.transcript.setup(task=self.task.model_dump(mode="json"), model=self.settings.model, system=system,
+                              tools=self.tools)
+        self.messages = [{"role": "user", "content": [{"type": "text", "text": build_task_message(self.task)}]}]
+        reason, detail = StopReason.NO_FIX, "the model ended its turn without opening a pull request"
+        try:
+            while True:
+                ended = await self._turn(system)
+                if ended is not None:
+                    reason, detail = ended
+                    break
+        except GuardStop as stop:
+            reason, detail = stop.reason, stop.detail
+        if self.pr_opened:
+            if reason is not StopReason.NO_FIX:
+                detail = f"pull request opened; then stopped: {reason.value}: {detail}"
+            else:
+                detail = "pull request opened" + (" and merged" if self.merged else "")
+            reason = StopReason.SUCCEEDED_PR
+        return self._outcome(reason, detail)
+
+    async def _turn(self, system: str) -> tuple[StopReason, str] | None:
+        """One model call and its tool calls. Returns the stop when the model ended its turn."""
+        self.guards.before_model_call(self.turns)
+        request = ModelRequest(
+            model=self.settings.model,
+            max_tokens=self.settings.max_output_tokens,
+            system=system,
+            tools=self.tools,
+            messages=list(self.messages),
+        )
+        turn = self.turns + 1
+        self.transcript.request(turn, request)
+        started = time.monotonic()
+        try:
+            response = await self._within_deadline("waiting for the model", lambda: self.backend.create(request))
+        except (ModelError, ScriptError) as exc:
+            raise GuardStop(StopReason.MODEL_ERROR, str(exc)) from None
+        self.turns = turn
+        call = call_from_usage(turn=turn, model=self.settings.model, usage=response.usage,
+                               latency_seconds=time.monotonic() - started, prices=self.settings.prices)
+        self.calls.append(call)
+        self.transcript.response(turn, response, call)
+        log_event(logger, "agent.model_call", turn=turn, stop_reason=response.stop_reason,
+                  input_tokens=call.input_tokens, output_tokens=call.output_tokens, cost_usd=call.cost_usd)
+        self.messages.append(
+            {"role": "assistant", "content": [b.model_dump(mode="json", exclude_none=True) for b in response.content]}
+        )
+        texts = [b.text for b in response.content if b.type == "text" and b.text.strip()]
+        if texts:
+            self.last_text = "\n".join(texts)
+        self.guards.after_response(total_of(self.calls).budget_tokens)
+        tool_uses = [b for b in response.content if b.type == "tool_use"]
+
+        if response.stop_reason == "max_tokens":
+            self.guards.allow_truncated_continue()
+            self.transcript.note(turn, "output cut off at max_tokens; asked the model to continue")
+            if tool_uses:
+                self.messages.append({"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": b.id, "is_error": True,
+                     "content": [{"type": "text", "text": _CUT_OFF}]} for b in tool_uses]})
+            else:
+                self.messages.append({"role": "user", "content": [{"type": "text", "text": _CONTINUE}]})
+            return None
+        if not tool_uses:
+            if response.stop_reason == "pause_turn":
+                return None
+            if response.stop_reason == "model_context_window_exceeded":
+                raise GuardStop(StopReason.TOKEN_BUDGET, "the conversation outgrew the model's context window")
+            if response.stop_reason == "refusal":
+                return StopReason.NO_FIX, "the model refused to continue"
+            return StopReason.NO_FIX, "the model ended its turn without opening a pull request"
+        results: list[dict[str, Any]] = []
+        self.messages.append({"role": "user", "content": results})
+        for block in tool_uses:
+            results.append(await self._answer(turn, block.id, block.name, block.input))
+        return None
+
+    # -- tools ---------------------------------------------------------------------------------------
+
+    def _refusal(self, turn: int, tool_use_id: str, name: str, text: str) -> dict[str, Any]:
+        self.tool_errors += 1
+        self.transcript.tool_result(turn, tool_use_id=tool_use_id, name=name, is_error=True, text=text,
+                                    source="agent")
+        return {"type": "tool_result", "tool_use_id": tool_use_id, "is_error": True,
+                "content": [{"type": "text", "text": text}]}
+
+    async def _answer(self, turn: int, tool_use_id: str, name: Any, arguments: Any) -> dict[str, Any]:
+        """Run one tool call and build its `tool_result`. Raises `GuardStop` when a guard trips."""
+        self.tool_calls += 1
+        name = name if isinstance(name, str) else repr(name)
+        self.transcript.tool_call(turn, tool_use_id=tool_use_id, name=name, arguments=arguments)
+        self.guards.before_tool_call(name, arguments)
+        block = await self._checked_call(turn, tool_use_id, name, arguments)
+        self.guards.after_tool_result(is_error=bool(block["is_error"]))
+        return block
+
+    async def _checked_call(self, turn: int, tool_use_id: str, name: str, arguments: Any) -> dict[str, Any]:
+        # Security: only tools the server listed are called, with an object of arguments; the server
+        # validates the rest, and refusals reach the model as is_error results, never as crashes.
+        if name not in self.required:
+            available = ", ".join(sorted(self.required))
+            return self._refusal(turn, tool_use_id, name,
+                                 f"Unknown tool: {name!r}. Available tools: {available}.")
+        if not isinstance(arguments, dict):
+            return self._refusal(turn, tool_use_id, name,
+                                 f"Invalid arguments: {name} takes a JSON object, got {type(arguments).__name__}.")
+        missing = [r for r in self.required[name] if r not in arguments]
+        if missing:
+            return self._refusal(turn, tool_use_id, name,
+                                 f"Invalid arguments: {name} is missing required field(s): {missing!r}.")
+        path = arguments.get("path")
+        content = arguments.get("content")
+        if name == WRITE_TOOL and isinstance(path, str) and isinstance(content, str):
+            try:
+                self.guards.before_write(path, content)
+            except GuardStop as stop:
+                self.writes.append(WriteAttempt(path=path, result=f"not run: {stop.reason.value}", refused=True))
+                raise
+
+        is_error = True
+        try:
+            result = await self._within_deadline(f"calling {name}", lambda: self.session.call_tool(name, arguments))
+            text = _render(result)
+            is_error = result.is_error
+        except GuardStop:
+            raise
+        except MCPError as exc:
+            result, text = None, f"Tool error: {name} failed: {exc}"
+        except Exception as exc:  # boundary: a broken session must end as tool errors, not a crash
+            logger.exception("tool call raised")
+            result, text = None, f"Tool error: {name} failed: {type(exc).__name__}."
+        text = _cap(redact(text, extra_secrets=self.secrets), self.max_chars) or "(no output)"
+        if is_error:
+            self.tool_errors += 1
+        self.transcript.tool_result(turn, tool_use_id=tool_use_id, name=name, is_error=is_error, text=text,
+                                    source="server")
+        self._learn(name, arguments, result, text, is_error)
+        return {"type": "tool_result", "tool_use_id": tool_use_id, "is_error": is_error,
+                "content": [{"type": "text", "text": text}]}
+
+    def _learn(
+        self, name: str, arguments: dict[str, Any], result: CallToolResult | None, text: str, is_error: bool
+    ) -> None:
+        """Update what the run knows from one tool result (writes, logs, PR, push, merge)."""
+        path = arguments.get("path")
+        if name == WRITE_TOOL:
+            content = arguments.get("content")
+            shown = path if isinstance(path, str) else repr(path)
+            if is_error:
+                self.writes.append(WriteAttempt(path=shown, result=text.strip().splitlines()[0] if text.strip()
+                                                else "error", refused=True))
+            else:
+                size = len(content) if isinstance(content, str) else 0
+                self.writes.append(WriteAttempt(path=shown, result=f"written ({size} characters)", refused=False))
+                if isinstance(path, str) and isinstance(content, str):
+                    self.guards.seen_content(path, content)
+        if is_error or result is None:
+            return
+        data = _structured(result, text) or {}
+        if name == LOG_TOOL and self.first_log is None:
+            self.first_log = text
+        elif name == READ_TOOL and isinstance(path, str):
+            content = _first_str(data, ("content",))
+            if content is not None:
+                self.guards.seen_content(path, content)
+        elif name == PUSH_TOOL:
+            self.pushed_sha = _first_str(data, ("sha", "commit_sha", "pushed_sha", "head_sha")) or self.pushed_sha
+        elif name == PR_TOOL:
+            self.pr_opened = True
+            self.pr_number = _first_int(data, ("number", "pr_number")) or self.pr_number
+            self.pr_url = _first_str(data, ("url", "html_url", "pr_url")) or self.pr_url
+        elif name == MERGE_TOOL:
+            merged = data.get("merged")
+            self.merged = merged if isinstance(merged, bool) else True
+            self.pr_opened = True
+
+    # -- the outcome ---------------------------------------------------------------------------------
+
+    def _outcome(self, reason: StopReason, detail: str) -> AttemptOutcome:
+        self.transcript.stop(reason=reason.value, detail=detail, turns=self.turns)
+        totals = total_of(self.calls)
+        report = None
+        if reason is not StopReason.SUCCEEDED_PR:
+            report = render_report(
+                task=self.task, stop_reason=reason, stop_detail=detail, first_log=self.first_log,
+                writes=self.writes, hypothesis=self.last_text, turns=self.turns, tokens=totals.budget_tokens,
+                cost_usd=totals.cost_usd, secrets=self.secrets,
+            )
+        log_event(logger, "agent.stopped", stop_reason=reason.value, detail=detail, turns=self.turns,
+                  tokens=totals.budget_tokens, cost_usd=totals.cost_usd, pr_url=self.pr_url)
+        return AttemptOutcome(
+            stop_reason=reason,
+            stop_detail=redact(detail, extra_secrets=self.secrets),
+            pr_number=self.pr_number,
+            pr_url=self.pr_url,
+            pushed_sha=self.pushed_sha,
+            merged=self.merged,
+            turns=self.turns,
+            tool_calls=self.tool_calls,
+            tool_errors=self.tool_errors,
+            usage=totals,
+            calls=self.calls,
+            cost_usd=totals.cost_usd,
+            transcript=self.transcript.events,
+            report_markdown=report,
+        )
+
+
+async def run_attempt(
+    backend: ModelBackend,
+    session: ToolSession,
+    task: AttemptTask,
+    budgets: Budgets,
+    *,
+    settings: AgentSettings | None = None,
+    secrets: Sequence[str] = (),
+    max_tool_result_chars: int = 60_000,
+) -> AttemptOutcome:
+    """Run one remediation attempt to its end.
+
+    `secrets` are extra strings to redact from the transcript, report and tool results (e.g. the
+    model API key). `settings` gives the model name, output limit and prices.
+
+    Raises:
+        ToolSessionError: the MCP session could not list its tools; nothing was attempted.
+    """
+    run = _Run(backend, session, task, budgets, settings or AgentSettings(), secrets, max_tool_result_chars)
+    return await run.execute()

@@ -1,0 +1,104 @@
+"""The escalation report: Markdown for the human who picks up a run that stopped without a fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from agent.types import AttemptTask, StopReason
+from policy.redaction import redact
+
+__all__ = ["WriteAttempt", "render_report"]
+
+_WHY: dict[StopReason, str] = {
+    StopReason.NO_FIX: "The model ended without opening a pull request.",
+    StopReason.MAX_TURNS: "The run used all its model turns.",
+    StopReason.TOKEN_BUDGET: "The run used its whole token budget.",
+    StopReason.WALL_TIMEOUT: "The run took longer than its wall-clock limit.",
+    StopReason.REPEATED_CALL: "The model kept making the same tool call.",
+    StopReason.FLIP_FLOP: "The model started undoing its own changes.",
+    StopReason.ERROR_STREAK: "Too many tool calls in a row failed or were refused.",
+    StopReason.MODEL_ERROR: "The model API kept failing.",
+    StopReason.MAX_TOKENS_TRUNCATED: "The model's output was cut off at the token limit again.",
+    StopReason.SUCCEEDED_PR: "A pull request was opened.",
+}
+
+
+@dataclass(frozen=True)
+class WriteAttempt:
+    """One write_repo_file call: where, and what came of it."""
+
+    path: str
+    result: str
+    refused: bool
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    one_line = " ".join(text.split())
+    if len(one_line) > limit:
+        one_line = one_line[: limit - 1] + "…"
+    return one_line.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'") or " "
+
+
+def _excerpt(log: str, *, lines: int = 40, chars: int = 4_000) -> str:
+    tail = "\n".join(log.splitlines()[-lines:])
+    if len(tail) > chars:
+        tail = "…" + tail[-chars:]
+    return tail.replace("```", "'''")
+
+
+def render_report(
+    *,
+    task: AttemptTask,
+    stop_reason: StopReason,
+    stop_detail: str,
+    first_log: str | None,
+    writes: Sequence[WriteAttempt],
+    hypothesis: str | None,
+    turns: int,
+    tokens: int,
+    cost_usd: float,
+    secrets: Iterable[str] = (),
+) -> str:
+    """The report, redacted. Everything quoted from the run is shown as data (code blocks, table cells)."""
+    lines = [
+        f"# greenloop could not fix `{_cell(task.project)}` / `{_cell(task.job)}`",
+        "",
+        "## The failure",
+        "",
+        f"- Project: `{_cell(task.project)}`",
+        f"- Job: `{_cell(task.job)}`",
+        f"- Failing run: {task.failing_run_id}",
+        f"- Commit: `{_cell(task.head_sha)}`",
+        "",
+    ]
+    if first_log:
+        lines += ["Log excerpt (last lines of the first log the agent read):", "", "```text",
+                  _excerpt(first_log), "```", ""]
+    else:
+        lines += ["The agent never read a job log.", ""]
+    lines += ["## What was tried", ""]
+    if writes:
+        lines += ["| # | Path | Result |", "|---|------|--------|"]
+        for i, w in enumerate(writes, 1):
+            result = ("refused: " if w.refused else "") + w.result
+            lines.append(f"| {i} | `{_cell(w.path, 120)}` | {_cell(result)} |")
+        lines.append("")
+    else:
+        lines += ["No file changes were attempted.", ""]
+    lines += ["## Hypothesised root cause", ""]
+    if hypothesis and hypothesis.strip():
+        lines += ["The model's last words (unverified):", ""]
+        lines += ["> " + ln if ln else ">" for ln in hypothesis.strip().splitlines()[:60]]
+        lines.append("")
+    else:
+        lines += ["The model did not say.", ""]
+    lines += [
+        "## Why it stopped",
+        "",
+        f"- Stop reason: `{stop_reason.value}`: {_WHY.get(stop_reason, '')}",
+        f"- Detail: {_cell(stop_detail, 400)}",
+        f"- Turns: {turns}; tokens: {tokens}; cost: ${cost_usd:.4f}",
+        "",
+    ]
+    return redact("\n".join(lines), extra_secrets=tuple(secrets))
