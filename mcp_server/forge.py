@@ -470,6 +470,7 @@ class ForgeClient:
                 if retries < self._max_retries and wait <= self._max_rate_wait:
                     retries += 1
                     await self._retry_wait(wait)
+                    self.stats.rate_remaining = None  # waited out; the next response says what is left
                     continue
                 raise ForgeRateLimited(
                     f"Forge rate limit: {method} /{path}: HTTP {status}; retry after {wait:.0f}s.",

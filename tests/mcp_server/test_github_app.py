@@ -1,0 +1,216 @@
+"""GitHubApp: JWT claims, token exchange, caching, refresh before expiry and after a 401."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from mcp_server.errors import ForgeAuthError, ForgeNotFound, ForgeUnavailable
+from mcp_server.forge import ForgeClient
+from mcp_server.github_app import GitHubApp
+from policy.config import ForgeSettings
+
+API = "https://forge.test/api/v3"
+START = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def key_path(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> Path:
+    path = tmp_path / "app.pem"
+    path.write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return path
+
+
+class FakeForge:
+    """Verifies App JWTs with the public key and issues numbered one-hour installation tokens."""
+
+    def __init__(self, public_key: rsa.RSAPublicKey, clock: list[float], *, status: int = 201) -> None:
+        self.public_key = public_key
+        self.clock = clock
+        self.status = status
+        self.claims: list[dict[str, Any]] = []
+        self.issued: list[str] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/api/v3/app/installations/77/access_tokens" and request.method == "POST":
+            bearer = request.headers["authorization"].removeprefix("Bearer ")
+            # The fake clock is in the past: check iat/exp by value below, not against the wall clock.
+            unchecked = {"verify_iat": False, "verify_exp": False}
+            claims = jwt.decode(bearer, self.public_key, algorithms=["RS256"], options=unchecked)
+            self.claims.append(claims)
+            if self.status != 201:
+                return httpx2.Response(self.status, json={"message": "nope"})
+            token = f"ghs_installation_token_{len(self.issued) + 1:04d}_abcdefghij"
+            self.issued.append(token)
+            expires = datetime.fromtimestamp(self.clock[0] + 3600, tz=UTC).isoformat().replace("+00:00", "Z")
+            return httpx2.Response(201, json={"token": token, "expires_at": expires, "permissions": {}})
+        if request.url.path == "/api/v3/repos/acme/widgets":
+            # A repo endpoint that only the newest token may use.
+            if request.headers.get("authorization") != f"Bearer {self.issued[-1]}":
+                return httpx2.Response(401, json={"message": "Bad credentials"})
+            return httpx2.Response(200, json={"full_name": "acme/widgets", "default_branch": "main"})
+        return httpx2.Response(404)
+
+
+def make_app(key_path: Path, forge: FakeForge, clock: list[float]) -> GitHubApp:
+    return GitHubApp(
+        api_url=API,
+        app_id="12345",
+        installation_id="77",
+        private_key_path=key_path,
+        transport=httpx2.MockTransport(forge),
+        clock=lambda: clock[0],
+    )
+
+
+@pytest.mark.anyio
+async def test_jwt_is_rs256_with_iat_backdated_a_minute_exp_nine_minutes_ahead_and_app_id_issuer(
+    key_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    clock = [START]
+    forge = FakeForge(rsa_key.public_key(), clock)
+    async with make_app(key_path, forge, clock) as app:
+        await app.token()
+    header = jwt.get_unverified_header(app.secrets()[-1])
+    assert header["alg"] == "RS256"
+    assert forge.claims == [{"iat": int(START) - 60, "exp": int(START) + 540, "iss": "12345"}]
+
+
+@pytest.mark.anyio
+async def test_installation_token_is_cached_until_five_minutes_before_it_expires(
+    key_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    clock = [START]
+    forge = FakeForge(rsa_key.public_key(), clock)
+    async with make_app(key_path, forge, clock) as app:
+        first = await app.token()
+        clock[0] = START + 3600 - 301  # just outside the refresh margin
+        assert await app.token() == first
+        clock[0] = START + 3600 - 299  # inside it: refresh
+        second = await app.token()
+    assert first != second
+    assert forge.issued == [first, second] and app.exchanges == 2
+
+
+@pytest.mark.anyio
+async def test_secrets_lists_the_live_token_and_the_replaced_one(key_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    clock = [START]
+    forge = FakeForge(rsa_key.public_key(), clock)
+    async with make_app(key_path, forge, clock) as app:
+        assert app.secrets() == ()
+        first = await app.token()
+        app.invalidate(first)
+        second = await app.token()
+        secrets = app.secrets()
+    assert first in secrets and second in secrets
+
+
+@pytest.mark.anyio
+async def test_invalidate_ignores_a_token_that_is_no_longer_current(key_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    clock = [START]
+    forge = FakeForge(rsa_key.public_key(), clock)
+    async with make_app(key_path, forge, clock) as app:
+        first = await app.token()
+        app.invalidate(first)
+        second = await app.token()
+        app.invalidate(first)  # a late 401 for the old token must not throw away the new one
+        assert await app.token() == second
+    assert app.exchanges == 2
+
+
+@pytest.mark.anyio
+async def test_forge_client_refreshes_the_token_once_on_401(key_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    clock = [START]
+    forge = FakeForge(rsa_key.public_key(), clock)
+    app = make_app(key_path, forge, clock)
+    async with app, ForgeClient(ForgeSettings(api_url=API), app, transport=httpx2.MockTransport(forge)) as client:
+        await app.token()
+        forge.issued.append("ghs_rotated_elsewhere_0000000000")  # the forge no longer accepts our token
+        repo = await client.get_repo("acme/widgets")
+    assert repo.default_branch == "main"
+    assert app.exchanges == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        pytest.param(401, ForgeAuthError, id="jwt-rejected"),
+        pytest.param(403, ForgeAuthError, id="forbidden"),
+        pytest.param(404, ForgeNotFound, id="no-installation"),
+        pytest.param(502, ForgeUnavailable, id="bad-gateway"),
+    ],
+)
+@pytest.mark.anyio
+async def test_failed_exchange_raises_a_typed_error_without_the_jwt(
+    key_path: Path, rsa_key: rsa.RSAPrivateKey, status: int, error: type[Exception]
+) -> None:
+    clock = [START]
+    forge = FakeForge(rsa_key.public_key(), clock, status=status)
+    async with make_app(key_path, forge, clock) as app:
+        with pytest.raises(error) as info:
+            await app.token()
+    assert type(info.value) is error
+    assert "eyJ" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_unreachable_forge_is_unavailable(key_path: Path) -> None:
+    def refuse(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("connection refused")
+
+    async with GitHubApp(
+        api_url=API, app_id="1", installation_id="77", private_key_path=key_path, transport=httpx2.MockTransport(refuse)
+    ) as app:
+        with pytest.raises(ForgeUnavailable, match="ConnectError"):
+            await app.token()
+
+
+def write_ec_key(path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "match"),
+    [
+        pytest.param(lambda p: None, "cannot read", id="missing"),
+        pytest.param(lambda p: p.write_text("not a key"), "not an unencrypted PEM", id="garbage"),
+        pytest.param(write_ec_key, "not an RSA key", id="ec-key"),
+    ],
+)
+def test_unusable_private_key_fails_at_construction(tmp_path: Path, setup: Any, match: str) -> None:
+    path = tmp_path / "key.pem"
+    setup(path)
+    with pytest.raises(ForgeAuthError, match=match):
+        GitHubApp(api_url=API, app_id="1", installation_id="2", private_key_path=path)
+
+
+def test_from_settings_names_the_missing_setting() -> None:
+    with pytest.raises(ForgeAuthError, match="'installation_id'"):
+        GitHubApp.from_settings(ForgeSettings(app_id="1", private_key_path="/nonexistent"))
+
+
+def test_from_settings_reads_the_forge_section(key_path: Path) -> None:
+    settings = ForgeSettings(api_url=API, app_id="9", installation_id="77", private_key_path=str(key_path))
+    app = GitHubApp.from_settings(settings)
+    claims = jwt.decode(app.jwt(), options={"verify_signature": False})
+    assert claims["iss"] == "9"
+
