@@ -5,6 +5,7 @@ Build them once in the application's lifespan and pass them in; nothing here is 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
@@ -76,15 +77,24 @@ def make_engine(url: str | URL, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_M
     recipe) so SELECTs, DDL and SAVEPOINTs take part in transactions as on PostgreSQL.
 
     Raises:
-        DatabaseUrlInvalid: see `normalize_url`.
+        DatabaseUrlInvalid: see `normalize_url`; also an SQLite file whose directory does not exist.
     """
     parsed = normalize_url(url)
+    memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    if parsed.get_backend_name() == "sqlite" and not memory and not parsed.query.get("uri"):
+        # Checked here because a failed aiosqlite connect leaves a worker thread that outlives short event
+        # loops (CLI, migrations) and reports "Event loop is closed" from that thread.
+        directory = Path(str(parsed.database)).expanduser().resolve().parent
+        if not directory.is_dir():
+            raise DatabaseUrlInvalid(
+                f"Database URL invalid: the directory of the SQLite file does not exist: {str(directory)!r}."
+            )
     try:
         engine = create_async_engine(parsed, echo=echo, pool_pre_ping=parsed.get_backend_name() != "sqlite")
     except (ArgumentError, NoSuchModuleError, InvalidRequestError) as exc:
         raise DatabaseUrlInvalid(f"Database URL invalid: {exc}: {redact_url(parsed)!r}.") from exc
     if parsed.get_backend_name() == "sqlite":
-        _install_sqlite_hooks(engine, busy_timeout_ms=busy_timeout_ms, memory=parsed.database in (None, "", ":memory:"))
+        _install_sqlite_hooks(engine, busy_timeout_ms=busy_timeout_ms, memory=memory)
     return engine
 
 

@@ -7,6 +7,8 @@ and from an installed wheel. For an ad-hoc Alembic command, use `alembic_config(
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reconciler.errors import StoreError
@@ -57,9 +59,10 @@ def head_revision() -> str | None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Apply every pending migration to the database at `url` (synchronous; starts its own event loop).
+    """Apply every pending migration to the database at `url`; blocks until done.
 
-    Call it from synchronous code (a CLI, a test fixture); inside a running event loop use `upgrade_async`.
+    Meant for synchronous code (a CLI, a test fixture): it runs its own event loop, in a helper thread when
+    the calling thread already runs one. Inside async code prefer `upgrade_async`, which does not block.
 
     Raises:
         DatabaseUrlInvalid: the URL cannot be used.
@@ -67,9 +70,28 @@ def upgrade(url: str, revision: str = "head") -> None:
     """
     config = alembic_config(url)
     try:
-        command.upgrade(config, revision)
+        if _loop_running():
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="greenloop-migrate") as pool:
+                pool.submit(command.upgrade, config, revision).result()
+        else:
+            command.upgrade(config, revision)
     except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"Store error: could not apply migrations to {redact_url(url)!r}: {exc}") from exc
+        raise StoreError(f"Store error: could not apply migrations to {redact_url(url)!r}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's own words for a failure (SQLAlchemy's wrapper adds a class name and a help link)."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+    return str(exc) or type(exc).__name__
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def upgrade_async(engine: AsyncEngine, revision: str = "head") -> None:
@@ -88,7 +110,9 @@ async def upgrade_async(engine: AsyncEngine, revision: str = "head") -> None:
         async with engine.begin() as connection:
             await connection.run_sync(_run)
     except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"Store error: could not apply migrations to {redact_url(engine.url)!r}: {exc}") from exc
+        raise StoreError(
+            f"Store error: could not apply migrations to {redact_url(engine.url)!r}: {_describe(exc)}"
+        ) from exc
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
@@ -105,7 +129,7 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         async with engine.connect() as connection:
             return await connection.run_sync(_read)
     except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"Store error: could not read the schema revision: {exc}") from exc
+        raise StoreError(f"Store error: could not read the schema revision: {_describe(exc)}") from exc
 
 
 async def schema_diff(engine: AsyncEngine) -> list[Any]:
@@ -123,4 +147,4 @@ async def schema_diff(engine: AsyncEngine) -> list[Any]:
         async with engine.connect() as connection:
             return await connection.run_sync(_compare)
     except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"Store error: could not compare the schema: {exc}") from exc
+        raise StoreError(f"Store error: could not compare the schema: {_describe(exc)}") from exc
