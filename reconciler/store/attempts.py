@@ -12,20 +12,18 @@ Driver exceptions are translated here into `reconciler.errors` types.
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus
-from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
+from reconciler.errors import StoreBusy, TransitionRefused, UnknownProject
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt, Project, Transition, utcnow
+from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, translated, with_retry
 
 __all__ = [
     "SETTABLE_FIELDS",
@@ -37,7 +35,6 @@ __all__ = [
     "can_transition",
     "get_attempt",
     "heartbeat",
-    "is_busy_error",
     "list_attempts",
     "new_attempt_id",
     "start_attempt",
@@ -66,17 +63,6 @@ SETTABLE_FIELDS: Final[frozenset[str]] = frozenset(
     }
 )
 
-# Bounded retry of a unit of work the database reported busy/locked: 6 tries, ~1.5 s of sleeping at most
-# (plus the driver's own busy_timeout per try on SQLite).
-_TRIES: Final = 6
-_BACKOFF_BASE_S: Final = 0.05
-_BACKOFF_CAP_S: Final = 0.5
-
-_SQLITE_BUSY: Final = 5
-_SQLITE_LOCKED: Final = 6
-# PostgreSQL SQLSTATEs worth a retry: serialization_failure, deadlock_detected, lock_not_available.
-_PG_RETRYABLE: Final = frozenset({"40001", "40P01", "55P03"})
-
 # The happy path, in order; `succeeded` is reachable only from `verifying` (the fix was seen green).
 _FORWARD: Final = (
     AttemptStatus.PENDING,
@@ -86,8 +72,6 @@ _FORWARD: Final = (
     AttemptStatus.SUCCEEDED,
 )
 _ABORTS: Final = frozenset({AttemptStatus.FAILED, AttemptStatus.CANCELLED, AttemptStatus.ESCALATED})
-
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +108,6 @@ def can_transition(current: AttemptStatus, to: AttemptStatus) -> bool:
     return _FORWARD.index(to) > _FORWARD.index(current)
 
 
-def is_busy_error(exc: DBAPIError) -> bool:
-    """Whether a driver error means "locked/busy, try again" (by error code, never by message text)."""
-    orig = exc.orig
-    code = getattr(orig, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-    return getattr(orig, "sqlstate", None) in _PG_RETRYABLE
-
-
 async def start_attempt(
     session_factory: SessionFactory,
     *,
@@ -153,10 +128,10 @@ async def start_attempt(
         UnknownProject: no `reconciler_project` row named `project`.
         StoreError: any other database failure.
     """
-    for n in range(_TRIES):
+    for n in range(TRIES):
         attempt_id = new_attempt_id()
         try:
-            async with _translated(), session_factory() as session, session.begin():
+            async with translated(), session_factory() as session, session.begin():
                 now = utcnow()
                 session.add(
                     Attempt(
@@ -183,7 +158,7 @@ async def start_attempt(
                     )
                 )
             return StartOutcome(True, attempt_id, "started")
-        except _Refused:
+        except ConstraintRefused:
             # Which rule refused it? Ask the database, never the error text.
             try:
                 refusal = await _refusal(session_factory, project=project, fingerprint=fingerprint)
@@ -194,7 +169,7 @@ async def start_attempt(
             # Neither rule holds any more (the blocking attempt just finished) or an id collided: try again.
         except StoreBusy:
             pass
-        await asyncio.sleep(_backoff(n))
+        await asyncio.sleep(backoff(n))
     return StartOutcome(False, None, "busy")
 
 
@@ -257,7 +232,7 @@ async def transition(
             )
         return True
 
-    return await _with_retry(_once)
+    return await with_retry(_once)
 
 
 async def heartbeat(session_factory: SessionFactory, attempt_id: str, **fields: Any) -> bool:
@@ -283,7 +258,7 @@ async def heartbeat(session_factory: SessionFactory, attempt_id: str, **fields: 
             )
             return _rowcount(result) == 1
 
-    return await _with_retry(_once)
+    return await with_retry(_once)
 
 
 async def get_attempt(session_factory: SessionFactory, attempt_id: str) -> Attempt | None:
@@ -292,7 +267,7 @@ async def get_attempt(session_factory: SessionFactory, attempt_id: str) -> Attem
     Raises:
         StoreError: the database failed.
     """
-    async with _translated(), session_factory() as session:
+    async with translated(), session_factory() as session:
         return await session.get(Attempt, attempt_id)
 
 
@@ -305,7 +280,7 @@ async def active_attempts(session_factory: SessionFactory, project: str | None =
     query = sa.select(Attempt).where(Attempt.status.in_(_values(ACTIVE_STATUSES)))
     if project is not None:
         query = query.where(Attempt.project == project)
-    return await _all(session_factory, query.order_by(Attempt.created_at, Attempt.id))
+    return await fetch_all(session_factory, query.order_by(Attempt.created_at, Attempt.id))
 
 
 async def attempt_history(session_factory: SessionFactory, project: str, *, limit: int = 50) -> list[Attempt]:
@@ -336,7 +311,7 @@ async def list_attempts(
     if statuses is not None:
         query = query.where(Attempt.status.in_(_values(statuses)))
     query = query.order_by(Attempt.created_at.desc(), Attempt.id.desc()).limit(limit).offset(offset)
-    return await _all(session_factory, query)
+    return await fetch_all(session_factory, query)
 
 
 async def attempt_transitions(session_factory: SessionFactory, attempt_id: str) -> list[Transition]:
@@ -346,44 +321,10 @@ async def attempt_transitions(session_factory: SessionFactory, attempt_id: str) 
         StoreError: the database failed.
     """
     query = sa.select(Transition).where(Transition.attempt_id == attempt_id).order_by(Transition.id)
-    return await _all(session_factory, query)
+    return await fetch_all(session_factory, query)
 
 
 # --- internals ---------------------------------------------------------------------------------------------
-
-
-class _Refused(Exception):
-    """An INSERT the database refused on a constraint (which one is looked up, not parsed)."""
-
-
-@asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    """Translate driver exceptions into `reconciler.errors` (and `_Refused` for integrity errors)."""
-    try:
-        yield
-    except IntegrityError as exc:
-        raise _Refused() from exc
-    except DBAPIError as exc:
-        if is_busy_error(exc):
-            raise StoreBusy(f"Store busy: the database is locked: {type(exc.orig).__name__}.") from exc
-        raise StoreError(f"Store error: database operation failed: {exc.orig!r}") from exc
-    except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"Store error: database unavailable: {exc!r}") from exc
-
-
-async def _with_retry(operation: Callable[[], Awaitable[_T]]) -> _T:
-    """Run `operation` (one unit of work), retrying with bounded backoff while the database is busy."""
-    for n in range(_TRIES):
-        try:
-            async with _translated():
-                return await operation()
-        except StoreBusy:
-            if n + 1 == _TRIES:
-                raise
-        except _Refused as exc:
-            raise StoreError(f"Store error: constraint violated: {exc.__cause__!r}") from exc.__cause__
-        await asyncio.sleep(_backoff(n))
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 async def _refusal(session_factory: SessionFactory, *, project: str, fingerprint: str) -> StartOutcome | None:
@@ -392,7 +333,7 @@ async def _refusal(session_factory: SessionFactory, *, project: str, fingerprint
     Raises:
         UnknownProject: the refusal was the foreign key to a missing project.
     """
-    async with _translated(), session_factory() as session:
+    async with translated(), session_factory() as session:
         handled = await session.scalar(sa.select(Attempt.id).where(Attempt.fingerprint == fingerprint))
         if handled is not None:
             return StartOutcome(False, handled, "already_handled")
@@ -404,11 +345,6 @@ async def _refusal(session_factory: SessionFactory, *, project: str, fingerprint
         if await session.get(Project, project) is None:
             raise UnknownProject(f"Unknown project: no reconciler_project row: {project!r}.", project=project)
     return None
-
-
-async def _all(session_factory: SessionFactory, query: sa.Select[_T]) -> list[_T]:
-    async with _translated(), session_factory() as session:
-        return list((await session.scalars(query)).all())
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -423,8 +359,3 @@ def _values(statuses: Iterable[AttemptStatus]) -> list[str]:
 
 def _rowcount(result: Any) -> int:
     return int(result.rowcount)
-
-
-def _backoff(n: int) -> float:
-    delay: float = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**n)
-    return delay * random.uniform(0.5, 1.0)  # jitter keeps contending writers apart
