@@ -1,0 +1,197 @@
+"""Running the agent for a started attempt, in the background, and recording how it ended.
+
+The dispatcher owns retries of nothing: an attempt runs once. It marks the attempt `running`, keeps its
+heartbeat fresh while the agent works, and records the outcome: a pull request -> `pr_open` (later passes
+advance it); no fix after trying a protected path -> `escalated` (only a human can make that change); any
+other stop -> `failed` with the guard's reason. A worker that dies leaves a stale heartbeat, which a later
+pass turns into `failed` (or `pr_open` if the PR exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from agent.loop import AttemptOutcome, ToolSession, run_attempt
+from agent.models import ModelBackend
+from agent.types import AttemptTask, StopReason
+from mcp_server.jsonlog import bind_context, log_event
+from policy.branches import fix_branch_name
+from policy.config import GreenloopConfig, ProjectConfig
+from policy.paths import matches_glob
+from policy.types import AttemptStatus
+from reconciler.metrics import Metrics
+from reconciler.store import attempts as store
+from reconciler.store.engine import SessionFactory
+from reconciler.store.models import Attempt
+
+__all__ = ["AgentDispatcher", "BackendFactory", "SessionOpener", "tried_protected_path"]
+
+logger = logging.getLogger("greenloop.dispatch")
+
+BackendFactory = Callable[[Attempt, ProjectConfig], ModelBackend]
+"""Chooses the model back-end for one attempt (real model, or a scripted one in the demo)."""
+
+SessionOpener = Callable[[Attempt], AbstractAsyncContextManager[ToolSession]]
+"""Opens an MCP client session bound to one attempt (in-process server, or a sidecar over HTTP)."""
+
+
+def tried_protected_path(outcome: AttemptOutcome, project: ProjectConfig) -> str | None:
+    """The first denied path the agent tried to write during the run, if any."""
+    for event in outcome.transcript:
+        if event.get("kind") != "tool_call" or event.get("name") != "write_repo_file":
+            continue
+        arguments = event.get("input")
+        path = arguments.get("path") if isinstance(arguments, dict) else None
+        if isinstance(path, str) and any(matches_glob(path, g) for g in project.write.effective_denied):
+            return path
+    return None
+
+
+class AgentDispatcher:
+    """Runs one background task per dispatched attempt, at most `concurrency` agents at once."""
+
+    def __init__(
+        self,
+        config: GreenloopConfig,
+        sessions: SessionFactory,
+        *,
+        open_session: SessionOpener,
+        backend_for: BackendFactory,
+        metrics: Metrics,
+        heartbeat_seconds: float = 5.0,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        self._config = config
+        self._sessions = sessions
+        self._open_session = open_session
+        self._backend_for = backend_for
+        self._metrics = metrics
+        self._heartbeat_seconds = heartbeat_seconds
+        self._secrets = secrets
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(config.server.concurrency)
+
+    def dispatch(self, attempt: Attempt) -> None:
+        """Start the agent for `attempt` in the background (no-op if it already runs here)."""
+        if attempt.id in self._tasks:
+            return
+        task = asyncio.create_task(self._run(attempt), name=f"attempt-{attempt.id}")
+        self._tasks[attempt.id] = task
+        task.add_done_callback(lambda _t, aid=attempt.id: self._tasks.pop(aid, None))
+
+    def is_running(self, attempt_id: str) -> bool:
+        """Whether this process is working on `attempt_id`."""
+        return attempt_id in self._tasks
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait for every running attempt to finish, at most `timeout` seconds."""
+        pending = list(self._tasks.values())
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Cancel running attempts (their heartbeats go stale; a later pass closes them)."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _run(self, attempt: Attempt) -> None:
+        project = self._config.project(attempt.project)
+        with bind_context(attempt_id=attempt.id, trace_id=attempt.trace_id or attempt.id, project=attempt.project):
+            async with self._slots:
+                moved = await store.transition(
+                    self._sessions,
+                    attempt.id,
+                    AttemptStatus.RUNNING,
+                    reason="agent_started",
+                    expected=AttemptStatus.PENDING,
+                    branch=fix_branch_name(attempt.job, attempt.id),
+                )
+                if not moved:
+                    log_event(logger, "attempt_not_pending", level=logging.WARNING)
+                    return
+                beat = asyncio.create_task(self._heartbeat(attempt.id))
+                started = time.perf_counter()
+                try:
+                    outcome = await self._agent(attempt, project)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the agent's crash is this attempt's failure, not the process's
+                    logger.exception("attempt_crashed")
+                    await store.transition(
+                        self._sessions,
+                        attempt.id,
+                        AttemptStatus.FAILED,
+                        reason="runner_error",
+                        stop_reason=f"runner_error: {exc.__class__.__name__}",
+                    )
+                    self._metrics.observe_attempt_finished(AttemptStatus.FAILED.value, 0, 0, 0.0)
+                    return
+                finally:
+                    beat.cancel()
+                await self._record(attempt, project, outcome, elapsed=time.perf_counter() - started)
+
+    async def _agent(self, attempt: Attempt, project: ProjectConfig) -> AttemptOutcome:
+        task = AttemptTask(
+            project=attempt.project,
+            job=attempt.job,
+            failing_run_id=int(attempt.run_id) if attempt.run_id.isdigit() else 0,
+            head_sha=attempt.head_sha,
+        )
+        backend = self._backend_for(attempt, project)
+        # Wall-clock guard around the whole run; the loop enforces its own budget inside, this is the backstop.
+        async with asyncio.timeout(project.budgets.wall_seconds + 30), self._open_session(attempt) as session:
+            return await run_attempt(
+                backend, session, task, project.budgets, settings=self._config.agent, secrets=self._secrets
+            )
+
+    async def _heartbeat(self, attempt_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_seconds)
+            await store.heartbeat(self._sessions, attempt_id)
+
+    async def _record(
+        self, attempt: Attempt, project: ProjectConfig, outcome: AttemptOutcome, *, elapsed: float
+    ) -> None:
+        fields: dict[str, Any] = {
+            "stop_reason": outcome.stop_reason.value,
+            "input_tokens": outcome.usage.input_tokens,
+            "output_tokens": outcome.usage.output_tokens,
+            "cache_tokens": outcome.usage.cache_creation_input_tokens + outcome.usage.cache_read_input_tokens,
+            "cost_usd": outcome.cost_usd,
+            "turns": outcome.turns,
+            "transcript": json.dumps(outcome.transcript, ensure_ascii=False, default=str),
+        }
+        if outcome.stop_reason is StopReason.SUCCEEDED_PR:
+            fields.update(pr_number=outcome.pr_number, pr_url=outcome.pr_url, pushed_sha=outcome.pushed_sha)
+            to, reason = AttemptStatus.PR_OPEN, "pr_opened"
+        else:
+            fields["report"] = outcome.report_markdown
+            protected = tried_protected_path(outcome, project)
+            if protected is not None and outcome.stop_reason is StopReason.NO_FIX:
+                to, reason = AttemptStatus.ESCALATED, f"needs_human: fix is in a protected path ({protected})"
+            else:
+                to, reason = AttemptStatus.FAILED, outcome.stop_reason.value
+        await store.transition(self._sessions, attempt.id, to, reason=reason, expected=AttemptStatus.RUNNING, **fields)
+        if to is not AttemptStatus.PR_OPEN:
+            self._metrics.observe_attempt_finished(
+                to.value, outcome.usage.input_tokens, outcome.usage.output_tokens, outcome.cost_usd
+            )
+        log_event(
+            logger,
+            "attempt_agent_finished",
+            status=to.value,
+            stop_reason=outcome.stop_reason.value,
+            pr_url=outcome.pr_url,
+            turns=outcome.turns,
+            input_tokens=outcome.usage.input_tokens,
+            output_tokens=outcome.usage.output_tokens,
+            cost_usd=round(outcome.cost_usd, 6),
+            seconds=round(elapsed, 3),
+        )

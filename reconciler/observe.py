@@ -1,0 +1,197 @@
+"""Observation: the latest run of each job on a project's default branch, from Actions or reported runs.
+
+Both sources produce the same `ObservedRun`, so the pass treats them alike. Actions observation costs one
+conditional request per project when nothing changed: the runs listing is fetched with its ETag, and a
+304 reuses the previous observation. Job lists of completed runs never change, so they are fetched once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from mcp_server.forge import ForgeClient, Job, WorkflowRun
+from policy.config import ProjectConfig
+from reconciler.store.engine import SessionFactory
+from reconciler.store.models import JobRun
+
+__all__ = ["GREEN", "ObservedRun", "ProjectObservation", "observe_actions", "observe_reported"]
+
+GREEN = frozenset({"success", "skipped", "neutral"})
+
+
+@dataclass(frozen=True)
+class ObservedRun:
+    """One job's run, whatever its source."""
+
+    project: str
+    job: str
+    source: str  # "actions" | "reported"
+    run_id: str
+    run_attempt: int
+    status: str  # queued | in_progress | completed
+    conclusion: str | None
+    head_sha: str
+    event: str | None
+    triggered_by: str | None
+    commit_message: str | None
+    created_at: datetime
+    job_id: int | None = None  # Actions job id, for logs
+    log_text: str | None = None  # reported runs may carry their log
+
+    @property
+    def completed(self) -> bool:
+        """Whether the run has finished."""
+        return self.status == "completed"
+
+    @property
+    def green(self) -> bool:
+        """Whether the run finished green."""
+        return self.completed and (self.conclusion or "") in GREEN
+
+
+@dataclass
+class ProjectObservation:
+    """Per job: the newest completed run, whether a newer run is still going, and green runs by SHA."""
+
+    latest: dict[str, ObservedRun] = field(default_factory=dict)
+    in_progress: set[str] = field(default_factory=set)
+    green_shas: dict[str, set[str]] = field(default_factory=dict)
+    runs: list[ObservedRun] = field(default_factory=list)
+
+    def add(self, run: ObservedRun) -> None:
+        """Fold one run into the observation (runs may arrive in any order)."""
+        self.runs.append(run)
+        if not run.completed:
+            current = self.latest.get(run.job)
+            if current is None or run.created_at >= current.created_at:
+                self.in_progress.add(run.job)
+            return
+        if run.green:
+            self.green_shas.setdefault(run.job, set()).add(run.head_sha)
+        current = self.latest.get(run.job)
+        if current is None or (run.created_at, run.run_attempt) >= (current.created_at, current.run_attempt):
+            self.latest[run.job] = run
+
+    def finish(self) -> None:
+        """Drop in-progress marks older than the latest completed run of their job."""
+        for job in list(self.in_progress):
+            latest = self.latest.get(job)
+            newer = [r for r in self.runs if r.job == job and not r.completed]
+            if latest is not None and all(r.created_at < latest.created_at for r in newer):
+                self.in_progress.discard(job)
+
+    def passed_before(self, run: ObservedRun) -> bool:
+        """Whether `run.job` was green before on the same commit (a sign of flakiness)."""
+        return run.head_sha in self.green_shas.get(run.job, set())
+
+
+def _utc(value: datetime | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def observe_actions(
+    forge: ForgeClient,
+    project: ProjectConfig,
+    *,
+    previous: ProjectObservation | None,
+    job_cache: dict[tuple[str, int, int], object],
+) -> tuple[ProjectObservation, bool]:
+    """Observe the project's workflow runs on its default branch; returns (observation, changed).
+
+    Raises:
+        ForgeError: the forge could not be read (the pass records it as this project's error).
+    """
+    page = await forge.list_workflow_runs(project.repo, branch=project.default_branch, per_page=30)
+    if page.not_modified and previous is not None:
+        return previous, False
+    obs = ProjectObservation()
+    for run in page.runs:
+        for job in await _jobs_of(forge, project, run, job_cache):
+            if not project.watches(job.name):
+                continue
+            obs.add(_from_actions(project, run, job))
+    obs.finish()
+    return obs, True
+
+
+async def _jobs_of(
+    forge: ForgeClient, project: ProjectConfig, run: WorkflowRun, cache: dict[tuple[str, int, int], object]
+) -> Sequence[Job]:
+    key = (project.repo, run.id, run.run_attempt)
+    cached = cache.get(key)
+    if isinstance(cached, tuple):
+        return cached
+    jobs = tuple(await forge.list_run_jobs(project.repo, run.id))
+    if run.status == "completed":
+        cache[key] = jobs  # a completed run's jobs never change
+    return jobs
+
+
+def _from_actions(project: ProjectConfig, run: WorkflowRun, job: Job) -> ObservedRun:
+    return ObservedRun(
+        project=project.name,
+        job=job.name,
+        source="actions",
+        run_id=str(run.id),
+        run_attempt=run.run_attempt,
+        status=job.status or run.status or "queued",
+        conclusion=job.conclusion if job.status == "completed" else None,
+        head_sha=run.head_sha,
+        event=run.event,
+        triggered_by=run.triggering_login,
+        commit_message=run.head_commit_message,
+        created_at=_utc(run.created_at),
+        job_id=job.id,
+    )
+
+
+async def observe_reported(
+    sessions: SessionFactory, projects: Iterable[ProjectConfig]
+) -> dict[str, ProjectObservation]:
+    """Latest reported runs per job for all `projects`, in one query (runs sent to `POST /runs`)."""
+    by_name = {p.name: p for p in projects}
+    if not by_name:
+        return {}
+    newest = (
+        sa.select(JobRun.project, JobRun.job, sa.func.max(JobRun.created_at).label("at"))
+        .where(JobRun.source == "reported", JobRun.project.in_(list(by_name)))
+        .group_by(JobRun.project, JobRun.job)
+        .subquery()
+    )
+    query = sa.select(JobRun).join(
+        newest,
+        sa.and_(JobRun.project == newest.c.project, JobRun.job == newest.c.job, JobRun.created_at == newest.c.at),
+    )
+    async with sessions() as session:
+        rows = list((await session.scalars(query)).all())
+    out: dict[str, ProjectObservation] = {}
+    for row in rows:
+        project = by_name[row.project]
+        if not project.watches(row.job):
+            continue
+        out.setdefault(row.project, ProjectObservation()).add(
+            ObservedRun(
+                project=row.project,
+                job=row.job,
+                source="reported",
+                run_id=row.run_id,
+                run_attempt=row.run_attempt,
+                status=row.status,
+                conclusion=row.conclusion,
+                head_sha=row.head_sha,
+                event=row.event,
+                triggered_by=row.triggered_by,
+                commit_message=row.commit_message,
+                created_at=_utc(row.created_at),
+                log_text=row.log_text,
+            )
+        )
+    for obs in out.values():
+        obs.finish()
+    return out
