@@ -45,11 +45,13 @@ from policy.redaction import redact
 
 __all__ = [
     "API_VERSION",
+    "Actor",
     "Commit",
     "CommitAuthor",
     "CommitDetail",
     "ForgeClient",
     "ForgeStats",
+    "HeadCommit",
     "Job",
     "JobStep",
     "PullRequest",
@@ -106,6 +108,19 @@ class Commit(_Model):
     html_url: str | None = None
 
 
+class Actor(_Model):
+    """A user or bot as GitHub shows it in runs and pull requests."""
+
+    login: str
+
+
+class HeadCommit(_Model):
+    """The commit a workflow run ran on, as embedded in the run."""
+
+    id: str | None = None
+    message: str | None = None
+
+
 class WorkflowRun(_Model):
     """One workflow run (`actions/get-workflow-run`)."""
 
@@ -124,6 +139,20 @@ class WorkflowRun(_Model):
     html_url: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    actor: Actor | None = None
+    triggering_actor: Actor | None = None
+    head_commit: HeadCommit | None = None
+
+    @property
+    def triggering_login(self) -> str | None:
+        """Who triggered this run (attempt): the circuit breaker compares it with the bot's login."""
+        who = self.triggering_actor or self.actor
+        return who.login if who is not None else None
+
+    @property
+    def head_commit_message(self) -> str | None:
+        """The message of the commit the run ran on (it may carry the attempt trailer)."""
+        return self.head_commit.message if self.head_commit is not None else None
 
 
 class RunsPage(_Model):
