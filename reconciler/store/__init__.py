@@ -27,6 +27,16 @@ from reconciler.store.attempts import (
 from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker, normalize_url, redact_url
 from reconciler.store.migrate import current_revision, head_revision, schema_diff, upgrade, upgrade_async
 from reconciler.store.models import Attempt, Base, JobRun, McpToolCall, Project, ReconcilePass, Transition
+from reconciler.store.passes import recent_passes, record_pass
+from reconciler.store.projects import (
+    get_project,
+    list_projects,
+    reset_escalation,
+    save_observation,
+    set_paused,
+    sync_projects,
+)
+from reconciler.store.runs import RunSource, latest_runs, record_run
 
 __all__ = [
     "SETTABLE_FIELDS",
@@ -36,6 +46,7 @@ __all__ = [
     "McpToolCall",
     "Project",
     "ReconcilePass",
+    "RunSource",
     "SessionFactory",
     "StartOutcome",
     "StartReason",
@@ -46,15 +57,25 @@ __all__ = [
     "can_transition",
     "current_revision",
     "get_attempt",
+    "get_project",
     "head_revision",
     "heartbeat",
+    "latest_runs",
     "list_attempts",
+    "list_projects",
     "make_engine",
     "make_sessionmaker",
     "normalize_url",
+    "recent_passes",
+    "record_pass",
+    "record_run",
     "redact_url",
+    "reset_escalation",
+    "save_observation",
     "schema_diff",
+    "set_paused",
     "start_attempt",
+    "sync_projects",
     "transition",
     "upgrade",
     "upgrade_async",

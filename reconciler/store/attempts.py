@@ -23,7 +23,7 @@ from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus
 from reconciler.errors import StoreBusy, TransitionRefused, UnknownProject
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt, Project, Transition, utcnow
-from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, translated, with_retry
+from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
 
 __all__ = [
     "SETTABLE_FIELDS",
@@ -225,7 +225,7 @@ async def transition(
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-            if _rowcount(result) != 1:
+            if rowcount(result) != 1:
                 return False
             session.add(
                 Transition(attempt_id=attempt_id, from_status=current.value, to_status=to.value, reason=reason, at=now)
@@ -256,7 +256,7 @@ async def heartbeat(session_factory: SessionFactory, attempt_id: str, **fields: 
                 .values(**fields, heartbeat_at=now, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            return _rowcount(result) == 1
+            return rowcount(result) == 1
 
     return await with_retry(_once)
 
@@ -355,7 +355,3 @@ def _check_fields(fields: dict[str, Any]) -> None:
 
 def _values(statuses: Iterable[AttemptStatus]) -> list[str]:
     return sorted(AttemptStatus(s).value for s in statuses)
-
-
-def _rowcount(result: Any) -> int:
-    return int(result.rowcount)

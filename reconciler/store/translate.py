@@ -18,7 +18,16 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from reconciler.errors import StoreBusy, StoreError
 from reconciler.store.engine import SessionFactory
 
-__all__ = ["TRIES", "ConstraintRefused", "backoff", "fetch_all", "is_busy_error", "translated", "with_retry"]
+__all__ = [
+    "TRIES",
+    "ConstraintRefused",
+    "backoff",
+    "fetch_all",
+    "is_busy_error",
+    "rowcount",
+    "translated",
+    "with_retry",
+]
 
 # Bounded retry of a unit of work the database reported busy/locked: 6 tries, ~1.5 s of sleeping at most
 # (plus the driver's own busy_timeout per try on SQLite).
@@ -96,3 +105,8 @@ async def fetch_all(session_factory: SessionFactory, query: sa.Select[_T]) -> li
     """
     async with translated(), session_factory() as session:
         return list((await session.scalars(query)).all())
+
+
+def rowcount(result: object) -> int:
+    """Rows matched by an UPDATE/DELETE (`Session.execute` is typed as a plain `Result`)."""
+    return int(getattr(result, "rowcount"))  # noqa: B009 (the attribute is not in the static type)

@@ -1,0 +1,101 @@
+"""Observed job runs: recorded idempotently (one row per project, source, run id and run attempt)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import sqlalchemy as sa
+
+from reconciler.store.engine import SessionFactory
+from reconciler.store.models import JobRun, utcnow
+from reconciler.store.translate import fetch_all, with_retry
+from reconciler.store.upsert import insert_for
+
+__all__ = ["RunSource", "latest_runs", "record_run"]
+
+RunSource = Literal["actions", "reported"]
+
+
+async def record_run(
+    session_factory: SessionFactory,
+    *,
+    project: str,
+    job: str,
+    run_id: str,
+    source: RunSource,
+    status: str,
+    conclusion: str | None,
+    head_sha: str,
+    event: str,
+    created_at: datetime,
+    run_attempt: int = 1,
+    triggered_by: str | None = None,
+    commit_message: str | None = None,
+    log_text: str | None = None,
+    log_url: str | None = None,
+) -> JobRun:
+    """Insert the run, or update the row already recorded for it (status, conclusion, logs, observed_at).
+
+    Observing the same run twice changes nothing but `observed_at`; a log already stored is kept when the new
+    observation carries none.
+
+    Raises:
+        StoreBusy: the database stayed locked through every bounded retry.
+        StoreError: any other database failure, including a project without a row or an unknown source.
+    """
+    now = utcnow()
+    row = {
+        "project": project,
+        "job": job,
+        "run_id": run_id,
+        "source": source,
+        "status": status,
+        "conclusion": conclusion,
+        "head_sha": head_sha,
+        "event": event,
+        "triggered_by": triggered_by,
+        "commit_message": commit_message,
+        "log_text": log_text,
+        "log_url": log_url,
+        "run_attempt": run_attempt,
+        "created_at": created_at,
+        "observed_at": now,
+    }
+
+    async def _once() -> JobRun:
+        async with session_factory() as session, session.begin():
+            stmt = insert_for(session, JobRun).values(row)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[JobRun.project, JobRun.source, JobRun.run_id, JobRun.run_attempt],
+                set_={
+                    "status": stmt.excluded.status,
+                    "conclusion": stmt.excluded.conclusion,
+                    "log_text": sa.func.coalesce(stmt.excluded.log_text, JobRun.log_text),
+                    "log_url": sa.func.coalesce(stmt.excluded.log_url, JobRun.log_url),
+                    "observed_at": now,
+                },
+            )
+            recorded: JobRun | None = await session.scalar(
+                stmt.returning(JobRun), execution_options={"populate_existing": True}
+            )
+            if recorded is None:  # pragma: no cover - an upsert always returns its row
+                raise AssertionError("upsert returned no row")
+            return recorded
+
+    return await with_retry(_once)
+
+
+async def latest_runs(
+    session_factory: SessionFactory, project: str, *, job: str | None = None, limit: int = 20
+) -> list[JobRun]:
+    """A project's runs (optionally of one job), newest first by the forge's creation time.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    query = sa.select(JobRun).where(JobRun.project == project)
+    if job is not None:
+        query = query.where(JobRun.job == job)
+    query = query.order_by(JobRun.created_at.desc(), JobRun.run_attempt.desc(), JobRun.id.desc()).limit(limit)
+    return await fetch_all(session_factory, query)
