@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 import sqlalchemy as sa
 
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus
-from reconciler.errors import StoreBusy, TransitionRefused, UnknownProject
+from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt, Project, Transition, utcnow
 from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
@@ -78,9 +78,8 @@ _ABORTS: Final = frozenset({AttemptStatus.FAILED, AttemptStatus.CANCELLED, Attem
 class StartOutcome:
     """What `start_attempt` did.
 
-    `attempt_id` is the new attempt when `started`; for `already_active` the project's active attempt and
-    for `already_handled` the attempt that owns the fingerprint (None if it could not be read); None for
-    `busy`.
+    `attempt_id` is the new attempt when `started`; for `already_active` the project's active attempt; for
+    `already_handled` the attempt that owns the fingerprint; None for `busy`.
     """
 
     started: bool
@@ -126,8 +125,9 @@ async def start_attempt(
 
     Raises:
         UnknownProject: no `reconciler_project` row named `project`.
-        StoreError: any other database failure.
+        StoreError: any other database failure (including a refusal by neither rule, tries after tries).
     """
+    refused: ConstraintRefused | None = None
     for n in range(TRIES):
         attempt_id = new_attempt_id()
         try:
@@ -158,7 +158,8 @@ async def start_attempt(
                     )
                 )
             return StartOutcome(True, attempt_id, "started")
-        except ConstraintRefused:
+        except ConstraintRefused as exc:
+            refused = exc
             # Which rule refused it? Ask the database, never the error text.
             try:
                 refusal = await _refusal(session_factory, project=project, fingerprint=fingerprint)
@@ -168,8 +169,11 @@ async def start_attempt(
                 return refusal
             # Neither rule holds any more (the blocking attempt just finished) or an id collided: try again.
         except StoreBusy:
-            pass
+            refused = None
         await asyncio.sleep(backoff(n))
+    if refused is not None:
+        cause = refused.__cause__
+        raise StoreError(f"Store error: attempt refused by the database: {cause!r}") from cause
     return StartOutcome(False, None, "busy")
 
 

@@ -10,7 +10,7 @@ from datetime import UTC
 import pytest
 
 from policy.types import TERMINAL_STATUSES, AttemptStatus
-from reconciler.errors import TransitionRefused, UnknownProject
+from reconciler.errors import StoreError, TransitionRefused, UnknownProject
 from reconciler.store import (
     StartOutcome,
     active_attempts,
@@ -329,3 +329,18 @@ async def test_history_lists_newest_first_and_filters(sessions: SessionFactory, 
 )
 def test_can_transition_follows_the_attempt_lifecycle(current: AttemptStatus, to: AttemptStatus, allowed: bool) -> None:
     assert can_transition(current, to) is allowed
+
+
+async def test_a_refusal_by_neither_rule_raises_instead_of_reporting_busy(
+    sessions: SessionFactory, project: str
+) -> None:
+    with pytest.raises(StoreError, match="refused by the database"):
+        await start_attempt(
+            sessions,
+            project=project,
+            job=None,  # type: ignore[arg-type]  # NOT NULL: neither the active index nor the fingerprint
+            fingerprint="fp-null",
+            run_id="1",
+            head_sha="a" * 40,
+        )
+    assert await list_attempts(sessions) == []
