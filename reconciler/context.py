@@ -43,3 +43,4 @@ class ReconcilerContext:
     observations: dict[str, object] = field(default_factory=dict)
     job_cache: dict[tuple[str, int, int], object] = field(default_factory=dict)
     reruns_requested: set[tuple[str, str]] = field(default_factory=set)
+    projects_synced: bool = False

@@ -83,7 +83,10 @@ class AgentDispatcher:
             return
         task = asyncio.create_task(self._run(attempt), name=f"attempt-{attempt.id}")
         self._tasks[attempt.id] = task
-        task.add_done_callback(lambda _t, aid=attempt.id: self._tasks.pop(aid, None))
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task.get_name().removeprefix("attempt-"), None)
 
     def is_running(self, attempt_id: str) -> bool:
         """Whether this process is working on `attempt_id`."""

@@ -25,10 +25,12 @@ from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
 from reconciler.store import attempts as store
-from reconciler.store.models import Attempt, Project, ReconcilePass
+from reconciler.store.models import Attempt, Project
+from reconciler.store.passes import record_pass
+from reconciler.store.projects import reset_escalation, sync_projects
 from reconciler.summary import RedJob, RunSummary, StartedAttempt, TransitionNote, Trigger
 
-__all__ = ["UnknownProjects", "reconcile", "select_projects", "sync_projects"]
+__all__ = ["UnknownProjects", "reconcile", "select_projects"]
 
 logger = logging.getLogger("greenloop.reconcile")
 
@@ -60,16 +62,6 @@ def select_projects(ctx: ReconcilerContext, repos: Sequence[str] | None) -> list
     return list(chosen.values())
 
 
-async def sync_projects(ctx: ReconcilerContext) -> None:
-    """Insert a row for every configured project that has none (the config is the source of truth)."""
-    names = [p.name for p in ctx.config.projects]
-    async with ctx.sessions() as session, session.begin():
-        existing = set((await session.scalars(sa.select(Project.name).where(Project.name.in_(names)))).all())
-        for p in ctx.config.projects:
-            if p.name not in existing:
-                session.add(Project(name=p.name, repo=p.repo, paused=False))
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -97,9 +89,9 @@ async def reconcile(
     t0 = time.perf_counter()
     summary = RunSummary(trigger=trigger, dry_run=dry_run, started_at=started)
     forge_before = (ctx.forge.stats.requests, ctx.forge.stats.not_modified) if ctx.forge else (0, 0)
-    if not getattr(ctx, "_synced", False):
-        await sync_projects(ctx)
-        ctx._synced = True  # type: ignore[attr-defined]
+    if not ctx.projects_synced:
+        await sync_projects(ctx.sessions, {p.name: p.repo for p in ctx.config.projects})
+        ctx.projects_synced = True
 
     names = [p.name for p in projects]
     async with ctx.sessions() as session:
@@ -238,7 +230,7 @@ async def _reconcile_project(
     if not red:
         reset_at = _aware(row.escalation_reset_at) if row is not None else None
         if obs.latest and not dry_run and last_failure is not None and (reset_at is None or last_failure > reset_at):
-            await _reset_escalation(ctx, project.name)
+            await reset_escalation(ctx.sessions, project.name)  # green again: earlier failures no longer count
         return
 
     paused = row.paused if row is not None else False
@@ -498,24 +490,15 @@ async def _advance(
     return attempt
 
 
-async def _reset_escalation(ctx: ReconcilerContext, project: str) -> None:
-    """A project whose jobs are all green again forgets its earlier failed attempts."""
-    async with ctx.sessions() as session, session.begin():
-        await session.execute(sa.update(Project).where(Project.name == project).values(escalation_reset_at=_now()))
-
-
 async def _record_pass(ctx: ReconcilerContext, summary: RunSummary) -> None:
-    async with ctx.sessions() as session, session.begin():
-        session.add(
-            ReconcilePass(
-                trigger=summary.trigger,
-                started_at=summary.started_at,
-                finished_at=_now(),
-                duration_ms=summary.duration_ms,
-                projects_scanned=summary.projects_scanned,
-                projects_red=summary.projects_red,
-                attempts_started=len(summary.attempts_started),
-                attempts_deduplicated=summary.attempts_already_active,
-                summary=summary.model_dump_json(),
-            )
-        )
+    await record_pass(
+        ctx.sessions,
+        trigger=summary.trigger,
+        started_at=summary.started_at,
+        finished_at=_now(),
+        projects_scanned=summary.projects_scanned,
+        projects_red=summary.projects_red,
+        attempts_started=len(summary.attempts_started),
+        attempts_deduplicated=summary.attempts_already_active,
+        summary=summary.model_dump_json(),
+    )
