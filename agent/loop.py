@@ -381,8 +381,10 @@ class _Run:
         if name == LOG_TOOL and self.first_log is None:
             self.first_log = text
         elif name == READ_TOOL and isinstance(path, str):
-            content = _first_str(data, ("content",))
-            if content is not None:
+            # Only a whole-file read tells the file's content (the tool pages long files).
+            content = data.get("content")
+            whole = data.get("truncated") is not True and data.get("start_line", 1) == 1
+            if isinstance(content, str) and whole:
                 self.guards.seen_content(path, content)
         elif name == PUSH_TOOL:
             self.pushed_sha = _first_str(data, ("sha", "commit_sha", "pushed_sha", "head_sha")) or self.pushed_sha

@@ -83,7 +83,10 @@ def build_standin(repo: StandInRepo) -> MCPServer:
         repo.calls.append(("list_job_runs", {"job": job}))
         if job == "slow":
             await anyio.sleep(30)
-        return {"runs": [{"id": RUN_ID, "job": "test", "conclusion": "failure", "head_sha": "abc123"}]}
+        runs = [{"run_id": RUN_ID, "job": "test", "conclusion": "failure", "head_sha": "abc123"},
+                {"run_id": RUN_ID - 1, "job": "test", "conclusion": "success", "head_sha": "0ld"},
+                {"run_id": RUN_ID - 2, "job": "lint", "conclusion": "success", "head_sha": "0ld"}]
+        return {"runs": [r for r in runs if job is None or r["job"] == job]}
 
     @srv.tool()
     def get_job_logs(run_id: Annotated[int, Field(ge=1)]) -> str:
