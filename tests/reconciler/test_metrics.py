@@ -94,9 +94,10 @@ def test_observe_pass_counts_by_trigger_and_fills_the_duration_histogram() -> No
     assert s[("greenloop_reconcile_skips_total", (("reason", "paused"),))] == 2
     assert s[("greenloop_reconcile_project_errors_total", ())] == 1
     assert s[("greenloop_reconcile_projects_scanned", ())] == 0  # a gauge: the latest pass
-    assert s[("greenloop_reconcile_last_pass_timestamp_seconds", ())] == datetime(
-        2026, 1, 2, 3, 4, 5, tzinfo=UTC
-    ).timestamp()
+    assert (
+        s[("greenloop_reconcile_last_pass_timestamp_seconds", ())]
+        == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+    )
 
 
 def test_histogram_buckets_are_cumulative_and_monotonic() -> None:
