@@ -44,6 +44,8 @@ class ModelBackend(Protocol):
 
 def _classify(exc: anthropic.AnthropicError) -> ModelError:
     """Translate an SDK exception into a `ModelError` (by type, never by message text)."""
+    if isinstance(exc, anthropic.CredentialsError):
+        return ModelError("Model API error: no usable credentials.", kind="auth")
     if isinstance(exc, anthropic.APITimeoutError):
         return ModelError("Model API error: the request timed out after retries.", kind="timeout")
     if isinstance(exc, anthropic.APIConnectionError):
