@@ -29,7 +29,9 @@ __all__ = [
     "TOOL_CALL_OUTCOMES",
     "Attempt",
     "Base",
+    "Flag",
     "JobRun",
+    "Lease",
     "McpToolCall",
     "Project",
     "ReconcilePass",
@@ -243,3 +245,30 @@ class ReconcilePass(Base):
     attempts_started: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     attempts_deduplicated: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     summary: Mapped[str | None] = mapped_column(sa.Text)  # JSON text
+
+
+class Flag(Base):
+    """One runtime flag an operator flips without a restart or a config change (e.g. the kill switch)."""
+
+    __tablename__ = "reconciler_flag"
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Lease(Base):
+    """A named, expiring lease: the replica whose `token` is here runs that pass until `expires_at`.
+
+    One row per lease name; taken and taken over by a single conditional upsert (see `state.pass_lease`).
+    """
+
+    __tablename__ = "reconciler_lease"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(sa.String(200))
+    # Random per acquisition: renewal and release match it, so a holder name reused elsewhere cannot
+    # release or extend a lease it did not take.
+    token: Mapped[str] = mapped_column(sa.String(32))
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
