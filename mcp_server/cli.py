@@ -1,0 +1,221 @@
+"""`greenloop-mcp`: the MCP server over stdio (default) or streamable HTTP (`serve-http`).
+
+    greenloop-mcp --config greenloop.toml --project NAME [--mode read-only|agent] [--attempt ID --job JOB]
+    greenloop-mcp serve-http --config greenloop.toml --host 127.0.0.1 --port 8765 [--mode agent] [--project NAME]
+
+stdio sessions are bound to the project (and attempt/job) on the command line. HTTP sessions are bound to
+the project, attempt, job and mode of their bearer token (see `mcp_server.auth`); the HMAC secret that
+verifies tokens is read from `$GREENLOOP_MCP_TOKEN_SECRET`, never from the command line. The mode given
+here is the most any session may get. Logs go to stderr as JSON lines; stdout carries only MCP messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+import anyio
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+
+from mcp_server.audit import AuditSink, FanOutAuditSink, JsonLogAuditSink, SqlAuditSink
+from mcp_server.auth import TOKEN_SECRET_ENV, JwtTokenVerifier
+from mcp_server.server import build_server
+from mcp_server.session import BindingFactory, Mode, SessionGrant, config_binding_factory
+from policy.config import GreenloopConfig
+from policy.errors import ConfigError
+
+__all__ = ["build_parser", "http_app", "main", "transport_security"]
+
+logger = logging.getLogger("greenloop.mcp.cli")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default=None, help="path of greenloop.toml (default: $GREENLOOP_CONFIG or ./greenloop.toml)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        default=Mode.READ_ONLY.value,
+        help="read-only: the five read tools (default); agent: all ten",
+    )
+    parser.add_argument(
+        "--audit-db", default=None, help="also write the audit trail to this database (SQLAlchemy async URL)"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The parsers of `greenloop-mcp` (stdio) and `greenloop-mcp serve-http`."""
+    stdio = argparse.ArgumentParser(
+        prog="greenloop-mcp",
+        description="greenloop's MCP server over stdio, bound to one project. "
+        "Use `greenloop-mcp serve-http --help` for the HTTP transport.",
+    )
+    _common(stdio)
+    stdio.add_argument("--project", required=True, help="the project (from greenloop.toml) to bind to")
+    stdio.add_argument("--attempt", default=None, help="attempt id (agent mode)")
+    stdio.add_argument("--job", default=None, help="the failing job the attempt is about (agent mode)")
+
+    http = argparse.ArgumentParser(
+        prog="greenloop-mcp serve-http",
+        description="greenloop's MCP server over streamable HTTP; sessions are bound by bearer tokens. "
+        f"The token secret is read from ${TOKEN_SECRET_ENV}.",
+    )
+    _common(http)
+    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument("--port", type=int, required=True)
+    http.add_argument(
+        "--project", action="append", default=None, help="accept tokens for this project only (repeatable)"
+    )
+    http.add_argument("--path", default="/mcp", help="the MCP endpoint path (default /mcp)")
+    return stdio, http
+
+
+def transport_security(host: str, port: int) -> TransportSecuritySettings:
+    """DNS-rebinding protection: only these Host and Origin headers are accepted."""
+    hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"{host}:{port}"}
+    if host == "::1":
+        hosts.add(f"[::1]:{port}")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(hosts),
+        allowed_origins=sorted(f"http://{h}" for h in hosts),
+    )
+
+
+def http_app(
+    binding_factory: BindingFactory,
+    *,
+    mode: Mode,
+    secret: str | bytes,
+    projects: Sequence[str],
+    host: str,
+    port: int,
+    path: str = "/mcp",
+) -> Starlette:
+    """The streamable-HTTP ASGI app: bearer tokens required (401 otherwise), Host/Origin headers pinned.
+
+    Raises:
+        ValueError: the secret is too short or the port is out of range.
+    """
+    if not 1 <= port <= 65535:
+        raise ValueError(f"Invalid port: {port!r}.")
+    verifier = JwtTokenVerifier(secret, projects=projects)
+    server = build_server(
+        binding_factory,
+        mode=mode,
+        token_verifier=verifier,
+        auth=AuthSettings(issuer_url=f"http://127.0.0.1:{port}", resource_server_url=None),
+    )
+    return server.streamable_http_app(
+        streamable_http_path=path, transport_security=transport_security(host, port), host=host
+    )
+
+
+def _configure_logging(level: str) -> None:
+    try:
+        from mcp_server.jsonlog import configure_json_logging
+    except ImportError:  # pragma: no cover - the structured-log module is optional here
+        logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
+        return
+    configure_json_logging(getattr(logging, level))
+
+
+def _load(path: str | None) -> GreenloopConfig:
+    from mcp_server.settings import load_config
+
+    return load_config(path)
+
+
+async def _audit_sink(stack: AsyncExitStack, url: str | None) -> AuditSink:
+    sinks: list[AuditSink] = [JsonLogAuditSink()]
+    if url:
+        sql = SqlAuditSink(url)
+        stack.push_async_callback(sql.aclose)
+        sinks.append(sql)
+    return FanOutAuditSink(sinks)
+
+
+async def _run_stdio(args: argparse.Namespace, config: GreenloopConfig, grant: SessionGrant) -> None:
+    async with AsyncExitStack() as stack:
+        audit = await _audit_sink(stack, args.audit_db)
+        server = build_server(config_binding_factory(config, audit=audit), mode=grant.mode, grant=grant)
+        await server.run_stdio_async()
+
+
+async def _run_http(args: argparse.Namespace, config: GreenloopConfig, secret: str) -> None:
+    import uvicorn
+
+    projects = args.project or [p.name for p in config.projects]
+    async with AsyncExitStack() as stack:
+        audit = await _audit_sink(stack, args.audit_db)
+        app = http_app(
+            config_binding_factory(config, audit=audit),
+            mode=Mode(args.mode),
+            secret=secret,
+            projects=projects,
+            host=args.host,
+            port=args.port,
+            path=args.path,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        )
+        await server.serve()
+
+
+def _check(args: argparse.Namespace, config: GreenloopConfig) -> None:
+    names = {p.name for p in config.projects}
+    wanted: list[str] = args.project if isinstance(args.project, list) else [args.project]
+    for name in wanted or ():
+        if name not in names:
+            raise ConfigError(f"unknown project {name!r} (configured: {', '.join(sorted(names)) or 'none'})")
+    if getattr(args, "host", None) is not None and args.host not in _LOOPBACK:
+        logger.warning(json.dumps({"event": "mcp_http_not_loopback", "host": args.host}))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `greenloop-mcp`; returns the process exit code (2 for a configuration problem)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    stdio_parser, http_parser = build_parser()
+    over_http = bool(arguments) and arguments[0] == "serve-http"
+    args = http_parser.parse_args(arguments[1:]) if over_http else stdio_parser.parse_args(arguments)
+    _configure_logging(args.log_level)
+    try:
+        config = _load(args.config)
+        _check(args, config)
+        if over_http:
+            secret = os.environ.get(TOKEN_SECRET_ENV, "")
+            if not secret:
+                raise ConfigError(f"serve-http: set ${TOKEN_SECRET_ENV} to the token secret shared with the reconciler")
+            JwtTokenVerifier(secret, projects=())  # checks the secret's length
+            if not 1 <= args.port <= 65535:
+                raise ConfigError(f"serve-http: invalid port: {args.port!r}")
+        else:
+            grant = SessionGrant(
+                project=args.project, mode=Mode(args.mode), attempt_id=args.attempt, job=args.job, client="stdio"
+            )
+    except (ConfigError, ValueError) as exc:
+        print(f"greenloop-mcp: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if over_http:
+            anyio.run(_run_http, args, config, secret)
+        else:
+            anyio.run(_run_stdio, args, config, grant)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

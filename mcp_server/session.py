@@ -1,0 +1,190 @@
+"""The per-session binding: which project, attempt, job and mode a session may act for, and its resources.
+
+An MCP session never names a repository. It is bound, once, to a `SessionGrant` (from the command line for
+stdio, from the bearer token for HTTP), and a `BindingFactory` turns the grant into a `SessionBinding`
+holding the project's configuration, the forge client, the git workspace, the audit sink and the live
+secrets to redact. The tools read everything from the binding.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from mcp_server.audit import AuditSink
+from mcp_server.errors import ToolRefused
+from mcp_server.forge import ForgeClient
+from mcp_server.github_app import GitHubApp
+from mcp_server.workspace import Workspace
+from policy.branches import fix_branch_name
+from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig
+from policy.redaction import redact, redact_obj
+
+__all__ = [
+    "BindingFactory",
+    "Mode",
+    "SessionBinding",
+    "SessionGrant",
+    "config_binding_factory",
+]
+
+
+class Mode(StrEnum):
+    """What a session may do: read only (five tools) or act as the remediation agent (all ten)."""
+
+    READ_ONLY = "read-only"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class SessionGrant:
+    """Who a session is for. Agent grants name the attempt and the failing job."""
+
+    project: str
+    mode: Mode = Mode.READ_ONLY
+    attempt_id: str | None = None
+    job: str | None = None
+    client: str = "stdio"
+
+    def __post_init__(self) -> None:
+        if self.mode is Mode.AGENT and (not self.attempt_id or not self.job):
+            raise ValueError("Invalid session grant: agent mode needs an attempt id and a job.")
+        if self.attempt_id is not None:
+            fix_branch_name(self.job or "job", self.attempt_id)  # validates the attempt id's shape
+
+
+@dataclass
+class SessionBinding:
+    """Everything one session's tools act on. Mutable state (`pushed_sha`) is guarded by `lock`."""
+
+    grant: SessionGrant
+    project: ProjectConfig
+    workspace: Workspace
+    forge: ForgeClient
+    audit: AuditSink
+    secrets: Callable[[], Sequence[str]] = tuple
+    pushed_sha: str | None = None
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    resources: AsyncExitStack = field(default_factory=AsyncExitStack)
+    _cloned: bool = False
+
+    @property
+    def mode(self) -> Mode:
+        """The session's mode."""
+        return self.grant.mode
+
+    @property
+    def attempt_id(self) -> str | None:
+        """The attempt this session acts for (agent sessions)."""
+        return self.grant.attempt_id
+
+    @property
+    def job(self) -> str | None:
+        """The failing job this session's attempt is about (agent sessions)."""
+        return self.grant.job
+
+    @property
+    def fix_branch(self) -> str | None:
+        """The one branch this session may create and push to (agent sessions)."""
+        if self.grant.attempt_id is None:
+            return None
+        return fix_branch_name(self.grant.job or "job", self.grant.attempt_id)
+
+    def require_agent(self) -> tuple[str, str, str]:
+        """The (attempt id, job, fix branch) of an agent session.
+
+        Raises:
+            ToolRefused: the session is read-only.
+        """
+        branch = self.fix_branch
+        if self.grant.mode is not Mode.AGENT or self.grant.attempt_id is None or branch is None:
+            raise ToolRefused("Access denied: this session is read-only; write tools need an agent session.")
+        return self.grant.attempt_id, self.grant.job or "job", branch
+
+    def live_secrets(self) -> tuple[str, ...]:
+        """The secrets in force right now (installation tokens), to redact from everything shown."""
+        return tuple(s for s in self.secrets() if s)
+
+    def redact(self, text: str) -> str:
+        """`text` with every known secret pattern and every live secret masked."""
+        return redact(text, extra_secrets=self.live_secrets())
+
+    def redact_obj(self, value: Any) -> Any:
+        """`value` (JSON-like) with every string redacted."""
+        return redact_obj(value, extra_secrets=self.live_secrets())
+
+    async def ready_workspace(self) -> Workspace:
+        """The workspace, cloned on first use."""
+        if not self._cloned:
+            await self.workspace.ensure_clone()
+            self._cloned = True
+        return self.workspace
+
+    async def aclose(self) -> None:
+        """Release the binding's resources (HTTP clients, temporary directories)."""
+        await self.resources.aclose()
+
+
+BindingFactory = Callable[[SessionGrant], Awaitable[SessionBinding]]
+"""Turns a grant into a live binding. Called once per grant; the server caches the result."""
+
+
+def _git_url(settings: ForgeSettings) -> str:
+    """The forge's git root: `[forge] git_url`, else the web host of `api_url` (api.github.com -> github.com)."""
+    if settings.git_url:
+        return settings.git_url
+    parts = urlsplit(settings.api_url)
+    host = parts.netloc.removeprefix("api.") if parts.netloc.startswith("api.") else parts.netloc
+    path = parts.path.rstrip("/").removesuffix("/api/v3")
+    return f"{parts.scheme}://{host}{path}"
+
+
+def config_binding_factory(config: GreenloopConfig, *, audit: AuditSink) -> BindingFactory:
+    """A `BindingFactory` building each binding from `greenloop.toml`: GitHub App, forge client, workspace.
+
+    Agent sessions clone into `<workspace_dir>/attempt-<id>`; read-only sessions into a temporary directory
+    removed when the session ends.
+    """
+    async def factory(grant: SessionGrant) -> SessionBinding:
+        try:
+            project = config.project(grant.project)
+        except KeyError:
+            raise ToolRefused(f"Access denied: unknown project: {grant.project!r}.") from None
+        stack = AsyncExitStack()
+        try:
+            app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
+            forge = await stack.enter_async_context(ForgeClient(config.forge, app))
+            if grant.attempt_id is not None:
+                root = Path(config.server.workspace_dir) / f"attempt-{grant.attempt_id}"
+            else:
+                root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="greenloop-ro-")))
+            workspace = Workspace(
+                root_dir=root,
+                project=project,
+                git_url=_git_url(config.forge),
+                token=app.token,
+                bot_name=config.forge.bot_login,
+                bot_email=config.forge.bot_email,
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+        return SessionBinding(
+            grant=grant,
+            project=project,
+            workspace=workspace,
+            forge=forge,
+            audit=audit,
+            secrets=app.secrets,
+            resources=stack,
+        )
+
+    return factory
