@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m bench.<name>`."""
+"""Benchmarks: runnable as `python -m bench.<name>`, each printing a Markdown table of measured figures."""
