@@ -1,0 +1,696 @@
+"""The reconciler's HTTP API (Starlette): debug passes, reported runs, attempts, operator actions, health, metrics.
+
+Every route except `GET /healthz` needs `Authorization: Bearer <server.api_token>`, compared in constant
+time. Without a token `build_api` refuses to build, unless the caller passes `allow_no_token=True`: then
+the app answers loopback clients only (403 for anyone else) and `run_service` refuses to listen on a
+non-loopback address. That is for local development; production sets a token of at least 16 characters.
+
+Bad input is answered 400 (malformed JSON), 413 (too large) or 422 (a field missing, unknown, of the wrong
+type or out of range: named in `fields`), never 500. Every handler logs one structured event
+(`api_<route>`), with the status and duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_server.jsonlog import log_event
+from policy.config import ProjectConfig
+from policy.errors import ConfigError
+from policy.redaction import redact
+from policy.types import TERMINAL_STATUSES, AttemptStatus
+from reconciler.api_models import (
+    LOG_TEXT_LIMIT_BYTES,
+    AttemptDetail,
+    AttemptList,
+    AttemptQuery,
+    AttemptSummary,
+    DebugReconcileRequest,
+    ErrorBody,
+    FieldError,
+    Health,
+    KillSwitchRequest,
+    KillSwitchState,
+    OperatorAction,
+    ProjectList,
+    ProjectState,
+    ReportedRun,
+    RunRecorded,
+    ToolCall,
+    TransitionRecord,
+    openapi_document,
+)
+from reconciler.context import ReconcilerContext
+from reconciler.errors import StoreBusy, StoreError
+from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from reconciler.reconcile import UnknownProjects, reconcile
+from reconciler.store import attempts as attempt_store
+from reconciler.store import projects as project_store
+from reconciler.store.models import Attempt, JobRun, McpToolCall, utcnow
+from reconciler.store.runs import record_run
+from reconciler.store.state import kill_switch_enabled, set_kill_switch
+from reconciler.store.translate import fetch_all, with_retry
+from reconciler.store.upsert import insert_for
+from reconciler.summary import RunSummary, Trigger
+
+__all__ = ["MIN_TOKEN_LENGTH", "ReconcileFn", "build_api", "is_loopback_host"]
+
+logger = logging.getLogger("greenloop.api")
+
+MIN_TOKEN_LENGTH: Final = 16
+_SMALL_BODY: Final = 64 * 1024
+# A 1 MiB log can take up to six times that once JSON-escaped (\uXXXX); the decoded size is checked after.
+_RUN_BODY: Final = 8 * LOG_TEXT_LIMIT_BYTES
+_HEALTH_TIMEOUT_S: Final = 5.0
+_MAX_ID_LEN: Final = 64
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class ReconcileFn(Protocol):
+    """The pass the API runs for `POST /debug/reconcile` (`reconciler.reconcile.reconcile`)."""
+
+    async def __call__(
+        self,
+        ctx: ReconcilerContext,
+        *,
+        repos: Sequence[str] | None = None,
+        trigger: Trigger = "cli",
+        dry_run: bool = False,
+    ) -> RunSummary: ...
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (an IP address or 'localhost') is a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiError(Exception):
+    """An answer other than success, raised by a handler and rendered as an `ErrorBody`."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: str,
+        *,
+        fields: list[FieldError] | None = None,
+        unknown: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.body = ErrorBody(error=error, detail=detail, fields=fields, unknown=unknown)
+        self.headers = headers
+
+
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        model.model_dump_json(exclude_none=isinstance(model, ErrorBody)),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _error_response(exc: ApiError) -> Response:
+    return _json(exc.body, exc.status, exc.headers)
+
+
+# --- input ------------------------------------------------------------------------------------------------
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    # Security: the cap is enforced while reading, so an endless body costs at most `limit` bytes of memory.
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "bad_request", f"Invalid Content-Length header: {declared[:40]!r}.")
+        if int(declared) > limit:
+            raise ApiError(413, "too_large", f"Request body too large: {int(declared)} bytes; the limit is {limit}.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"Request body too large: more than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "(body)"
+
+
+def _invalid(exc: ValidationError, what: str) -> ApiError:
+    errors = exc.errors(include_url=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        msg = next(e["msg"] for e in errors if e["type"] == "json_invalid")
+        return ApiError(400, "invalid_json", f"Invalid JSON: {msg}.")
+    fields = [FieldError(field=_field_name(tuple(e["loc"])), message=e["msg"]) for e in errors]
+    first = fields[0]
+    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
+    return ApiError(422, "invalid_request", f"Invalid {what}: {first.field!r}: {first.message}.{more}", fields=fields)
+
+
+async def _parse(request: Request, model: type[_M], *, limit: int = _SMALL_BODY, optional: bool = False) -> _M:
+    body = await _read_body(request, limit)
+    if optional and not body.strip():
+        return model()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise _invalid(exc, "request") from None
+
+
+def _parse_query(request: Request) -> AttemptQuery:
+    raw: dict[str, Any] = {}
+    for key, value in request.query_params.multi_items():
+        if key == "status":
+            raw.setdefault("status", []).extend(v for v in value.split(",") if v)
+        elif key in raw:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"Invalid query: {key!r}: given more than once.",
+                fields=[FieldError(field=key, message="given more than once")],
+            )
+        else:
+            raw[key] = value
+    try:
+        return AttemptQuery.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid(exc, "query") from None
+
+
+# --- the app ----------------------------------------------------------------------------------------------
+
+Handler = Callable[[Request, dict[str, Any]], Awaitable[Response]]
+
+
+@dataclass
+class _Api:
+    ctx: ReconcilerContext
+    reconcile_fn: ReconcileFn
+    debug_timeout: float
+    request_timeout: float
+    synced: bool = False
+
+    # -- helpers --
+
+    def project(self, key: str) -> ProjectConfig:
+        for p in self.ctx.config.projects:
+            if key in (p.name, p.repo):
+                return p
+        raise ApiError(404, "unknown_project", f"Unknown project: {key!r}.", unknown=[key])
+
+    async def ensure_projects(self) -> None:
+        """Rows for every configured project (attempts, runs and flags reference them); once per app."""
+        if not self.synced:
+            await project_store.sync_projects(self.ctx.sessions, {p.name: p.repo for p in self.ctx.config.projects})
+            self.synced = True
+
+    async def project_state(self, project: ProjectConfig) -> ProjectState:
+        row = await project_store.get_project(self.ctx.sessions, project.name)
+        active = await attempt_store.active_attempts(self.ctx.sessions, project.name)
+        by_operator = bool(row.paused) if row is not None else False
+        return ProjectState(
+            name=project.name,
+            repo=project.repo,
+            paused=project.paused or by_operator,
+            paused_by_config=project.paused,
+            paused_by_operator=by_operator,
+            escalation_reset_at=row.escalation_reset_at if row is not None else None,
+            active_attempt_id=active[0].id if active else None,
+        )
+
+    async def kill_switch_state(self) -> KillSwitchState:
+        runtime = await kill_switch_enabled(self.ctx.sessions)
+        config = self.ctx.config.server.kill_switch
+        return KillSwitchState(enabled=runtime or config, runtime=runtime, config=config)
+
+    def endpoint(
+        self, event: str, handler: Handler, *, timeout: float | None = None
+    ) -> Callable[[Request], Awaitable[Response]]:
+        limit = timeout if timeout is not None else self.request_timeout
+
+        async def run(request: Request) -> Response:
+            fields: dict[str, Any] = {}
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(limit):
+                    response = await handler(request, fields)
+            except ApiError as exc:
+                fields["error"] = exc.body.error
+                fields["detail"] = exc.body.detail
+                response = _error_response(exc)
+            except TimeoutError:
+                fields["error"] = "timeout"
+                response = _error_response(
+                    ApiError(504, "timeout", f"Request timed out: no answer within {limit:g} seconds.")
+                )
+            except StoreBusy:
+                fields["error"] = "store_busy"
+                response = _error_response(
+                    ApiError(
+                        503,
+                        "store_busy",
+                        "Store busy: the database stayed locked; try again.",
+                        headers={"Retry-After": "1"},
+                    )
+                )
+            except StoreError as exc:
+                fields["error"] = "store_unavailable"
+                fields["detail"] = str(exc)
+                response = _error_response(ApiError(503, "store_unavailable", "Store unavailable: see the server log."))
+            except Exception:  # top-level handler: a bug here answers 500 and is logged with its traceback
+                logger.exception("api_handler_crashed", extra={"greenloop_fields": {"handler": event}})
+                fields["error"] = "internal"
+                response = _error_response(ApiError(500, "internal", "Internal error: see the server log."))
+            level = logging.WARNING if response.status_code >= 500 else logging.INFO
+            log_event(
+                logger,
+                event,
+                level=level,
+                method=request.method,
+                path=request.url.path,
+                status=response.status_code,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                **fields,
+            )
+            return response
+
+        return run
+
+    # -- handlers --
+
+    async def healthz(self, request: Request, fields: dict[str, Any]) -> Response:
+        try:
+            async with asyncio.timeout(_HEALTH_TIMEOUT_S), self.ctx.sessions() as session:
+                await session.execute(sa.text("SELECT 1"))
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            fields["db_error"] = exc.__class__.__name__
+            return _json(Health(status="unavailable", detail="database unreachable"), 503)
+        return _json(Health(status="ok"))
+
+    async def metrics(self, request: Request, fields: dict[str, Any]) -> Response:
+        if self.ctx.forge is not None:
+            self.ctx.metrics.set_forge(self.ctx.forge.stats)
+        return Response(self.ctx.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    async def openapi(self, request: Request, fields: dict[str, Any]) -> Response:
+        return Response(json.dumps(openapi_document()), media_type="application/json")
+
+    async def debug_reconcile(self, request: Request, fields: dict[str, Any]) -> Response:
+        body = await _parse(request, DebugReconcileRequest)
+        fields.update(repos=body.repos, dry_run=body.dry_run)
+        unknown = [
+            r for r in dict.fromkeys(body.repos) if not any(r in (p.name, p.repo) for p in self.ctx.config.projects)
+        ]
+        if unknown:
+            raise ApiError(
+                404, "unknown_project", f"Unknown project(s): {', '.join(repr(u) for u in unknown)}.", unknown=unknown
+            )
+        try:
+            async with asyncio.timeout(self.debug_timeout):
+                summary = await self.reconcile_fn(
+                    self.ctx, repos=list(dict.fromkeys(body.repos)), trigger="debug", dry_run=body.dry_run
+                )
+        except UnknownProjects as exc:
+            names = [str(n) for n in exc.names]
+            raise ApiError(404, "unknown_project", str(exc), unknown=names) from None
+        except TimeoutError:
+            raise ApiError(
+                504,
+                "timeout",
+                f"Reconcile pass timed out: no summary within {self.debug_timeout:g} seconds; the pass was "
+                "cancelled (agents it had already dispatched keep running) and the next pass picks up from the "
+                "current state.",
+            ) from None
+        fields.update(
+            projects_red=summary.projects_red,
+            attempts_started=len(summary.attempts_started),
+            errors=len(summary.errors),
+        )
+        return _json(summary)
+
+    async def post_run(self, request: Request, fields: dict[str, Any]) -> Response:
+        body = await _parse(request, ReportedRun, limit=_RUN_BODY)
+        project = self.project(body.project)
+        fields.update(project=project.name, job=body.job, run_id=body.run_id, run_attempt=body.run_attempt)
+        if body.log_text is not None:
+            size = len(body.log_text.encode("utf-8", "surrogatepass"))
+            if size > LOG_TEXT_LIMIT_BYTES:
+                raise ApiError(
+                    413,
+                    "too_large",
+                    f"Log too large: 'log_text' is {size} bytes; the limit is {LOG_TEXT_LIMIT_BYTES} (send 'log_url').",
+                )
+        await self.ensure_projects()
+        # Security: logs leave the job's sandbox here; secrets they print are redacted before they are stored.
+        log_text = redact(body.log_text) if body.log_text is not None else None
+        row, created = await _record_reported_run(self, project.name, body, log_text)
+        fields["created"] = created
+        out = RunRecorded(
+            id=row.id,
+            project=row.project,
+            job=row.job,
+            run_id=row.run_id,
+            run_attempt=row.run_attempt,
+            status=row.status,
+            conclusion=row.conclusion,
+            created=created,
+        )
+        return _json(out, 201 if created else 200)
+
+    async def list_attempts(self, request: Request, fields: dict[str, Any]) -> Response:
+        query = _parse_query(request)
+        name = self.project(query.project).name if query.project is not None else None
+        fields.update(project=name, limit=query.limit, offset=query.offset)
+        rows = await attempt_store.list_attempts(
+            self.ctx.sessions, project=name, statuses=query.status, limit=query.limit, offset=query.offset
+        )
+        fields["count"] = len(rows)
+        return _json(AttemptList(attempts=[_summary(a) for a in rows], limit=query.limit, offset=query.offset))
+
+    async def get_attempt(self, request: Request, fields: dict[str, Any]) -> Response:
+        attempt = await self.attempt(request, fields)
+        transitions = await attempt_store.attempt_transitions(self.ctx.sessions, attempt.id)
+        calls = await fetch_all(
+            self.ctx.sessions,
+            sa.select(McpToolCall).where(McpToolCall.attempt_id == attempt.id).order_by(McpToolCall.id),
+        )
+        detail = AttemptDetail(
+            **_summary(attempt).model_dump(),
+            fingerprint=attempt.fingerprint,
+            pushed_sha=attempt.pushed_sha,
+            merged_sha=attempt.merged_sha,
+            trace_id=attempt.trace_id,
+            heartbeat_at=attempt.heartbeat_at,
+            report=attempt.report,
+            transcript=_loads(attempt.transcript),
+            transitions=[
+                TransitionRecord(from_status=t.from_status, to_status=t.to_status, reason=t.reason, at=t.at)
+                for t in transitions
+            ],
+            tool_calls=[
+                ToolCall(
+                    id=c.id,
+                    tool=c.tool,
+                    outcome=c.outcome,
+                    arguments=_loads(c.arguments),
+                    message=c.message,
+                    result_bytes=c.result_bytes,
+                    duration_ms=c.duration_ms,
+                    client=c.client,
+                    created_at=c.created_at,
+                )
+                for c in calls
+            ],
+        )
+        return _json(detail)
+
+    async def attempt(self, request: Request, fields: dict[str, Any]) -> Attempt:
+        attempt_id = str(request.path_params["id"])
+        shown = attempt_id[:_MAX_ID_LEN]
+        fields["attempt_id"] = shown
+        # An id that cannot exist (attempt ids are short and alphanumeric) never reaches the database: NUL
+        # bytes and odd characters would be a driver error there, not a "not found".
+        found = await attempt_store.get_attempt(self.ctx.sessions, attempt_id) if _ID_RE.match(attempt_id) else None
+        if found is None:
+            raise ApiError(404, "unknown_attempt", f"Unknown attempt: {shown!r}.")
+        return found
+
+    async def cancel_attempt(self, request: Request, fields: dict[str, Any]) -> Response:
+        attempt = await self.attempt(request, fields)
+        action = await _parse(request, OperatorAction, optional=True)
+        fields.update(project=attempt.project, reason=action.reason)
+        reason = "operator_cancel" + (f": {action.reason}" if action.reason else "")
+        for _ in range(len(AttemptStatus)):  # each lost race moves the attempt forward; the chain is finite
+            status = AttemptStatus(attempt.status)
+            if status in TERMINAL_STATUSES:
+                raise ApiError(409, "conflict", f"Attempt already finished: {status.value!r}: {attempt.id!r}.")
+            moved = await attempt_store.transition(
+                self.ctx.sessions,
+                attempt.id,
+                AttemptStatus.CANCELLED,
+                reason=reason,
+                expected=status,
+                stop_reason="cancelled",
+            )
+            refreshed = await attempt_store.get_attempt(self.ctx.sessions, attempt.id)
+            if refreshed is None:  # pragma: no cover - attempts are never deleted
+                raise ApiError(404, "unknown_attempt", f"Unknown attempt: {attempt.id!r}.")
+            attempt = refreshed
+            if moved:
+                fields["from_status"] = status.value
+                self.ctx.metrics.observe_attempt_finished(
+                    AttemptStatus.CANCELLED.value, attempt.input_tokens, attempt.output_tokens, attempt.cost_usd
+                )
+                return _json(_summary(attempt))
+        raise ApiError(409, "conflict", f"Attempt kept changing; try again: {attempt.id!r}.")
+
+    async def list_projects(self, request: Request, fields: dict[str, Any]) -> Response:
+        await self.ensure_projects()
+        states = [await self.project_state(p) for p in self.ctx.config.projects]
+        fields["count"] = len(states)
+        return _json(ProjectList(projects=states))
+
+    def project_action(self, action_name: Literal["pause", "resume", "reset"]) -> Handler:
+        async def handle(request: Request, fields: dict[str, Any]) -> Response:
+            project = self.project(str(request.path_params["name"]))
+            action = await _parse(request, OperatorAction, optional=True)
+            fields.update(project=project.name, reason=action.reason)
+            await self.ensure_projects()
+            if action_name == "reset":
+                await project_store.reset_escalation(self.ctx.sessions, project.name)
+            else:
+                await project_store.set_paused(self.ctx.sessions, project.name, action_name == "pause")
+            return _json(await self.project_state(project))
+
+        return handle
+
+    async def get_kill_switch(self, request: Request, fields: dict[str, Any]) -> Response:
+        state = await self.kill_switch_state()
+        fields.update(enabled=state.enabled)
+        return _json(state)
+
+    async def post_kill_switch(self, request: Request, fields: dict[str, Any]) -> Response:
+        body = await _parse(request, KillSwitchRequest)
+        await set_kill_switch(self.ctx.sessions, body.enabled)
+        state = await self.kill_switch_state()
+        fields.update(requested=body.enabled, enabled=state.enabled)
+        return _json(state)
+
+
+def _summary(a: Attempt) -> AttemptSummary:
+    return AttemptSummary(
+        id=a.id,
+        project=a.project,
+        job=a.job,
+        status=AttemptStatus(a.status),
+        run_id=a.run_id,
+        head_sha=a.head_sha,
+        branch=a.branch,
+        pr_number=a.pr_number,
+        pr_url=a.pr_url,
+        stop_reason=a.stop_reason,
+        input_tokens=a.input_tokens,
+        output_tokens=a.output_tokens,
+        cache_tokens=a.cache_tokens,
+        cost_usd=a.cost_usd,
+        turns=a.turns,
+        created_at=a.created_at,
+        updated_at=a.updated_at,
+        finished_at=a.finished_at,
+    )
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def _record_reported_run(api: _Api, project: str, body: ReportedRun, log_text: str | None) -> tuple[JobRun, bool]:
+    """Insert the run if it is new (True), else update its status/log through the store's upsert (False)."""
+    values: dict[str, Any] = {
+        "project": project,
+        "job": body.job,
+        "run_id": body.run_id,
+        "source": "reported",
+        "status": body.status,
+        "conclusion": body.conclusion,
+        "head_sha": body.head_sha,
+        "event": body.event,
+        "triggered_by": body.triggered_by,
+        "commit_message": body.commit_message,
+        "log_text": log_text,
+        "log_url": body.log_url,
+        "run_attempt": body.run_attempt,
+        "created_at": body.created_at or utcnow(),
+    }
+
+    async def _insert() -> JobRun | None:
+        async with api.ctx.sessions() as session, session.begin():
+            stmt = insert_for(session, JobRun).values(**values, observed_at=utcnow())
+            stmt = stmt.on_conflict_do_nothing(
+                index_elements=[JobRun.project, JobRun.source, JobRun.run_id, JobRun.run_attempt]
+            )
+            inserted: JobRun | None = await session.scalar(stmt.returning(JobRun))
+            return inserted
+
+    new = await with_retry(_insert)
+    if new is not None:
+        return new, True
+    return await record_run(api.ctx.sessions, **values), False
+
+
+# --- authentication ---------------------------------------------------------------------------------------
+
+
+class _Guard:
+    """ASGI middleware: bearer token on every route but /healthz; loopback-only when no token is set."""
+
+    def __init__(self, app: ASGIApp, *, token: bytes | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, error, detail = refusal
+        headers = {"WWW-Authenticate": 'Bearer realm="greenloop"'} if status == 401 else None
+        log_event(
+            logger,
+            "api_refused",
+            level=logging.WARNING,
+            method=scope.get("method"),
+            path=scope.get("path"),
+            status=status,
+            error=error,
+        )
+        response = _error_response(ApiError(status, error, detail, headers=headers))
+        await response(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        if self.token is None:
+            # Security: without a token, only this machine may talk to the API.
+            client = scope.get("client")
+            if not client or not is_loopback_host(str(client[0])):
+                return 403, "forbidden", "Forbidden: no API token is configured, so only loopback clients are served."
+            return None
+        values = [v for k, v in scope.get("headers", []) if k == b"authorization"]
+        if len(values) != 1:
+            return 401, "unauthorized", "Unauthorized: send one 'Authorization: Bearer <token>' header."
+        scheme, _, given = values[0].partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            return 401, "unauthorized", "Unauthorized: the Authorization header must be 'Bearer <token>'."
+        # Security: constant-time comparison; the token never reaches a log or an answer.
+        if not hmac.compare_digest(given.strip(), self.token):
+            return 401, "unauthorized", "Unauthorized: wrong API token."
+        return None
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    error = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+    detail = {
+        404: f"Not found: no such route: {request.url.path[:200]!r}.",
+        405: f"Method not allowed: {request.method} {request.url.path[:200]!r}.",
+    }.get(status, f"HTTP error {status}.")
+    log_event(logger, "api_" + error, method=request.method, path=request.url.path[:200], status=status)
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) and exc.headers else None
+    return _json(ErrorBody(error=error, detail=detail), status, headers)
+
+
+def build_api(
+    ctx: ReconcilerContext,
+    *,
+    api_token: str | None,
+    reconcile_fn: ReconcileFn = reconcile,
+    allow_no_token: bool = False,
+    debug_timeout_seconds: float = 30.0,
+    request_timeout_seconds: float = 30.0,
+) -> Starlette:
+    """The reconciler's HTTP API as a Starlette app (see the module docstring for the routes and rules).
+
+    Raises:
+        ConfigError: no token and `allow_no_token` is False, or a token shorter than 16 characters.
+    """
+    token = api_token or None
+    if token is None and not allow_no_token:
+        raise ConfigError(
+            "server.api_token: not set: the HTTP API needs a bearer token (set GREENLOOP_SERVER__API_TOKEN), "
+            "or serve loopback only in development."
+        )
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"server.api_token: too short: use at least {MIN_TOKEN_LENGTH} random characters.")
+    api = _Api(
+        ctx=ctx,
+        reconcile_fn=reconcile_fn,
+        debug_timeout=debug_timeout_seconds,
+        # The debug pass has its own, more precise timeout message; the outer one is a backstop.
+        request_timeout=request_timeout_seconds,
+    )
+    e = api.endpoint
+    routes = [
+        Route("/healthz", e("api_healthz", api.healthz), methods=["GET"]),
+        Route("/metrics", e("api_metrics", api.metrics), methods=["GET"]),
+        Route("/openapi.json", e("api_openapi", api.openapi), methods=["GET"]),
+        Route(
+            "/debug/reconcile",
+            e("api_debug_reconcile", api.debug_reconcile, timeout=debug_timeout_seconds + 5.0),
+            methods=["POST"],
+        ),
+        Route("/runs", e("api_post_run", api.post_run), methods=["POST"]),
+        Route("/attempts", e("api_list_attempts", api.list_attempts), methods=["GET"]),
+        Route("/attempts/{id}", e("api_get_attempt", api.get_attempt), methods=["GET"]),
+        Route("/attempts/{id}/cancel", e("api_cancel_attempt", api.cancel_attempt), methods=["POST"]),
+        Route("/projects", e("api_list_projects", api.list_projects), methods=["GET"]),
+        # `{name:path}`: a project may be named by its owner/name repository, which contains a slash.
+        Route("/projects/{name:path}/pause", e("api_pause_project", api.project_action("pause")), methods=["POST"]),
+        Route("/projects/{name:path}/resume", e("api_resume_project", api.project_action("resume")), methods=["POST"]),
+        Route("/projects/{name:path}/reset", e("api_reset_project", api.project_action("reset")), methods=["POST"]),
+        Route("/kill-switch", e("api_get_kill_switch", api.get_kill_switch), methods=["GET"]),
+        Route("/kill-switch", e("api_post_kill_switch", api.post_kill_switch), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found})
+    app.add_middleware(_Guard, token=token.encode() if token is not None else None)
+    return app
