@@ -282,12 +282,13 @@ class Workspace:
             raise ToolRefused(f"Not found: no such file: {requested!r}.") from None
         except OSError as exc:
             raise ToolRefused(f"Read refused: the path can't be opened as a file: {requested!r}.") from exc
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
             if stat.S_ISDIR(info.st_mode):
                 raise ToolRefused(f"Not a file: it is a directory; use list_repo_files: {requested!r}.")
-            if not stat.S_ISREG(info.st_mode):
-                raise ToolRefused(f"Not a file: not a regular file: {requested!r}.")
+            raise ToolRefused(f"Not a file: not a regular file: {requested!r}.")
+        with os.fdopen(fd, "rb") as handle:
             if info.st_size > MAX_READ_FILE_BYTES:
                 raise ToolRefused(
                     f"File too large: {info.st_size} bytes, over the {MAX_READ_FILE_BYTES} byte limit: {requested!r}."

@@ -427,3 +427,61 @@ async def test_unexpected_body_is_a_forge_error_not_a_validation_error() -> None
     h = Harness(sequence(httpx2.Response(200, json={"nothing": "useful"})))
     with pytest.raises(ForgeError, match="unexpected body"):
         await h.client.get_repo(REPO)
+
+
+# ---------------------------------------------------------------------------------------------- local forge
+
+
+@pytest.fixture
+async def local_forge(tmp_path: Any) -> Any:
+    from fixtures.forge.server import run_forge
+    from mcp_server.github_app import GitHubApp
+
+    async with (
+        run_forge(tmp_path / "forge", projects=["clean"], actions_enabled=False) as forge,
+        GitHubApp(
+            api_url=forge.api_url,
+            app_id=str(forge.app_id),
+            installation_id=str(forge.installation_id),
+            private_key_path=forge.private_key_path,
+        ) as app,
+    ):
+        sleeps: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+
+        async with ForgeClient(ForgeSettings(api_url=forge.api_url), app, sleep=sleep) as client:
+            yield forge, client, sleeps
+
+
+@pytest.mark.anyio
+async def test_local_forge_answers_a_repeated_query_with_304_and_the_cached_runs(local_forge: Any) -> None:
+    _, client, _ = local_forge
+    first = await client.list_workflow_runs("acme/clean", branch="main")
+    second = await client.list_workflow_runs("acme/clean", branch="main")
+    assert not first.not_modified and second.not_modified and second.runs == first.runs
+    assert client.stats.not_modified == 1
+    assert client.stats.rate_remaining is not None and client.stats.rate_remaining > 0
+
+
+@pytest.mark.parametrize(
+    ("kinds", "expected_sleeps"),
+    [
+        pytest.param(("500", "502"), None, id="500-then-502"),
+        pytest.param(("429",), [2.0], id="429-retry-after"),
+        pytest.param(("403_secondary",), [2.0], id="403-secondary"),
+    ],
+)
+@pytest.mark.anyio
+async def test_local_forge_injected_faults_are_retried_then_succeed(
+    local_forge: Any, kinds: tuple[str, ...], expected_sleeps: list[float] | None
+) -> None:
+    forge, client, sleeps = local_forge
+    for kind in kinds:
+        forge.faults.add(path_regex=r"^/repos/acme/clean$", kind=kind, retry_after=2)
+    repo = await client.get_repo("acme/clean")
+    assert repo.full_name == "acme/clean" and repo.default_branch == "main"
+    assert client.stats.retries == len(kinds)
+    if expected_sleeps is not None:
+        assert sleeps == expected_sleeps

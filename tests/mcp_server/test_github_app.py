@@ -214,3 +214,57 @@ def test_from_settings_reads_the_forge_section(key_path: Path) -> None:
     claims = jwt.decode(app.jwt(), options={"verify_signature": False})
     assert claims["iss"] == "9"
 
+
+
+# ---------------------------------------------------------------------------------------------- local forge
+
+
+@pytest.mark.anyio
+async def test_local_forge_accepts_the_jwt_caches_the_token_and_refreshes_it_after_expiry(tmp_path: Path) -> None:
+    from fixtures.forge.server import run_forge
+
+    async with (
+        run_forge(tmp_path / "forge", projects=["clean"], actions_enabled=False) as forge,
+        GitHubApp(
+            api_url=forge.api_url,
+            app_id=str(forge.app_id),
+            installation_id=str(forge.installation_id),
+            private_key_path=forge.private_key_path,
+        ) as app,
+        ForgeClient(ForgeSettings(api_url=forge.api_url), app) as client,
+    ):
+        first = await app.token()
+        assert first.startswith("ghs_")
+        assert (await client.get_repo("acme/clean")).full_name == "acme/clean"
+        assert await app.token() == first and app.exchanges == 1
+
+        # The forge's test control expires every installation token: the next call gets a 401 and the
+        # client refreshes once, transparently.
+        async with httpx2.AsyncClient() as admin:
+            response = await admin.post(
+                f"{forge.api_url}/_forge/tokens/expire",
+                json={"all_installation_tokens": True},
+                headers={"Authorization": f"Bearer {forge.admin_token}"},
+            )
+            assert response.status_code == 200
+        assert (await client.get_repo("acme/clean")).default_branch == "main"
+        second = await app.token()
+    assert second != first and app.exchanges == 2
+    assert first in app.secrets() and second in app.secrets()
+
+
+@pytest.mark.anyio
+async def test_local_forge_rejects_a_jwt_signed_with_another_key(tmp_path: Path, key_path: Path) -> None:
+    from fixtures.forge.server import run_forge
+
+    async with (
+        run_forge(tmp_path / "forge", actions_enabled=False) as forge,
+        GitHubApp(
+            api_url=forge.api_url,
+            app_id=str(forge.app_id),
+            installation_id=str(forge.installation_id),
+            private_key_path=key_path,
+        ) as app,
+    ):
+        with pytest.raises(ForgeAuthError, match="HTTP 401"):
+            await app.token()
