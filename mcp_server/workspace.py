@@ -194,8 +194,8 @@ class Workspace:
             await self._git("fetch", "--no-tags", "--prune", "origin", network=True)
             branch = self.current_branch()
             if branch is None or not is_fix_branch(branch):
+                # -B with --force: the branch is reset to the forge's head and local changes are discarded.
                 await self._git("checkout", "--force", "-B", self._default, self._default_ref())
-                await self._git("reset", "--hard", self._default_ref())
                 await self._git("clean", "-ffdx")
 
     # ------------------------------------------------------------------------------------------ paths
@@ -325,7 +325,7 @@ class Workspace:
             ToolRefused: `under` is not a directory.
         """
         args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]
-        if under.strip("/.") != "":
+        if under not in ("", ".", "./"):
             real = self.resolve_path(under, for_write=False)
             if not real.is_dir():
                 raise ToolRefused(f"Not a directory: {under!r}.")
