@@ -80,8 +80,11 @@ def make_backend(
     )
 
 
-def open_in_process_session(config: GreenloopConfig) -> SessionOpener:
-    """Sessions on an in-process `mcp_server` bound to (project, job, attempt) in agent mode."""
+def open_in_process_session(config: GreenloopConfig, *, audit: Any = None) -> SessionOpener:
+    """Sessions on an in-process `mcp_server` bound to (project, job, attempt) in agent mode.
+
+    `audit` is an `mcp_server.audit.AuditSink` (default: one JSON log line per tool call).
+    """
 
     @asynccontextmanager
     async def opener(project: str, job: str, attempt_id: str) -> AsyncIterator[ToolSession]:
@@ -92,8 +95,8 @@ def open_in_process_session(config: GreenloopConfig) -> SessionOpener:
         from mcp_server.session import Mode, SessionGrant, config_binding_factory
 
         grant = SessionGrant(project=project, mode=Mode.AGENT, attempt_id=attempt_id, job=job, client="cli")
-        server = build_server(config_binding_factory(config, audit=JsonLogAuditSink()), mode=Mode.AGENT,
-                              grant=grant)
+        sink = audit if audit is not None else JsonLogAuditSink()
+        server = build_server(config_binding_factory(config, audit=sink), mode=Mode.AGENT, grant=grant)
         async with Client(server) as client:
             yield client
 

@@ -172,6 +172,10 @@ class ServerSettings(_Model):
     kill_switch: bool = False
     workspace_dir: str = ".greenloop/workspaces"
     slack_webhook_url: str | None = None
+    # An MCP sidecar (streamable HTTP) instead of the in-process server; the reconciler mints each attempt a
+    # short-lived token signed with mcp_token_secret (shared with the sidecar, at least 32 characters).
+    mcp_url: str | None = None
+    mcp_token_secret: str | None = None
 
 
 class GreenloopConfig(_Model):

@@ -38,6 +38,35 @@ def _logs_excerpt(args: argparse.Namespace) -> int:
     return logs_excerpt_command(args.file, args.budget_tokens, args.json)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from reconciler.demo import demo_command
+
+    return demo_command(as_json=args.json, deadline_seconds=args.deadline, keep_dir=args.keep)
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from reconciler.service import reconcile_command
+
+    repos = [r for r in (args.repos or "").split(",") if r] or None
+    return reconcile_command(args.config, repos=repos, dry_run=args.dry_run, as_json=args.json)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from reconciler.service import run_command
+
+    return run_command(args.config)
+
+
+def _agent_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.cli import agent_run_command
+    from mcp_server.settings import load_config
+
+    config = load_config(args.config)
+    return asyncio.run(agent_run_command(config, args.project, args.job, args.model, run_id=args.run_id))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `greenloop`."""
     parser = argparse.ArgumentParser(prog="greenloop", description="Keep scheduled jobs and CI green.")
@@ -45,6 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default=None, help="path of greenloop.toml (default: $GREENLOOP_CONFIG or ./greenloop.toml)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the whole loop on the local forge and the fixture projects")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
+    p.add_argument("--deadline", type=float, default=120.0, help="seconds to wait for every project to settle")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (forge, store, workspaces)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("reconcile", help="run one reconcile pass and print its summary")
+    p.add_argument("--repos", default=None, help="comma-separated project names or owner/name (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="report what would start; start nothing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_reconcile)
+
+    p = sub.add_parser("run", help="run the reconciler: scheduled passes plus the HTTP API")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("agent", help="agent commands")
+    psub = p.add_subparsers(dest="agent_command", required=True)
+    ar = psub.add_parser("run", help="run one remediation attempt by hand and print its outcome")
+    ar.add_argument("--project", required=True)
+    ar.add_argument("--job", required=True)
+    ar.add_argument("--model", default=None, help="scripted:FILE | replay:FILE | record:FILE | anthropic[:MODEL]")
+    ar.add_argument("--run-id", type=int, default=None, help="the failing run (default: the latest failed run)")
+    ar.set_defaults(func=_agent_run)
 
     p = sub.add_parser("config", help="configuration commands")
     psub = p.add_subparsers(dest="config_command", required=True)

@@ -17,29 +17,18 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from agent.loop import ToolSession
-from agent.models import AnthropicBackend, ModelBackend
-from agent.scripted import ScriptedBackend
-from mcp_server.audit import SqlAuditSink
-from mcp_server.forge import ForgeClient
-from mcp_server.github_app import GitHubApp
-from mcp_server.session import Mode, SessionGrant, config_binding_factory
 from policy.config import AgentSettings, ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
 from policy.types import AttemptStatus, Autonomy
 from reconciler.context import ReconcilerContext
-from reconciler.dispatch import AgentDispatcher
-from reconciler.metrics import Metrics
 from reconciler.reconcile import reconcile
-from reconciler.store.engine import make_engine, make_sessionmaker
-from reconciler.store.migrate import upgrade_async
+from reconciler.runtime import backend_from_env, open_runtime, scripted_backends
 from reconciler.store.models import Attempt
 
 __all__ = ["DemoResult", "ProjectResult", "run_demo"]
@@ -126,39 +115,6 @@ class DemoResult:
             ],
             "timeline": [{"t": round(t, 2), "project": proj, "event": ev} for t, proj, ev in self.timeline],
         }
-
-
-def _scripted_backend(attempt: Attempt, project: ProjectConfig) -> ModelBackend:
-    script = SCRIPTS_DIR / f"{project.name}.json"
-    return ScriptedBackend(script, substitutions={"FAILING_RUN_ID": attempt.run_id})
-
-
-def _real_backend(settings: AgentSettings, api_key: str) -> Callable[[Attempt, ProjectConfig], ModelBackend]:
-    def make(_attempt: Attempt, _project: ProjectConfig) -> ModelBackend:
-        return AnthropicBackend(settings, api_key=api_key, base_url=settings.base_url)
-
-    return make
-
-
-def _session_opener(
-    config: GreenloopConfig, audit: SqlAuditSink
-) -> Callable[[Attempt], AbstractAsyncContextManager[ToolSession]]:
-    from mcp.client import Client
-
-    from mcp_server.server import build_server
-
-    factory = config_binding_factory(config, audit=audit)
-
-    @asynccontextmanager
-    async def open_session(attempt: Attempt) -> AsyncIterator[ToolSession]:
-        grant = SessionGrant(
-            project=attempt.project, mode=Mode.AGENT, attempt_id=attempt.id, job=attempt.job, client="reconciler"
-        )
-        server = build_server(factory, mode=Mode.AGENT, grant=grant)
-        async with Client(server) as client:
-            yield client
-
-    return open_session
 
 
 class _Progress:
@@ -291,30 +247,14 @@ async def run_demo(
                 agent=agent_settings,
                 projects=tuple(_project_config(f) for f in fixtures),
             )
-            engine = make_engine(db_url)
-            await upgrade_async(engine)
-            sessions = make_sessionmaker(engine)
-            audit = SqlAuditSink(engine)
-            metrics = Metrics()
-            app = GitHubApp.from_settings(config.forge)
-            async with app, ForgeClient(config.forge, app) as forge_client:
-                dispatcher = AgentDispatcher(
-                    config,
-                    sessions,
-                    open_session=_session_opener(config, audit),
-                    backend_for=_real_backend(agent_settings, api_key) if api_key else _scripted_backend,
-                    metrics=metrics,
-                    heartbeat_seconds=2.0,
-                    secrets=(api_key,) if api_key else (),
-                )
-                ctx = ReconcilerContext(
-                    config=config,
-                    sessions=sessions,
-                    forge=forge_client,
-                    dispatcher=dispatcher,
-                    metrics=metrics,
-                    bot_logins=frozenset({config.forge.bot_login}),
-                )
+            if api_key:
+                backend_for, secrets = backend_from_env(config)
+            else:
+                backend_for, secrets = scripted_backends(str(SCRIPTS_DIR)), ()
+            async with open_runtime(config, backend_for=backend_for, secrets=secrets, heartbeat_seconds=2.0) as ctx:
+                dispatcher = ctx.dispatcher
+                if dispatcher is None:
+                    raise RuntimeError("the demo needs a dispatcher")
                 view = _Progress(out, enabled=progress)
                 reran: set[str] = set()
                 green_at: dict[str, float] = {}
@@ -358,8 +298,6 @@ async def run_demo(
                         await asyncio.sleep(0.2)
                 finally:
                     await dispatcher.aclose()
-            await audit.aclose() if hasattr(audit, "aclose") else None
-            await engine.dispose()
     finally:
         result.seconds = time.perf_counter() - t0
         if not keep_dir:

@@ -43,6 +43,11 @@ class ObservedRun:
     log_text: str | None = None  # reported runs may carry their log
 
     @property
+    def order(self) -> tuple[datetime, int, int]:
+        """Newest-last sort key: creation time, then run id (ids grow), then attempt."""
+        return (self.created_at, int(self.run_id) if self.run_id.isdigit() else 0, self.run_attempt)
+
+    @property
     def completed(self) -> bool:
         """Whether the run has finished."""
         return self.status == "completed"
@@ -67,13 +72,13 @@ class ProjectObservation:
         self.runs.append(run)
         if not run.completed:
             current = self.latest.get(run.job)
-            if current is None or run.created_at >= current.created_at:
+            if current is None or run.order >= current.order:
                 self.in_progress.add(run.job)
             return
         if run.green:
             self.green_shas.setdefault(run.job, set()).add(run.head_sha)
         current = self.latest.get(run.job)
-        if current is None or (run.created_at, run.run_attempt) >= (current.created_at, current.run_attempt):
+        if current is None or run.order >= current.order:
             self.latest[run.job] = run
 
     def finish(self) -> None:
@@ -81,7 +86,7 @@ class ProjectObservation:
         for job in list(self.in_progress):
             latest = self.latest.get(job)
             newer = [r for r in self.runs if r.job == job and not r.completed]
-            if latest is not None and all(r.created_at < latest.created_at for r in newer):
+            if latest is not None and all(r.order < latest.order for r in newer):
                 self.in_progress.discard(job)
 
     def passed_before(self, run: ObservedRun) -> bool:

@@ -1,0 +1,150 @@
+"""Building a running reconciler from the configuration: store, forge client, MCP sessions, dispatcher.
+
+`open_runtime` is the one lifespan every entry point uses (`greenloop run`, `greenloop reconcile`, the
+demo): it migrates the store, syncs nothing else, and closes everything on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+
+from agent.cli import open_in_process_session
+from agent.loop import ToolSession
+from agent.models import AnthropicBackend, ModelBackend
+from agent.scripted import ScriptedBackend
+from mcp_server.audit import SqlAuditSink
+from mcp_server.forge import ForgeClient
+from mcp_server.github_app import GitHubApp
+from policy.config import GreenloopConfig, ProjectConfig
+from policy.errors import ConfigError
+from reconciler.context import ReconcilerContext
+from reconciler.dispatch import AgentDispatcher, BackendFactory
+from reconciler.metrics import Metrics
+from reconciler.store.engine import make_engine, make_sessionmaker
+from reconciler.store.migrate import upgrade_async
+from reconciler.store.models import Attempt
+
+__all__ = ["backend_from_env", "open_runtime", "scripted_backends"]
+
+logger = logging.getLogger("greenloop.runtime")
+
+
+def scripted_backends(scripts_dir: str) -> BackendFactory:
+    """Each attempt replays `<scripts_dir>/<project>.json` (the demo and tests; no API key needed)."""
+
+    def make(attempt: Attempt, project: ProjectConfig) -> ModelBackend:
+        return ScriptedBackend(
+            os.path.join(scripts_dir, f"{project.name}.json"), substitutions={"FAILING_RUN_ID": attempt.run_id}
+        )
+
+    return make
+
+
+def backend_from_env(config: GreenloopConfig) -> tuple[BackendFactory, tuple[str, ...]]:
+    """The real model when ANTHROPIC_API_KEY is set; returns (factory, secrets to redact).
+
+    Raises:
+        ConfigError: no API key and no scripted model configured.
+    """
+    api_key = os.environ.get("ANTHROPIC_API_KEY", "")
+    if not api_key:
+        raise ConfigError("agent: ANTHROPIC_API_KEY is not set (the demo uses a scripted model instead)")
+    settings = config.agent
+
+    def make(_attempt: Attempt, _project: ProjectConfig) -> ModelBackend:
+        return AnthropicBackend(settings, api_key=api_key, base_url=settings.base_url)
+
+    return make, (api_key,)
+
+
+def _http_opener(config: GreenloopConfig) -> Callable[[Attempt], AbstractAsyncContextManager[ToolSession]]:
+    """Sessions on an MCP sidecar over streamable HTTP, each with its own minted, short-lived token."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from mcp_server.auth import mint_token
+    from mcp_server.session import Mode
+
+    url, secret = config.server.mcp_url, config.server.mcp_token_secret
+    if not url or not secret:
+        raise ConfigError("server.mcp_url needs server.mcp_token_secret (the secret the sidecar verifies)")
+
+    @asynccontextmanager
+    async def open_session(attempt: Attempt) -> AsyncIterator[ToolSession]:
+        import httpx2
+
+        project = config.project(attempt.project)
+        token = mint_token(
+            secret,
+            project=attempt.project,
+            attempt_id=attempt.id,
+            job=attempt.job,
+            mode=Mode.AGENT,
+            ttl_seconds=int(project.budgets.wall_seconds) + 300,
+        )
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
+            yield client
+
+    return open_session
+
+
+@asynccontextmanager
+async def open_runtime(
+    config: GreenloopConfig,
+    *,
+    backend_for: BackendFactory | None,
+    secrets: tuple[str, ...] = (),
+    heartbeat_seconds: float = 5.0,
+    with_dispatcher: bool = True,
+) -> AsyncIterator[ReconcilerContext]:
+    """A ready `ReconcilerContext` (store migrated, forge client open, dispatcher running), closed on exit."""
+    async with AsyncExitStack() as stack:
+        engine = make_engine(config.server.database_url)
+        stack.push_async_callback(engine.dispose)
+        await upgrade_async(engine)
+        sessions = make_sessionmaker(engine)
+        metrics = Metrics()
+        forge: ForgeClient | None = None
+        if config.forge.app_id and config.forge.installation_id and config.forge.private_key_path:
+            app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
+            forge = await stack.enter_async_context(ForgeClient(config.forge, app))
+        else:
+            logger.warning(
+                "no GitHub App configured ([forge] app_id, installation_id, private_key_path): "
+                "only runs reported to POST /runs are observed"
+            )
+        dispatcher: AgentDispatcher | None = None
+        if with_dispatcher and backend_for is not None:
+            if config.server.mcp_url:
+                opener = _http_opener(config)
+            else:
+                audit = SqlAuditSink(engine)
+                in_process = open_in_process_session(config, audit=audit)
+
+                def opener(attempt: Attempt) -> AbstractAsyncContextManager[ToolSession]:
+                    return in_process(attempt.project, attempt.job, attempt.id)
+
+            dispatcher = AgentDispatcher(
+                config,
+                sessions,
+                open_session=opener,
+                backend_for=backend_for,
+                metrics=metrics,
+                heartbeat_seconds=heartbeat_seconds,
+                secrets=secrets,
+            )
+            stack.push_async_callback(dispatcher.aclose)
+        yield ReconcilerContext(
+            config=config,
+            sessions=sessions,
+            forge=forge,
+            dispatcher=dispatcher,
+            metrics=metrics,
+            bot_logins=frozenset({config.forge.bot_login}),
+        )
