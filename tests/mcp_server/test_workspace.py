@@ -596,3 +596,17 @@ async def test_empty_message_is_refused(env: Env) -> None:
     await ws.write_file("x.txt", "x\n", **LIMITS)
     with pytest.raises(ToolRefused, match="message is empty"):
         await ws.commit_and_push(f"  \n{ATTEMPT_TRAILER}: abc123\n", attempt_id=ATTEMPT, expected_branch=BRANCH)
+
+
+@pytest.mark.anyio
+async def test_a_commit_whose_push_failed_is_pushed_by_the_next_call(env: Env) -> None:
+    ws = await on_fix_branch(env)
+    await ws.write_file("x.txt", "x\n", **LIMITS)
+    env.forge.faults.add(path_regex="git-receive-pack", kind="500", count=5)
+    with pytest.raises(GitError, match="git push"):
+        await ws.commit_and_push("x", attempt_id=ATTEMPT, expected_branch=BRANCH)
+    env.forge.faults.clear()
+    pushed = await ws.commit_and_push("x", attempt_id=ATTEMPT, expected_branch=BRANCH)
+    assert pushed.sha == await ws.head_sha()
+    async with ForgeClient(ForgeSettings(api_url=env.forge.api_url), env.app) as client:
+        assert (await client.list_commits(REPO, sha=BRANCH, per_page=1))[0].sha == pushed.sha
