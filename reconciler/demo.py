@@ -297,7 +297,7 @@ async def run_demo(
                         await forge.wait_idle(30)
                         await asyncio.sleep(0.2)
                 finally:
-                    await dispatcher.aclose()
+                    await dispatcher.wait_idle(5)
     finally:
         result.seconds = time.perf_counter() - t0
         if not keep_dir:

@@ -1,0 +1,125 @@
+"""The long-running and one-shot entry points: `greenloop run` and `greenloop reconcile`.
+
+Scheduled passes take the database pass lease first, so several replicas on one PostgreSQL never run the
+same pass at once (the one-active-attempt index stays the last wall). Debug and CLI passes on a subset
+run without the lease: they are idempotent, and the index refuses any duplicate attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from mcp_server.jsonlog import configure_json_logging, log_event
+from mcp_server.settings import load_config
+from policy.config import GreenloopConfig
+from policy.errors import ConfigError
+from reconciler.context import ReconcilerContext
+from reconciler.dispatch import BackendFactory
+from reconciler.reconcile import UnknownProjects, reconcile
+from reconciler.runtime import backend_from_env, open_runtime
+from reconciler.store.state import default_holder, pass_lease
+from reconciler.summary import RunSummary, Trigger
+
+__all__ = ["leased_reconcile", "print_summary", "reconcile_command", "run_command"]
+
+logger = logging.getLogger("greenloop.service")
+
+
+async def leased_reconcile(
+    ctx: ReconcilerContext,
+    *,
+    repos: Sequence[str] | None = None,
+    trigger: Trigger = "schedule",
+    dry_run: bool = False,
+) -> RunSummary:
+    """`reconcile()`, under the pass lease when it is a scheduled pass; a replica without the lease skips."""
+    if trigger != "schedule":
+        return await reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run)
+    ttl = max(30.0, ctx.config.server.interval_seconds * 2)
+    async with pass_lease(ctx.sessions, holder=default_holder(), ttl_seconds=ttl) as acquired:
+        if not acquired:
+            log_event(logger, "pass_skipped_lease_held", trigger=trigger)
+            summary = RunSummary(trigger=trigger, dry_run=dry_run, started_at=datetime.now(UTC))
+            summary.count_skip("lease_held_by_another_replica")
+            return summary
+        return await reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run)
+
+
+def print_summary(summary: RunSummary, *, as_json: bool) -> None:
+    """Print a pass summary as JSON or as a short human report."""
+    if as_json:
+        print(summary.model_dump_json(indent=2))
+        return
+    head = "dry run: " if summary.dry_run else ""
+    print(
+        f"{head}{summary.projects_scanned} project(s) scanned, {summary.projects_red} red, "
+        f"{len(summary.attempts_started)} attempt(s) {'would start' if summary.dry_run else 'started'}, "
+        f"{summary.attempts_already_active} already active, {len(summary.reruns)} re-run(s), "
+        f"{summary.duration_ms:.0f} ms"
+    )
+    for red in summary.red:
+        why = f" ({red.reason}: {red.detail})" if red.reason else ""
+        print(f"  {red.project:<20} {red.job:<16} run {red.run_id:<12} {red.decision}{why}")
+    for t in summary.transitions:
+        print(f"  {t.project:<20} attempt {t.attempt_id}: {t.from_status} -> {t.to_status} ({t.reason})")
+    for project, error in summary.errors.items():
+        print(f"  {project:<20} error: {error}")
+
+
+def _backend(config: GreenloopConfig, *, required: bool) -> tuple[BackendFactory | None, tuple[str, ...]]:
+    try:
+        return backend_from_env(config)
+    except ConfigError:
+        if required:
+            raise
+        return None, ()
+
+
+def reconcile_command(
+    config_path: str | None, *, repos: Sequence[str] | None, dry_run: bool, as_json: bool, wait_seconds: float = 900
+) -> int:
+    """`greenloop reconcile`: one pass; started attempts are run to their end before the command exits."""
+    config = load_config(config_path)
+    backend_for, secrets = _backend(config, required=not dry_run)
+
+    async def main() -> RunSummary:
+        async with open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx:
+            summary = await reconcile(ctx, repos=repos, trigger="cli", dry_run=dry_run)
+            if ctx.dispatcher is not None and summary.attempts_started:
+                await ctx.dispatcher.wait_idle(wait_seconds)
+            return summary
+
+    try:
+        summary = asyncio.run(main())
+    except UnknownProjects as exc:
+        print(f"greenloop: {exc}", file=sys.stderr)
+        return 2
+    print_summary(summary, as_json=as_json)
+    return 1 if summary.errors else 0
+
+
+def run_command(config_path: str | None) -> int:
+    """`greenloop run`: scheduled passes plus the HTTP API, until SIGTERM/SIGINT."""
+    from reconciler.scheduler import run_service
+
+    configure_json_logging()
+    config = load_config(config_path)
+    backend_for, secrets = _backend(config, required=True)
+
+    async def main() -> None:
+        async with open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx:
+            await run_service(
+                ctx,
+                interval_seconds=config.server.interval_seconds,
+                host=config.server.http_host,
+                port=config.server.http_port,
+                api_token=config.server.api_token,
+                reconcile_fn=leased_reconcile,
+            )
+
+    asyncio.run(main())
+    return 0
