@@ -114,6 +114,8 @@ class Metrics:
         self._gauge("greenloop_reconcile_last_pass_timestamp_seconds", "Unix time the latest pass started.")
         self._gauge("greenloop_reconcile_projects_scanned", "Projects scanned by the latest pass.")
         self._gauge("greenloop_reconcile_projects_red", "Projects with a red job in the latest pass.")
+        self._counter("greenloop_reconcile_pass_failures_total", "Passes that raised or timed out, by trigger.")
+        self._counter("greenloop_reconcile_passes_skipped_total", "Scheduled passes not run, by reason.")
         self._counter("greenloop_reconcile_skips_total", "Red jobs the gate skipped, by reason.")
         self._counter("greenloop_reconcile_project_errors_total", "Projects a pass could not reconcile (errors).")
         self._counter("greenloop_reconcile_reruns_total", "Re-runs of a failed job requested (flake check).")
@@ -157,6 +159,16 @@ class Metrics:
                 # A dry run starts nothing and requests nothing; counting it would report work not done.
                 self._inc("greenloop_attempts_started_total", len(summary.attempts_started))
                 self._inc("greenloop_reconcile_reruns_total", len(summary.reruns))
+
+    def observe_pass_failed(self, trigger: str) -> None:
+        """Count a pass that raised or timed out (it produced no summary)."""
+        with self._lock:
+            self._inc("greenloop_reconcile_pass_failures_total", 1, trigger=trigger)
+
+    def observe_pass_skipped(self, reason: str) -> None:
+        """Count a scheduled pass not run (e.g. `lease_held`: another replica is running it)."""
+        with self._lock:
+            self._inc("greenloop_reconcile_passes_skipped_total", 1, reason=reason)
 
     def observe_attempt_finished(self, status: str, tokens_in: int, tokens_out: int, cost: float) -> None:
         """Count one attempt reaching `status` (its outcome), with the tokens and cost it spent."""

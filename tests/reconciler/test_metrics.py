@@ -184,3 +184,13 @@ def test_hostile_label_values_are_escaped_and_round_trip(label: str) -> None:
 def test_unsorted_histogram_buckets_are_refused() -> None:
     with pytest.raises(ValueError, match="Histogram buckets invalid"):
         Metrics(pass_buckets=(1.0, 0.5))
+
+
+def test_failed_and_skipped_passes_are_counted() -> None:
+    m = Metrics()
+    m.observe_pass_failed("schedule")
+    m.observe_pass_failed("schedule")
+    m.observe_pass_skipped("lease_held")
+    _, s = parse_exposition(m.render())
+    assert s[("greenloop_reconcile_pass_failures_total", (("trigger", "schedule"),))] == 2
+    assert s[("greenloop_reconcile_passes_skipped_total", (("reason", "lease_held"),))] == 1
