@@ -83,53 +83,57 @@ _BINARYISH = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\ufffd]")
 
 
 
-def _word(*literals: str) -> str:
-    """Whole words, written so each pattern starts with a literal: the regex engine then jumps between
-    occurrences instead of trying every position (a leading `\\b` or alternation is ~20x slower)."""
-    return "|".join(f"{re.escape(w)}(?<!\\w{re.escape(w)})\\b" for w in literals)
+def _words(*literals: str) -> list[str]:
+    """Whole-word patterns, each starting with its literal (the word boundary is checked after it)."""
+    return [f"{re.escape(w)}(?<!\\w{re.escape(w)})\\b" for w in literals]
 
 
-# Weighted evidence that a line explains a failure; a line scores its best match. Each entry is searched
-# over the whole window at once (C speed) and its matches mapped back to lines.
-_EVIDENCE: tuple[tuple[float, str], ...] = (
+# Weighted evidence that a line explains a failure; a line scores its best match. Each pattern is searched
+# over the whole window at once and its matches mapped back to lines. Every pattern starts with a literal
+# so the regex engine jumps between occurrences (a leading `\b`, character class or alternation makes it
+# try every position, 10-20x slower); word boundaries are lookbehinds placed after the literal.
+_EVIDENCE: tuple[tuple[float, list[str]], ...] = (
     # What failed and why: exception headers, compiler errors, failing tests, assertion messages.
-    (10.0, r"##\[error\]"),
-    (10.0, r"Traceback \(most recent call last\)"),
-    (10.0, r"Error(?<!\wError)(?:\[[A-Za-z]?\d+\])?:|error(?<!\werror)(?:\[[A-Za-z]?\d+\])?:"),
-    (10.0, r"Exception(?=:| *$)|Error(?=:| *$)|Throwable(?=:| *$)"),
-    (10.0, _word("panic", "panicked", "FAIL", "FAILED", "assert")),
-    (10.0, r"<<< (?:FAILURE|ERROR)!|Tests run: \d+, Failures: (?:[1-9]|\d+, Errors: [1-9])"),
-    (10.0, r"No space left on device|Segmentation fault|core dumped|[Oo]ut of memory|OOMKilled"),
-    (10.0, r"[Aa]ssertion (?:failed|error)|ComparisonFailure|^E {2,}\S"),
-    (10.0, r"expected(?<!\wexpected)\b[^\n]{0,200}\bbut (?:was|got|found)\b"),
-    (10.0, r":\[\d+,\d+\] |FAILURES =|short test summary info"),
+    (10.0, ["##[error]", r"Traceback \(most recent call last\)", r"Error(?<!\wError)(?:\[[A-Za-z]?\d+\])?:",
+            r"error(?<!\werror)(?:\[[A-Za-z]?\d+\])?:", "Exception(?=:| *$)", "Error(?=:| *$)",
+            "Throwable(?=:| *$)", *_words("panic", "panicked", "FAIL", "FAILED", "assert"), "<<< FAILURE!",
+            "<<< ERROR!", r"Tests run: \d+, Failures: (?:[1-9]|\d+, Errors: [1-9])", "No space left on device",
+            "Segmentation fault", "core dumped", "ut of memory", "OOMKilled", "ssertion failed", "ssertion error",
+            "ComparisonFailure", r"^E {2,}\S", r"expected(?<!\wexpected)\b[^\n]{0,200}\bbut (?:was|got|found)\b",
+            r":\[\d+,\d+\] ", "FAILURES =", "short test summary info"]),
     # That something failed: error markers, build results, exit codes.
-    (9.0, _word("ERROR", "ERR", "FATAL", "FAILURE", "FAILS", "fatal", "Killed")),
-    (9.0, r"BUILD FAILED|Build failed|marked build as failure|Caused by:"),
-    (9.0, r"exit (?:code|status) [1-9]|returned (?:non-zero|status [1-9]|exit code [1-9])"),
-    (9.0, r"[1-9](?<![\d.][1-9])\d* (?:failed|errors?|failures?)\b|[✕✗✖❌×] "),
-    (7.0, _word("failed", "Failed", "cannot", "Cannot", "error", "failure", "unresolved", "Undefined", "timed out")),
-    (7.0, r"cannot find symbol|undefined reference|cannot access|[Nn]o such file|[Pp]ermission denied"),
-    (7.0, r"command not found|not found\b|[Cc]ould not|[Uu]nable to|Timeout(?:Error|Exception)?:"),
-    (7.0, r"[Dd]eadline exceeded"),
-    (2.0, _word("WARN", "WARNING", "warning", "Warning") + r"|^>[ \t]"),
+    (9.0, [*_words("ERROR", "ERR", "FATAL", "FAILURE", "FAILS", "fatal", "Killed"), "BUILD FAILED",
+           "Build failed", "marked build as failure", "Caused by:", "exit code [1-9]", "exit status [1-9]",
+           "returned non-zero", "returned status [1-9]", "returned exit code [1-9]",
+           r" (?:failed|errors?|failures?)\b(?<=[^\d.][1-9] \w{6})|"
+           r" (?:failed|errors?|failures?)\b(?<=[1-9]\d \w{6})", "✕ ", "✗ ", "✖ ", "❌", "× "]),
+    (7.0, [*_words("failed", "Failed", "cannot", "Cannot", "error", "failure", "unresolved", "Undefined",
+                   "timed out"), "cannot find symbol", "undefined reference", "cannot access", "o such file",
+           "ermission denied", "command not found", r"not found\b", "ould not", "nable to",
+           "Timeout(?:Error|Exception)?:", "eadline exceeded"]),
+    (2.0, [*_words("WARN", "WARNING", "warning", "Warning"), r"^>[ \t]"]),
 )
-_EVIDENCE_RE = tuple((w, re.compile(p, re.MULTILINE)) for w, p in _EVIDENCE)
+_EVIDENCE_RE = tuple((w, re.compile(p, re.MULTILINE)) for w, ps in _EVIDENCE for p in ps)
 # Counts of zero are not failures: "Failures: 0, Errors: 0", "0 errors", "no errors found".
-_ZERO = re.compile(r"Failures: 0, Errors: 0|\b(?:0|[Nn]o) (?:errors?|failures?|failed)\b|\berrors?: 0\b")
+_ZERO_RE = tuple(re.compile(p) for p in (
+    "Failures: 0, Errors: 0", r"0(?<![\w.]0) (?:errors?|failures?|failed)\b",
+    r"no(?<!\wno) (?:errors?|failures?|failed)\b", r"No(?<!\wNo) (?:errors?|failures?|failed)\b",
+    r"error(?<!\werror)s?: 0\b"))
+# Lines that never explain a failure: download and install progress (blank and separator lines are
+# recognised per line by `_SEPARATOR`).
+_NOISE_RE = tuple(re.compile(p, re.MULTILINE) for p in (
+    r"Download(?:ing|ed)? (?:from|https?:)", r"Progress \(\d", "Receiving objects", "Resolving deltas",
+    "Unpacking objects", "remote: (?:Counting|Compressing|Enumerating|Total)", r"Get:(?<![^\n]Get:)\d+ ",
+    "Preparing to unpack", "Selecting previously", "Setting up(?<![^\n]Setting up) ", "Processing triggers",
+    r"Collecting [\w.\[\]-]+(?:[<>=!~ ]|$)", "Requirement already satisfied", "Using cached ",
+    r"%[ \t]*\|[█▉▊▋▌▍▎▏#= ]", r"\[=*>?[ \t]*\][ \t]*\d", r"##\[endgroup\]"))
+_SEPARATOR = re.compile(r"[ \t]*(?:\[\w+\][ \t]*)?[-=_*#~.+]{4,}[ \t]*")
 _FRAME = re.compile(
     r"\s+at |\s*\.\.\. \d+ (?:more|common frames omitted)|\s*File \".*\", line \d+|\s*(?:Caused by|Suppressed):")
 _DIGITS = re.compile(r"\d+")
 _MARKER_ONLY = re.compile(r"\s*(?:\[(?:ERROR|WARNING|WARN|INFO)\]|##\[error\]|ERROR:?|E)?\s*")
 _CALL_FRAME = re.compile(r"\s+at |\s*File \".*\", line \d+")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
-# Lines that never explain a failure: blank lines, separators, download and install progress.
-_NOISE = re.compile(
-    r"^[ \t]*$|^(?:\[\w+\][ \t]*)?[-=_*#~.+]{4,}[ \t]*$|Download(?:ing|ed)? (?:from|https?:)|Progress \(\d"
-    r"|Receiving objects|Resolving deltas|Unpacking objects|remote: (?:Counting|Compressing|Enumerating|Total)"
-    r"|^Get:\d+ |^Preparing to unpack|^Selecting previously|^Setting up |^Processing triggers"
-    r"|^[ \t]*(?:Collecting|Requirement already satisfied|Using cached|Downloading) |\d+%[ \t]*\|[█▉▊▋▌▍▎▏#= ]"
-    r"|\[=*>?[ \t]*\][ \t]*\d|^##\[endgroup\]", re.MULTILINE)
 
 
 class ExcerptLine(BaseModel):
@@ -217,6 +221,7 @@ class _Log:
     total: int
     budget_chars: int
     secrets: tuple[str, ...]
+    separators: int
     binary_note: str | None = None
     width: int = 4
     line_cap: int = _MAX_LINE_CHARS
@@ -228,9 +233,10 @@ class _Log:
         if budget_tokens < MIN_BUDGET_TOKENS:
             raise ValueError(f"Invalid budget: budget_tokens must be at least {MIN_BUDGET_TOKENS}: {budget_tokens!r}.")
         text = decode_log(log_text) if isinstance(log_text, bytes) else log_text
-        total = _separators(text, 0, len(text)) + (1 if text and text[-1] not in "\r\n" else 0)
+        separators = _separators(text, 0, len(text))
+        total = separators + (1 if text and text[-1] not in "\r\n" else 0)
         budget_chars = int(budget_tokens * CHARS_PER_TOKEN)
-        log = cls(text, total, budget_chars, tuple(sorted({s for s in extra_secrets if s})))
+        log = cls(text, total, budget_chars, tuple(sorted({s for s in extra_secrets if s})), separators)
         log.width = max(4, len(str(total)))
         log.line_cap = max(80, min(_MAX_LINE_CHARS, budget_chars // 3))
         log.binary_note = _binary_note(text)
@@ -443,7 +449,7 @@ class _Log:
 
     def _tail_segment(self, cut: int | None = None) -> _Segment:
         cut = self._tail_cut() if cut is None else cut
-        first = _separators(self.text, 0, cut) + 1
+        first = self.separators - _separators(self.text, cut, len(self.text)) + 1
         raw = _SEP.split(self.text[cut:])
         if raw and raw[-1] == "" and self.text[-1:] in ("\n", "\r"):
             raw.pop()
@@ -493,13 +499,17 @@ def _scores(clean: list[str]) -> tuple[list[float], list[bool]]:
         for i in _matching_lines(pattern, joined, starts):
             if weight > score[i]:
                 score[i] = weight
-    for i in _matching_lines(_ZERO, joined, starts):
-        if score[i] >= _ANCHOR:
-            score[i] = 1.0
-    noise = [False] * n
-    for i in _matching_lines(_NOISE, joined, starts):
-        noise[i] = True
-        score[i] = 0.0
+    for pattern in _ZERO_RE:
+        for i in _matching_lines(pattern, joined, starts):
+            if score[i] >= _ANCHOR:
+                score[i] = 1.0
+    noise = [not c.strip() or (c[-1] in "-=_*#~.+ " and _SEPARATOR.fullmatch(c) is not None) for c in clean]
+    for pattern in _NOISE_RE:
+        for i in _matching_lines(pattern, joined, starts):
+            noise[i] = True
+    for i in range(n):
+        if noise[i]:
+            score[i] = 0.0
     return score, noise
 
 
@@ -626,7 +636,7 @@ def _bounded_raw(raw: str, limit: int = _MAX_RAW_LINE) -> str:
         return raw
     head = re.sub(r"\S+$", "", raw[: limit * 3 // 4])
     rest = re.sub(r"^\S+", "", raw[-(limit // 4) :])
-    return f"{head} … {rest}"
+    return f"{head} …[{len(raw) - len(head) - len(rest)} chars cut]… {rest}"
 
 
 def _shorten(text: str, cap: int) -> str:
@@ -656,7 +666,8 @@ def _binary_note(text: str) -> str | None:
 
 def _separators(text: str, start: int, end: int) -> int:
     """Number of line breaks in text[start:end] (`start` and `end` must not split a CR LF pair)."""
-    return text.count("\n", start, end) + text.count("\r", start, end) - text.count("\r\n", start, end)
+    cr = text.count("\r", start, end)
+    return text.count("\n", start, end) + cr - (text.count("\r\n", start, end) if cr else 0)
 
 
 def _iter_lines(text: str, offset: int) -> Iterator[str]:
@@ -710,13 +721,6 @@ def _head_segments(text: str, cut: int) -> list[_Segment]:
     """Windows of lines around the first and last error words in text[:cut]."""
     hits: set[int] = set()
     for word in _HEAD_WORDS:
-        pos = 0
-        for _ in range(_HEAD_FIRST_HITS):
-            found = text.find(word, pos, cut)
-            if found < 0:
-                break
-            hits.add(found)
-            pos = found + len(word)
         end = cut
         for _ in range(_HEAD_LAST_HITS):
             found = text.rfind(word, 0, end)
@@ -724,6 +728,13 @@ def _head_segments(text: str, cut: int) -> list[_Segment]:
                 break
             hits.add(found)
             end = found
+        pos = 0
+        for _ in range(_HEAD_FIRST_HITS if end < cut else 0):  # only when the word occurs at all
+            found = text.find(word, pos, end)
+            if found < 0:
+                break
+            hits.add(found)
+            pos = found + len(word)
     windows: list[tuple[int, int]] = []
     for hit in sorted(hits):
         start = _line_start(text, hit)

@@ -65,7 +65,7 @@ def _keyed(kind: str) -> _Handler:
     def handle(m: re.Match[str], text: str) -> str:
         start, end = m.span("val")
         val = text[start:end]
-        if _NOT_A_VALUE.match(val):
+        if _NOT_A_VALUE.match(val.strip("\"'")):
             return text[m.start() : m.end()]
         specific = _SPECIFIC.fullmatch(val)
         label = specific.lastgroup if specific is not None and specific.lastgroup else kind
@@ -128,7 +128,7 @@ _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # Patterns flagged True run on the lower-cased text (same positions) and so are case-insensitive.
 _RULES: tuple[_Rule, ...] = (
     (re.compile(r"://(?P<userinfo>(?:[^\s/?#'\"<>@]*+@)++)(?=[A-Za-z0-9\[])"), False, _url),
-    (re.compile(r"gh(?:[pousr]|ithub_pat)_[A-Za-z0-9_]{20,}"), False, _whole("github_token")),
+    (re.compile(r"g(?:h[pousr]|ithub_pat)_[A-Za-z0-9_]{20,}"), False, _whole("github_token")),
     (re.compile(r"sk-[A-Za-z0-9_-]{20,}"), False, _sk_key),
     (re.compile(r"A(?:KIA|SIA|BIA|CCA)[A-Z0-9]{16}"), False, _bounded("aws_access_key", _LETTERS, _LETTERS)),
     (re.compile(r"x(?:ox[abposr]|app)-[A-Za-z0-9-]{10,}"), False, _bounded("slack_token", _LETTERS)),
@@ -155,7 +155,7 @@ _RULES_CI: dict[re.Pattern[str], re.Pattern[str]] = {
 }
 # Recognises a whole value as a specific kind, so `GITHUB_TOKEN=ghp_...` says github_token.
 _SPECIFIC = re.compile(
-    r"(?P<github_token>gh(?:[pousr]|ithub_pat)_[A-Za-z0-9_]{20,})"
+    r"(?P<github_token>g(?:h[pousr]|ithub_pat)_[A-Za-z0-9_]{20,})"
     r"|(?P<anthropic_key>sk-ant-[A-Za-z0-9_-]{16,})"
     r"|(?P<api_key>sk-[A-Za-z0-9_-]{20,})"
     r"|(?P<slack_token>x(?:ox[abposr]|app)-[A-Za-z0-9-]{10,})"
@@ -194,8 +194,10 @@ _PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 _PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 # A CI line prefix: GitHub's "job<TAB>step<TAB>" (gh run view --log) and/or its timestamp.
 _PEM_PREFIX = re.compile(r"(?:[^\t\r\n]*\t[^\t\r\n]*\t)?(?:\ufeff?\d{4}-\d\d-\d\dT[0-9:.]+Z ?)?")
-# Inside a PEM block (after the prefix): base64, or an RFC 1421 header such as "Proc-Type: 4,ENCRYPTED".
-_PEM_BODY = re.compile(r"[ \t]*(?:[A-Za-z0-9+/=]*|[A-Za-z][A-Za-z0-9-]{0,30}:[^\r\n]{0,200})[ \t]*")
+# Inside a PEM block (after the prefix): base64, or a header such as "Proc-Type: 4,ENCRYPTED".
+_PEM_BODY = re.compile(
+    r"[ \t]*(?:[A-Za-z0-9+/=]*|(?:Proc-Type|DEK-Info|Comment|Version|Hash|Charset):[^\r\n]{0,200})[ \t]*"
+)
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)?")
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
