@@ -17,13 +17,14 @@ import jsonschema
 import pytest
 import yaml
 
-from policy.config import load_config_text
+from policy.config import GreenloopConfig, load_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 SCHEMA = Path(__file__).resolve().parent / "data" / "k8s" / "k8s-trimmed.schema.json"
 KINDS = ("Deployment", "Service", "NetworkPolicy", "Secret", "ConfigMap")
 APP_KEY_SECRET = "greenloop-github-app"
+OBSERVER_KEY_SECRET = "greenloop-github-observer"
 SIDECAR = "mcp"
 RECONCILER = "reconciler"
 MCP_PORT = 8765
@@ -84,6 +85,23 @@ def _secret_volumes(secret: str) -> set[str]:
     return {v["name"] for v in _pod().get("volumes", []) if v.get("secret", {}).get("secretName") == secret}
 
 
+def _config_for(container: str) -> GreenloopConfig:
+    """greenloop.toml from the ConfigMap, overlaid with the container's environment (secrets as stand-ins)."""
+    c = _containers()[container]
+    env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+    for e in c.get("env", []):
+        if "valueFrom" in e:
+            stand_in = "postgresql+asyncpg://u@db/greenloop" if e["name"].endswith("DATABASE_URL") else "x" * 40
+            env[e["name"]] = stand_in
+    text = _one("ConfigMap")["data"]["greenloop.toml"]
+    return load_config_text(text, source=f"deploy/configmap.yaml ({container})", env=env)
+
+
+def _mounted_by(secret: str) -> set[str]:
+    volumes = _secret_volumes(secret)
+    return {name for name, c in _containers().items() for m in c.get("volumeMounts", []) if m["name"] in volumes}
+
+
 def _secret_refs(container: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
     """(secret name, key) of every env var and envFrom that reads a Secret."""
     for env in container.get("env", []):
@@ -101,7 +119,9 @@ def _secret_refs(container: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
 
 def test_the_manifests_are_the_expected_kinds() -> None:
     kinds = sorted(doc.get("kind", "?") for _, doc in _documents())
-    assert kinds == sorted(["ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Secret", "Secret", "Service"])
+    assert kinds == sorted(
+        ["ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Secret", "Secret", "Secret", "Service"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -162,33 +182,56 @@ def test_every_object_carries_the_app_label() -> None:
 
 
 def test_only_the_mcp_sidecar_mounts_the_app_key() -> None:
-    key_volumes = _secret_volumes(APP_KEY_SECRET)
-    assert key_volumes, f"no volume mounts the {APP_KEY_SECRET} Secret"
-    mounting = {
-        name for name, c in _containers().items() for m in c.get("volumeMounts", []) if m["name"] in key_volumes
-    }
-    assert mounting == {SIDECAR}
+    assert _secret_volumes(APP_KEY_SECRET), f"no volume mounts the {APP_KEY_SECRET} Secret"
+    assert _mounted_by(APP_KEY_SECRET) == {SIDECAR}
+    _check_key_secret(APP_KEY_SECRET)
+
+
+def test_only_the_reconciler_mounts_the_read_only_observer_key() -> None:
+    assert _mounted_by(OBSERVER_KEY_SECRET) == {RECONCILER}
+    _check_key_secret(OBSERVER_KEY_SECRET)
+
+
+def _check_key_secret(secret: str) -> None:
+    volumes = _secret_volumes(secret)
     for c in [*_pod()["containers"], *_pod().get("initContainers", [])]:
-        names = {secret for secret, _ in _secret_refs(c)}
-        assert APP_KEY_SECRET not in names, f"container {c['name']!r} reads the App key from its environment"
-    for m in _containers()[SIDECAR]["volumeMounts"]:
-        if m["name"] in key_volumes:
-            assert m.get("readOnly") is True
+        names = {name for name, _ in _secret_refs(c)}
+        assert secret not in names, f"container {c['name']!r} reads {secret} from its environment"
+        for m in c.get("volumeMounts", []):
+            if m["name"] in volumes:
+                assert m.get("readOnly") is True
     for v in _pod()["volumes"]:
-        if v["name"] in key_volumes:
-            assert v["secret"].get("defaultMode", 0o644) & 0o007 == 0, "the key file is world-readable"
+        if v["name"] in volumes:
+            assert v["secret"].get("defaultMode", 0o644) & 0o007 == 0, f"{secret}: the key file is world-readable"
 
 
-def test_the_config_points_the_sidecar_at_its_key_mount() -> None:
-    config = load_config_text(_one("ConfigMap")["data"]["greenloop.toml"], source="deploy/configmap.yaml", env={})
+@pytest.mark.parametrize(("container", "secret"), [(SIDECAR, APP_KEY_SECRET), (RECONCILER, OBSERVER_KEY_SECRET)])
+def test_each_container_reads_the_key_it_mounts(container: str, secret: str) -> None:
+    config = _config_for(container)
     key_path = config.forge.private_key_path
-    assert key_path is not None
-    mounts = [
-        m["mountPath"] for m in _containers()[SIDECAR]["volumeMounts"] if m["name"] in _secret_volumes(APP_KEY_SECRET)
-    ]
-    assert any(Path(key_path).parent == Path(m) for m in mounts), (key_path, mounts)
-    workspace_mounts = [m["mountPath"] for m in _containers()[SIDECAR]["volumeMounts"]]
-    assert config.server.workspace_dir in workspace_mounts, "agent clones need a writable volume"
+    assert key_path is not None and config.forge.app_id and config.forge.installation_id
+    mounts = [m["mountPath"] for m in _containers()[container]["volumeMounts"] if m["name"] in _secret_volumes(secret)]
+    assert [Path(key_path).parent] == [Path(m) for m in mounts], (key_path, mounts)
+
+
+def test_the_two_apps_are_different_apps() -> None:
+    writer, observer = _config_for(SIDECAR).forge, _config_for(RECONCILER).forge
+    assert writer.app_id != observer.app_id
+    assert writer.private_key_path != observer.private_key_path
+    assert writer.bot_login == observer.bot_login, "the circuit breaker must know the writer App's login"
+
+
+def test_the_reconciler_uses_the_sidecar_over_loopback() -> None:
+    config = _config_for(RECONCILER)
+    assert config.server.mcp_url == f"http://127.0.0.1:{MCP_PORT}/mcp"
+    assert config.server.mcp_token_secret is not None
+    assert _containers()[RECONCILER]["command"] == ["greenloop", "run"]
+
+
+def test_the_sidecar_has_a_writable_workspace_dir() -> None:
+    config = _config_for(SIDECAR)
+    writable = [m["mountPath"] for m in _containers()[SIDECAR]["volumeMounts"] if not m.get("readOnly")]
+    assert config.server.workspace_dir in writable, "agent clones need a writable volume"
 
 
 def test_every_container_is_non_root_read_only_without_capabilities() -> None:
@@ -308,28 +351,29 @@ def test_every_secret_reference_names_an_existing_secret_and_key() -> None:
 
 
 def test_each_container_gets_only_the_secrets_it_needs() -> None:
-    refs = {name: {(s, k) for s, k in _secret_refs(c)} for name, c in _containers().items()}
-    assert ("greenloop-runtime", "anthropic-api-key") in refs[RECONCILER]
-    assert ("greenloop-runtime", "anthropic-api-key") not in refs[SIDECAR]
-    assert ("greenloop-runtime", "api-token") not in refs[SIDECAR]
-    assert ("greenloop-runtime", "mcp-token-secret") in refs[RECONCILER] & refs[SIDECAR]
+    refs = {name: set(_secret_refs(c)) for name, c in _containers().items()}
+    assert refs[RECONCILER] == {
+        ("greenloop-postgres", "database-url"),
+        ("greenloop-runtime", "api-token"),
+        ("greenloop-runtime", "mcp-token-secret"),
+        ("greenloop-runtime", "anthropic-api-key"),
+    }
+    assert refs[SIDECAR] == {("greenloop-postgres", "database-url"), ("greenloop-runtime", "mcp-token-secret")}
+    names = {e["name"] for e in _containers()[SIDECAR]["env"]}
+    assert "GREENLOOP_MCP_TOKEN_SECRET" in names  # what `greenloop-mcp serve-http` reads
 
 
 def test_the_config_map_holds_a_valid_greenloop_toml_with_the_deployments_env() -> None:
-    text = _one("ConfigMap")["data"]["greenloop.toml"]
     for name, c in _containers().items():
-        env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
-        env.update({e["name"]: "x" * 40 for e in c.get("env", []) if "valueFrom" in e})
-        env["GREENLOOP_SERVER__DATABASE_URL"] = "postgresql+asyncpg://u@db/greenloop"
-        config = load_config_text(text, source=f"deploy/configmap.yaml ({name})", env=env)
+        config = _config_for(name)
         assert config.projects, "the example ConfigMap configures no project"
-        assert env["GREENLOOP_CONFIG"] == "/etc/greenloop/greenloop.toml"
+        assert {e["name"]: e.get("value") for e in c["env"]}["GREENLOOP_CONFIG"] == "/etc/greenloop/greenloop.toml"
     mounts = {m["mountPath"] for c in _containers().values() for m in c["volumeMounts"] if m["name"] == "config"}
     assert mounts == {"/etc/greenloop"}
 
 
 def test_the_api_listens_on_the_port_the_pod_declares() -> None:
-    config = load_config_text(_one("ConfigMap")["data"]["greenloop.toml"], env={})
+    config = _config_for(RECONCILER)
     ports = {p["name"]: p["containerPort"] for p in _containers()[RECONCILER]["ports"]}
     assert config.server.http_port == ports["api"]
     assert config.server.http_host == "0.0.0.0"  # inside the pod; the NetworkPolicy and Service bound it

@@ -356,3 +356,36 @@ def test_every_test_security_md_cites_exists_and_every_wall_has_a_test_cell() ->
             assert _has_symbol(text, name), f"{file}::{name} does not exist"
             cited += 1
     assert cited >= len(rows) // 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Links between the pages.
+
+_MD_LINK_RE = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lowercase, punctuation dropped, spaces to '-'."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", page.read_text(encoding="utf-8"), re.MULTILINE)}
+
+
+@pytest.mark.parametrize("page", [*sorted(p.name for p in DOCS.glob("*.md")), "../deploy/README.md"])
+def test_relative_links_and_anchors_resolve(page: str) -> None:
+    source = (DOCS / page).resolve()
+    broken: list[str] = []
+    for match in _MD_LINK_RE.finditer(source.read_text(encoding="utf-8")):
+        target = match.group(1)
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (source.parent / path).resolve() if path else source
+        missing_anchor = bool(anchor) and file.exists() and file.suffix == ".md" and anchor not in _anchors(file)
+        if not file.exists() or missing_anchor:
+            broken.append(target)
+    assert broken == []
