@@ -1,9 +1,11 @@
 """The long-running service: scheduled reconcile passes (APScheduler) and the HTTP API (uvicorn), one event loop.
 
-The scheduler is the pass's runner: it owns the interval, the per-pass timeout, the lease that keeps
-replicas on one database from running the same pass at once, and the logging of a failed pass. The pass
-itself (`reconcile`) has none of these. A pass still running when the next one is due is not doubled
-(`max_instances=1`), and passes missed meanwhile are folded into one (`coalesce=True`).
+The scheduler is the pass's runner: it owns the interval, the per-pass timeout and the logging of a failed
+pass; the pass itself (`reconcile`) has none of these. A pass still running when the next one is due is not
+doubled (`max_instances=1`), and passes missed meanwhile are folded into one (`coalesce=True`).
+
+Replicas sharing one database: pass `reconciler.service.leased_reconcile` as `reconcile_fn`; it takes the
+store's pass lease for scheduled passes (the lease is not re-entrant, so it is taken in one place only).
 
 Shutdown (the `stop` event, SIGTERM or SIGINT): no new pass starts, a running pass gets `grace_seconds` to
 finish and is then cancelled (the next start repairs anything half done: every pass recomputes from current
@@ -31,7 +33,6 @@ from policy.errors import ConfigError
 from reconciler.api import ReconcileFn, build_api, is_loopback_host
 from reconciler.context import ReconcilerContext
 from reconciler.reconcile import reconcile
-from reconciler.store.state import default_holder, pass_lease
 
 __all__ = ["DEFAULT_GRACE_SECONDS", "run_service"]
 
@@ -39,7 +40,6 @@ logger = logging.getLogger("greenloop.scheduler")
 
 DEFAULT_GRACE_SECONDS: Final = 10.0
 _JOB_ID: Final = "reconcile"
-_MIN_LEASE_TTL_S: Final = 30.0
 
 
 class _Server(uvicorn.Server):
@@ -74,14 +74,12 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class _Passes:
-    """The scheduled job: one pass under the pass lease, with a timeout, never raising into APScheduler."""
+    """The scheduled job: one pass with a timeout, never raising into APScheduler."""
 
-    def __init__(self, ctx: ReconcilerContext, reconcile_fn: ReconcileFn, *, timeout: float, lease_ttl: float) -> None:
+    def __init__(self, ctx: ReconcilerContext, reconcile_fn: ReconcileFn, *, timeout: float) -> None:
         self.ctx = ctx
         self.reconcile_fn = reconcile_fn
         self.timeout = timeout
-        self.lease_ttl = lease_ttl
-        self.holder = default_holder()
         self.running: set[asyncio.Task[Any]] = set()
         self.count = 0
 
@@ -99,13 +97,8 @@ class _Passes:
 
     async def _run(self) -> None:
         try:
-            async with pass_lease(self.ctx.sessions, holder=self.holder, ttl_seconds=self.lease_ttl) as leader:
-                if not leader:
-                    self.ctx.metrics.observe_pass_skipped("lease_held")
-                    log_event(logger, "scheduled_pass_skipped", reason="another replica holds the pass lease")
-                    return
-                async with asyncio.timeout(self.timeout):
-                    await self.reconcile_fn(self.ctx, trigger="schedule")
+            async with asyncio.timeout(self.timeout):
+                await self.reconcile_fn(self.ctx, trigger="schedule")
         except TimeoutError:
             self.ctx.metrics.observe_pass_failed("schedule")
             log_event(logger, "scheduled_pass_timed_out", level=logging.ERROR, timeout_seconds=self.timeout)
@@ -184,7 +177,7 @@ async def run_service(
         timeout_graceful_shutdown=max(1, int(grace_seconds)),
     )
     server = _Server(config)
-    passes = _Passes(ctx, reconcile_fn, timeout=timeout, lease_ttl=max(_MIN_LEASE_TTL_S, 3 * interval_seconds))
+    passes = _Passes(ctx, reconcile_fn, timeout=timeout)
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         passes.run,

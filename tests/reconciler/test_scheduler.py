@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from policy.errors import ConfigError
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
 from reconciler.scheduler import run_service
+from reconciler.service import leased_reconcile
 from reconciler.store.engine import SessionFactory
 from reconciler.store.state import acquire_lease, release_lease
 from reconciler.summary import RunSummary, Trigger
@@ -95,13 +97,13 @@ async def service(
     stop = anyio.Event()
     listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     kw.setdefault("api_token", TOKEN)
+    kw.setdefault("reconcile_fn", fake)
     task = asyncio.create_task(
         run_service(
             ctx,
             interval_seconds=interval,
             host="127.0.0.1",
             port=0,
-            reconcile_fn=fake,
             stop=stop,
             on_listening=lambda _h, p: listening.set_result(p),
             **kw,
@@ -171,17 +173,24 @@ async def test_a_hanging_pass_is_cancelled_at_its_timeout(sessions: SessionFacto
     assert ctx.metrics.value("greenloop_reconcile_pass_failures_total", trigger="schedule") >= 1
 
 
-async def test_passes_wait_while_another_replica_holds_the_lease(sessions: SessionFactory) -> None:
+async def test_with_leased_reconcile_passes_wait_while_another_replica_holds_the_lease(
+    sessions: SessionFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service as `greenloop run` wires it: the real pass behind the store's pass lease."""
+    caplog.set_level(logging.INFO, logger="greenloop.service")
     token = await acquire_lease(sessions, holder="other-replica", ttl_seconds=600)
     assert token is not None
-    fake = FakePasses()
     ctx = make_ctx(sessions)
-    async with service(ctx, fake, interval=0.1):
+    async with service(ctx, FakePasses(), interval=0.1, reconcile_fn=leased_reconcile):
         await asyncio.sleep(0.6)
-        assert fake.calls == []
-        assert ctx.metrics.value("greenloop_reconcile_passes_skipped_total", reason="lease_held") >= 2
+        skipped = [r for r in caplog.records if r.getMessage() == "pass_skipped_lease_held"]
+        assert len(skipped) >= 2
+        assert ctx.metrics.value("greenloop_reconcile_passes_total", trigger="schedule") == 0
         await release_lease(sessions, token=token)
-        await fake.wait_for_calls(1)
+        async with asyncio.timeout(10):
+            while ctx.metrics.value("greenloop_reconcile_passes_total", trigger="schedule") == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    assert ctx.metrics.value("greenloop_reconcile_pass_failures_total", trigger="schedule") == 0
 
 
 async def test_stop_lets_a_short_pass_finish(sessions: SessionFactory) -> None:
@@ -262,6 +271,7 @@ _CHILD = textwrap.dedent(
     from reconciler.context import ReconcilerContext
     from reconciler.metrics import Metrics
     from reconciler.scheduler import run_service
+from reconciler.service import leased_reconcile
     from reconciler.store.engine import make_engine, make_sessionmaker
     from reconciler.store.migrate import upgrade_async
     from reconciler.summary import RunSummary
