@@ -9,6 +9,7 @@ known secret patterns and the live installation tokens.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import time
@@ -59,6 +60,7 @@ from mcp_server.models import (
 from mcp_server.session import BindingFactory, Mode, SessionBinding, SessionGrant
 from mcp_server.workspace import Workspace
 from policy.errors import PolicyViolation
+from policy.redaction import redact
 from policy.types import Autonomy
 
 __all__ = ["READ_TOOLS", "TOOL_NAMES", "WRITE_TOOLS", "build_server"]
@@ -103,6 +105,7 @@ class _ToolSpec:
     fn: Callable[..., Awaitable[BaseModel]]
     write: bool
     annotations: ToolAnnotations
+    parameters: frozenset[str]
 
 
 _TOOLS: list[_ToolSpec] = []
@@ -139,6 +142,7 @@ def _tool(*, title: str, write: bool, destructive: bool = False, idempotent: boo
             _ToolSpec(
                 fn=guarded,
                 write=write,
+                parameters=frozenset(inspect.signature(fn).parameters),
                 annotations=ToolAnnotations(
                     title=title,
                     read_only_hint=not write,
@@ -377,6 +381,9 @@ async def write_repo_file(
     s = _session()
     ws = await s.ready_workspace()
     _on_fix_branch(s, ws)
+    # Security: the model only ever sees redacted text, so a live credential in content was smuggled in.
+    if s.redact(content) != redact(content):
+        raise ToolRefused(f"Write refused: the content contains a live credential: {path!r}.")
     b = s.project.budgets
     got = await ws.write_file(
         path,
@@ -506,7 +513,15 @@ async def merge_pull_request() -> PullRequestMerged:
 class _Sessions:
     """Resolves each request's grant and caches one binding per grant until the server shuts down."""
 
-    def __init__(self, factory: BindingFactory, *, mode: Mode, grant: SessionGrant | None) -> None:
+    def __init__(
+        self,
+        factory: BindingFactory,
+        *,
+        mode: Mode,
+        grant: SessionGrant | None,
+        parameters: Mapping[str, frozenset[str]],
+    ) -> None:
+        self.parameters = parameters
         self._factory = factory
         self._mode = mode
         self._grant = grant
@@ -559,7 +574,7 @@ def _as_dict(result: HandlerResult) -> dict[str, Any] | None:
 
 
 def _error_result(message: str) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": message}], "isError": True}
+    return {"content": [{"type": "text", "text": message}], "isError": True, "resultType": "complete"}
 
 
 def _audit_arguments(s: SessionBinding, arguments: Any) -> dict[str, Any]:
@@ -572,6 +587,12 @@ def _audit_arguments(s: SessionBinding, arguments: Any) -> dict[str, Any]:
         out[str(key)] = value
     redacted: dict[str, Any] = s.redact_obj(out)
     return redacted
+
+
+def _unknown_arguments(declared: frozenset[str] | None, arguments: Any) -> list[str]:
+    if declared is None or not isinstance(arguments, Mapping):
+        return []
+    return sorted(str(k)[:64] for k in arguments if k not in declared)[:5]
 
 
 def _first_text(result: Mapping[str, Any]) -> str | None:
@@ -614,6 +635,7 @@ async def _audited_call(
     started = time.perf_counter()
     params = ctx.params or {}
     tool = str(params.get("name", ""))[:100]
+    arguments = params.get("arguments")
     grant = sessions.grant_for(ctx)
     if grant is None:
         return _error_result("Access denied: this session is not bound to a project.")
@@ -625,29 +647,33 @@ async def _audited_call(
     except Exception as exc:  # top-level boundary: the session could not be built
         logger.error(json.dumps({"event": "mcp_session_failed", "project": grant.project, "error": type(exc).__name__}))
         return _error_result("Session unavailable: the server could not prepare this project; see the server log.")
+
     call = _Call(binding)
-    token = _CURRENT.set(call)
-    outcome: Outcome = "error"
-    message: str | None = None
     data: dict[str, Any] | None = None
+    token = _CURRENT.set(call)
     try:
-        async with binding.lock:
-            result = await call_next(ctx)
-        data = _as_dict(result)
+        unknown = _unknown_arguments(sessions.parameters.get(tool), arguments)
+        if unknown:
+            # Security: no tool takes a repository (or anything it doesn't declare): refuse, don't ignore.
+            call.outcome = "refused"
+            call.message = f"Invalid arguments: {tool} takes no argument {', '.join(repr(u) for u in unknown)}."
+            data = _error_result(call.message)
+        else:
+            async with binding.lock:
+                data = _as_dict(await call_next(ctx))
         if data is not None:
             # Security: the last gate before the model: nothing leaves without the live secrets masked.
             data = binding.redact_obj(data)
-        is_error = bool(data and data.get("isError"))
-        if call.outcome is not None:
-            outcome, message = call.outcome, call.message
-        elif is_error:
-            # The SDK refused the call before the tool ran: unknown tool or arguments outside the schema.
-            outcome, message = "refused", _first_text(data or {})
-        else:
-            outcome = "ok"
-        return data if data is not None else result
+        if call.outcome is None:
+            if data is not None and data.get("isError"):
+                # The SDK refused the call before the tool ran: unknown tool or arguments outside the schema.
+                call.outcome, call.message = "refused", _first_text(data)
+            else:
+                call.outcome = "ok"
+        return data
     except BaseException as exc:
-        message = message or f"protocol error: {exc.__class__.__name__}"
+        call.outcome = call.outcome or "error"
+        call.message = call.message or f"protocol error: {exc.__class__.__name__}"
         raise
     finally:
         _CURRENT.reset(token)
@@ -655,9 +681,9 @@ async def _audited_call(
             project=binding.project.name,
             client=_client_name(grant, ctx),
             tool=tool,
-            arguments=_audit_arguments(binding, params.get("arguments")),
-            outcome=outcome,
-            message=binding.redact(message)[:2000] if message else None,
+            arguments=_audit_arguments(binding, arguments),
+            outcome=call.outcome or "error",
+            message=binding.redact(call.message)[:2000] if call.message else None,
             result_bytes=len(json.dumps(data, separators=(",", ":"))) if data is not None else 0,
             duration_ms=(time.perf_counter() - started) * 1000.0,
             attempt_id=binding.attempt_id,
@@ -695,7 +721,9 @@ def build_server(
     `binding_factory` turns a grant into the binding the tools act on; bindings are cached per grant and
     closed when the server's lifespan ends.
     """
-    sessions = _Sessions(binding_factory, mode=Mode(mode), grant=grant)
+    specs = [spec for spec in _TOOLS if mode is Mode.AGENT or not spec.write]
+    parameters = {spec.fn.__name__: spec.parameters for spec in specs}
+    sessions = _Sessions(binding_factory, mode=Mode(mode), grant=grant, parameters=parameters)
     server: MCPServer[Any] = MCPServer(
         name,
         instructions=(
@@ -709,9 +737,7 @@ def build_server(
         log_level="WARNING",
         warn_on_duplicate_tools=True,
     )
-    for spec in _TOOLS:
-        if spec.write and mode is not Mode.AGENT:
-            continue  # Security: a read-only server does not even list the write tools.
+    for spec in specs:  # Security: a read-only server does not even list the write tools.
         server.add_tool(spec.fn, annotations=spec.annotations, structured_output=True)
     server.middleware.append(_SessionMiddleware(sessions))
     return server
