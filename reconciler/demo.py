@@ -29,7 +29,7 @@ from policy.types import AttemptStatus, Autonomy
 from reconciler.context import ReconcilerContext
 from reconciler.reconcile import reconcile
 from reconciler.runtime import backend_from_env, open_runtime, scripted_backends
-from reconciler.store.models import Attempt
+from reconciler.store.models import Attempt, McpToolCall
 
 __all__ = ["DemoResult", "ProjectResult", "run_demo"]
 
@@ -76,6 +76,8 @@ class DemoResult:
     forge_job_seconds: float = 0.0
     passes: int = 0
     settled: bool = False
+    # Every MCP tool call the agents made: (project, tool, outcome, duration_ms), in order.
+    tool_calls: list[tuple[str, str, str, float]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -298,11 +300,24 @@ async def run_demo(
                         await asyncio.sleep(0.2)
                 finally:
                     await dispatcher.wait_idle(5)
+                    result.tool_calls = await _tool_calls(ctx)
     finally:
         result.seconds = time.perf_counter() - t0
         if not keep_dir:
             shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+async def _tool_calls(ctx: ReconcilerContext) -> list[tuple[str, str, str, float]]:
+    async with ctx.sessions() as session:
+        rows = (
+            await session.execute(
+                sa.select(McpToolCall.project, McpToolCall.tool, McpToolCall.outcome, McpToolCall.duration_ms).order_by(
+                    McpToolCall.id
+                )
+            )
+        ).tuples()
+        return [(p, t, o, float(d)) for p, t, o, d in rows]
 
 
 def _line(p: ProjectResult) -> str:
