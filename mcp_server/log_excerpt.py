@@ -1,11 +1,12 @@
 """Failure excerpts of CI logs: the lines that explain a failure, within a token budget, redacted.
 
-`excerpt(log)` scores every line (error markers, test failure summaries, exception headers, exit codes),
-keeps Python tracebacks and Java stack traces as blocks (their first and last frames when long), a few
-lines of context around each error and the end of the log, and drops noise (download progress,
-separators, repeated lines). Lines are then chosen greedily by priority until the rendered excerpt reaches
-the budget; what is left of the budget goes to lines near the errors. `excerpt(log, start_line=n)` is a
-plain page from line n instead. `tail(log)` is the last lines that fit (a baseline).
+`excerpt(log)` scores every line (`log_scoring`: error markers, exception headers, failing tests, exit
+codes; stack-trace blocks, context, the end of the log; noise and repeats demoted), then picks runs of
+consecutive high-priority lines ("clusters"), best and latest first: in a first pass no error cluster may
+take more than 40% of the budget, so a second error elsewhere is shown too; a second pass completes them;
+then the end of the log; then single lines near the errors while budget remains. Gaps of 1-3 lines are
+filled when that costs no more than their marker. `excerpt(log, start_line=n)` is a plain page from line
+n instead; `tail(log)` is the last lines that fit (the naive baseline).
 
 Line numbers are 1-based and count `\\r\\n`, `\\r` and `\\n` as line breaks (progress bars use bare `\\r`).
 Tokens are estimated as `ceil(characters / 3.5)` of the rendered text, which includes the line-number
@@ -25,14 +26,14 @@ from __future__ import annotations
 
 import math
 import re
-from bisect import bisect_left, bisect_right, insort
-from collections import Counter
+from bisect import bisect_left, insort
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mcp_server.log_scoring import ANCHOR, CORE, Segment, bounded_raw, clean_line, priorities
 from policy.redaction import LineRedactor, redact
 
 __all__ = [
@@ -58,82 +59,17 @@ _HEAD_LAST_HITS = 100
 _HEAD_BEFORE = 3
 _HEAD_AFTER = 30
 _MAX_SCAN_BACK = 8192
-_MAX_RAW_LINE = 20_000
 _MAX_LINE_CHARS = 500
 _BINARY_SAMPLE = 65_536
 _BINARY_RATIO = 0.3
 
-_ANCHOR = 5.0
-_BLOCK_HEAD = 12
-_BLOCK_TAIL = 6
-_TRACEBACK_HEAD = 4
-_TRACEBACK_TAIL = 20
-_TAIL_LINES = 12
-_REPEAT_LIMIT = 3
-_REPEAT_LIMIT_NUMBERS = 20
-_CORE = 3.0
-_FRAME_FLOOR = 1.5
 _CLUSTER_SHARE = 0.4
 
 _SEP = re.compile(r"\r\n|\r|\n")
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]{0,512}(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]?")
-_PREFIX = re.compile(r"(?:[^\t\r\n]{0,200}\t[^\t\r\n]{0,200}\t)?\ufeff?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z ?")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _BINARYISH = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\ufffd]")
 
 
-
-def _words(*literals: str) -> list[str]:
-    """Whole-word patterns, each starting with its literal (the word boundary is checked after it)."""
-    return [f"{re.escape(w)}(?<!\\w{re.escape(w)})\\b" for w in literals]
-
-
-# Weighted evidence that a line explains a failure; a line scores its best match. Each pattern is searched
-# over the whole window at once and its matches mapped back to lines. Every pattern starts with a literal
-# so the regex engine jumps between occurrences (a leading `\b`, character class or alternation makes it
-# try every position, 10-20x slower); word boundaries are lookbehinds placed after the literal.
-_EVIDENCE: tuple[tuple[float, list[str]], ...] = (
-    # What failed and why: exception headers, compiler errors, failing tests, assertion messages.
-    (10.0, ["##[error]", r"Traceback \(most recent call last\)", r"Error(?<!\wError)(?:\[[A-Za-z]?\d+\])?:",
-            r"error(?<!\werror)(?:\[[A-Za-z]?\d+\])?:", "Exception(?=:| *$)", "Error(?=:| *$)",
-            "Throwable(?=:| *$)", *_words("panic", "panicked", "FAIL", "FAILED", "assert"), "<<< FAILURE!",
-            "<<< ERROR!", r"Tests run: \d+, Failures: (?:[1-9]|\d+, Errors: [1-9])", "No space left on device",
-            "Segmentation fault", "core dumped", "ut of memory", "OOMKilled", "ssertion failed", "ssertion error",
-            "ComparisonFailure", r"^E {2,}\S", r"expected(?<!\wexpected)\b[^\n]{0,200}\bbut (?:was|got|found)\b",
-            r":\[\d+,\d+\] ", "FAILURES =", "short test summary info"]),
-    # That something failed: error markers, build results, exit codes.
-    (9.0, [*_words("ERROR", "ERR", "FATAL", "FAILURE", "FAILS", "fatal", "Killed"), "BUILD FAILED",
-           "Build failed", "marked build as failure", "Caused by:", "exit code [1-9]", "exit status [1-9]",
-           "returned non-zero", "returned status [1-9]", "returned exit code [1-9]",
-           r" (?:failed|errors?|failures?)\b(?<=[^\d.][1-9] \w{6})|"
-           r" (?:failed|errors?|failures?)\b(?<=[1-9]\d \w{6})", "✕ ", "✗ ", "✖ ", "❌", "× "]),
-    (7.0, [*_words("failed", "Failed", "cannot", "Cannot", "error", "failure", "unresolved", "Undefined",
-                   "timed out"), "cannot find symbol", "undefined reference", "cannot access", "o such file",
-           "ermission denied", "command not found", r"not found\b", "ould not", "nable to",
-           "Timeout(?:Error|Exception)?:", "eadline exceeded"]),
-    (2.0, [*_words("WARN", "WARNING", "warning", "Warning"), r"^>[ \t]"]),
-)
-_EVIDENCE_RE = tuple((w, re.compile(p, re.MULTILINE)) for w, ps in _EVIDENCE for p in ps)
-# Counts of zero are not failures: "Failures: 0, Errors: 0", "0 errors", "no errors found".
-_ZERO_RE = tuple(re.compile(p) for p in (
-    "Failures: 0, Errors: 0", r"0(?<![\w.]0) (?:errors?|failures?|failed)\b",
-    r"no(?<!\wno) (?:errors?|failures?|failed)\b", r"No(?<!\wNo) (?:errors?|failures?|failed)\b",
-    r"error(?<!\werror)s?: 0\b"))
-# Lines that never explain a failure: download and install progress (blank and separator lines are
-# recognised per line by `_SEPARATOR`).
-_NOISE_RE = tuple(re.compile(p, re.MULTILINE) for p in (
-    r"Download(?:ing|ed)? (?:from|https?:)", r"Progress \(\d", "Receiving objects", "Resolving deltas",
-    "Unpacking objects", "remote: (?:Counting|Compressing|Enumerating|Total)", r"Get:(?<![^\n]Get:)\d+ ",
-    "Preparing to unpack", "Selecting previously", "Setting up(?<![^\n]Setting up) ", "Processing triggers",
-    r"Collecting [\w.\[\]-]+(?:[<>=!~ ]|$)", "Requirement already satisfied", "Using cached ",
-    r"%[ \t]*\|[█▉▊▋▌▍▎▏#= ]", r"\[=*>?[ \t]*\][ \t]*\d", r"##\[endgroup\]"))
-_SEPARATOR = re.compile(r"[ \t]*(?:\[\w+\][ \t]*)?[-=_*#~.+]{4,}[ \t]*")
-_FRAME = re.compile(
-    r"\s+at |\s*\.\.\. \d+ (?:more|common frames omitted)|\s*File \".*\", line \d+|\s*(?:Caused by|Suppressed):")
-_DIGITS = re.compile(r"\d+")
-_MARKER_ONLY = re.compile(r"\s*(?:\[(?:ERROR|WARNING|WARN|INFO)\]|##\[error\]|ERROR:?|E)?\s*")
-_CALL_FRAME = re.compile(r"\s+at |\s*File \".*\", line \d+")
-_TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 
 
 class ExcerptLine(BaseModel):
@@ -208,14 +144,6 @@ def tail(log_text: str | bytes, *, budget_tokens: int = 2000, extra_secrets: Col
 
 
 @dataclass
-class _Segment:
-    """Consecutive lines of the log: `raw[i]` is line `first + i`."""
-
-    first: int
-    raw: list[str]
-
-
-@dataclass
 class _Log:
     text: str
     total: int
@@ -252,9 +180,9 @@ class _Log:
         if cached is not None:
             return cached
         if number in self._pem:
-            text = _clean(self._pem[number])
+            text = clean_line(self._pem[number])
         else:
-            text = redact(_clean(_bounded_raw(raw)), extra_secrets=self.secrets)
+            text = redact(clean_line(bounded_raw(raw)), extra_secrets=self.secrets)
         text = _shorten(_CONTROL.sub("\ufffd", text), self.line_cap)
         self._shown[number] = text
         return text
@@ -345,7 +273,7 @@ class _Log:
             note = (f"Note: large log ({len(self.text) // 1_000_000} MB): the end was read in full, the rest "
                     "searched for error lines only.")
         note = note if note is None or len(note) < self.budget_chars // 4 else None
-        prio, raw_of = _priorities(segments, self.total)
+        prio, raw_of = priorities(segments, self.total)
         budget = self.budget_chars - (len(note) + 1 if note else 0)
         kept = self._choose(prio, raw_of, budget)
         return self.render(kept, raw_of, note=note)
@@ -369,17 +297,17 @@ class _Log:
             return True
 
         clusters: list[list[int]] = []
-        for n in sorted(n for n, p in prio.items() if p >= _CORE):
+        for n in sorted(n for n, p in prio.items() if p >= CORE):
             if clusters and n == clusters[-1][-1] + 1:
                 clusters[-1].append(n)
             else:
                 clusters.append([n])
         clusters.sort(key=lambda c: (-max(prio[n] for n in c), -c[-1]))
-        errors = [c for c in clusters if max(prio[n] for n in c) >= _ANCHOR]
-        others = [c for c in clusters if max(prio[n] for n in c) < _ANCHOR]
-        # Error clusters in two passes: first none that does not fit whole may take more than a share of
-        # the budget, so a second error elsewhere still gets shown; then the rest goes to them in order.
-        # Then the other clusters (the end of the log, step headers).
+        errors = [c for c in clusters if max(prio[n] for n in c) >= ANCHOR]
+        others = [c for c in clusters if max(prio[n] for n in c) < ANCHOR]
+        # Error clusters in two passes: in the first none may take more than a share of the budget, so a
+        # second error elsewhere still gets shown; the second completes them in order. Then the other
+        # clusters (the end of the log, step headers).
         for share, group in ((_CLUSTER_SHARE, errors), (1.0, errors), (1.0, others)):
             for cluster in group:
                 if budget - used < self.width + 4:
@@ -397,7 +325,7 @@ class _Log:
                         if misses >= 3:
                             break
         misses = 0
-        for n in sorted((n for n, p in prio.items() if 0 < p < _CORE), key=lambda n: (-prio[n], -n)):
+        for n in sorted((n for n, p in prio.items() if 0 < p < CORE), key=lambda n: (-prio[n], -n)):
             if add(n):
                 misses = 0
             else:
@@ -447,196 +375,16 @@ class _Log:
         m = _SEP.search(text, lo)
         return m.end() if m is not None and m.end() < len(text) else lo
 
-    def _tail_segment(self, cut: int | None = None) -> _Segment:
+    def _tail_segment(self, cut: int | None = None) -> Segment:
         cut = self._tail_cut() if cut is None else cut
         first = self.separators - _separators(self.text, cut, len(self.text)) + 1
         raw = _SEP.split(self.text[cut:])
         if raw and raw[-1] == "" and self.text[-1:] in ("\n", "\r"):
             raw.pop()
-        return _Segment(first, [_bounded_raw(r) for r in raw])
-
-
-# -- scoring -------------------------------------------------------------------------------------------
-
-
-def _priorities(segments: list[_Segment], total: int) -> tuple[dict[int, float], dict[int, str]]:
-    """Priority of every candidate line (0 = never shown) and the raw text of each."""
-    prio: dict[int, float] = {}
-    raw_of: dict[int, str] = {}
-    last_segment = segments[-1] if segments else None
-    for segment in segments:
-        clean = [_clean(_bounded_raw(r, 2000)) for r in segment.raw]
-        values = _segment_priorities(clean, segment.first, total, at_end=segment is last_segment)
-        for i, value in enumerate(values):
-            n = segment.first + i
-            if n > total:
-                continue
-            raw_of[n] = segment.raw[i]
-            if value > prio.get(n, 0.0):
-                prio[n] = value
-    return prio, raw_of
-
-
-def _matching_lines(pattern: re.Pattern[str], joined: str, starts: list[int]) -> Iterator[int]:
-    """Indexes of the lines (starting at `starts`, joined by newlines) in which `pattern` matches."""
-    last = -1
-    for m in pattern.finditer(joined):
-        i = bisect_right(starts, m.start()) - 1
-        if i != last:
-            last = i
-            yield i
-
-
-def _scores(clean: list[str]) -> tuple[list[float], list[bool]]:
-    """Evidence score and noise flag of every line."""
-    n = len(clean)
-    joined = "\n".join(clean)
-    starts = [0] * n
-    for i in range(1, n):
-        starts[i] = starts[i - 1] + len(clean[i - 1]) + 1
-    score = [0.0] * n
-    for weight, pattern in _EVIDENCE_RE:
-        for i in _matching_lines(pattern, joined, starts):
-            if weight > score[i]:
-                score[i] = weight
-    for pattern in _ZERO_RE:
-        for i in _matching_lines(pattern, joined, starts):
-            if score[i] >= _ANCHOR:
-                score[i] = 1.0
-    noise = [not c.strip() or (c[-1] in "-=_*#~.+ " and _SEPARATOR.fullmatch(c) is not None) for c in clean]
-    for pattern in _NOISE_RE:
-        for i in _matching_lines(pattern, joined, starts):
-            noise[i] = True
-    for i in range(n):
-        if noise[i]:
-            score[i] = 0.0
-    return score, noise
-
-
-def _segment_priorities(clean: list[str], first: int, total: int, *, at_end: bool) -> list[float]:
-    n = len(clean)
-    score, noise = _scores(clean)
-    bare = [_MARKER_ONLY.fullmatch(c) is not None for c in clean]  # "[ERROR] " with nothing after it
-    score = [0.0 if bare[i] else s for i, s in enumerate(score)]
-    frame = [_FRAME.match(c) is not None for c in clean]
-    for i in range(n - 1):
-        # The line a stack trace hangs from names the exception, whatever its wording.
-        if frame[i + 1] and not frame[i] and not noise[i] and not bare[i] and _CALL_FRAME.match(clean[i + 1]):
-            score[i] = max(score[i], 9.0)
-    # A continuation line belongs to the block above it: stack frames, indented lines, "Caused by:",
-    # and bare markers that separate parts of one error report.
-    cont = [frame[i] or bare[i] or (clean[i][:1] in (" ", "\t") and not noise[i]) for i in range(n)]
-
-    # Lines repeated many times (retry loops, polling) say nothing new after the first few and the last:
-    # exact repeats beyond 3, and lines differing only in numbers beyond 20.
-    for keys, limit in (([c.strip() for c in clean], _REPEAT_LIMIT),
-                        ([_DIGITS.sub("0", c.strip()) for c in clean], _REPEAT_LIMIT_NUMBERS)):
-        counts = Counter(k for k in keys if k)
-        seen: Counter[str] = Counter()
-        for i, key in enumerate(keys):
-            if key and counts[key] > limit:
-                seen[key] += 1
-                if limit < seen[key] < counts[key]:
-                    score[i] *= 0.2
-                    noise[i] = True
-
-    prio = [0.0] * n
-
-    def lift(i: int, value: float) -> None:
-        if 0 <= i < n and value > prio[i]:
-            prio[i] = value
-
-    run = [0] * (n + 1)  # run[i]: continuation lines starting at i
-    for i in range(n - 1, -1, -1):
-        run[i] = run[i + 1] + 1 if cont[i] else 0
-
-    block_floor = 0.0
-    step = -1  # the last "##[group]Run ..." line: which GitHub Actions step an error belongs to
-    for i in range(n):
-        s = score[i]
-        if clean[i].startswith("##[group]Run "):
-            step = i
-        if s >= _ANCHOR and (not frame[i] or clean[i].lstrip().startswith("Caused by")):
-            block_floor = s * 0.25
-            weight = s * (0.6 + 0.4 * (first + i) / max(total, 1))
-            lift(i, weight)
-            if step >= 0:
-                lift(step, weight * 0.35)
-            for k, value in ((1, 0.5), (2, 0.4), (3, 0.3)):
-                if i - k >= 0 and not noise[i - k]:
-                    lift(i - k, weight * value)
-            if _TRACEBACK.search(clean[i]):
-                # Python: the innermost frames and the exception line (after the frames) matter most.
-                end = min(i + run[i + 1] + 1, n - 1)
-                head, head_w, tail_len, tail_w = _TRACEBACK_HEAD, 0.7, _TRACEBACK_TAIL, 0.95
-                lift(end, weight)
-            else:
-                # Java and friends: the throwing frames come first; "Caused by:" lines are anchors too.
-                end = i + run[i + 1]
-                head, head_w, tail_len, tail_w = _BLOCK_HEAD, 0.95, _BLOCK_TAIL, 0.7
-            for j in range(i + 1, min(end, i + head) + 1):
-                lift(j, weight * head_w)
-            for j in range(max(i + head + 1, end - tail_len + 1), end + 1):
-                lift(j, weight * tail_w)
-            for k, value in ((1, 0.45), (2, 0.35)):
-                if end + k < n and not noise[end + k]:
-                    lift(end + k, weight * value)
-        elif cont[i] and block_floor:
-            lift(i, block_floor)
-        elif not cont[i]:
-            block_floor = 0.0
-        if s > 0:
-            lift(i, s * 0.3)
-        if frame[i]:
-            lift(i, _FRAME_FLOOR)
-
-    if at_end:
-        # The end of the log, before GitHub's post-job cleanup if there is one.
-        end = next((i for i in range(n) if clean[i].startswith("Post job cleanup.")), n)
-        rank = 0
-        for i in range(end - 1, -1, -1):
-            if rank >= _TAIL_LINES:
-                break
-            if not noise[i]:
-                lift(i, 4.0 - 0.2 * rank)
-                rank += 1
-
-    # Filler: what is left of the budget goes to lines near errors, then to the end of the log.
-    distance = [n + 1] * n
-    last = -(n + 1)
-    for i in range(n):
-        if score[i] >= _ANCHOR:
-            last = i
-        distance[i] = i - last
-    last = 2 * n + 1
-    for i in range(n - 1, -1, -1):
-        if score[i] >= _ANCHOR:
-            last = i
-        distance[i] = min(distance[i], last - i)
-    for i in range(n):
-        if not noise[i]:
-            near = 1.0 / (1 + distance[i]) if distance[i] <= 30 else 0.0
-            lift(i, 0.05 + near + 0.1 * (first + i) / max(total, 1))
-    return prio
+        return Segment(first, [bounded_raw(r) for r in raw])
 
 
 # -- text helpers --------------------------------------------------------------------------------------
-
-
-def _clean(raw: str) -> str:
-    """`raw` without ANSI codes and without the GitHub timestamp / job-and-step prefix."""
-    text = _ANSI.sub("", raw) if "\x1b" in raw else raw
-    m = _PREFIX.match(text)
-    return text[m.end() :] if m is not None else text
-
-
-def _bounded_raw(raw: str, limit: int = _MAX_RAW_LINE) -> str:
-    """A very long line cut to about `limit` characters, never through the middle of a word (a secret)."""
-    if len(raw) <= limit:
-        return raw
-    head = re.sub(r"\S+$", "", raw[: limit * 3 // 4])
-    rest = re.sub(r"^\S+", "", raw[-(limit // 4) :])
-    return f"{head} …[{len(raw) - len(head) - len(rest)} chars cut]… {rest}"
 
 
 def _shorten(text: str, cap: int) -> str:
@@ -717,7 +465,7 @@ def _next_line_start(text: str, pos: int, limit: int) -> int:
     return m.end() if m is not None else min(limit, pos + _MAX_SCAN_BACK)
 
 
-def _head_segments(text: str, cut: int) -> list[_Segment]:
+def _head_segments(text: str, cut: int) -> list[Segment]:
     """Windows of lines around the first and last error words in text[:cut]."""
     hits: set[int] = set()
     for word in _HEAD_WORDS:
@@ -751,7 +499,7 @@ def _head_segments(text: str, cut: int) -> list[_Segment]:
             windows[-1] = (windows[-1][0], max(stop, windows[-1][1]))
         else:
             windows.append((start, stop))
-    segments: list[_Segment] = []
+    segments: list[Segment] = []
     line, pos = 1, 0
     for start, stop in windows:
         line += _separators(text, pos, start)
@@ -759,7 +507,7 @@ def _head_segments(text: str, cut: int) -> list[_Segment]:
         raw = _SEP.split(text[start:stop])
         if raw and raw[-1] == "" and text[stop - 1 : stop] in ("\n", "\r"):
             raw.pop()
-        segments.append(_Segment(line, [_bounded_raw(r) for r in raw]))
+        segments.append(Segment(line, [bounded_raw(r) for r in raw]))
     return segments
 
 
