@@ -389,3 +389,17 @@ def test_relative_links_and_anchors_resolve(page: str) -> None:
         if not file.exists() or missing_anchor:
             broken.append(target)
     assert broken == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The metrics table.
+
+
+def test_the_metrics_table_lists_exactly_what_get_metrics_serves() -> None:
+    from reconciler.metrics import Metrics
+
+    served = dict(re.findall(r"^# TYPE (\S+) (\S+)$", Metrics().render(), re.MULTILINE))
+    tables = _tables_anywhere(OPERATIONS.read_text(encoding="utf-8"))
+    rows = next(rows for header, rows in tables if header[:2] == ("metric", "type"))
+    documented = {re.fullmatch(r"`(\w+)`", r["metric"]).group(1): r["type"] for r in rows}  # type: ignore[union-attr]
+    assert documented == served
