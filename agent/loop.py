@@ -379,7 +379,7 @@ class _Run:
             return
         data = _structured(result, text) or {}
         if name == LOG_TOOL and self.first_log is None:
-            self.first_log = text
+            self.first_log = _first_str(data, ("excerpt", "log", "text")) or text
         elif name == READ_TOOL and isinstance(path, str):
             # Only a whole-file read tells the file's content (the tool pages long files).
             content = data.get("content")

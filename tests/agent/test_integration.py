@@ -58,6 +58,7 @@ async def test_agent_run_replays_the_fixture_script_against_the_real_server_and_
             assert pulls == []
             assert "# greenloop could not fix" in text and "refused: " in text
             assert ".github/workflows/ci.yml" in text
+            assert "unrecognized arguments: --fail-fast" in text and "\\n" not in text  # the log, unescaped
         else:
             assert len(pulls) == 1
             assert ("merged" if pulls[0].merged else pulls[0].state) == state
