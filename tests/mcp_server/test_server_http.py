@@ -1,0 +1,155 @@
+"""The MCP server over streamable HTTP (uvicorn on a loopback port): bearer tokens bind the session, and
+requests without a valid token, or for another host, never reach a tool."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx2
+import jwt
+import pytest
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from server_support import Harness, harness, result_text
+
+from fixtures.forge import run_forge
+from mcp_server.auth import AUDIENCE, ISSUER, mint_token
+from mcp_server.cli import http_app
+from mcp_server.server import READ_TOOLS, TOOL_NAMES
+from mcp_server.session import Mode
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "http-test-secret-" + "x" * 32
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"},
+    },
+}
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@dataclass
+class Served:
+    url: str
+    port: int
+    h: Harness
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with run_forge(tmp_path / "forge", projects=["bug-lib", "stale-import"]) as forge:
+        h = harness(forge, tmp_path, {"bug-lib": "auto_merge", "stale-import": "propose"})
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        app = http_app(h.factory, mode=Mode.AGENT, secret=SECRET, projects=["bug-lib"], host="127.0.0.1", port=port)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            with anyio.fail_after(20):
+                while not server.started:
+                    if task.done():
+                        task.result()
+                    await asyncio.sleep(0.02)
+            yield Served(url=f"http://127.0.0.1:{port}/mcp", port=port, h=h)
+        finally:
+            server.should_exit = True
+            with anyio.fail_after(20):
+                await task
+            sock.close()
+
+
+def _client(url: str, token: str) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30, trust_env=False)
+    return Client(streamable_http_client(url, http_client=http))
+
+
+async def test_agent_token_opens_a_session_bound_to_its_attempt(served: Served) -> None:
+    token = mint_token(SECRET, project="bug-lib", attempt_id="http0001", job="test", mode=Mode.AGENT, ttl_seconds=300)
+    with anyio.fail_after(60):
+        async with _client(served.url, token) as client:
+            tools = await client.list_tools()
+            assert sorted(t.name for t in tools.tools) == sorted(TOOL_NAMES)
+            info = await client.call_tool("get_project_info", {})
+            assert not info.is_error, result_text(info)
+            assert info.structured_content is not None
+            assert (info.structured_content["attempt_id"], info.structured_content["mode"]) == ("http0001", "agent")
+            branch = await client.call_tool("create_branch", {})
+            assert not branch.is_error and branch.structured_content["branch"] == "greenloop/fix/test-http0001"
+    assert [e.tool for e in served.h.audit.events] == ["get_project_info", "create_branch"]
+    assert all(e.attempt_id == "http0001" and e.client.startswith("http") for e in served.h.audit.events)
+
+
+async def test_read_only_token_on_an_agent_server_gets_only_the_read_tools(served: Served) -> None:
+    token = mint_token(SECRET, project="bug-lib", mode=Mode.READ_ONLY, ttl_seconds=300)
+    with anyio.fail_after(60):
+        async with _client(served.url, token) as client:
+            tools = await client.list_tools()
+            assert sorted(t.name for t in tools.tools) == sorted(READ_TOOLS)
+            refused = await client.call_tool("create_branch", {})
+            assert refused.is_error and "read-only" in result_text(refused)
+            info = await client.call_tool("get_project_info", {})
+            assert not info.is_error and info.structured_content is not None
+            assert info.structured_content["mode"] == "read-only"
+
+
+def _expired() -> str:
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "bug-lib", "project": "bug-lib", "mode": "agent",
+        "attempt_id": "http0002", "job": "test", "iat": now - 600, "nbf": now - 600, "exp": now - 300, "jti": "x",
+    }  # fmt: skip
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param(None, id="no-token"),
+        pytest.param("Bearer not-a-token", id="garbage-token"),
+        pytest.param(lambda: "Bearer " + mint_token("w" * 40, project="bug-lib", ttl_seconds=60), id="bad-signature"),
+        pytest.param(lambda: "Bearer " + _expired(), id="expired"),
+        pytest.param(
+            lambda: "Bearer " + mint_token(SECRET, project="stale-import", ttl_seconds=60), id="other-project"
+        ),
+        pytest.param(lambda: "Basic " + mint_token(SECRET, project="bug-lib", ttl_seconds=60), id="not-bearer"),
+    ],
+)
+async def test_requests_without_a_valid_token_get_401(served: Served, authorization: object) -> None:
+    headers = dict(HEADERS)
+    if authorization is not None:
+        headers["Authorization"] = authorization() if callable(authorization) else str(authorization)
+    async with httpx2.AsyncClient(timeout=10, trust_env=False) as http:
+        response = await http.post(served.url, json=INITIALIZE, headers=headers)
+    assert response.status_code == 401
+    assert served.h.bindings == [] and served.h.audit.events == []
+
+
+async def test_a_valid_token_with_a_foreign_host_header_is_refused(served: Served) -> None:
+    token = mint_token(SECRET, project="bug-lib", ttl_seconds=60)
+    headers = {**HEADERS, "Authorization": f"Bearer {token}", "Host": "evil.example:80"}
+    async with httpx2.AsyncClient(timeout=10, trust_env=False) as http:
+        response = await http.post(served.url, json=INITIALIZE, headers=headers)
+        assert response.status_code == 421
+        headers = {**HEADERS, "Authorization": f"Bearer {token}", "Origin": "http://evil.example"}
+        response = await http.post(served.url, json=INITIALIZE, headers=headers)
+        assert response.status_code == 403
+        # The control: the same request from an allowed host and origin is served.
+        headers = {**HEADERS, "Authorization": f"Bearer {token}", "Origin": f"http://127.0.0.1:{served.port}"}
+        response = await http.post(served.url, json=INITIALIZE, headers=headers)
+        assert response.status_code == 200
