@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 
@@ -29,6 +29,9 @@ from agent.recording import RecordingBackend, ReplayBackend
 from agent.scripted import ScriptedBackend
 from agent.types import AttemptTask
 from policy.config import AgentSettings, GreenloopConfig
+
+if TYPE_CHECKING:
+    from mcp_server.audit import AuditSink
 
 __all__ = ["SessionOpener", "agent_run_command", "make_backend", "open_in_process_session"]
 
@@ -80,10 +83,10 @@ def make_backend(
     )
 
 
-def open_in_process_session(config: GreenloopConfig, *, audit: Any = None) -> SessionOpener:
+def open_in_process_session(config: GreenloopConfig, *, audit: AuditSink | None = None) -> SessionOpener:
     """Sessions on an in-process `mcp_server` bound to (project, job, attempt) in agent mode.
 
-    `audit` is an `mcp_server.audit.AuditSink` (default: one JSON log line per tool call).
+    Tool calls are audited to `audit` (default: one JSON log line per call).
     """
 
     @asynccontextmanager
