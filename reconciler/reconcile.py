@@ -117,7 +117,7 @@ async def reconcile(
                     )
                     .group_by(Attempt.project)
                 )
-            ).tuples()
+            )
             if at is not None
         }
     reported = await observe_reported(ctx.sessions, projects)
