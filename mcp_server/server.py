@@ -60,7 +60,7 @@ from mcp_server.models import (
 from mcp_server.session import BindingFactory, Mode, SessionBinding, SessionGrant
 from mcp_server.workspace import Workspace
 from policy.errors import PolicyViolation
-from policy.redaction import redact
+from policy.redaction import secret_variants
 from policy.types import Autonomy
 
 __all__ = ["READ_TOOLS", "TOOL_NAMES", "WRITE_TOOLS", "build_server"]
@@ -382,7 +382,7 @@ async def write_repo_file(
     ws = await s.ready_workspace()
     _on_fix_branch(s, ws)
     # Security: the model only ever sees redacted text, so a live credential in content was smuggled in.
-    if s.redact(content) != redact(content):
+    if any(form in content for secret in s.live_secrets() for form in secret_variants(secret)):
         raise ToolRefused(f"Write refused: the content contains a live credential: {path!r}.")
     b = s.project.budgets
     got = await ws.write_file(

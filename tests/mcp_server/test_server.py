@@ -299,6 +299,22 @@ async def test_oversized_writes_are_refused(shared: Shared) -> None:
     assert sorted(p.name for p in root.iterdir()) == ["one.txt", "two.txt"]
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param(lambda t: f"TOKEN = '{t}'\n", id="verbatim"),
+        pytest.param(lambda t: f"AUTH = '{base64.b64encode(f'x-access-token:{t}'.encode()).decode()}'\n", id="basic"),
+        pytest.param(lambda t: f"url = 'https://x:{t}@example.test'\n", id="in-a-url"),
+    ],
+)
+async def test_writing_a_live_credential_into_the_repository_is_refused(shared: Shared, form: Any) -> None:
+    writer = next(b for b in shared.h.bindings if b.attempt_id == "escape01")
+    token = next(s for s in writer.live_secrets() if s.startswith("ghs_"))
+    text = await refused(shared.writer, "write_repo_file", {"path": "pager/leak.py", "content": form(token)})
+    assert "live credential" in text and token not in text
+    assert not (shared.tmp / "workspaces" / "attempt-escape01" / "pager" / "leak.py").exists()
+
+
 async def test_no_write_tool_works_before_create_branch(shared: Shared) -> None:
     binding_count = len(shared.h.bindings)
     async with session(shared.h, attempt="nobranch1") as client:
@@ -460,6 +476,7 @@ async def test_installation_token_never_appears_in_results_audit_logs_or_git_con
             ]
             for tool, args in steps:
                 results.append(result_text(await call(client, tool, args)))
+            assert "live credential" in results[7]  # the smuggled token is not written into the repository
             pr = await h.bindings[0].forge.find_pull_request(REPO, "greenloop/fix/test-leak00001")
     assert pr is not None
     git_config = (tmp_path / "workspaces" / "attempt-leak00001" / ".git" / "config").read_text(encoding="utf-8")
