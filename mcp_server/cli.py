@@ -18,22 +18,26 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
 
-import anyio
-from mcp.server.auth.settings import AuthSettings
-from mcp.server.transport_security import TransportSecuritySettings
-from starlette.applications import Starlette
-
-from mcp_server.audit import AuditSink, FanOutAuditSink, JsonLogAuditSink, SqlAuditSink
-from mcp_server.auth import TOKEN_SECRET_ENV, JwtTokenVerifier
-from mcp_server.server import build_server
-from mcp_server.session import BindingFactory, Mode, SessionGrant, config_binding_factory
+from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig
 from policy.errors import ConfigError
 
-__all__ = ["build_parser", "http_app", "main", "transport_security"]
+# The MCP SDK, SQLAlchemy and the forge client load in seconds: only a command that serves imports them,
+# so `--help` and configuration errors answer at once.
+if TYPE_CHECKING:
+    from mcp.server.transport_security import TransportSecuritySettings
+    from starlette.applications import Starlette
+
+    from mcp_server.audit import AuditSink
+    from mcp_server.session import BindingFactory, Mode, SessionGrant
+
+__all__ = ["TOKEN_SECRET_ENV", "build_parser", "http_app", "main", "transport_security"]
 
 logger = logging.getLogger("greenloop.mcp.cli")
+TOKEN_SECRET_ENV = "GREENLOOP_MCP_TOKEN_SECRET"  # the same name as mcp_server.auth.TOKEN_SECRET_ENV
+_MODES = ("read-only", "agent")  # mcp_server.session.Mode values
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -43,8 +47,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mode",
-        choices=[m.value for m in Mode],
-        default=Mode.READ_ONLY.value,
+        choices=_MODES,
+        default=_MODES[0],
         help="read-only: the five read tools (default); agent: all ten",
     )
     parser.add_argument(
@@ -82,6 +86,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 def transport_security(host: str, port: int) -> TransportSecuritySettings:
     """DNS-rebinding protection: only these Host and Origin headers are accepted."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
     hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"{host}:{port}"}
     if host == "::1":
         hosts.add(f"[::1]:{port}")
@@ -107,6 +113,11 @@ def http_app(
     Raises:
         ValueError: the secret is too short or the port is out of range.
     """
+    from mcp.server.auth.settings import AuthSettings
+
+    from mcp_server.auth import JwtTokenVerifier
+    from mcp_server.server import build_server
+
     if not 1 <= port <= 65535:
         raise ValueError(f"Invalid port: {port!r}.")
     verifier = JwtTokenVerifier(secret, projects=projects)
@@ -137,6 +148,8 @@ def _load(path: str | None) -> GreenloopConfig:
 
 
 async def _audit_sink(stack: AsyncExitStack, url: str | None) -> AuditSink:
+    from mcp_server.audit import FanOutAuditSink, JsonLogAuditSink, SqlAuditSink
+
     sinks: list[AuditSink] = [JsonLogAuditSink()]
     if url:
         sql = SqlAuditSink(url)
@@ -146,6 +159,9 @@ async def _audit_sink(stack: AsyncExitStack, url: str | None) -> AuditSink:
 
 
 async def _run_stdio(args: argparse.Namespace, config: GreenloopConfig, grant: SessionGrant) -> None:
+    from mcp_server.server import build_server
+    from mcp_server.session import config_binding_factory
+
     async with AsyncExitStack() as stack:
         audit = await _audit_sink(stack, args.audit_db)
         server = build_server(config_binding_factory(config, audit=audit), mode=grant.mode, grant=grant)
@@ -154,6 +170,8 @@ async def _run_stdio(args: argparse.Namespace, config: GreenloopConfig, grant: S
 
 async def _run_http(args: argparse.Namespace, config: GreenloopConfig, secret: str) -> None:
     import uvicorn
+
+    from mcp_server.session import Mode, config_binding_factory
 
     projects = args.project or [p.name for p in config.projects]
     async with AsyncExitStack() as stack:
@@ -183,6 +201,17 @@ def _check(args: argparse.Namespace, config: GreenloopConfig) -> None:
         logger.warning(json.dumps({"event": "mcp_http_not_loopback", "host": args.host}))
 
 
+def _check_binding(args: argparse.Namespace) -> None:
+    """What `SessionGrant` checks, without importing the server: agent mode needs a valid attempt and a job."""
+    if args.mode == "agent" and (not args.attempt or not args.job):
+        raise ConfigError("agent mode needs --attempt and --job")
+    if args.attempt is not None:
+        try:
+            fix_branch_name(args.job or "job", args.attempt)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `greenloop-mcp`; returns the process exit code (2 for a configuration problem)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -197,20 +226,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             secret = os.environ.get(TOKEN_SECRET_ENV, "")
             if not secret:
                 raise ConfigError(f"serve-http: set ${TOKEN_SECRET_ENV} to the token secret shared with the reconciler")
-            JwtTokenVerifier(secret, projects=())  # checks the secret's length
+            if len(secret.encode()) < 32:
+                raise ConfigError(f"serve-http: ${TOKEN_SECRET_ENV} must be at least 32 bytes long")
             if not 1 <= args.port <= 65535:
                 raise ConfigError(f"serve-http: invalid port: {args.port!r}")
         else:
-            grant = SessionGrant(
-                project=args.project, mode=Mode(args.mode), attempt_id=args.attempt, job=args.job, client="stdio"
-            )
+            _check_binding(args)
     except (ConfigError, ValueError) as exc:
         print(f"greenloop-mcp: {exc}", file=sys.stderr)
         return 2
+    import anyio
+
     try:
         if over_http:
             anyio.run(_run_http, args, config, secret)
         else:
+            from mcp_server.session import Mode, SessionGrant
+
+            grant = SessionGrant(
+                project=args.project, mode=Mode(args.mode), attempt_id=args.attempt, job=args.job, client="stdio"
+            )
             anyio.run(_run_stdio, args, config, grant)
     except KeyboardInterrupt:
         return 130
