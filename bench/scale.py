@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,12 @@ class ScaleResult:
     red_pass_seconds: float
     red_requests: int
     red_db_statements: int
-    errors: int
+    errors: dict[str, int]  # project errors over all passes, by kind
     etag_entries: int
+    timed_passes: int
+    client_cpu_seconds: float  # median, this process, per unchanged pass
+    server_cpu_seconds: float  # median, the forge process, per unchanged pass
+    load_average: float  # 1-minute load average after the timed passes (the machine is shared)
 
 
 def _free_port() -> int:
@@ -151,6 +156,15 @@ class _ForgeProcess:
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"scale forge did not start within {timeout:.0f}s")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the forge process has used so far (from /proc; NaN where unavailable)."""
+        try:
+            with open(f"/proc/{self._proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+
     def stop(self) -> None:
         self._proc.terminate()
         try:
@@ -167,7 +181,7 @@ async def _measure(projects: int, passes: int, tmp: Path) -> ScaleResult:
     try:
         async with httpx2.AsyncClient(trust_env=False) as control:
             await forge_proc.wait_ready(control)
-            return await _measure_with(projects, passes, tmp, forge_proc.url, control)
+            return await _measure_with(projects, passes, tmp, forge_proc, control)
     finally:
         forge_proc.stop()
 
@@ -178,7 +192,20 @@ async def _server_stats(control: httpx2.AsyncClient, url: str) -> dict[str, Any]
     return data
 
 
-async def _measure_with(projects: int, passes: int, tmp: Path, url: str, control: httpx2.AsyncClient) -> ScaleResult:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _error_kind(message: str) -> str:
+    """`internal error: KeyError` stays whole; forge errors keep their category (`Forge unavailable`)."""
+    return message if message.startswith("internal error") else message.split(":", 1)[0]
+
+
+async def _measure_with(
+    projects: int, passes: int, tmp: Path, forge_proc: _ForgeProcess, control: httpx2.AsyncClient
+) -> ScaleResult:
+    url = forge_proc.url
     key_path = tmp / f"app-{projects}.pem"
     _write_key(key_path)
     db_path = tmp / f"scale-{projects}.db"
@@ -211,25 +238,30 @@ async def _measure_with(projects: int, passes: int, tmp: Path, url: str, control
             statements = 0
             first = await reconcile(ctx, trigger="cli")
             db_first = statements
-            errors = len(first.errors)
+            errors: Counter[str] = Counter(_error_kind(m) for m in first.errors.values())
 
             times: list[float] = []
             reqs: list[int] = []
             nm: list[int] = []
             stmts: list[int] = []
             server_reqs: list[int] = []
+            client_cpu: list[float] = []
+            server_cpu: list[float] = []
             for _ in range(passes):
                 before = await _server_stats(control, url)
                 statements = 0
+                c0, s0 = _cpu_seconds(), forge_proc.cpu_seconds()
                 t0 = time.perf_counter()
                 summary = await reconcile(ctx, trigger="cli")
                 times.append(time.perf_counter() - t0)
+                client_cpu.append(_cpu_seconds() - c0)
+                server_cpu.append(forge_proc.cpu_seconds() - s0)
                 stmts.append(statements)
                 after = await _server_stats(control, url)
                 reqs.append(summary.forge_requests)
                 nm.append(summary.forge_not_modified)
                 server_reqs.append(int(after["requests"]) - int(before["requests"]))
-                errors += len(summary.errors)
+                errors.update(_error_kind(m) for m in summary.errors.values())
 
             # Peak Python allocations during one more unchanged pass, traced on its own.
             tracemalloc.start()
@@ -248,10 +280,8 @@ async def _measure_with(projects: int, passes: int, tmp: Path, url: str, control
             red_summary = await reconcile(ctx, trigger="cli")
             red_seconds = time.perf_counter() - t0
             red_statements = statements
-            errors += len(red_summary.errors)
-            if red_summary.errors:
-                sample = list(red_summary.errors.items())[:3]
-                print(f"bench.scale: N={projects}: project errors, e.g. {sample}", file=sys.stderr)
+            errors.update(_error_kind(m) for m in red_summary.errors.values())
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     finally:
         await engine.dispose()
 
@@ -260,6 +290,10 @@ async def _measure_with(projects: int, passes: int, tmp: Path, url: str, control
         projects=projects,
         pass_seconds=statistics.median(times),
         pass_seconds_min=min(times),
+        timed_passes=len(times),
+        client_cpu_seconds=statistics.median(client_cpu),
+        server_cpu_seconds=statistics.median(server_cpu),
+        load_average=load,
         requests_per_project=median_reqs / projects,
         not_modified_share=(statistics.median(nm) / median_reqs) if median_reqs else 0.0,
         server_requests_per_project=statistics.median(server_reqs) / projects,
@@ -274,7 +308,7 @@ async def _measure_with(projects: int, passes: int, tmp: Path, url: str, control
         red_pass_seconds=red_seconds,
         red_requests=red_summary.forge_requests,
         red_db_statements=red_statements,
-        errors=errors,
+        errors=dict(errors),
         etag_entries=forge._etag_entries,
     )
 
@@ -320,40 +354,55 @@ def _goal_lines(results: Sequence[ScaleResult]) -> list[str]:
             f"- Finding: at N = {sizes} unchanged passes are not all 304s. The forge client's ETag cache is an "
             f"LRU of `etag_entries` = {results[0].etag_entries} entries (`mcp_server/forge.py:283`, the "
             "`ForgeClient.__init__` default; `reconciler/runtime.py` builds `ForgeClient(config.forge, app)` "
-            "without sizing it) and holds both run listings and job listings; a pass visits every repo in "
-            "turn, so once repos (plus their job lists) outnumber the entries each listing is evicted before "
-            "it is asked for again and every request is a full 200 (eviction loop: `mcp_server/forge.py:450`)."
+            "without sizing it) and holds both run listings and job listings (two entries per repo here); a "
+            "pass visits every repo in turn, so once those outnumber the entries each listing is evicted "
+            "before it is asked for again and every request is a full 200 (eviction: `mcp_server/forge.py:450`)."
+        )
+    crashed = [r for r in results if any(k.startswith("internal error: KeyError") for k in r.errors)]
+    if crashed:
+        sizes = ", ".join(f"{r.projects:,}" for r in crashed)
+        lines.append(
+            f"- Finding: at N = {sizes} projects crash with `KeyError` in `ForgeClient._json` "
+            "(`mcp_server/forge.py:440`, `self._etags.move_to_end(key)` after a 304): the cache entry was read "
+            "before the request was sent, and concurrent requests evicted it while this one was in flight."
         )
     return lines
 
 
 def render_table(results: Sequence[ScaleResult]) -> str:
     """The figure as Markdown: one row per size, then the goals and notes."""
-    head = (
-        "| projects | pass (median) | pass (min) | forge req/project | 304 share | DB statements/pass "
-        "| tracemalloc peak | RSS now / max | 1% red: attempts started | dispatched | red pass | "
-        "red pass: requests / DB statements | errors |"
-    )
-    rows = [head, "|" + "---|" * 13]
+    rows = [
+        "| projects | unchanged pass: wall (median / min) | CPU: reconciler / forge | forge req/project "
+        "| 304 share | DB statements/pass | tracemalloc peak | RSS now / max | 1 % red: attempts started "
+        "| dispatched | red pass: wall | red pass: requests / DB statements | project errors |",
+        "|" + "---|" * 13,
+    ]
     for r in results:
+        errors = ", ".join(f"{n} x {kind}" for kind, n in sorted(r.errors.items())) or "0"
         rows.append(
-            f"| {r.projects:,} | {r.pass_seconds * 1000:,.0f} ms | {r.pass_seconds_min * 1000:,.0f} ms "
+            f"| {r.projects:,} | {r.pass_seconds * 1000:,.0f} / {r.pass_seconds_min * 1000:,.0f} ms "
+            f"| {r.client_cpu_seconds * 1000:,.0f} / {r.server_cpu_seconds * 1000:,.0f} ms "
             f"| {r.requests_per_project:.2f} | {r.not_modified_share:.0%} "
-            f"| {r.db_statements} (first pass {r.db_statements_first}) | {r.tracemalloc_peak_mb:,.1f} MiB "
+            f"| {r.db_statements} (cold first pass {r.db_statements_first}) | {r.tracemalloc_peak_mb:,.1f} MiB "
             f"| {r.rss_mb:,.0f} / {r.max_rss_mb:,.0f} MiB | {r.red_started} of {r.red_projects} "
             f"| {r.red_dispatched} | {r.red_pass_seconds * 1000:,.0f} ms "
-            f"| {r.red_requests} / {r.red_db_statements} | {r.errors} |"
+            f"| {r.red_requests} / {r.red_db_statements} | {errors} |"
         )
+    timed = sorted({r.timed_passes for r in results})
+    loads = ", ".join(f"{r.load_average:.1f} at N={r.projects:,}" for r in results)
     notes = [
         "",
-        f"Forge: `fixtures/forge/scale.py` in its own process, real loopback HTTP (uvicorn, 127.0.0.1); "
-        f"client `ForgeClient` as the runtime builds it (GitHub App token, ETag cache of "
+        "Forge: `fixtures/forge/scale.py` in its own process, real loopback HTTP (uvicorn, 127.0.0.1); "
+        "client: `ForgeClient` as `reconciler/runtime.py` builds it (GitHub App token, default ETag cache of "
         f"{results[0].etag_entries if results else '?'} entries). Store: SQLite file (WAL). "
-        f"`server.concurrency` = {CONCURRENCY}. Unchanged-pass figures: median of the timed passes after one "
-        "warm-up pass; forge requests as the client counted them (the server's own count agrees: "
+        f"`server.concurrency` = {CONCURRENCY}. Unchanged pass: one warm-up pass, then the median of "
+        f"{'/'.join(str(t) for t in timed)} timed pass(es). Forge requests as the client counted them (the "
+        "server's own count: "
         + ", ".join(f"{r.server_requests_per_project:.2f}/project at N={r.projects:,}" for r in results)
-        + "). tracemalloc peak: one extra unchanged pass under tracing. RSS: this process now / its high-water "
-        "mark (sizes run in ascending order, so the max belongs to the largest size so far). The red pass: "
+        + "). CPU: user+system seconds of this process and of the forge process during the pass (wall well "
+        "above their sum means waiting on a busy machine: 1-minute load average " + loads + " on "
+        f"{os.cpu_count()} CPU(s), shared with other work). tracemalloc peak: one extra unchanged pass under "
+        "tracing. RSS: this process now / its high-water mark (sizes run in ascending order). The red pass: "
         "1 % of repos get a new failed run on a new commit; the dispatcher records calls and runs no agent.",
         "",
         *_goal_lines(results),
@@ -364,13 +413,13 @@ def render_table(results: Sequence[ScaleResult]) -> str:
 def section(*, quick: bool) -> str:
     """Figure 1 for `python -m bench`."""
     sizes = (100, 1000) if quick else (100, 1000, 10_000)
-    return render_table(run(sizes, passes=3 if quick else 5))
+    return render_table(run(sizes, passes=1 if quick else 5))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the Markdown table."""
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="100 and 1,000 projects, 3 timed passes")
+    parser.add_argument("--quick", action="store_true", help="100 and 1,000 projects, 1 timed pass")
     parser.add_argument("--sizes", default=None, help="comma-separated sizes, e.g. 100,1000")
     parser.add_argument("--passes", type=int, default=None, help="timed unchanged passes per size (median)")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON after the table")
@@ -378,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = (
         [int(s) for s in args.sizes.split(",")] if args.sizes else ([100, 1000] if args.quick else [100, 1000, 10_000])
     )
-    passes = args.passes or (3 if args.quick else 5)
+    passes = args.passes or (1 if args.quick else 5)
     results = run(sizes, passes=passes)
     print(render_table(results))
     if args.json:
