@@ -101,6 +101,7 @@ class ScaleResult:
     timed_passes: int
     client_cpu_seconds: float  # median, this process, per unchanged pass
     server_cpu_seconds: float  # median, the forge process, per unchanged pass
+    etag_what_if: bool  # the ETag cache was resized (--etag-entries), unlike the runtime
     load_average: float  # 1-minute load average after the timed passes (the machine is shared)
 
 
@@ -176,12 +177,12 @@ class _ForgeProcess:
             self._proc.stderr.close()
 
 
-async def _measure(projects: int, passes: int, tmp: Path) -> ScaleResult:
+async def _measure(projects: int, passes: int, tmp: Path, etag_entries: int | None) -> ScaleResult:
     forge_proc = _ForgeProcess(projects)
     try:
         async with httpx2.AsyncClient(trust_env=False) as control:
             await forge_proc.wait_ready(control)
-            return await _measure_with(projects, passes, tmp, forge_proc, control)
+            return await _measure_with(projects, passes, tmp, forge_proc, control, etag_entries)
     finally:
         forge_proc.stop()
 
@@ -190,6 +191,13 @@ async def _server_stats(control: httpx2.AsyncClient, url: str) -> dict[str, Any]
     reply = await control.get(f"{url}/_scale/stats", timeout=10.0)
     data: dict[str, Any] = reply.json()
     return data
+
+
+def _forge_client(config: GreenloopConfig, app: GitHubApp, etag_entries: int | None) -> ForgeClient:
+    """As the runtime builds it; `etag_entries` (a what-if, off by default) resizes the ETag cache."""
+    if etag_entries is None:
+        return ForgeClient(config.forge, app)
+    return ForgeClient(config.forge, app, etag_entries=etag_entries)
 
 
 def _cpu_seconds() -> float:
@@ -203,7 +211,12 @@ def _error_kind(message: str) -> str:
 
 
 async def _measure_with(
-    projects: int, passes: int, tmp: Path, forge_proc: _ForgeProcess, control: httpx2.AsyncClient
+    projects: int,
+    passes: int,
+    tmp: Path,
+    forge_proc: _ForgeProcess,
+    control: httpx2.AsyncClient,
+    etag_entries: int | None,
 ) -> ScaleResult:
     url = forge_proc.url
     key_path = tmp / f"app-{projects}.pem"
@@ -225,7 +238,7 @@ async def _measure_with(
         await upgrade_async(engine)
         event.listen(engine.sync_engine, "before_cursor_execute", _count)
         dispatcher = RecordingDispatcher()
-        async with GitHubApp.from_settings(config.forge) as app, ForgeClient(config.forge, app) as forge:
+        async with GitHubApp.from_settings(config.forge) as app, _forge_client(config, app, etag_entries) as forge:
             ctx = ReconcilerContext(
                 config=config,
                 sessions=make_sessionmaker(engine),
@@ -294,6 +307,7 @@ async def _measure_with(
         client_cpu_seconds=statistics.median(client_cpu),
         server_cpu_seconds=statistics.median(server_cpu),
         load_average=load,
+        etag_what_if=etag_entries is not None,
         requests_per_project=median_reqs / projects,
         not_modified_share=(statistics.median(nm) / median_reqs) if median_reqs else 0.0,
         server_requests_per_project=statistics.median(server_reqs) / projects,
@@ -313,13 +327,13 @@ async def _measure_with(
     )
 
 
-def run(sizes: Sequence[int], *, passes: int = 5) -> list[ScaleResult]:
+def run(sizes: Sequence[int], *, passes: int = 5, etag_entries: int | None = None) -> list[ScaleResult]:
     """Measure every size in `sizes` (ascending, so the process RSS high-water mark belongs to the last)."""
     results: list[ScaleResult] = []
     with tempfile.TemporaryDirectory(prefix="greenloop-bench-scale-") as tmp:
         for n in sorted(sizes):
             t0 = time.perf_counter()
-            results.append(asyncio.run(_measure(n, passes, Path(tmp))))
+            results.append(asyncio.run(_measure(n, passes, Path(tmp), etag_entries)))
             print(f"bench.scale: N={n} measured in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return results
 
@@ -389,12 +403,14 @@ def render_table(results: Sequence[ScaleResult]) -> str:
             f"| {r.red_requests} / {r.red_db_statements} | {errors} |"
         )
     timed = sorted({r.timed_passes for r in results})
+    what_if = ": a what-if, NOT the runtime's default" if any(r.etag_what_if for r in results) else ""
     loads = ", ".join(f"{r.load_average:.1f} at N={r.projects:,}" for r in results)
     notes = [
         "",
         "Forge: `fixtures/forge/scale.py` in its own process, real loopback HTTP (uvicorn, 127.0.0.1); "
-        "client: `ForgeClient` as `reconciler/runtime.py` builds it (GitHub App token, default ETag cache of "
-        f"{results[0].etag_entries if results else '?'} entries). Store: SQLite file (WAL). "
+        "client: `ForgeClient` as `reconciler/runtime.py` builds it (GitHub App token, ETag cache of "
+        f"{results[0].etag_entries if results else '?'} entries{what_if}). "
+        "Store: SQLite file (WAL). "
         f"`server.concurrency` = {CONCURRENCY}. Unchanged pass: one warm-up pass, then the median of "
         f"{'/'.join(str(t) for t in timed)} timed pass(es). Forge requests as the client counted them (the "
         "server's own count: "
@@ -423,12 +439,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="comma-separated sizes, e.g. 100,1000")
     parser.add_argument("--passes", type=int, default=None, help="timed unchanged passes per size (median)")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON after the table")
+    parser.add_argument(
+        "--etag-entries",
+        type=int,
+        default=None,
+        help="what-if: size the client's ETag cache (default: as reconciler/runtime.py builds it)",
+    )
     args = parser.parse_args(argv)
     sizes = (
         [int(s) for s in args.sizes.split(",")] if args.sizes else ([100, 1000] if args.quick else [100, 1000, 10_000])
     )
     passes = args.passes or (1 if args.quick else 5)
-    results = run(sizes, passes=passes)
+    results = run(sizes, passes=passes, etag_entries=args.etag_entries)
     print(render_table(results))
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
