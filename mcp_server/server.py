@@ -738,6 +738,11 @@ def build_server(
         warn_on_duplicate_tools=True,
     )
     for spec in specs:  # Security: a read-only server does not even list the write tools.
-        server.add_tool(spec.fn, annotations=spec.annotations, structured_output=True)
+        server.add_tool(
+            spec.fn,
+            description=inspect.cleandoc(spec.fn.__doc__ or ""),
+            annotations=spec.annotations,
+            structured_output=True,
+        )
     server.middleware.append(_SessionMiddleware(sessions))
     return server
