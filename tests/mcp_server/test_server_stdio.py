@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -17,6 +18,18 @@ from fixtures.forge import run_forge
 from mcp_server.server import READ_TOOLS
 
 pytestmark = pytest.mark.anyio
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "claude-desktop.md"
+
+
+def claude_desktop_entry() -> dict[str, Any]:
+    """The server entry of the `claude_desktop_config.json` snippet in docs/claude-desktop.md."""
+    text = DOC.read_text(encoding="utf-8")
+    block = text.split("```json", 1)[1].split("```", 1)[0]
+    servers: dict[str, dict[str, Any]] = json.loads(block)["mcpServers"]
+    (entry,) = servers.values()
+    return entry
 
 
 def greenloop_mcp() -> str:
@@ -31,11 +44,11 @@ async def test_stdio_server_serves_the_read_tools_of_one_project(tmp_path: Path)
     async with run_forge(tmp_path / "forge", projects=["bug-lib"]) as forge:
         config = tmp_path / "greenloop.toml"
         config.write_text(config_text(forge, tmp_path / "workspaces", {"bug-lib": "auto_merge"}), encoding="utf-8")
-        params = StdioServerParameters(
-            command=greenloop_mcp(),
-            args=["--config", str(config), "--project", "bug-lib"],
-            cwd=str(tmp_path),
-        )
+        # The documented Claude Desktop entry, with this machine's paths and the fixture project.
+        entry = claude_desktop_entry()
+        args = [str(config) if a == "/etc/greenloop/greenloop.toml" else a for a in entry["args"]]
+        args = ["bug-lib" if a == "billing" else a for a in args]
+        params = StdioServerParameters(command=greenloop_mcp(), args=args, cwd=str(tmp_path))
         stderr_path = tmp_path / "stderr.log"
         with stderr_path.open("w", encoding="utf-8") as errlog, anyio.fail_after(90):
             async with Client(stdio_client(params, errlog=errlog)) as client:
@@ -73,6 +86,16 @@ async def test_cli_refuses_a_bad_binding_before_serving(tmp_path: Path, args: li
     assert done.returncode == 2
     assert message in done.stderr.decode()
     assert done.stdout == b""
+
+
+def test_claude_desktop_snippet_is_a_read_only_stdio_server() -> None:
+    from mcp_server.cli import build_parser
+
+    entry = claude_desktop_entry()
+    assert Path(entry["command"]).name == "greenloop-mcp" and Path(entry["command"]).is_absolute()
+    args = build_parser()[0].parse_args(entry["args"])
+    assert (args.mode, args.project, args.attempt) == ("read-only", "billing", None)
+    assert Path(args.config).is_absolute()
 
 
 def test_cli_and_auth_read_the_token_secret_from_the_same_variable() -> None:
