@@ -36,6 +36,7 @@ from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig
 from reconciler.reconcile import UnknownProjects, reconcile
 from reconciler.runtime import open_runtime
+from reconciler.service import leased_reconcile
 
 pytestmark = pytest.mark.anyio
 
@@ -228,3 +229,27 @@ async def test_two_reconcilers_on_one_database_start_exactly_one_attempt_per_red
         assert all(a.status == "pending" for a in attempts)
         expected = {(p, job, _red_run(forge, p)[0]) for p, job in RED.items()}
         assert {(a.project, a.job, a.run_id) for a in attempts} == expected
+
+
+async def test_two_replicas_taking_the_pass_lease_run_one_pass_and_start_one_attempt_per_red_project(
+    forge: Forge, tmp_path: Path, database_url: str
+) -> None:
+    config = _config(forge, tmp_path, database_url)
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(open_runtime(config, backend_for=None, with_dispatcher=False))
+        second = await stack.enter_async_context(open_runtime(config, backend_for=None, with_dispatcher=False))
+
+        summaries = await asyncio.gather(leased_reconcile(first), leased_reconcile(second))
+        assert [s.errors for s in summaries] == [{}, {}]
+        # One replica held the lease and ran the pass; the other skipped it without looking at anything.
+        ran = [s for s in summaries if s.projects_scanned]
+        skipped = [s for s in summaries if not s.projects_scanned]
+        assert len(ran) == 1 and len(skipped) == 1
+        assert skipped[0].skips == {"lease_held_by_another_replica": 1} and skipped[0].attempts_started == []
+        assert sorted(a.project for a in ran[0].attempts_started) == sorted(RED)
+        assert await pass_rows(first.sessions) == 1
+
+        # The lease was released: the next scheduled pass runs (on either replica) and finds them active.
+        again = await leased_reconcile(second)
+        assert again.projects_scanned == len(PROJECTS) and again.attempts_started == []
+        assert sorted(a.project for a in await attempts_of(first.sessions)) == sorted(RED)
