@@ -107,6 +107,7 @@ def http_app(
     host: str,
     port: int,
     path: str = "/mcp",
+    idle_seconds: float = 3600.0,
 ) -> Starlette:
     """The streamable-HTTP ASGI app: bearer tokens required (401 otherwise), Host/Origin headers pinned.
 
@@ -126,6 +127,7 @@ def http_app(
         mode=mode,
         token_verifier=verifier,
         auth=AuthSettings(issuer_url=f"http://127.0.0.1:{port}", resource_server_url=None),
+        idle_seconds=idle_seconds,
     )
     return server.streamable_http_app(
         streamable_http_path=path, transport_security=transport_security(host, port), host=host

@@ -511,7 +511,8 @@ async def merge_pull_request() -> PullRequestMerged:
 
 
 class _Sessions:
-    """Resolves each request's grant and caches one binding per grant until the server shuts down."""
+    """Resolves each request's grant and caches one binding per grant, until it has been idle for
+    `idle_seconds` or the server shuts down."""
 
     def __init__(
         self,
@@ -520,12 +521,16 @@ class _Sessions:
         mode: Mode,
         grant: SessionGrant | None,
         parameters: Mapping[str, frozenset[str]],
+        idle_seconds: float,
     ) -> None:
         self.parameters = parameters
         self._factory = factory
         self._mode = mode
         self._grant = grant
+        self._idle_seconds = idle_seconds
         self._bindings: dict[SessionGrant, SessionBinding] = {}
+        self._used: dict[SessionGrant, float] = {}
+        self._creating: dict[SessionGrant, anyio.Lock] = {}
         self._lock = anyio.Lock()
 
     def grant_for(self, ctx: ServerRequestContext[Any, Any]) -> SessionGrant | None:
@@ -540,11 +545,29 @@ class _Sessions:
 
     async def binding(self, grant: SessionGrant) -> SessionBinding:
         async with self._lock:
+            await self._evict_idle(keep=grant)
+            creating = self._creating.setdefault(grant, anyio.Lock())
+        async with creating:  # one grant's clone doesn't hold up the others
             found = self._bindings.get(grant)
             if found is None:
                 found = await self._factory(grant)
                 self._bindings[grant] = found
+            self._used[grant] = time.monotonic()
             return found
+
+    async def _evict_idle(self, *, keep: SessionGrant) -> None:
+        now = time.monotonic()
+        for grant, used in list(self._used.items()):
+            binding = self._bindings.get(grant)
+            creating = self._creating.get(grant)
+            if grant == keep or binding is None or now - used < self._idle_seconds:
+                continue
+            if binding.lock.locked() or (creating is not None and creating.locked()):
+                continue
+            del self._bindings[grant], self._used[grant]
+            self._creating.pop(grant, None)
+            with anyio.CancelScope(shield=True):
+                await binding.aclose()
 
     @asynccontextmanager
     async def lifespan(self, _server: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
@@ -552,7 +575,7 @@ class _Sessions:
             yield {}
         finally:
             with anyio.CancelScope(shield=True):
-                bindings, self._bindings = list(self._bindings.values()), {}
+                bindings, self._bindings, self._used = list(self._bindings.values()), {}, {}
                 for b in bindings:
                     await b.aclose()
 
@@ -713,17 +736,20 @@ def build_server(
     token_verifier: TokenVerifier | None = None,
     auth: AuthSettings | None = None,
     name: str = "greenloop",
+    idle_seconds: float = 3600.0,
 ) -> MCPServer[Any]:
     """The greenloop MCP server: the five read tools (`read-only`) or all ten (`agent`).
 
     Each request's session grant comes from its bearer token (HTTP, with `token_verifier` and `auth`) or
     else from `grant` (stdio and in-memory). A grant asking for more than `mode` is cut down to read-only.
     `binding_factory` turns a grant into the binding the tools act on; bindings are cached per grant and
-    closed when the server's lifespan ends.
+    closed after `idle_seconds` without a call, or when the server's lifespan ends.
     """
     specs = [spec for spec in _TOOLS if mode is Mode.AGENT or not spec.write]
     parameters = {spec.fn.__name__: spec.parameters for spec in specs}
-    sessions = _Sessions(binding_factory, mode=Mode(mode), grant=grant, parameters=parameters)
+    sessions = _Sessions(
+        binding_factory, mode=Mode(mode), grant=grant, parameters=parameters, idle_seconds=idle_seconds
+    )
     server: MCPServer[Any] = MCPServer(
         name,
         instructions=(

@@ -83,6 +83,7 @@ class Harness:
     config: GreenloopConfig
     audit: RecordingAuditSink = field(default_factory=RecordingAuditSink)
     bindings: list[SessionBinding] = field(default_factory=list)
+    closed: list[SessionGrant] = field(default_factory=list)
 
     @property
     def factory(self) -> BindingFactory:
@@ -91,6 +92,11 @@ class Harness:
         async def factory(grant: SessionGrant) -> SessionBinding:
             binding = await inner(grant)
             self.bindings.append(binding)
+
+            async def closing() -> None:
+                self.closed.append(grant)
+
+            binding.resources.push_async_callback(closing)
             return binding
 
         return factory

@@ -49,7 +49,12 @@ class Served:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
+def idle_seconds() -> float:
+    return 3600.0
+
+
+@pytest.fixture
+async def served(tmp_path: Path, idle_seconds: float) -> AsyncIterator[Served]:
     async with run_forge(tmp_path / "forge", projects=["bug-lib", "stale-import"]) as forge:
         h = harness(forge, tmp_path, {"bug-lib": "auto_merge", "stale-import": "propose"})
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -57,7 +62,15 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         sock.listen(16)
         sock.setblocking(False)
         port = sock.getsockname()[1]
-        app = http_app(h.factory, mode=Mode.AGENT, secret=SECRET, projects=["bug-lib"], host="127.0.0.1", port=port)
+        app = http_app(
+            h.factory,
+            mode=Mode.AGENT,
+            secret=SECRET,
+            projects=["bug-lib"],
+            host="127.0.0.1",
+            port=port,
+            idle_seconds=idle_seconds,
+        )
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         try:
@@ -106,6 +119,19 @@ async def test_read_only_token_on_an_agent_server_gets_only_the_read_tools(serve
             info = await client.call_tool("get_project_info", {})
             assert not info.is_error and info.structured_content is not None
             assert info.structured_content["mode"] == "read-only"
+
+
+@pytest.mark.parametrize("idle_seconds", [0.0])
+async def test_idle_sessions_are_closed_when_another_session_starts(served: Served) -> None:
+    first = mint_token(SECRET, project="bug-lib", attempt_id="idle0001", job="test", mode=Mode.AGENT, ttl_seconds=60)
+    second = mint_token(SECRET, project="bug-lib", mode=Mode.READ_ONLY, ttl_seconds=60)
+    with anyio.fail_after(60):
+        async with _client(served.url, first) as client:
+            assert not (await client.call_tool("get_project_info", {})).is_error
+        assert served.h.closed == []
+        async with _client(served.url, second) as client:
+            assert not (await client.call_tool("get_project_info", {})).is_error
+    assert [g.attempt_id for g in served.h.closed] == ["idle0001"]
 
 
 def _expired() -> str:
