@@ -309,15 +309,10 @@ async def run_demo(
 
 
 async def _tool_calls(ctx: ReconcilerContext) -> list[tuple[str, str, str, float]]:
+    query = sa.select(McpToolCall.project, McpToolCall.tool, McpToolCall.outcome, McpToolCall.duration_ms)
     async with ctx.sessions() as session:
-        rows = (
-            await session.execute(
-                sa.select(McpToolCall.project, McpToolCall.tool, McpToolCall.outcome, McpToolCall.duration_ms).order_by(
-                    McpToolCall.id
-                )
-            )
-        ).tuples()
-        return [(p, t, o, float(d)) for p, t, o, d in rows]
+        rows = await session.execute(query.order_by(McpToolCall.id))
+        return [(row[0], row[1], row[2], float(row[3])) for row in rows]
 
 
 def _line(p: ProjectResult) -> str:

@@ -314,9 +314,12 @@ async def _start(
         attempt = await store.get_attempt(ctx.sessions, outcome.attempt_id)
         if attempt is not None and ctx.dispatcher is not None:
             ctx.dispatcher.dispatch(attempt)
-    elif outcome.reason == "already_active":
+    elif outcome.reason in ("already_active", "already_handled"):
+        # Another reconciler won the race: the database refused the duplicate (index or fingerprint).
         summary.attempts_already_active += 1
-        summary.count_skip(SkipReason.ACTIVE_ATTEMPT.value)
+        summary.count_skip(
+            SkipReason.ACTIVE_ATTEMPT.value if outcome.reason == "already_active" else SkipReason.ALREADY_HANDLED.value
+        )
     else:
         summary.count_skip(outcome.reason)
 
