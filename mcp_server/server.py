@@ -60,7 +60,7 @@ from mcp_server.models import (
 from mcp_server.session import BindingFactory, Mode, SessionBinding, SessionGrant
 from mcp_server.workspace import Workspace
 from policy.errors import PolicyViolation
-from policy.redaction import secret_variants
+from policy.redaction import redact, secret_variants
 from policy.types import Autonomy
 
 __all__ = ["READ_TOOLS", "TOOL_NAMES", "WRITE_TOOLS", "build_server"]
@@ -124,16 +124,12 @@ def _tool(*, title: str, write: bool, destructive: bool = False, idempotent: boo
                     _session().require_agent()
                 return await fn(**kwargs)
             except (ToolRefused, PolicyViolation) as exc:
-                _finish(call, "refused", str(exc))
-                raise ToolError(call.message if call else _INTERNAL_ERROR) from None
+                raise ToolError(_finish(call, "refused", str(exc))) from None
             except McpServerError as exc:
                 # Forge and git failures: their messages are written to be shown (no tokens, no host paths).
-                _finish(call, "error", str(exc))
-                raise ToolError(call.message if call else _INTERNAL_ERROR) from None
+                raise ToolError(_finish(call, "error", str(exc))) from None
             except Exception as exc:  # top-level boundary of the tool: log the detail, show a generic message
-                detail = "".join(traceback.format_exception(exc))
-                if call is not None:
-                    detail = call.binding.redact(detail)
+                detail = _redact(call, "".join(traceback.format_exception(exc)))
                 logger.error(json.dumps({"event": "mcp_tool_crashed", "tool": fn.__name__, "detail": detail}))
                 _finish(call, "error", f"unexpected {exc.__class__.__name__}")
                 raise ToolError(_INTERNAL_ERROR) from None
@@ -157,10 +153,16 @@ def _tool(*, title: str, write: bool, destructive: bool = False, idempotent: boo
     return decorator
 
 
-def _finish(call: _Call | None, outcome: Outcome, message: str) -> None:
+def _redact(call: _Call | None, text: str) -> str:
+    return call.binding.redact(text) if call is not None else redact(text)
+
+
+def _finish(call: _Call | None, outcome: Outcome, message: str) -> str:
+    """Record how the call ended; returns the redacted message for the model."""
+    shown = _redact(call, message)
     if call is not None:
-        call.outcome = outcome
-        call.message = call.binding.redact(message)
+        call.outcome, call.message = outcome, shown
+    return shown
 
 
 # --------------------------------------------------------------------------------------------------------------
