@@ -195,8 +195,9 @@ async def _run_http(args: argparse.Namespace, config: GreenloopConfig, secret: s
 
 def _check(args: argparse.Namespace, config: GreenloopConfig) -> None:
     names = {p.name for p in config.projects}
-    wanted: list[str] = args.project if isinstance(args.project, list) else [args.project]
-    for name in wanted or ():
+    project: str | list[str] | None = args.project
+    wanted = project if isinstance(project, list) else [project] if project else []
+    for name in wanted:
         if name not in names:
             raise ConfigError(f"unknown project {name!r} (configured: {', '.join(sorted(names)) or 'none'})")
     if getattr(args, "host", None) is not None and args.host not in _LOOPBACK:

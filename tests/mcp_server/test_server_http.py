@@ -4,7 +4,11 @@ requests without a valid token, or for another host, never reach a tool."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -179,3 +183,47 @@ async def test_a_valid_token_with_a_foreign_host_header_is_refused(served: Serve
         headers = {**HEADERS, "Authorization": f"Bearer {token}", "Origin": f"http://127.0.0.1:{served.port}"}
         response = await http.post(served.url, json=INITIALIZE, headers=headers)
         assert response.status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_serve_http_command_needs_a_token_and_serves_with_one(tmp_path: Path) -> None:
+    command = shutil.which("greenloop-mcp", path=str(Path(sys.executable).parent))
+    assert command is not None, "the greenloop-mcp console script is not installed (pip install -e .)"
+    config = tmp_path / "greenloop.toml"
+    config.write_text('[[project]]\nname = "bug-lib"\nrepo = "acme/bug-lib"\n', encoding="utf-8")
+    args = [command, "serve-http", "--config", str(config), "--port"]
+
+    weak = await anyio.run_process([*args, "8765"], check=False, env={**os.environ, "GREENLOOP_MCP_TOKEN_SECRET": "x"})
+    assert weak.returncode == 2 and b"at least 32 bytes" in weak.stderr
+
+    port = _free_port()
+    env = {**os.environ, "GREENLOOP_MCP_TOKEN_SECRET": SECRET}
+    errlog = (tmp_path / "stderr.log").open("wb")
+    process = await anyio.open_process([*args, str(port)], env=env, stdout=subprocess.DEVNULL, stderr=errlog)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        async with httpx2.AsyncClient(timeout=5, trust_env=False) as http:
+            with anyio.fail_after(60):
+                while True:
+                    try:
+                        response = await http.post(url, json=INITIALIZE, headers=HEADERS)
+                        break
+                    except httpx2.TransportError:
+                        await anyio.sleep(0.2)
+        assert response.status_code == 401
+        token = mint_token(SECRET, project="bug-lib", ttl_seconds=60)
+        with anyio.fail_after(60):
+            async with _client(url, token) as client:
+                tools = await client.list_tools()
+        assert sorted(t.name for t in tools.tools) == sorted(READ_TOOLS)  # --mode defaults to read-only
+    finally:
+        process.terminate()
+        with anyio.fail_after(30):
+            await process.wait()
+        errlog.close()
