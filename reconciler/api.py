@@ -7,14 +7,13 @@ non-loopback address. That is for local development; production sets a token of 
 
 Bad input is answered 400 (malformed JSON), 413 (too large) or 422 (a field missing, unknown, of the wrong
 type or out of range: named in `fields`), never 500. Every handler logs one structured event
-(`api_<route>`), with the status and duration.
+(`api_<route>`), with the status and duration. The HTTP plumbing (error answers, capped bodies, strict
+parsing, the bearer guard) is in `reconciler.api_http`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -24,20 +23,27 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_server.jsonlog import log_event
 from policy.config import ProjectConfig
 from policy.errors import ConfigError
 from policy.redaction import redact
 from policy.types import TERMINAL_STATUSES, AttemptStatus
+from reconciler.api_http import (
+    ApiError,
+    BearerGuard,
+    error_response,
+    json_response,
+    not_found,
+    parse_body,
+    parse_query,
+)
 from reconciler.api_models import (
     LOG_TEXT_LIMIT_BYTES,
     AttemptDetail,
@@ -45,8 +51,6 @@ from reconciler.api_models import (
     AttemptQuery,
     AttemptSummary,
     DebugReconcileRequest,
-    ErrorBody,
-    FieldError,
     Health,
     KillSwitchRequest,
     KillSwitchState,
@@ -72,12 +76,11 @@ from reconciler.store.translate import fetch_all, with_retry
 from reconciler.store.upsert import insert_for
 from reconciler.summary import RunSummary, Trigger
 
-__all__ = ["MIN_TOKEN_LENGTH", "ReconcileFn", "build_api", "is_loopback_host"]
+__all__ = ["MIN_TOKEN_LENGTH", "ReconcileFn", "build_api"]
 
 logger = logging.getLogger("greenloop.api")
 
 MIN_TOKEN_LENGTH: Final = 16
-_SMALL_BODY: Final = 64 * 1024
 # A 1 MiB log can take up to six times that once JSON-escaped (\uXXXX); the decoded size is checked after.
 _RUN_BODY: Final = 8 * LOG_TEXT_LIMIT_BYTES
 _HEALTH_TIMEOUT_S: Final = 5.0
@@ -98,117 +101,6 @@ class ReconcileFn(Protocol):
         trigger: Trigger = "cli",
         dry_run: bool = False,
     ) -> RunSummary: ...
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether `host` (an IP address or 'localhost') is a loopback address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class ApiError(Exception):
-    """An answer other than success, raised by a handler and rendered as an `ErrorBody`."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        detail: str,
-        *,
-        fields: list[FieldError] | None = None,
-        unknown: list[str] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.body = ErrorBody(error=error, detail=detail, fields=fields, unknown=unknown)
-        self.headers = headers
-
-
-def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        model.model_dump_json(exclude_none=isinstance(model, ErrorBody)),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
-def _error_response(exc: ApiError) -> Response:
-    return _json(exc.body, exc.status, exc.headers)
-
-
-# --- input ------------------------------------------------------------------------------------------------
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    # Security: the cap is enforced while reading, so an endless body costs at most `limit` bytes of memory.
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, "bad_request", f"Invalid Content-Length header: {declared[:40]!r}.")
-        if int(declared) > limit:
-            raise ApiError(413, "too_large", f"Request body too large: {int(declared)} bytes; the limit is {limit}.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"Request body too large: more than {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    name = ""
-    for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or "(body)"
-
-
-def _invalid(exc: ValidationError, what: str) -> ApiError:
-    errors = exc.errors(include_url=False, include_input=False)
-    if any(e["type"] == "json_invalid" for e in errors):
-        msg = next(e["msg"] for e in errors if e["type"] == "json_invalid")
-        return ApiError(400, "invalid_json", f"Invalid JSON: {msg}.")
-    fields = [FieldError(field=_field_name(tuple(e["loc"])), message=e["msg"]) for e in errors]
-    first = fields[0]
-    more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
-    return ApiError(422, "invalid_request", f"Invalid {what}: {first.field!r}: {first.message}.{more}", fields=fields)
-
-
-async def _parse(request: Request, model: type[_M], *, limit: int = _SMALL_BODY, optional: bool = False) -> _M:
-    body = await _read_body(request, limit)
-    if optional and not body.strip():
-        return model()
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise _invalid(exc, "request") from None
-
-
-def _parse_query(request: Request) -> AttemptQuery:
-    raw: dict[str, Any] = {}
-    for key, value in request.query_params.multi_items():
-        if key == "status":
-            raw.setdefault("status", []).extend(v for v in value.split(",") if v)
-        elif key in raw:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"Invalid query: {key!r}: given more than once.",
-                fields=[FieldError(field=key, message="given more than once")],
-            )
-        else:
-            raw[key] = value
-    try:
-        return AttemptQuery.model_validate(raw)
-    except ValidationError as exc:
-        raise _invalid(exc, "query") from None
 
 
 # --- the app ----------------------------------------------------------------------------------------------
@@ -271,15 +163,15 @@ class _Api:
             except ApiError as exc:
                 fields["error"] = exc.body.error
                 fields["detail"] = exc.body.detail
-                response = _error_response(exc)
+                response = error_response(exc)
             except TimeoutError:
                 fields["error"] = "timeout"
-                response = _error_response(
+                response = error_response(
                     ApiError(504, "timeout", f"Request timed out: no answer within {limit:g} seconds.")
                 )
             except StoreBusy:
                 fields["error"] = "store_busy"
-                response = _error_response(
+                response = error_response(
                     ApiError(
                         503,
                         "store_busy",
@@ -290,11 +182,11 @@ class _Api:
             except StoreError as exc:
                 fields["error"] = "store_unavailable"
                 fields["detail"] = str(exc)
-                response = _error_response(ApiError(503, "store_unavailable", "Store unavailable: see the server log."))
+                response = error_response(ApiError(503, "store_unavailable", "Store unavailable: see the server log."))
             except Exception:  # top-level handler: a bug here answers 500 and is logged with its traceback
                 logger.exception("api_handler_crashed", extra={"greenloop_fields": {"handler": event}})
                 fields["error"] = "internal"
-                response = _error_response(ApiError(500, "internal", "Internal error: see the server log."))
+                response = error_response(ApiError(500, "internal", "Internal error: see the server log."))
             level = logging.WARNING if response.status_code >= 500 else logging.INFO
             log_event(
                 logger,
@@ -318,8 +210,8 @@ class _Api:
                 await session.execute(sa.text("SELECT 1"))
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             fields["db_error"] = exc.__class__.__name__
-            return _json(Health(status="unavailable", detail="database unreachable"), 503)
-        return _json(Health(status="ok"))
+            return json_response(Health(status="unavailable", detail="database unreachable"), 503)
+        return json_response(Health(status="ok"))
 
     async def metrics(self, request: Request, fields: dict[str, Any]) -> Response:
         if self.ctx.forge is not None:
@@ -330,7 +222,7 @@ class _Api:
         return Response(json.dumps(openapi_document()), media_type="application/json")
 
     async def debug_reconcile(self, request: Request, fields: dict[str, Any]) -> Response:
-        body = await _parse(request, DebugReconcileRequest)
+        body = await parse_body(request, DebugReconcileRequest)
         fields.update(repos=body.repos, dry_run=body.dry_run)
         unknown = [
             r for r in dict.fromkeys(body.repos) if not any(r in (p.name, p.repo) for p in self.ctx.config.projects)
@@ -360,10 +252,10 @@ class _Api:
             attempts_started=len(summary.attempts_started),
             errors=len(summary.errors),
         )
-        return _json(summary)
+        return json_response(summary)
 
     async def post_run(self, request: Request, fields: dict[str, Any]) -> Response:
-        body = await _parse(request, ReportedRun, limit=_RUN_BODY)
+        body = await parse_body(request, ReportedRun, limit=_RUN_BODY)
         project = self.project(body.project)
         fields.update(project=project.name, job=body.job, run_id=body.run_id, run_attempt=body.run_attempt)
         if body.log_text is not None:
@@ -389,17 +281,17 @@ class _Api:
             conclusion=row.conclusion,
             created=created,
         )
-        return _json(out, 201 if created else 200)
+        return json_response(out, 201 if created else 200)
 
     async def list_attempts(self, request: Request, fields: dict[str, Any]) -> Response:
-        query = _parse_query(request)
+        query = parse_query(request, AttemptQuery, lists=frozenset({"status"}))
         name = self.project(query.project).name if query.project is not None else None
         fields.update(project=name, limit=query.limit, offset=query.offset)
         rows = await attempt_store.list_attempts(
             self.ctx.sessions, project=name, statuses=query.status, limit=query.limit, offset=query.offset
         )
         fields["count"] = len(rows)
-        return _json(AttemptList(attempts=[_summary(a) for a in rows], limit=query.limit, offset=query.offset))
+        return json_response(AttemptList(attempts=[_summary(a) for a in rows], limit=query.limit, offset=query.offset))
 
     async def get_attempt(self, request: Request, fields: dict[str, Any]) -> Response:
         attempt = await self.attempt(request, fields)
@@ -436,7 +328,7 @@ class _Api:
                 for c in calls
             ],
         )
-        return _json(detail)
+        return json_response(detail)
 
     async def attempt(self, request: Request, fields: dict[str, Any]) -> Attempt:
         attempt_id = str(request.path_params["id"])
@@ -451,7 +343,7 @@ class _Api:
 
     async def cancel_attempt(self, request: Request, fields: dict[str, Any]) -> Response:
         attempt = await self.attempt(request, fields)
-        action = await _parse(request, OperatorAction, optional=True)
+        action = await parse_body(request, OperatorAction, optional=True)
         fields.update(project=attempt.project, reason=action.reason)
         reason = "operator_cancel" + (f": {action.reason}" if action.reason else "")
         for _ in range(len(AttemptStatus)):  # each lost race moves the attempt forward; the chain is finite
@@ -475,40 +367,40 @@ class _Api:
                 self.ctx.metrics.observe_attempt_finished(
                     AttemptStatus.CANCELLED.value, attempt.input_tokens, attempt.output_tokens, attempt.cost_usd
                 )
-                return _json(_summary(attempt))
+                return json_response(_summary(attempt))
         raise ApiError(409, "conflict", f"Attempt kept changing; try again: {attempt.id!r}.")
 
     async def list_projects(self, request: Request, fields: dict[str, Any]) -> Response:
         await self.ensure_projects()
         states = [await self.project_state(p) for p in self.ctx.config.projects]
         fields["count"] = len(states)
-        return _json(ProjectList(projects=states))
+        return json_response(ProjectList(projects=states))
 
     def project_action(self, action_name: Literal["pause", "resume", "reset"]) -> Handler:
         async def handle(request: Request, fields: dict[str, Any]) -> Response:
             project = self.project(str(request.path_params["name"]))
-            action = await _parse(request, OperatorAction, optional=True)
+            action = await parse_body(request, OperatorAction, optional=True)
             fields.update(project=project.name, reason=action.reason)
             await self.ensure_projects()
             if action_name == "reset":
                 await project_store.reset_escalation(self.ctx.sessions, project.name)
             else:
                 await project_store.set_paused(self.ctx.sessions, project.name, action_name == "pause")
-            return _json(await self.project_state(project))
+            return json_response(await self.project_state(project))
 
         return handle
 
     async def get_kill_switch(self, request: Request, fields: dict[str, Any]) -> Response:
         state = await self.kill_switch_state()
         fields.update(enabled=state.enabled)
-        return _json(state)
+        return json_response(state)
 
     async def post_kill_switch(self, request: Request, fields: dict[str, Any]) -> Response:
-        body = await _parse(request, KillSwitchRequest)
+        body = await parse_body(request, KillSwitchRequest)
         await set_kill_switch(self.ctx.sessions, body.enabled)
         state = await self.kill_switch_state()
         fields.update(requested=body.enabled, enabled=state.enabled)
-        return _json(state)
+        return json_response(state)
 
 
 def _summary(a: Attempt) -> AttemptSummary:
@@ -577,69 +469,6 @@ async def _record_reported_run(api: _Api, project: str, body: ReportedRun, log_t
     return await record_run(api.ctx.sessions, **values), False
 
 
-# --- authentication ---------------------------------------------------------------------------------------
-
-
-class _Guard:
-    """ASGI middleware: bearer token on every route but /healthz; loopback-only when no token is set."""
-
-    def __init__(self, app: ASGIApp, *, token: bytes | None) -> None:
-        self.app = app
-        self.token = token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/healthz":
-            await self.app(scope, receive, send)
-            return
-        refusal = self._refusal(scope)
-        if refusal is None:
-            await self.app(scope, receive, send)
-            return
-        status, error, detail = refusal
-        headers = {"WWW-Authenticate": 'Bearer realm="greenloop"'} if status == 401 else None
-        log_event(
-            logger,
-            "api_refused",
-            level=logging.WARNING,
-            method=scope.get("method"),
-            path=scope.get("path"),
-            status=status,
-            error=error,
-        )
-        response = _error_response(ApiError(status, error, detail, headers=headers))
-        await response(scope, receive, send)
-
-    def _refusal(self, scope: Scope) -> tuple[int, str, str] | None:
-        if self.token is None:
-            # Security: without a token, only this machine may talk to the API.
-            client = scope.get("client")
-            if not client or not is_loopback_host(str(client[0])):
-                return 403, "forbidden", "Forbidden: no API token is configured, so only loopback clients are served."
-            return None
-        values = [v for k, v in scope.get("headers", []) if k == b"authorization"]
-        if len(values) != 1:
-            return 401, "unauthorized", "Unauthorized: send one 'Authorization: Bearer <token>' header."
-        scheme, _, given = values[0].partition(b" ")
-        if scheme.lower() != b"bearer" or not given.strip():
-            return 401, "unauthorized", "Unauthorized: the Authorization header must be 'Bearer <token>'."
-        # Security: constant-time comparison; the token never reaches a log or an answer.
-        if not hmac.compare_digest(given.strip(), self.token):
-            return 401, "unauthorized", "Unauthorized: wrong API token."
-        return None
-
-
-async def _not_found(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 404
-    error = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
-    detail = {
-        404: f"Not found: no such route: {request.url.path[:200]!r}.",
-        405: f"Method not allowed: {request.method} {request.url.path[:200]!r}.",
-    }.get(status, f"HTTP error {status}.")
-    log_event(logger, "api_" + error, method=request.method, path=request.url.path[:200], status=status)
-    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) and exc.headers else None
-    return _json(ErrorBody(error=error, detail=detail), status, headers)
-
-
 def build_api(
     ctx: ReconcilerContext,
     *,
@@ -691,6 +520,6 @@ def build_api(
         Route("/kill-switch", e("api_get_kill_switch", api.get_kill_switch), methods=["GET"]),
         Route("/kill-switch", e("api_post_kill_switch", api.post_kill_switch), methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_found})
-    app.add_middleware(_Guard, token=token.encode() if token is not None else None)
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app.add_middleware(BearerGuard, token=token.encode() if token is not None else None)
     return app

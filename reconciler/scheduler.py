@@ -30,7 +30,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mcp_server.jsonlog import bind_context, log_event
 from policy.errors import ConfigError
-from reconciler.api import ReconcileFn, build_api, is_loopback_host
+from reconciler.api import ReconcileFn, build_api
+from reconciler.api_http import is_loopback_host
 from reconciler.context import ReconcilerContext
 from reconciler.reconcile import reconcile
 

@@ -271,7 +271,6 @@ _CHILD = textwrap.dedent(
     from reconciler.context import ReconcilerContext
     from reconciler.metrics import Metrics
     from reconciler.scheduler import run_service
-from reconciler.service import leased_reconcile
     from reconciler.store.engine import make_engine, make_sessionmaker
     from reconciler.store.migrate import upgrade_async
     from reconciler.summary import RunSummary
@@ -319,9 +318,10 @@ async def test_a_signal_shuts_the_service_down_cleanly(tmp_path: Path, sig: sign
     try:
         async with asyncio.timeout(60):
             while lines.count("pass") < 2:
-                line = (await proc.stdout.readline()).decode().strip()
-                if not line and proc.returncode is not None:
+                raw = await proc.stdout.readline()
+                if not raw:  # EOF: the child exited early
                     break
+                line = raw.decode().strip()
                 lines.append(line.split()[0] if line else line)
         assert lines.count("pass") >= 2, lines
         proc.send_signal(sig)
