@@ -138,6 +138,17 @@ async def _jobs_of(
     return jobs
 
 
+def _producer(run: WorkflowRun) -> str | None:
+    """Who produced the failing state: for a re-run, the original actor, not whoever asked for the re-run.
+
+    Security: the circuit breaker keys on this. A re-run the bot requested of a human's commit is not the
+    agent's own change; a first run the bot triggered (its push or merge) is.
+    """
+    if run.run_attempt > 1 and run.actor is not None:
+        return run.actor.login
+    return run.triggering_login
+
+
 def _from_actions(project: ProjectConfig, run: WorkflowRun, job: Job) -> ObservedRun:
     return ObservedRun(
         project=project.name,
@@ -149,7 +160,7 @@ def _from_actions(project: ProjectConfig, run: WorkflowRun, job: Job) -> Observe
         conclusion=job.conclusion if job.status == "completed" else None,
         head_sha=run.head_sha,
         event=run.event,
-        triggered_by=run.triggering_login,
+        triggered_by=_producer(run),
         commit_message=run.head_commit_message,
         created_at=_utc(run.created_at),
         job_id=job.id,
