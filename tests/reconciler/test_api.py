@@ -18,6 +18,8 @@ from typing import Any
 import httpx2
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_spec_validator import validate as validate_spec
@@ -911,3 +913,58 @@ async def test_debug_dry_run_with_the_real_pass_reports_and_starts_nothing(
         assert sorted(a["project"] for a in listed) == ["alpha", "gamma"]
         assert ctx.metrics.value("greenloop_reconcile_passes_total", trigger="debug") == 2
         assert ctx.metrics.value("greenloop_attempts_started_total") == 2
+
+
+# --- fuzzing: bad input is never a 500 ------------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_POSTS = ("/debug/reconcile", "/runs", "/kill-switch", "/projects/alpha/pause", "/attempts/abc/cancel")
+_VALID: dict[str, dict[str, Any]] = {
+    "/debug/reconcile": {"repos": ["alpha"], "dry_run": True},
+    "/runs": _run(),
+    "/kill-switch": {"enabled": False},
+    "/projects/alpha/pause": {"reason": "x"},
+    "/attempts/abc/cancel": {"reason": "x"},
+}
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> tuple[str, bytes]:
+    path = draw(st.sampled_from(_POSTS))
+    body = dict(_VALID[path])
+    how = draw(st.sampled_from(["replace", "drop", "add", "whole", "bytes"]))
+    if how == "replace":
+        body[draw(st.sampled_from(sorted(body)))] = draw(_JSON)
+    elif how == "drop":
+        body.pop(draw(st.sampled_from(sorted(body))))
+    elif how == "add":
+        body[draw(st.text(min_size=1, max_size=8))] = draw(_JSON)
+    elif how == "whole":
+        return path, json.dumps(draw(_JSON)).encode()
+    else:
+        return path, draw(st.binary(max_size=64))
+    return path, json.dumps(body).encode()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_mutated())
+def test_fuzzed_bodies_never_cause_a_server_error(sqlite_db_url: str, case: tuple[str, bytes]) -> None:
+    path, content = case
+
+    async def send() -> httpx2.Response:
+        engine = make_engine(sqlite_db_url)
+        try:
+            ctx = make_ctx(make_sessionmaker(engine))
+            async with api_client(ctx) as http:
+                return await http.post(path, content=content, headers={"content-type": "application/json"})
+        finally:
+            await engine.dispose()
+
+    r = asyncio.run(send())
+    assert r.status_code < 500, (path, content, r.text)
+    if r.status_code >= 400:
+        assert r.json()["detail"]
