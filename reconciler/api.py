@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, TypeVar
@@ -30,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mcp_server.jsonlog import log_event
+from mcp_server.jsonlog import bind_context, log_event
 from policy.config import ProjectConfig
 from policy.errors import ConfigError
 from policy.redaction import redact
@@ -155,6 +156,13 @@ class _Api:
         limit = timeout if timeout is not None else self.request_timeout
 
         async def run(request: Request) -> Response:
+            request_id = uuid.uuid4().hex[:16]
+            with bind_context(request_id=request_id):
+                response = await answer(request)
+            response.headers["X-Request-Id"] = request_id
+            return response
+
+        async def answer(request: Request) -> Response:
             fields: dict[str, Any] = {}
             started = time.perf_counter()
             try:

@@ -33,6 +33,7 @@ from policy.errors import ConfigError
 from reconciler.api import ReconcileFn, build_api
 from reconciler.api_http import is_loopback_host
 from reconciler.context import ReconcilerContext
+from reconciler.errors import ReconcilerError
 from reconciler.reconcile import reconcile
 
 __all__ = ["DEFAULT_GRACE_SECONDS", "run_service"]
@@ -154,6 +155,7 @@ async def run_service(
     Raises:
         ConfigError: a bad interval or timeout, no token where one is needed, or an address that cannot be
             bound.
+        ReconcilerError: the HTTP server crashed (after the scheduler was shut down).
     """
     if not interval_seconds > 0:
         raise ConfigError(f"server.interval_seconds: must be positive: {interval_seconds!r}.")
@@ -206,31 +208,36 @@ async def run_service(
 
     log_event(logger, "service_starting", host=host, port=bound_port, interval_seconds=interval_seconds)
     serve_task: asyncio.Task[None] | None = None
-    watcher = asyncio.create_task(_watch_stop())
+    waiters = [asyncio.create_task(_watch_stop()), asyncio.create_task(stopping.wait())]
     try:
         with _signals(_on_signal):
             serve_task = asyncio.create_task(server.serve(sockets=[sock]))
             if on_listening is not None:
                 on_listening(host, bound_port)
             scheduler.start()
-            stopped = asyncio.create_task(stopping.wait())
-            await asyncio.wait({stopped, serve_task}, return_when=asyncio.FIRST_COMPLETED)
-            if not stopped.done():
+            await asyncio.wait({waiters[1], serve_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.is_set():
                 stop_reason = "http server exited"
-                stopped.cancel()
             log_event(logger, "service_stopping", reason=stop_reason, passes=passes.count)
             await _shutdown(scheduler, passes, grace_seconds)
     finally:
-        watcher.cancel()
+        for waiter in waiters:
+            waiter.cancel()
+        server.should_exit = True
         if serve_task is not None:
-            server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await serve_task
+            # uvicorn drains open connections for up to its graceful timeout; then it is cancelled.
+            await asyncio.wait({serve_task}, timeout=grace_seconds + 5)
+            if not serve_task.done():
+                serve_task.cancel()
+                await asyncio.wait({serve_task})
         sock.close()
         if scheduler.running:
             scheduler.shutdown(wait=False)
             await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop iteration
     log_event(logger, "service_stopped", reason=stop_reason, passes=passes.count)
+    crash = serve_task.exception() if serve_task is not None and not serve_task.cancelled() else None
+    if crash is not None:
+        raise ReconcilerError(f"Service error: the HTTP server stopped: {crash!r}.") from crash
 
 
 async def _shutdown(scheduler: AsyncIOScheduler, passes: _Passes, grace_seconds: float) -> None:

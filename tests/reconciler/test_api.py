@@ -875,6 +875,7 @@ async def test_every_handler_logs_one_structured_event(
     assert fields["status"] == r.status_code and fields["method"] == method and fields["path"] == path
     assert isinstance(fields["duration_ms"], float)
     assert TOKEN not in json.dumps(fields, default=str)
+    assert len(r.headers["x-request-id"]) == 16  # the same id is bound to every log event of the request
 
 
 # --- the real pass --------------------------------------------------------------------------------------
@@ -968,3 +969,34 @@ def test_fuzzed_bodies_never_cause_a_server_error(sqlite_db_url: str, case: tupl
     assert r.status_code < 500, (path, content, r.text)
     if r.status_code >= 400:
         assert r.json()["detail"]
+
+
+async def test_the_request_id_is_bound_to_every_event_of_the_request(ctx: ReconcilerContext) -> None:
+    from mcp_server.jsonlog import JsonFormatter, log_event
+
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Capture(level=logging.INFO)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("greenloop")
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+    async def pass_that_logs(c: ReconcilerContext, **kw: Any) -> RunSummary:
+        log_event(logging.getLogger("greenloop.reconcile"), "inside_the_pass")
+        return await FakeReconcile()(c, **kw)
+
+    try:
+        async with api_client(ctx, reconcile_fn=pass_that_logs) as http:
+            r = await http.post("/debug/reconcile", json={"repos": ["alpha"]})
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    events = {e["event"]: e for e in map(json.loads, lines)}
+    assert events["inside_the_pass"]["request_id"] == r.headers["x-request-id"]
+    assert events["api_debug_reconcile"]["request_id"] == r.headers["x-request-id"]
