@@ -15,14 +15,14 @@ from agent.cli import open_in_process_session
 from agent.loop import ToolSession
 from agent.models import AnthropicBackend, ModelBackend
 from agent.scripted import ScriptedBackend
-from mcp_server.audit import SqlAuditSink
+from mcp_server.audit import FanOutAuditSink, SqlAuditSink
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.errors import ConfigError
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import AgentDispatcher, BackendFactory
-from reconciler.metrics import Metrics
+from reconciler.metrics import Metrics, MetricsAuditSink
 from reconciler.store.engine import make_engine, make_sessionmaker
 from reconciler.store.migrate import upgrade_async
 from reconciler.store.models import Attempt
@@ -124,7 +124,7 @@ async def open_runtime(
             if config.server.mcp_url:
                 opener = _http_opener(config)
             else:
-                audit = SqlAuditSink(engine)
+                audit = FanOutAuditSink([SqlAuditSink(engine), MetricsAuditSink(metrics)])
                 in_process = open_in_process_session(config, audit=audit)
 
                 def opener(attempt: Attempt) -> AbstractAsyncContextManager[ToolSession]:

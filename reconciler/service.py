@@ -43,6 +43,7 @@ async def leased_reconcile(
     async with pass_lease(ctx.sessions, holder=default_holder(), ttl_seconds=ttl) as acquired:
         if not acquired:
             log_event(logger, "pass_skipped_lease_held", trigger=trigger)
+            ctx.metrics.observe_pass_skipped("lease_held")
             summary = RunSummary(trigger=trigger, dry_run=dry_run, started_at=datetime.now(UTC))
             summary.count_skip("lease_held_by_another_replica")
             return summary
