@@ -327,7 +327,7 @@ async def _measure_with(
     )
 
 
-def run(sizes: Sequence[int], *, passes: int = 5, etag_entries: int | None = None) -> list[ScaleResult]:
+def run(sizes: Sequence[int], *, passes: int = 3, etag_entries: int | None = None) -> list[ScaleResult]:
     """Measure every size in `sizes` (ascending, so the process RSS high-water mark belongs to the last)."""
     results: list[ScaleResult] = []
     with tempfile.TemporaryDirectory(prefix="greenloop-bench-scale-") as tmp:
@@ -429,7 +429,7 @@ def render_table(results: Sequence[ScaleResult]) -> str:
 def section(*, quick: bool) -> str:
     """Figure 1 for `python -m bench`."""
     sizes = (100, 1000) if quick else (100, 1000, 10_000)
-    return render_table(run(sizes, passes=1 if quick else 5))
+    return render_table(run(sizes, passes=1 if quick else 3))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = (
         [int(s) for s in args.sizes.split(",")] if args.sizes else ([100, 1000] if args.quick else [100, 1000, 10_000])
     )
-    passes = args.passes or (1 if args.quick else 5)
+    passes = args.passes or (1 if args.quick else 3)
     results = run(sizes, passes=passes, etag_entries=args.etag_entries)
     print(render_table(results))
     if args.json:
