@@ -68,6 +68,9 @@ class RecordingDispatcher:
     def dispatch(self, attempt: Attempt) -> None:
         self.dispatched.append(attempt.id)
 
+    async def cancel(self, attempt_id: str) -> bool:
+        return False  # nothing ever runs here
+
     def is_running(self, attempt_id: str) -> bool:
         return attempt_id in self.dispatched
 
