@@ -31,6 +31,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from mcp_server.errors import ForgeError
+from mcp_server.forge import PullRequest
 from mcp_server.jsonlog import bind_context, log_event
 from policy.config import ProjectConfig
 from policy.errors import ConfigError
@@ -85,6 +87,7 @@ MIN_TOKEN_LENGTH: Final = 16
 # A 1 MiB log can take up to six times that once JSON-escaped (\uXXXX); the decoded size is checked after.
 _RUN_BODY: Final = 8 * LOG_TEXT_LIMIT_BYTES
 _HEALTH_TIMEOUT_S: Final = 5.0
+_FORGE_TIMEOUT_S: Final = 15.0
 _MAX_ID_LEN: Final = 64
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -375,8 +378,42 @@ class _Api:
                 self.ctx.metrics.observe_attempt_finished(
                     AttemptStatus.CANCELLED.value, attempt.input_tokens, attempt.output_tokens, attempt.cost_usd
                 )
+                # The database says cancelled first (a replica's heartbeat loop stops its agent from that);
+                # then the agent here stops at once, then its pull request is closed.
+                if self.ctx.dispatcher is not None:
+                    fields["agent_stopped"] = await self.ctx.dispatcher.cancel(attempt.id)
+                fields["pr_closed"] = await self.close_pull_request(attempt)
                 return json_response(_summary(attempt))
         raise ApiError(409, "conflict", f"Attempt kept changing; try again: {attempt.id!r}.")
+
+    async def close_pull_request(self, attempt: Attempt) -> int | None:
+        """Close the open pull request of an attempt an operator cancelled; its number, or None.
+
+        Decision: an operator's cancel abandons the fix, so its pull request is closed unmerged (a human who
+        still wants it can reopen it). The PR is looked up by number or, when the agent opened it but had not
+        recorded it yet, by the attempt's fix branch. A merged or already closed PR is left alone. A forge
+        failure does not undo the cancel: it is logged, and the PR stays open for a human to close.
+        """
+        project = next((p for p in self.ctx.config.projects if p.name == attempt.project), None)
+        if self.ctx.forge is None or project is None or (attempt.pr_number is None and not attempt.branch):
+            return None
+        try:
+            async with asyncio.timeout(_FORGE_TIMEOUT_S):
+                pr: PullRequest | None
+                if attempt.pr_number is not None:
+                    pr = await self.ctx.forge.get_pull_request(project.repo, attempt.pr_number)
+                else:
+                    pr = await self.ctx.forge.find_pull_request(project.repo, attempt.branch or "", state="open")
+                if pr is None or pr.state != "open" or pr.merged:
+                    return None
+                await self.ctx.forge.close_pull_request(project.repo, pr.number)
+        except (ForgeError, TimeoutError) as exc:
+            log_event(
+                logger, "cancel_pr_close_failed", level=logging.WARNING, attempt_id=attempt.id, error=str(exc)
+            )
+            return None
+        log_event(logger, "cancel_pr_closed", attempt_id=attempt.id, pr_number=pr.number)
+        return pr.number
 
     async def list_projects(self, request: Request, fields: dict[str, Any]) -> Response:
         await self.ensure_projects()

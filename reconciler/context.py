@@ -20,7 +20,10 @@ class AttemptDispatcher(Protocol):
     """Runs the agent for a started attempt, in the background; `reconcile()` never waits for it."""
 
     def dispatch(self, attempt: Attempt) -> None:
-        """Start working on `attempt` (already inserted as `pending`)."""
+        """Start working on `attempt` (`pending`; or `running`, claimed by a pass to resume it)."""
+
+    async def cancel(self, attempt_id: str) -> bool:
+        """Stop working on `attempt_id` here (already ended in the database); True if it was running here."""
 
     def is_running(self, attempt_id: str) -> bool:
         """Whether this process is working on `attempt_id` right now."""

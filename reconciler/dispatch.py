@@ -1,10 +1,16 @@
 """Running the agent for a started attempt, in the background, and recording how it ended.
 
-The dispatcher owns retries of nothing: an attempt runs once. It marks the attempt `running`, keeps its
+The dispatcher owns retries of nothing: it runs what it is given. It marks the attempt `running`, keeps its
 heartbeat fresh while the agent works, and records the outcome: a pull request -> `pr_open` (later passes
 advance it); no fix after trying a protected path -> `escalated` (only a human can make that change); any
-other stop -> `failed` with the guard's reason. A worker that dies leaves a stale heartbeat, which a later
-pass turns into `failed` (or `pr_open` if the PR exists).
+other stop -> `failed` with the guard's reason. A worker that dies leaves a stale heartbeat; a later pass
+carries on from its PR (`pr_open`), or re-dispatches the same attempt once (`running`, resumed: the tools are
+idempotent), and fails it (`worker_died`) if the resumed worker dies too.
+
+The database is the source of truth for whether an attempt may still run: the heartbeat loop re-reads its
+status and cancels the agent once it is no longer `pending`/`running` (cancelled by an operator through
+another replica, or closed by a pass), and `cancel()` stops it at once on this replica. A cancelled run
+records nothing: whoever ended the attempt already recorded why.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
 from policy.types import AttemptStatus
+from reconciler.errors import ReconcilerError
 from reconciler.metrics import Metrics
 from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory
@@ -78,7 +85,11 @@ class AgentDispatcher:
         self._slots = asyncio.Semaphore(config.server.concurrency)
 
     def dispatch(self, attempt: Attempt) -> None:
-        """Start the agent for `attempt` in the background (no-op if it already runs here)."""
+        """Start the agent for `attempt` in the background (no-op if it already runs here).
+
+        A `pending` attempt is moved to `running` first. A `running` attempt is a resume: the pass that
+        re-dispatches it has already claimed it in the database (see `reconciler.reconcile`), so it runs as is.
+        """
         if attempt.id in self._tasks:
             return
         task = asyncio.create_task(self._run(attempt), name=f"attempt-{attempt.id}")
@@ -98,6 +109,21 @@ class AgentDispatcher:
         if pending:
             await asyncio.wait(pending, timeout=timeout)
 
+    async def cancel(self, attempt_id: str, *, timeout: float = 10.0) -> bool:
+        """Stop the agent working on `attempt_id` here; True if one was running (and has now stopped).
+
+        Only the background task is cancelled: the caller has already moved the attempt to a terminal status
+        in the database, and the run records nothing over it. Waits at most `timeout` seconds for the task to
+        unwind, so that once this returns the agent opens no pull request and pushes nothing more.
+        """
+        task = self._tasks.get(attempt_id)
+        if task is None:
+            return False
+        task.cancel()
+        await asyncio.wait([task], timeout=timeout)
+        log_event(logger, "attempt_cancelled_here", attempt_id=attempt_id, stopped=task.done())
+        return True
+
     async def aclose(self) -> None:
         """Cancel running attempts (their heartbeats go stale; a later pass closes them)."""
         for task in list(self._tasks.values()):
@@ -108,18 +134,22 @@ class AgentDispatcher:
         project = self._config.project(attempt.project)
         with bind_context(attempt_id=attempt.id, trace_id=attempt.trace_id or attempt.id, project=attempt.project):
             async with self._slots:
-                moved = await store.transition(
-                    self._sessions,
-                    attempt.id,
-                    AttemptStatus.RUNNING,
-                    reason="agent_started",
-                    expected=AttemptStatus.PENDING,
-                    branch=fix_branch_name(attempt.job, attempt.id),
-                )
-                if not moved:
-                    log_event(logger, "attempt_not_pending", level=logging.WARNING)
-                    return
-                beat = asyncio.create_task(self._heartbeat(attempt.id))
+                if AttemptStatus(attempt.status) is AttemptStatus.RUNNING:
+                    log_event(logger, "attempt_resumed")  # claimed by the pass that re-dispatched it
+                else:
+                    moved = await store.transition(
+                        self._sessions,
+                        attempt.id,
+                        AttemptStatus.RUNNING,
+                        reason="agent_started",
+                        expected=AttemptStatus.PENDING,
+                        branch=fix_branch_name(attempt.job, attempt.id),
+                    )
+                    if not moved:
+                        log_event(logger, "attempt_not_pending", level=logging.WARNING)
+                        return
+                runner = asyncio.current_task()
+                beat = asyncio.create_task(self._heartbeat(attempt.id, runner))
                 started = time.perf_counter()
                 try:
                     outcome = await self._agent(attempt, project)
@@ -154,10 +184,25 @@ class AgentDispatcher:
                 backend, session, task, project.budgets, settings=self._config.agent, secrets=self._secrets
             )
 
-    async def _heartbeat(self, attempt_id: str) -> None:
+    async def _heartbeat(self, attempt_id: str, runner: asyncio.Task[Any] | None) -> None:
+        """Beat every `heartbeat_seconds`; cancel `runner` once the database says the attempt is over."""
         while True:
             await asyncio.sleep(self._heartbeat_seconds)
-            await store.heartbeat(self._sessions, attempt_id)
+            try:
+                current = await store.get_attempt(self._sessions, attempt_id)
+                status = AttemptStatus(current.status) if current is not None else None
+                if status in (AttemptStatus.PENDING, AttemptStatus.RUNNING) and await store.heartbeat(
+                    self._sessions, attempt_id
+                ):
+                    continue
+            except ReconcilerError as exc:  # a busy or unreachable store: try again on the next beat
+                log_event(logger, "heartbeat_failed", level=logging.WARNING, error=str(exc))
+                continue
+            # Cancelled by an operator (maybe through another replica) or closed by a pass: stop working on it.
+            log_event(logger, "attempt_ended_elsewhere", status=status.value if status else None)
+            if runner is not None:
+                runner.cancel()
+            return
 
     async def _record(
         self, attempt: Attempt, project: ProjectConfig, outcome: AttemptOutcome, *, elapsed: float

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Final, Literal
 
 import sqlalchemy as sa
 
@@ -25,9 +26,10 @@ from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
 from reconciler.store import attempts as store
-from reconciler.store.models import Attempt, Project
+from reconciler.store.models import Attempt, Project, Transition, utcnow
 from reconciler.store.passes import record_pass
 from reconciler.store.projects import reset_escalation, sync_projects
+from reconciler.store.translate import rowcount, with_retry
 from reconciler.summary import RedJob, RunSummary, StartedAttempt, TransitionNote, Trigger
 
 __all__ = ["UnknownProjects", "reconcile", "select_projects"]
@@ -441,6 +443,25 @@ async def _advance(
                 pushed_sha=pr.head.sha,
             )
             return attempt
+        if ctx.dispatcher is not None:
+            claim = await _claim_resume(ctx, attempt, status)
+            if claim == "lost":
+                return attempt  # it beat again or moved on since it was read: someone else has it
+            if claim == "resumed":
+                resumed = await store.get_attempt(ctx.sessions, attempt.id)
+                if resumed is not None:
+                    summary.transitions.append(
+                        TransitionNote(
+                            attempt_id=attempt.id,
+                            project=attempt.project,
+                            from_status=status.value,
+                            to_status=status.value,
+                            reason=RESUMED,
+                        )
+                    )
+                    log_event(logger, "attempt_transition", attempt_id=attempt.id, to=status.value, reason=RESUMED)
+                    ctx.dispatcher.dispatch(resumed)
+                return resumed
         await _transition(
             ctx, attempt, AttemptStatus.FAILED, reason="worker_died", summary=summary, stop_reason="worker_died"
         )
@@ -491,6 +512,51 @@ async def _advance(
             )
         return None
     return attempt
+
+
+RESUMED: Final = "resumed_after_worker_died"
+"""The reason of the transition row (status unchanged) that records an attempt's one resume."""
+
+
+async def _claim_resume(
+    ctx: ReconcilerContext, attempt: Attempt, status: AttemptStatus
+) -> Literal["resumed", "exhausted", "lost"]:
+    """Claim a dead worker's attempt to run it again, at most once per attempt; the database decides.
+
+    One compare-and-set: the attempt is still in `status`, its last sign of life is still older than the
+    timeout, and no earlier resume is recorded; it sets a fresh heartbeat and records a transition row
+    (`status -> status`, reason `RESUMED`). `exhausted`: it was resumed once already and is stale again;
+    `lost`: it changed since it was read (another replica's pass claimed it, or its worker beat again).
+    """
+    timeout = timedelta(seconds=ctx.config.server.attempt_timeout_seconds)
+    earlier = sa.exists().where(Transition.attempt_id == attempt.id, Transition.reason == RESUMED)
+    last_sign = sa.func.coalesce(Attempt.heartbeat_at, Attempt.updated_at, Attempt.created_at)
+
+    async def _once() -> Literal["resumed", "exhausted", "lost"]:
+        now = utcnow()
+        async with ctx.sessions() as session, session.begin():
+            # The write transaction starts with the UPDATE, so SQLite takes its write lock at once.
+            result = await session.execute(
+                sa.update(Attempt)
+                .where(Attempt.id == attempt.id, Attempt.status == status.value, last_sign < now - timeout, ~earlier)
+                .values(heartbeat_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if rowcount(result) == 1:
+                session.add(
+                    Transition(
+                        attempt_id=attempt.id, from_status=status.value, to_status=status.value, reason=RESUMED, at=now
+                    )
+                )
+                return "resumed"
+            still_stale = await session.scalar(
+                sa.select(sa.func.count())
+                .select_from(Attempt)
+                .where(Attempt.id == attempt.id, Attempt.status == status.value, last_sign < now - timeout, earlier)
+            )
+            return "exhausted" if still_stale else "lost"
+
+    return await with_retry(_once)
 
 
 async def _record_pass(ctx: ReconcilerContext, summary: RunSummary) -> None:
