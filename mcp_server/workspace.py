@@ -342,7 +342,9 @@ class Workspace:
             if glob is not None and not matches_glob(path, glob):
                 continue
             listed.add(path)
-        paths = sorted(await asyncio.to_thread(_existing, self._root, listed))
+        # A file name that is not UTF-8 is shown with U+FFFD in place of its bad bytes: JSON (and the model)
+        # can't carry lone surrogates, and one such name must not break the whole listing.
+        paths = sorted(_printable(p) for p in await asyncio.to_thread(_existing, self._root, listed))
         return FileListing(paths=tuple(paths[:limit]), truncated=len(paths) > limit, total=len(paths))
 
     # ------------------------------------------------------------------------------------------ git state
@@ -633,6 +635,11 @@ def _count_numstat(output: bytes) -> tuple[int, int]:
 def _existing(root: Path, paths: set[str]) -> list[str]:
     """The `paths` that exist in the working tree (tracked files deleted there are listed by git)."""
     return [p for p in paths if os.path.lexists(root / p)]
+
+
+def _printable(path: str) -> str:
+    """`path` (decoded with surrogateescape) as valid UTF-8 text: undecodable bytes become U+FFFD."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _check_write_target(real: Path, lexical: Path, requested: str) -> os.stat_result | None:
