@@ -239,7 +239,9 @@ async def _stdio_client(config_path: Path, errlog: TextIO) -> AsyncIterator[Clie
 @contextlib.asynccontextmanager
 async def _http_client(config_text: str) -> AsyncIterator[Client]:
     config = load_config_text(config_text)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP, and without
+    # it Nagle meets the client's delayed ACK (~40 ms a response) - as uvicorn's own bind (getaddrinfo) does.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     sock.setblocking(False)
