@@ -230,6 +230,13 @@ class _MergeBody(_Model):
 _M = TypeVar("_M", bound=BaseModel)
 
 
+def _cache_key(path: str, params: Mapping[str, str | int] | None) -> str:
+    """The ETag cache key of a GET: its path and sorted query (no request object built)."""
+    if not params:
+        return path
+    return path + "?" + "&".join(f"{k}={params[k]}" for k in sorted(params))
+
+
 # ---------------------------------------------------------------------------------------------- client
 
 
@@ -430,14 +437,17 @@ class ForgeClient:
         json: Any = None,
     ) -> _Reply:
         """Send one API request and decode its JSON body; GETs use and fill the ETag cache."""
-        key = str(self._http.build_request(method, path, params=params).url) if method == "GET" else None
+        key = _cache_key(path, params) if method == "GET" else None
         cached = self._etags.get(key) if key is not None else None
         response = await self._send(
             method, path, params=params, json=json, if_none_match=cached.etag if cached else None
         )
         if response.status_code == 304 and cached is not None and key is not None:
             self.stats.not_modified += 1
+            # The entry may have been evicted by concurrent requests while this one was in flight: put it back.
+            self._etags[key] = cached
             self._etags.move_to_end(key)
+            self._evict()
             return _Reply(status=304, body=cached.body, not_modified=True)
         try:
             body = response.json() if response.content else None
@@ -447,9 +457,12 @@ class ForgeClient:
         if key is not None and etag:
             self._etags[key] = _CacheEntry(etag=etag, body=body)
             self._etags.move_to_end(key)
-            while len(self._etags) > self._etag_entries:
-                self._etags.popitem(last=False)
+            self._evict()
         return _Reply(status=response.status_code, body=body, not_modified=False)
+
+    def _evict(self) -> None:
+        while len(self._etags) > self._etag_entries:
+            self._etags.popitem(last=False)
 
     async def _send(
         self,

@@ -158,7 +158,9 @@ async def open_runtime(
         forge: ForgeClient | None = None
         if config.forge.app_id and config.forge.installation_id and config.forge.private_key_path:
             app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
-            forge = await stack.enter_async_context(ForgeClient(config.forge, app))
+            # One cached listing per project (plus job lists of running runs), so an unchanged pass is all 304s.
+            etags = max(512, 2 * len(config.projects) + 64)
+            forge = await stack.enter_async_context(ForgeClient(config.forge, app, etag_entries=etags))
         else:
             logger.warning(
                 "no GitHub App configured ([forge] app_id, installation_id, private_key_path): "

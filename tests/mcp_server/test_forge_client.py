@@ -485,3 +485,36 @@ async def test_local_forge_injected_faults_are_retried_then_succeed(
     assert client.stats.retries == len(kinds)
     if expected_sleeps is not None:
         assert sleeps == expected_sleeps
+
+
+@pytest.mark.anyio
+async def test_a_304_whose_cache_entry_was_evicted_in_flight_still_answers_from_the_cache() -> None:
+    import anyio
+
+    async def slow_304(request: httpx2.Request) -> httpx2.Response:
+        if request.headers.get("if-none-match"):
+            await anyio.sleep(0.2)  # the others answer and fill the cache meanwhile
+        return runs_ok(request)
+
+    client = ForgeClient(
+        ForgeSettings(api_url=API, timeout_seconds=7.5),
+        Tokens(),
+        transport=httpx2.MockTransport(slow_304),
+        etag_entries=1,
+    )
+    repos = [f"acme/r{i}" for i in range(6)]
+    for repo in repos:  # warm: each listing evicts the previous one from the one-entry cache
+        await client.list_workflow_runs(repo, branch="main")
+    pages: list[Any] = []
+
+    async def one(repo: str) -> None:
+        pages.append(await client.list_workflow_runs(repo, branch="main"))
+
+    # Only the last repo's entry is cached; the others' 200s evict it while its 304 is in flight.
+    async with anyio.create_task_group() as tg:
+        for repo in [repos[-1], *repos[:-1]]:
+            tg.start_soon(one, repo)
+    await client.aclose()
+    assert len(pages) == len(repos)
+    assert sum(p.not_modified for p in pages) == 1
+    assert all(p.runs[0].conclusion == "failure" for p in pages)
