@@ -11,15 +11,23 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fault_support import arm_fault, forge_control, forge_requests
 
-from e2e_support import attempts_of, e2e_config, forge_for, sqlite_url  # isort: skip
+from e2e_support import (  # isort: skip
+    attempts_of,
+    e2e_config,
+    failing_job_runs,
+    forge_for,
+    insert_running_attempt,
+    sqlite_url,
+)
 from fixtures.forge import Forge
 from policy.config import GreenloopConfig
-from reconciler.reconcile import reconcile
+from reconciler.reconcile import RATE_LIMIT_LOW, reconcile
 from reconciler.runtime import open_runtime
 
 pytestmark = pytest.mark.anyio
@@ -50,9 +58,9 @@ async def disarmed(forge: Forge) -> AsyncIterator[None]:
     await forge_control(forge, "DELETE", "/_forge/faults")
 
 
-def _config(forge: Forge, tmp_path: Path) -> GreenloopConfig:
+def _config(forge: Forge, tmp_path: Path, timeout: float = TIMEOUT) -> GreenloopConfig:
     config = e2e_config(forge, PROJECTS, database_url=sqlite_url(tmp_path / "greenloop.db"), workspace_dir=tmp_path)
-    return config.model_copy(update={"forge": config.forge.model_copy(update={"timeout_seconds": TIMEOUT})})
+    return config.model_copy(update={"forge": config.forge.model_copy(update={"timeout_seconds": timeout})})
 
 
 async def _faulted(forge: Forge, path_regex: str) -> list[dict[str, object]]:
@@ -65,7 +73,6 @@ async def _faulted(forge: Forge, path_regex: str) -> list[dict[str, object]]:
         # Backoff: base 0.5 s doubling, jitter in [0.5, 1]: two retries wait at least 0.25 + 0.5 s.
         pytest.param("500", 2, 0.75, id="500-burst"),
         pytest.param("502", 3, 1.75, id="502-burst"),
-        pytest.param("503", 2, 0.75, id="503-burst"),
         pytest.param("drop", 2, 0.75, id="dropped-connection"),
         # A slow reply costs the client its timeout, then the retry succeeds.
         pytest.param("slow", 1, TIMEOUT, id="slow-past-timeout"),
@@ -114,15 +121,15 @@ async def test_a_secondary_rate_limit_waits_for_retry_after_and_goes_on(
     [
         pytest.param("502", "HTTP 502", id="502-outage"),
         pytest.param("slow", "timed out", id="slow-outage"),
-        pytest.param("drop", "Forge unavailable", id="drop-outage"),
         pytest.param("429", "rate limit", id="rate-limited-outage"),
     ],
 )
 async def test_a_project_the_forge_keeps_failing_is_an_error_of_its_own_and_retried_on_the_next_pass(
     forge: Forge, tmp_path: Path, kind: str, error: str
 ) -> None:
-    async with open_runtime(_config(forge, tmp_path), backend_for=None, with_dispatcher=False) as ctx:
-        await arm_fault(forge, BUG_LIB_RUNS, kind, count=20, retry_after=1, delay=TIMEOUT * 2, method="GET")
+    config = _config(forge, tmp_path, timeout=0.5)  # a slow outage costs four timeouts: keep them short
+    async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
+        await arm_fault(forge, BUG_LIB_RUNS, kind, count=20, retry_after=1, delay=1.0, method="GET")
         t0 = time.perf_counter()
         first = await reconcile(ctx, trigger="cli")
         assert time.perf_counter() - t0 < 30, "the retries are bounded"
@@ -159,3 +166,45 @@ async def test_an_installation_token_expired_between_passes_is_refreshed_and_the
         statuses = [r["status"] for r in after if r["path"].startswith("/repos/")]
         assert 401 in statuses, "the expired token was used once"
         assert any(r["path"].endswith("/access_tokens") and r["status"] == 201 for r in after), "and refreshed"
+
+
+async def test_a_low_rate_budget_pauses_observation_of_projects_without_an_active_attempt(
+    forge: Forge, tmp_path: Path
+) -> None:
+    run = failing_job_runs(forge, "acme/stale-import", "test")[-1]
+    async with open_runtime(_config(forge, tmp_path), backend_for=None, with_dispatcher=False) as ctx:
+        assert ctx.forge is not None
+        active = await insert_running_attempt(
+            ctx.sessions,
+            project="stale-import",
+            job="test",
+            run_id=str(run.id),
+            head_sha=run.head_sha,
+            heartbeat_at=datetime.now(UTC),
+        )
+        try:
+            # The budget drops below the reserve; the client learns it from its next reply.
+            await forge_control(forge, "POST", "/_forge/rate-limit", {"limit": ctx.rate_limit_reserve // 2})
+            await ctx.forge.get_repo("acme/clean")
+            assert ctx.forge.stats.rate_remaining is not None
+            assert ctx.forge.stats.rate_remaining < ctx.rate_limit_reserve
+            await forge_control(forge, "DELETE", "/_forge/stats")
+            low = await reconcile(ctx, trigger="cli")
+
+            # Only the project with an attempt in flight was observed; the others wait, nothing started.
+            assert low.errors == {}
+            assert low.skips.get(RATE_LIMIT_LOW) == 2
+            assert low.attempts_started == []
+            touched = {r["path"].split("/")[3] for r in await forge_requests(forge) if r["path"].startswith("/repos/")}
+            assert touched == {"stale-import"}
+            assert [a.id for a in await attempts_of(ctx.sessions)] == [active.id]
+
+            # The budget resets: the next pass observes every project and starts the waiting one's attempt.
+            await forge_control(forge, "POST", "/_forge/rate-limit", {"limit": 5000})
+            await ctx.forge.get_repo("acme/clean")
+            refilled = await reconcile(ctx, trigger="cli")
+            assert RATE_LIMIT_LOW not in refilled.skips
+            assert refilled.errors == {}
+            assert [a.project for a in refilled.attempts_started] == ["bug-lib"]
+        finally:
+            await forge_control(forge, "POST", "/_forge/rate-limit", {"limit": 5000})
