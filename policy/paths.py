@@ -56,7 +56,7 @@ _REASON_TEXT: dict[RefusalReason, str] = {
     RefusalReason.TRAVERSAL: "path may not contain '..'",
     RefusalReason.NUL_BYTE: "path contains a NUL byte",
     RefusalReason.BACKSLASH: "path contains a backslash; use '/'",
-    RefusalReason.DRIVE: "path names a drive",
+    RefusalReason.DRIVE: "path names a drive, a stream or a URL scheme (':')",
     RefusalReason.CONTROL_CHAR: "path contains a control or invisible character",
     RefusalReason.TOO_LONG: "path is too long",
     RefusalReason.ENCODED: "path contains a percent-encoded separator, dot or byte",
@@ -235,17 +235,23 @@ def matches_glob(rel: str, pattern: str, *, case_sensitive: bool = True) -> bool
 
 
 def check_write_allowed(rel: PurePosixPath, rules: WriteRules) -> None:
-    """Refuse a write to `rel` unless an allowed glob matches and no denied glob does (denied wins).
+    """Refuse a write to `rel` unless an allowed glob matches and no denied glob does (denied wins), and any
+    write to a path containing ':' (reason `drive`).
 
     Denied globs (the project's plus the built-in ones) match case-insensitively, so '.GitHub/Workflows/x'
     is protected too. Messages never list the globs.
 
     Raises:
-        PathRefused: reason `denied_glob` or `not_allowed` (also `root` for the workspace itself).
+        PathRefused: reason `denied_glob`, `not_allowed` or `drive` (also `root` for the workspace itself).
     """
     text = rel.as_posix()
     if text in ("", "."):
         raise _refuse(RefusalReason.ROOT, text)
+    # Security: no ':' in a written path. Reads of existing files with one stay allowed, but a new one would be
+    # a drive or an NTFS stream on Windows checkouts ('a:b', 'x::$DATA'), look like a URL ('file:/etc/passwd')
+    # and, leading, be git pathspec magic (':(exclude)x', ':!x') to the git commands that check it.
+    if ":" in text:
+        raise _refuse(RefusalReason.DRIVE, text)
     # Security: denied wins, and the built-in denied globs can't be removed by a project.
     if any(matches_glob(text, g, case_sensitive=False) for g in rules.effective_denied):
         raise _refuse(RefusalReason.DENIED_GLOB, text)

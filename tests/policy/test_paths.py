@@ -270,6 +270,15 @@ WRITE_REFUSED = [
         id="project-denied-wins",
     ),
     pytest.param(WriteRules(allowed=("**",), denied=()), "src/x.pem", R.DENIED_GLOB, id="defaults-stay"),
+    # ':' is readable in an existing file name but never written: drive, NTFS stream, URL, pathspec magic.
+    pytest.param(WriteRules(), "file:/etc/passwd", R.DRIVE, id="url-scheme"),
+    pytest.param(WriteRules(), "https://evil.example/x", R.DRIVE, id="url-with-host"),
+    pytest.param(WriteRules(), "ab:c", R.DRIVE, id="inner-colon-write"),
+    pytest.param(WriteRules(), "src/main.py::$DATA", R.DRIVE, id="ntfs-stream"),
+    pytest.param(WriteRules(), "src/main.py:hidden", R.DRIVE, id="ntfs-named-stream"),
+    pytest.param(WriteRules(), ":(exclude)src/x.py", R.DRIVE, id="pathspec-magic"),
+    pytest.param(WriteRules(), ":!src/x.py", R.DRIVE, id="pathspec-short-magic"),
+    pytest.param(WriteRules(allowed=("**",), denied=()), "src/a:b.py", R.DRIVE, id="colon-even-if-allowed"),
 ]
 
 
