@@ -466,7 +466,7 @@ async def _advance(
                 pushed_sha=pr.head.sha,
             )
             return attempt
-        if False and ctx.dispatcher is not None:
+        if ctx.dispatcher is not None:
             claim = await _claim_resume(ctx, attempt, status)
             if claim == "lost":
                 return attempt  # it beat again or moved on since it was read: someone else has it
