@@ -14,7 +14,9 @@ Side by side, in the same run, the reference filesystem server `@modelcontextpro
 (pinned below, run by Node through `npx` over stdio, installed once into `$GREENLOOP_NPM_CACHE`, default
 `~/.cache/greenloop/npm`) reads the same files from a git clone of the same repository: its `read_text_file`
 (or `read_file` in older versions) against our `read_repo_file`, its `list_directory` against our
-`list_repo_files` on the same leaf directories (where both answer the same file names).
+`list_repo_files` on the same leaf directories (where both answer the same file names). A baseline row runs
+the same Python MCP SDK over stdio with two bare tools (plain `open().read()` and `os.listdir`, no path
+confinement, secret masking or audit) on the same clone, so the SDK's own cost shows apart from greenloop's.
 
 Every session is warmed up first (greenloop's first call clones the repository). Then each repetition runs,
 for every transport in turn, N calls of the read tool over a fixed file list and N calls of the list tool over a
@@ -82,6 +84,24 @@ CALL_TIMEOUT = 30.0
 WARMUP_CALLS = 20
 TOKEN_SECRET = "bench-mcp-latency-" + "s" * 32
 GIT = shutil.which("git") or "git"
+# A baseline: the same Python MCP SDK over stdio with two bare tools (no confinement, masking or audit) reading
+# the same clone, to tell the SDK's own cost from greenloop's checks. Run as `python -c BARE_SERVER ROOT`.
+BARE_SERVER = """
+import os, sys
+from mcp.server.mcpserver import MCPServer
+root = sys.argv[1]
+server = MCPServer("bare", log_level="WARNING")
+def read_file(path: str) -> str:
+    with open(os.path.join(root, path), encoding="utf-8") as handle:
+        return handle.read()
+def list_directory(path: str) -> str:
+    return "\\n".join(sorted(os.listdir(os.path.join(root, path))))
+server.add_tool(read_file)
+server.add_tool(list_directory)
+server.run("stdio")
+"""
+BARE = "bare Python SDK (stdio)"
+REFERENCE = "reference (Node, stdio)"
 
 Call = Callable[[int], Awaitable[None]]
 
@@ -310,6 +330,23 @@ async def _reference_client(command: list[str], errlog: TextIO) -> AsyncIterator
         yield client
 
 
+@contextlib.asynccontextmanager
+async def _bare_client(root: Path, errlog: TextIO) -> AsyncIterator[Client]:
+    params = StdioServerParameters(command=sys.executable, args=["-c", BARE_SERVER, str(root)])
+    async with Client(stdio_client(params, errlog=errlog), cache=None) as client:
+        yield client
+
+
+def _bare(client: Client) -> _Target:
+    return _Target(
+        BARE,
+        [
+            ("read", "read_file", _caller(client, "read_file", [{"path": p} for p in FILES])),
+            ("list", "list_directory", _caller(client, "list_directory", [{"path": d} for d in DIRS])),
+        ],
+    )
+
+
 # --- the run ----------------------------------------------------------------------------------------------------
 
 
@@ -353,7 +390,7 @@ async def _reference(client: Client, root: Path, ours: Client) -> _Target:
             if Path(rel).name not in theirs:
                 raise RuntimeError(f"Reference listing differs: {directory!r} lacks {rel!r}.")
     return _Target(
-        "reference (Node, stdio)",
+        REFERENCE,
         [
             ("read", read_tool, _caller(client, read_tool, read)),
             ("list", "list_directory", _caller(client, "list_directory", listing)),
@@ -384,6 +421,8 @@ async def _run(calls: int, reps: int) -> Report:
                 await _ours("stdio", stdio),
                 await _ours("streamable HTTP", http),
             ]
+            bare_log = stack.enter_context((tmp / "bare.stderr.log").open("w", encoding="utf-8"))
+            targets.append(_bare(await stack.enter_async_context(_bare_client(root, bare_log))))
             skipped: str | None = None
             command = _npx_command(root)
             if isinstance(command, str):
@@ -456,12 +495,12 @@ def render_table(report: Report) -> str:
     for r in report.results:
         lines.append(f"| {r.transport} | {r.operation} | `{r.tool}` | {r.p50:.2f} | {r.p99:.2f} |")
     if report.reference_skipped is not None:
-        lines.append("| reference (Node, stdio) | read, list | - | not measured | not measured |")
+        lines.append(f"| {REFERENCE} | read, list | - | not measured | not measured |")
     lines.append("")
     if report.reference_skipped is not None:
         lines.append(f"Reference server `{REFERENCE_PACKAGE}` not measured: {report.reference_skipped}.")
     else:
-        ref = "reference (Node, stdio)"
+        ref = REFERENCE
         read_ratio = _ratio(by_key.get(("stdio", "read")), by_key.get((ref, "read")))
         list_ratio = _ratio(by_key.get(("stdio", "list")), by_key.get((ref, "list")))
         ours_read, theirs_read = by_key.get(("stdio", "read")), by_key.get((ref, "read"))
@@ -480,7 +519,10 @@ def render_table(report: Report) -> str:
         "Notes: greenloop's session is read-only and writes one JSON audit line per call (to stderr over stdio). "
         "The HTTP server runs in the benchmark's process, so client and server share one event loop; the stdio "
         "servers are separate processes. `list_repo_files` walks the directory recursively and filters, the "
-        "reference's `list_directory` reads one level; the leaf directories make the answers the same. "
+        "reference's `list_directory` reads one level; the leaf directories make the answers the same "
+        "(`list_repo_files` runs `git ls-files` per call, to honour .gitignore). "
+        f"The {BARE} row is the same Python MCP SDK serving bare tools (no confinement, masking or audit) "
+        "on the same clone: the part of greenloop's latency that is the SDK's, not greenloop's checks. "
         f"Wall time of the whole measurement: {report.wall_seconds:.1f} s.",
     ]
     return "\n".join(lines)
