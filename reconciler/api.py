@@ -408,9 +408,7 @@ class _Api:
                     return None
                 await self.ctx.forge.close_pull_request(project.repo, pr.number)
         except (ForgeError, TimeoutError) as exc:
-            log_event(
-                logger, "cancel_pr_close_failed", level=logging.WARNING, attempt_id=attempt.id, error=str(exc)
-            )
+            log_event(logger, "cancel_pr_close_failed", level=logging.WARNING, attempt_id=attempt.id, error=str(exc))
             return None
         log_event(logger, "cancel_pr_closed", attempt_id=attempt.id, pr_number=pr.number)
         return pr.number

@@ -466,6 +466,8 @@ async def _advance(
                 pushed_sha=pr.head.sha,
             )
             return attempt
+        # No PR: run the same attempt again, once (the tools are idempotent: no second branch or PR). A
+        # process without a dispatcher cannot run it, and a second death means it won't get further: fail it.
         if ctx.dispatcher is not None:
             claim = await _claim_resume(ctx, attempt, status)
             if claim == "lost":

@@ -114,9 +114,12 @@ class Backends:
 
     async def reached(self, count: int = 1) -> GatedBackend:
         """The `count`-th back-end, once its agent waits at the gate."""
+
+        async def made() -> bool:
+            return len(self.made) >= count
+
+        await _eventually(made, f"back-end {count} made")
         async with asyncio.timeout(WAIT):
-            while len(self.made) < count:
-                await asyncio.sleep(0.05)
             await self.made[count - 1].reached.wait()
         return self.made[count - 1]
 
@@ -138,9 +141,11 @@ def _dispatcher(ctx: ReconcilerContext) -> AgentDispatcher:
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    async with asyncio.timeout(WAIT):
-        while not await check():
-            await asyncio.sleep(0.05)
+    for _ in range(int(WAIT / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"not within {WAIT:g}s: {what}")
 
 
 async def _status(ctx: ReconcilerContext, attempt_id: str) -> str:
@@ -283,9 +288,7 @@ async def test_a_dead_workers_attempt_is_resumed_once_and_ends_with_its_pull_req
         ]
 
 
-async def test_a_resumed_attempt_whose_worker_dies_again_fails_and_is_not_retried(
-    forge: Forge, tmp_path: Path
-) -> None:
+async def test_a_resumed_attempt_whose_worker_dies_again_fails_and_is_not_retried(forge: Forge, tmp_path: Path) -> None:
     backends = Backends(gate_at=0)
     config = _config(forge, tmp_path, attempt_timeout_seconds=30)
     async with open_runtime(config, backend_for=_backend_factory(backends)) as ctx:

@@ -122,6 +122,8 @@ async def test_unknown_project_names_fail_the_pass_before_anything_is_done(forge
 async def test_attempt_of_a_dead_worker_without_a_pull_request_fails_and_is_not_retried(
     forge: Forge, tmp_path: Path
 ) -> None:
+    # No dispatcher in this process, so nothing here can resume it: it fails at once. With a dispatcher it is
+    # resumed once first (tests/reconciler/test_dispatch.py).
     config = _config(forge, tmp_path, sqlite_url(tmp_path / "greenloop.db"), attempt_timeout_seconds=30)
     async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
         run_id, sha = _red_run(forge, "bug-lib")
