@@ -171,6 +171,7 @@ def config_binding_factory(config: GreenloopConfig, *, audit: AuditSink) -> Bind
                 project=project,
                 git_url=_git_url(config.forge),
                 token=app.token,
+                invalidate=app.invalidate,
                 bot_name=config.forge.bot_login,
                 bot_email=config.forge.bot_email,
             )

@@ -50,6 +50,10 @@ ATTEMPT_TRAILER = "Greenloop-Attempt"
 MAX_READ_FILE_BYTES = 10_000_000  # larger files are refused: reading them would stall the session
 _BINARY_PROBE_BYTES = 8000  # git's own heuristic: a NUL byte in the first 8000 bytes means binary
 _STDERR_CHARS = 1000
+# How git over HTTP reports credentials the forge refused (401): with prompts off it cannot ask for others.
+_AUTH_FAILED = re.compile(
+    r"Authentication failed|could not read (Username|Password)|returned error: 401", re.IGNORECASE
+)
 _TRAILER_LINE_RE = re.compile(rf"^\s*{ATTEMPT_TRAILER}\s*:.*$", re.IGNORECASE | re.MULTILINE)
 
 # Security: fixed for every git command. Hooks from the repository never run, symlinks stay symlinks (so
@@ -154,6 +158,7 @@ class Workspace:
         bot_name: str,
         bot_email: str,
         timeout: float = 60,
+        invalidate: Callable[[str], None] | None = None,
     ) -> None:
         self._root = Path(os.path.abspath(root_dir))
         self._real_root: str | None = None
@@ -161,6 +166,7 @@ class Workspace:
         self._default = project.default_branch
         self._remote_url = f"{_check_git_url(git_url)}/{project.repo}.git"
         self._token = token
+        self._invalidate = invalidate  # drops a token the forge refused, so the next `token()` is fresh
         self._bot_name = bot_name
         self._bot_email = bot_email
         self._timeout = timeout
@@ -581,6 +587,13 @@ class Workspace:
             self._secrets = (token,)
         argv = ["git", *args]
         result = await self._spawn(argv, self._environment(token, env), cwd or self._root, stdin)
+        if token is not None and result.returncode != 0 and self._invalidate and _AUTH_FAILED.search(result.stderr):
+            # The installation token expired or was revoked early: refresh it once and run again, as the
+            # REST client does. Refused at authentication, the command changed nothing on the forge.
+            self._invalidate(token)
+            token = await self._token()
+            self._secrets = (token,)
+            result = await self._spawn(argv, self._environment(token, env), cwd or self._root, stdin)
         if check and result.returncode != 0:
             raise GitError(f"Git failed: git {args[0]}: {self._scrub(result.stderr)}")
         return result
