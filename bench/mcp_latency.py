@@ -18,12 +18,13 @@ Side by side, in the same run, the reference filesystem server `@modelcontextpro
 the same Python MCP SDK over stdio with two bare tools (plain `open().read()` and `os.listdir`, no path
 confinement, secret masking or audit) on the same clone, so the SDK's own cost shows apart from greenloop's.
 
-Every session is warmed up first (greenloop's first call clones the repository). Then each repetition runs,
-for every transport in turn, N calls of the read tool over a fixed file list and N calls of the list tool over a
-fixed directory list, one call at a time, each timed on the client with `perf_counter_ns` from the request to
-the parsed result. A call that answers an error fails the benchmark. The report gives p50/p99 (nearest rank)
-per batch, the median over the repetitions, and the ratio ours/reference over stdio. Figures are measured on
-the machine it runs on; none is typed in. Without node/npx, or when the package can't be installed, the
+Every session is warmed up first (greenloop's first call clones the repository). Then each repetition (batch)
+makes N calls of every (transport, tool) series - reads over a fixed file list, listings over a fixed directory
+list - one call at a time, interleaved round by round so that every series sees the same load on a shared
+machine, each timed on the client with `perf_counter_ns` from the request to the parsed result. A call that
+answers an error fails the benchmark. The report gives p50/p99 (nearest rank) per batch, the median over the
+repetitions, and the ratio ours/reference over stdio. Figures are measured on the machine it runs on; none is
+typed in. Without node/npx, or when the package can't be installed, the
 reference rows say why instead of a number.
 """
 
@@ -160,15 +161,21 @@ def _caller(client: Client, tool: str, arguments: Sequence[dict[str, Any]]) -> C
     return call
 
 
-async def _batch(call: Call, calls: int) -> tuple[float, float]:
-    """Run `calls` calls one after another; (p50, p99) in ms."""
-    samples: list[float] = []
-    for i in range(calls):
-        t0 = time.perf_counter_ns()
-        await call(i)
-        samples.append((time.perf_counter_ns() - t0) / 1e6)
-    samples.sort()
-    return _percentile(samples, 50), _percentile(samples, 99)
+async def _batch(calls: Sequence[Call], n: int) -> list[tuple[float, float]]:
+    """`n` rounds, each making one call of every `calls` in turn (one at a time, the starting one rotating):
+    the (p50, p99) in ms of each. Interleaved so that every series sees the same load on a shared machine."""
+    samples: list[list[float]] = [[] for _ in calls]
+    for i in range(n):
+        for k in range(len(calls)):
+            j = (i + k) % len(calls)
+            t0 = time.perf_counter_ns()
+            await calls[j](i)
+            samples[j].append((time.perf_counter_ns() - t0) / 1e6)
+    out: list[tuple[float, float]] = []
+    for series in samples:
+        series.sort()
+        out.append((_percentile(series, 50), _percentile(series, 99)))
+    return out
 
 
 # --- the project: forge, config, a clone for the reference server ---------------------------------------------
@@ -448,12 +455,12 @@ async def _run(calls: int, reps: int) -> Report:
                 for t in targets
                 for op, tool, _call_fn in t.operations
             }
+            series = [((t.transport, op), call) for t in targets for op, _tool, call in t.operations]
             for _rep in range(reps):
-                for target in targets:
-                    for op, _tool, call in target.operations:
-                        p50, p99 = await _batch(call, calls)
-                        results[(target.transport, op)].p50_ms.append(p50)
-                        results[(target.transport, op)].p99_ms.append(p99)
+                figures = await _batch([call for _key, call in series], calls)
+                for (key, _call_fn), (p50, p99) in zip(series, figures, strict=True):
+                    results[key].p50_ms.append(p50)
+                    results[key].p99_ms.append(p99)
     return Report(
         calls=calls,
         reps=reps,
@@ -484,7 +491,8 @@ def render_table(report: Report) -> str:
     by_key: Mapping[tuple[str, str], LatencyResult] = {(r.transport, r.operation): r for r in report.results}
     reps = "1 batch" if report.reps == 1 else f"median of {report.reps} batches"
     lines = [
-        f"{report.calls:,} sequential calls per batch, {reps}, after {WARMUP_CALLS} warm-up calls per tool; "
+        f"{report.calls:,} calls per tool and transport per batch (one at a time, interleaved across series), "
+        f"{reps}, after {WARMUP_CALLS} warm-up calls per tool; "
         f"latency measured on the client (request to parsed result), in ms. Project `{PROJECT}` on the local "
         f"forge; reads cycle over {len(FILES)} files ({', '.join(f'`{f}`' for f in FILES)}), listings over "
         f"{len(DIRS)} leaf directories ({', '.join(f'`{d}`' for d in DIRS)}).",
@@ -514,13 +522,19 @@ def render_table(report: Report) -> str:
             f"read {read_ratio}; list {list_ratio}. Goal (stdio read p50 no slower than the reference's, despite the "
             f"path confinement checks and secret masking): {verdict}.",
         ]
+    bare_read = _ratio(by_key.get(("stdio", "read")), by_key.get((BARE, "read")))
+    bare_list = _ratio(by_key.get(("stdio", "list")), by_key.get((BARE, "list")))
+    lines += [
+        "",
+        f"Ours / {BARE} (the same SDK and transport without greenloop's checks): read {bare_read}; list {bare_list}.",
+    ]
     lines += [
         "",
         "Notes: greenloop's session is read-only and writes one JSON audit line per call (to stderr over stdio). "
         "The HTTP server runs in the benchmark's process, so client and server share one event loop; the stdio "
-        "servers are separate processes. `list_repo_files` walks the directory recursively and filters, the "
-        "reference's `list_directory` reads one level; the leaf directories make the answers the same "
-        "(`list_repo_files` runs `git ls-files` per call, to honour .gitignore). "
+        "servers are separate processes. `list_repo_files` lists recursively (it runs `git ls-files` per call, "
+        "to honour .gitignore), the reference's `list_directory` reads one level; the leaf directories make the "
+        "answers the same. "
         f"The {BARE} row is the same Python MCP SDK serving bare tools (no confinement, masking or audit) "
         "on the same clone: the part of greenloop's latency that is the SDK's, not greenloop's checks. "
         f"Wall time of the whole measurement: {report.wall_seconds:.1f} s.",
