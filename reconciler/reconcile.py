@@ -32,7 +32,7 @@ from reconciler.store.projects import reset_escalation, sync_projects
 from reconciler.store.translate import rowcount, with_retry
 from reconciler.summary import RedJob, RunSummary, StartedAttempt, TransitionNote, Trigger
 
-__all__ = ["RATE_LIMIT_LOW", "UnknownProjects", "reconcile", "select_projects"]
+__all__ = ["RATE_LIMIT_LOW", "RESUMED", "UnknownProjects", "claim_resume", "reconcile", "select_projects"]
 
 logger = logging.getLogger("greenloop.reconcile")
 
@@ -469,7 +469,7 @@ async def _advance(
         # No PR: run the same attempt again, once (the tools are idempotent: no second branch or PR). A
         # process without a dispatcher cannot run it, and a second death means it won't get further: fail it.
         if ctx.dispatcher is not None:
-            claim = await _claim_resume(ctx, attempt, status)
+            claim = await claim_resume(ctx, attempt, status)
             if claim == "lost":
                 return attempt  # it beat again or moved on since it was read: someone else has it
             if claim == "resumed":
@@ -543,7 +543,7 @@ RESUMED: Final = "resumed_after_worker_died"
 """The reason of the transition row (status unchanged) that records an attempt's one resume."""
 
 
-async def _claim_resume(
+async def claim_resume(
     ctx: ReconcilerContext, attempt: Attempt, status: AttemptStatus
 ) -> Literal["resumed", "exhausted", "lost"]:
     """Claim a dead worker's attempt to run it again, at most once per attempt; the database decides.

@@ -46,7 +46,7 @@ from reconciler.api import build_api
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import AgentDispatcher, BackendFactory
 from reconciler.errors import StoreError
-from reconciler.reconcile import RESUMED, _claim_resume, reconcile
+from reconciler.reconcile import RESUMED, claim_resume, reconcile
 from reconciler.runtime import MIGRATION_LOCK_KEY, migrate_store, open_runtime
 from reconciler.store import attempts as store
 from reconciler.store.engine import make_engine
@@ -323,12 +323,12 @@ async def test_two_passes_racing_to_resume_one_attempt_resume_it_once(forge: For
         dead = await insert_running_attempt(
             ctx.sessions, project=PROJECT, job="test", run_id=run_id, head_sha=sha, heartbeat_at=stale
         )
-        claims = await asyncio.gather(*(_claim_resume(ctx, dead, AttemptStatus.RUNNING) for _ in range(4)))
+        claims = await asyncio.gather(*(claim_resume(ctx, dead, AttemptStatus.RUNNING) for _ in range(4)))
         assert sorted(claims) == ["lost", "lost", "lost", "resumed"]
         # Fresh from the resume: nobody may claim it. Stale again: the one resume is spent.
-        assert await _claim_resume(ctx, dead, AttemptStatus.RUNNING) == "lost"
+        assert await claim_resume(ctx, dead, AttemptStatus.RUNNING) == "lost"
         await set_heartbeat(ctx.sessions, dead.id, stale)
-        assert await _claim_resume(ctx, dead, AttemptStatus.RUNNING) == "exhausted"
+        assert await claim_resume(ctx, dead, AttemptStatus.RUNNING) == "exhausted"
         resumes = [s for s in await transitions_of(ctx.sessions, dead.id) if s[2] == RESUMED]
         assert resumes == [("running", "running", RESUMED)]
 
