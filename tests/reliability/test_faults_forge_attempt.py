@@ -1,0 +1,190 @@
+"""Forge faults in the middle of an attempt: a clone or a push cut off, the installation token expiring.
+
+One forge serves the module (`bug-lib` only); every test has its own store, so its attempt has its own id,
+fix branch and pull request. The project runs with autonomy `propose`, so no attempt merges and the forge's
+default branch stays red for the next test. The agent is the scripted model (`fixtures/scripts/bug-lib.json`,
+or a copy a test changed); what a real model would do after a failed tool call (call it again) is written
+into the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fault_support import HookedBackend, arm_fault, forge_control, forge_requests, write_script
+
+from agent.scripted import ScriptedBackend
+
+from e2e_support import SCRIPTS_DIR, attempts_of, e2e_config, forge_for, pulls_on_branch, sqlite_url  # isort: skip
+from fixtures.forge import Forge
+from policy.config import GreenloopConfig, ProjectConfig
+from reconciler.context import ReconcilerContext
+from reconciler.dispatch import BackendFactory
+from reconciler.reconcile import reconcile
+from reconciler.runtime import open_runtime
+from reconciler.store.models import Attempt
+
+pytestmark = pytest.mark.anyio
+
+PROJECT = "bug-lib"
+REPO = "acme/bug-lib"
+RECEIVE_PACK = r"^/git/acme/bug-lib\.git/git-receive-pack$"
+UPLOAD_PACK = r"^/git/acme/bug-lib\.git/git-upload-pack$"
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """Module scope, so one forge serves every test of this module."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def forge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Forge]:
+    async with forge_for(tmp_path_factory.mktemp("forge"), [PROJECT]) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+async def disarmed(forge: Forge) -> AsyncIterator[None]:
+    await forge_control(forge, "DELETE", "/_forge/faults")
+    await forge_control(forge, "DELETE", "/_forge/stats")
+    yield
+    await forge_control(forge, "DELETE", "/_forge/faults")
+
+
+def _config(forge: Forge, tmp_path: Path) -> GreenloopConfig:
+    return e2e_config(
+        forge,
+        [PROJECT],
+        database_url=sqlite_url(tmp_path / "greenloop.db"),
+        workspace_dir=tmp_path / "workspaces",
+        projects={PROJECT: {"autonomy": "propose"}},
+    )
+
+
+def _scripted(script: Path, hook: Callable[[int], Awaitable[None]] | None = None) -> BackendFactory:
+    def make(attempt: Attempt, _project: ProjectConfig) -> Any:
+        backend = ScriptedBackend(script, substitutions={"FAILING_RUN_ID": attempt.run_id})
+        return backend if hook is None else HookedBackend(backend, hook)
+
+    return make
+
+
+async def _one_attempt(ctx: ReconcilerContext) -> Attempt:
+    """Start the project's attempt with one pass and wait for its agent to finish; returns the attempt."""
+    summary = await reconcile(ctx, trigger="cli")
+    assert summary.errors == {}
+    assert [a.project for a in summary.attempts_started] == [PROJECT]
+    assert ctx.dispatcher is not None
+    await ctx.dispatcher.wait_idle(120)
+    (attempt,) = await attempts_of(ctx.sessions, PROJECT)
+    return attempt
+
+
+def _step_index(script: Path, tool: str) -> int:
+    steps = json.loads(script.read_text(encoding="utf-8"))["steps"]
+    return next(i for i, s in enumerate(steps) if s["tool"] == tool)
+
+
+def _twice(tool: str) -> Callable[[dict[str, Any]], None]:
+    """A script edit: call `tool` a second time right after the first (as a model does after an error)."""
+
+    def edit(script: dict[str, Any]) -> None:
+        steps = script["steps"]
+        i = next(i for i, s in enumerate(steps) if s["tool"] == tool)
+        steps.insert(i + 1, dict(steps[i]))
+
+    return edit
+
+
+def _matching(rows: list[dict[str, Any]], pattern: str, method: str = "POST") -> list[dict[str, Any]]:
+    return [r for r in rows if r["method"] == method and re.search(pattern, r["path"])]
+
+
+async def _assert_one_pr_one_push(forge: Forge, attempt: Attempt) -> None:
+    assert attempt.status == "pr_open", (attempt.status, attempt.stop_reason)
+    assert attempt.branch is not None
+    pulls = pulls_on_branch(forge, REPO, attempt.branch)
+    assert len(pulls) == 1, "no duplicate pull request"
+    assert attempt.pr_number == pulls[0].number
+    pushes = [r for r in _matching(await forge_requests(forge), RECEIVE_PACK) if r["status"] == 200 and not r["fault"]]
+    assert len(pushes) == 1, f"no duplicate push: {pushes!r}"
+
+
+async def test_a_clone_cut_off_mid_reply_is_retried_by_the_next_tool_call_and_the_attempt_opens_one_pr(
+    forge: Forge, tmp_path: Path
+) -> None:
+    async with open_runtime(
+        _config(forge, tmp_path), backend_for=_scripted(SCRIPTS_DIR / f"{PROJECT}.json"), heartbeat_seconds=1.0
+    ) as ctx:
+        await arm_fault(forge, UPLOAD_PACK, "drop", count=1, method="POST")
+        attempt = await _one_attempt(ctx)
+
+        dropped = [r for r in _matching(await forge_requests(forge), UPLOAD_PACK) if r["fault"] == "drop"]
+        assert len(dropped) == 1, "the clone was cut off once"
+        await _assert_one_pr_one_push(forge, attempt)
+
+
+async def test_a_push_cut_off_is_pushed_by_the_next_commit_and_push_without_a_second_commit_or_pr(
+    forge: Forge, tmp_path: Path
+) -> None:
+    script = write_script(SCRIPTS_DIR / f"{PROJECT}.json", tmp_path / "scripts", _twice("commit_and_push"))
+    async with open_runtime(_config(forge, tmp_path), backend_for=_scripted(script), heartbeat_seconds=1.0) as ctx:
+        await arm_fault(forge, RECEIVE_PACK, "drop", count=1, method="POST")
+        attempt = await _one_attempt(ctx)
+
+        dropped = [r for r in _matching(await forge_requests(forge), RECEIVE_PACK) if r["fault"] == "drop"]
+        assert len(dropped) == 1, "the push was cut off once"
+        await _assert_one_pr_one_push(forge, attempt)
+        assert attempt.branch is not None
+        commits = await _branch_commits(forge, attempt.branch)
+        assert len(commits) == 1, f"one fix commit on the branch: {commits!r}"
+
+
+async def _branch_commits(forge: Forge, branch: str) -> list[str]:
+    """The commits on `branch` that are not on main, in the forge's bare repository."""
+    repo = forge.state.repo("acme", PROJECT)
+    assert repo is not None
+    proc = await asyncio.create_subprocess_exec(
+        "git", "--git-dir", str(repo.git_dir), "rev-list", f"main..{branch}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    return out.decode().split()
+
+
+@pytest.mark.parametrize(
+    "before_tool",
+    [
+        pytest.param("commit_and_push", id="before-the-push"),
+        pytest.param("create_pull_request", id="before-the-pull-request"),
+    ],
+)
+async def test_the_installation_token_expiring_mid_attempt_is_refreshed_and_the_attempt_goes_on(
+    forge: Forge, tmp_path: Path, before_tool: str
+) -> None:
+    script = SCRIPTS_DIR / f"{PROJECT}.json"
+    at = _step_index(script, before_tool)
+    expired: list[int] = []
+
+    async def expire_tokens(n: int) -> None:
+        if n == at:  # the model is about to ask for `before_tool`: every installation token dies now
+            answer = await forge_control(forge, "POST", "/_forge/tokens/expire", {"all_installation_tokens": True})
+            expired.append(answer["expired"])
+
+    async with open_runtime(
+        _config(forge, tmp_path), backend_for=_scripted(script, expire_tokens), heartbeat_seconds=1.0
+    ) as ctx:
+        attempt = await _one_attempt(ctx)
+
+        assert expired and expired[0] >= 1, "the hook expired the attempt's token"
+        rows = await forge_requests(forge)
+        assert any(r["status"] == 401 for r in rows), "an expired token was presented"
+        await _assert_one_pr_one_push(forge, attempt)
