@@ -217,12 +217,12 @@ async def test_leases_with_different_names_are_independent(sessions: SessionFact
 
 
 async def test_an_expired_lease_of_a_crashed_holder_is_taken_over(sessions: SessionFactory) -> None:
-    crashed = await acquire_lease(sessions, holder="crashed", ttl_seconds=0.3)  # never renewed nor released
+    crashed = await acquire_lease(sessions, holder="crashed", ttl_seconds=0.5)  # never renewed nor released
     assert crashed is not None
     async with pass_lease(sessions, holder="b", ttl_seconds=30) as early:
         assert early is False
 
-    await asyncio.sleep(0.45)
+    await asyncio.sleep(0.65)
     async with pass_lease(sessions, holder="b", ttl_seconds=30) as late:
         assert late is True
         lease = await current_lease(sessions)
@@ -235,11 +235,11 @@ async def test_an_expired_lease_of_a_crashed_holder_is_taken_over(sessions: Sess
 
 
 async def test_a_held_lease_is_renewed_past_its_ttl(sessions: SessionFactory) -> None:
-    async with pass_lease(sessions, holder="long-pass", ttl_seconds=0.3) as got:
+    async with pass_lease(sessions, holder="long-pass", ttl_seconds=0.6) as got:
         assert got is True
         first = await current_lease(sessions)
-        for _ in range(4):  # 0.8 s in all: well past the 0.3 s TTL
-            await asyncio.sleep(0.2)
+        for _ in range(5):  # 1.25 s in all: about twice the TTL (renewed every 0.2 s)
+            await asyncio.sleep(0.25)
             async with pass_lease(sessions, holder="intruder", ttl_seconds=30) as intruder:
                 assert intruder is False
         last = await current_lease(sessions)
