@@ -1,0 +1,179 @@
+"""`kill -9` of the reconciler mid-attempt, then a restart: nothing is duplicated, lost, or left unexplained.
+
+One forge for the module. Each kill point gets a fresh store: a child process runs what `greenloop reconcile`
+does (one pass, wait for the attempts) on bug-lib and data-job with the scripted model, and is SIGKILLed
+once k audit rows exist (k cycling over both projects' tool sequences) or after a seeded random delay. A
+second child, with a 0.5 s heartbeat and a 2 s attempt timeout, then runs passes until nothing moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crash_support import Kill, Rebreaker, Zygote, check_store, forge_refs, kill_when
+
+from fixtures.forge import Forge, run_forge
+from fixtures.projects.catalog import load_project
+from policy.config import AgentSettings, ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
+from policy.types import AttemptStatus, Autonomy
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+PROJECTS = ("bug-lib", "data-job")
+TOOLS_PER_ATTEMPT = 8  # fixtures/scripts/{bug-lib,data-job}.json: logs, 2 reads, branch, write, push, PR, merge
+APP_PERMISSIONS = {"contents": "write", "pull_requests": "write", "actions": "write", "metadata": "read"}
+FIX_PREFIX = "refs/heads/greenloop/fix/"
+
+
+def kill_points() -> list[tuple[Kill, tuple[str, ...]]]:
+    """Each project alone, killed once k = 0..8 audit rows exist (before every step of its tool sequence and
+    after the last); then both projects at once, killed after seeded random delays."""
+    rng = random.Random(20261125)
+    rows = [(Kill(rows=k), (name,)) for name in PROJECTS for k in range(TOOLS_PER_ATTEMPT + 1)]
+    return rows + [(Kill(delay=round(rng.uniform(0.5, 5.0), 2)), PROJECTS) for _ in range(4)]
+
+
+def config_for(forge: Forge, work: Path, names: tuple[str, ...]) -> GreenloopConfig:
+    projects = []
+    for name in names:
+        f = load_project(name)
+        projects.append(
+            ProjectConfig(
+                name=f.name,
+                repo=f.repo,
+                default_branch=f.default_branch,
+                jobs=tuple(f.jobs),
+                flaky_jobs=tuple(f.flaky_jobs),
+                autonomy=Autonomy(f.autonomy),
+            )
+        )
+    return GreenloopConfig(
+        server=ServerSettings(
+            database_url=f"sqlite+aiosqlite:///{work / 'greenloop.db'}",
+            workspace_dir=str(work / "workspaces"),
+            concurrency=4,
+            attempt_timeout_seconds=2.0,
+        ),
+        forge=ForgeSettings(
+            api_url=forge.api_url,
+            git_url=forge.git_url,
+            app_id=str(forge.app_id),
+            installation_id=str(forge.installation_id),
+            private_key_path=str(forge.private_key_path),
+        ),
+        agent=AgentSettings(),
+        projects=tuple(projects),
+    )
+
+
+def _repo(forge: Forge, name: str):  # type: ignore[no-untyped-def]
+    owner, repo = load_project(name).repo.split("/", 1)
+    found = forge.state.repo(owner, repo)
+    assert found is not None
+    return found
+
+
+def forge_problems(
+    forge: Forge,
+    before: dict[str, dict[str, str]],
+    after: dict[str, dict[str, str]],
+    attempts: list[dict[str, Any]],
+) -> list[str]:
+    """Refs moved only on this round's fix branches (and main by a merge of one); one PR per fix branch;
+    every PR on a fix branch known to its attempt."""
+    problems: list[str] = []
+    ours = {a["id"]: a for a in attempts}
+    for name in PROJECTS:
+        repo = _repo(forge, name)
+        per_head = Counter(p.head_ref for p in repo.pulls.values())
+        problems += [f"{name}: {n} PRs on {head}" for head, n in per_head.items() if n > 1]
+        merged_into_main = set()
+        for pull in repo.pulls.values():
+            attempt_id = pull.head_ref.rsplit("-", 1)[-1]
+            if attempt_id not in ours:
+                continue
+            a = ours[attempt_id]
+            if pull.merged and pull.merge_commit_sha:
+                merged_into_main.add(pull.merge_commit_sha)
+            if a["status"] in (AttemptStatus.FAILED.value, AttemptStatus.PENDING.value, AttemptStatus.RUNNING.value):
+                problems.append(f"{name}: PR #{pull.number} of attempt {attempt_id} lost (attempt {a['status']})")
+            elif a["pr_number"] != pull.number:
+                problems.append(f"{name}: attempt {attempt_id} records PR {a['pr_number']}, forge has #{pull.number}")
+        old, new = before[name], after[name]
+        for ref in sorted(set(old) | set(new)):
+            if old.get(ref) == new.get(ref):
+                continue
+            if ref.startswith(FIX_PREFIX) and ref.rsplit("-", 1)[-1] in ours and ref in new:
+                continue
+            if ref.startswith("refs/pull/"):
+                continue
+            if ref == "refs/heads/main" and new.get(ref) in merged_into_main:
+                continue
+            problems.append(f"{name}: ref {ref} moved {old.get(ref)} -> {new.get(ref)}")
+    return problems
+
+
+@pytest.mark.timeout(900)
+async def test_kill_9_at_twenty_two_points_then_restart_duplicates_and_loses_nothing(tmp_path: Path) -> None:
+    points = kill_points()
+    assert len(points) >= 20
+    async with run_forge(tmp_path / "forge", projects=list(PROJECTS), app_permissions=APP_PERMISSIONS) as forge:
+        await forge.wait_idle(60)
+        zygote = await Zygote.start(admin_token=forge.admin_token, home=tmp_path)
+        try:
+            await _rounds(forge, zygote, points, tmp_path)
+        finally:
+            await zygote.aclose()
+
+
+async def _rounds(forge: Forge, zygote: Zygote, points: list[tuple[Kill, tuple[str, ...]]], tmp_path: Path) -> None:
+    rebreaker = Rebreaker(forge.git_url, forge.admin_token, tmp_path)
+    broken = {n: (await forge_refs(_repo(forge, n).git_dir))["refs/heads/main"] for n in PROJECTS}
+    broken_tree = dict(broken)
+    secrets = [forge.admin_token, await asyncio.to_thread(Path(forge.private_key_path).read_text)]
+    killed = exited = total_attempts = 0
+    outcomes: Counter[str] = Counter()
+    for i, (kill, names) in enumerate(points):
+        work = tmp_path / f"round-{i:02d}"
+        work.mkdir()
+        for name in names:  # a fix merged in an earlier round: make main red again (the store is fresh anyway)
+            if (await forge_refs(_repo(forge, name).git_dir))["refs/heads/main"] != broken[name]:
+                await rebreaker.rebreak(load_project(name).repo, broken_tree[name])
+                await forge.wait_idle(60)
+                broken[name] = (await forge_refs(_repo(forge, name).git_dir))["refs/heads/main"]
+        before = {n: await forge_refs(_repo(forge, n).git_dir) for n in PROJECTS}
+        config_path = work / "greenloop.json"
+        config_path.write_text(config_for(forge, work, names).model_dump_json(), encoding="utf-8")
+        db = work / "greenloop.db"
+        label = f"round {i} ({kill.label} on {', '.join(names)})"
+
+        child = await zygote.spawn("start", config_path, work / "start.log")
+        how = await kill_when(child, kill, db)
+        killed += how == "killed"
+        exited += how == "exited"
+
+        restart = await zygote.spawn("settle", config_path, work / "settle.log")
+        code = await restart.wait()
+        assert code == 0, f"{label}: the restart did not settle:\n{(work / 'settle.log').read_text()[-3000:]}"
+        await forge.wait_idle(60)
+
+        snap = check_store(db, secrets=[*secrets, *forge.auth._tokens])
+        after = {n: await forge_refs(_repo(forge, n).git_dir) for n in PROJECTS}
+        problems = snap.problems + forge_problems(forge, before, after, snap.attempts)
+        assert not problems, f"{label}, {how}: {json.dumps(problems, indent=1)}"
+        assert sorted(a["project"] for a in snap.attempts) == sorted(names), f"{label}: attempts {snap.attempts}"
+        total_attempts += len(snap.attempts)
+        print(f"{label}: {how}, {[(a['status'], a['stop_reason']) for a in snap.attempts]}", flush=True)
+        for a in snap.attempts:
+            outcomes[f"{a['status']}({a['stop_reason'] or '-'})"] += 1
+    print(
+        f"\ncrash: {len(points)} kill points ({killed} killed, {exited} ended first), {total_attempts} attempts, "
+        f"duplicates 0, lost 0; outcomes {dict(outcomes)}"
+    )
+    assert killed >= 20, f"only {killed} of {len(points)} kill points hit a live child"
