@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 from agent.loop import AttemptOutcome, ToolSession, run_attempt
@@ -122,6 +124,8 @@ class AgentDispatcher:
         task.cancel()
         await asyncio.wait([task], timeout=timeout)
         log_event(logger, "attempt_cancelled_here", attempt_id=attempt_id, stopped=task.done())
+        if task.done():
+            await self._remove_workspace(attempt_id)
         return True
 
     async def aclose(self) -> None:
@@ -157,6 +161,7 @@ class AgentDispatcher:
                     raise
                 except Exception as exc:  # the agent's crash is this attempt's failure, not the process's
                     logger.exception("attempt_crashed")
+                    await self._remove_workspace(attempt.id)
                     await store.transition(
                         self._sessions,
                         attempt.id,
@@ -168,7 +173,39 @@ class AgentDispatcher:
                     return
                 finally:
                     beat.cancel()
+                await self._remove_workspace(attempt.id)
                 await self._record(attempt, project, outcome, elapsed=time.perf_counter() - started)
+
+    def _workspace(self, attempt_id: str) -> Path | None:
+        """The attempt's working copy on this host (`<workspace_dir>/attempt-<id>`); None when a sidecar has it."""
+        if self._config.server.mcp_url:
+            return None  # the MCP sidecar's disk, not ours
+        return Path(self._config.server.workspace_dir) / f"attempt-{attempt_id}"
+
+    async def _remove_workspace(self, attempt_id: str) -> None:
+        """Delete the attempt's working copy once its agent run is over (pushed work lives on the forge).
+
+        Not on shutdown (`aclose`): a resumed attempt picks its clone up again. A failure to delete is logged,
+        never raised: the attempt's outcome matters more than the disk.
+        """
+        root = self._workspace(attempt_id)
+        if root is None or not root.exists():
+            return
+        errors: list[str] = []
+
+        def remove() -> None:
+            try:
+                shutil.rmtree(root)
+            except OSError as exc:
+                errors.append(f"{exc.__class__.__name__}: {exc.strerror}")
+
+        await asyncio.to_thread(remove)
+        log_event(
+            logger,
+            "workspace_removed" if not errors else "workspace_remove_failed",
+            level=logging.INFO if not errors else logging.WARNING,
+            errors=errors[:5],
+        )
 
     async def _agent(self, attempt: Attempt, project: ProjectConfig) -> AttemptOutcome:
         task = AttemptTask(
