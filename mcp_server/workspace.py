@@ -187,10 +187,15 @@ class Workspace:
 
         Raises:
             GitError: clone or fetch failed.
+            WorkspaceError: the working copy's directory cannot be created (not writable, a file in the way).
         """
         async with self._lock:
             if not (self._root / ".git").is_dir():
-                self._root.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._root.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # unwritable, full, or a file in the way: say so (no host path)
+                    reason = exc.strerror or exc.__class__.__name__
+                    raise WorkspaceError(f"Workspace unavailable: cannot create the working copy: {reason}.") from exc
                 await self._git(
                     "clone", "--no-tags", "--single-branch", "--branch", self._default, "--",
                     self._remote_url, str(self._root),
