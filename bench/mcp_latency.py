@@ -135,6 +135,7 @@ class Report:
     results: list[LatencyResult]
     reference_skipped: str | None = None
     wall_seconds: float = 0.0
+    load_average: tuple[float, float] = (0.0, 0.0)  # the 1-minute load average before and after
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -407,6 +408,7 @@ async def _reference(client: Client, root: Path, ours: Client) -> _Target:
 
 async def _run(calls: int, reps: int) -> Report:
     t_start = time.perf_counter()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-mcp-latency-") as tmp_name:
         tmp = Path(tmp_name)
         async with run_forge(tmp / "forge", projects=[PROJECT]) as forge, contextlib.AsyncExitStack() as stack:
@@ -467,6 +469,7 @@ async def _run(calls: int, reps: int) -> Report:
         results=list(results.values()),
         reference_skipped=skipped,
         wall_seconds=time.perf_counter() - t_start,
+        load_average=(load_before, os.getloadavg()[0]),
     )
 
 
@@ -537,7 +540,8 @@ def render_table(report: Report) -> str:
         "answers the same. "
         f"The {BARE} row is the same Python MCP SDK serving bare tools (no confinement, masking or audit) "
         "on the same clone: the part of greenloop's latency that is the SDK's, not greenloop's checks. "
-        f"Wall time of the whole measurement: {report.wall_seconds:.1f} s.",
+        f"Wall time of the whole measurement: {report.wall_seconds:.1f} s; 1-minute load average "
+        f"{report.load_average[0]:.1f} before, {report.load_average[1]:.1f} after (on {os.cpu_count()} CPU(s)).",
     ]
     return "\n".join(lines)
 
