@@ -65,6 +65,7 @@ SECTIONS: list[tuple[str, Callable[[bool], str]]] = [
     ("3. MCP tool latency", _optional("mcp_latency")),
     ("4-6. Agent harness overhead, context cost, the whole demo", _demo),
     ("5b. Log excerpt recall vs. budget", _log_excerpt),
+    ("7. Soak", _optional("soak")),
 ]
 
 
