@@ -137,7 +137,7 @@ async def _rounds(forge: Forge, zygote: Zygote, points: list[tuple[Kill, tuple[s
     broken = {n: (await forge_refs(_repo(forge, n).git_dir))["refs/heads/main"] for n in PROJECTS}
     broken_tree = dict(broken)
     secrets = [forge.admin_token, await asyncio.to_thread(Path(forge.private_key_path).read_text)]
-    killed = exited = total_attempts = 0
+    killed = exited = total_attempts = stranded = 0
     outcomes: Counter[str] = Counter()
     for i, (kill, names) in enumerate(points):
         work = tmp_path / f"round-{i:02d}"
@@ -169,11 +169,18 @@ async def _rounds(forge: Forge, zygote: Zygote, points: list[tuple[Kill, tuple[s
         assert not problems, f"{label}, {how}: {json.dumps(problems, indent=1)}"
         assert sorted(a["project"] for a in snap.attempts) == sorted(names), f"{label}: attempts {snap.attempts}"
         total_attempts += len(snap.attempts)
+        # Known gap (reported, not asserted): an attempt resumed after its worker pushed the fix but before
+        # the PR cannot push "again" (nothing to commit), so it ends failed(no_fix) with its fix branch
+        # pushed and no PR. Counted so the summary shows it.
+        for a in snap.attempts:
+            ref = f"refs/heads/{a['branch']}"
+            if a["status"] == AttemptStatus.FAILED.value and ref in after[a["project"]] and a["pr_number"] is None:
+                stranded += 1
         print(f"{label}: {how}, {[(a['status'], a['stop_reason']) for a in snap.attempts]}", flush=True)
         for a in snap.attempts:
             outcomes[f"{a['status']}({a['stop_reason'] or '-'})"] += 1
     print(
         f"\ncrash: {len(points)} kill points ({killed} killed, {exited} ended first), {total_attempts} attempts, "
-        f"duplicates 0, lost 0; outcomes {dict(outcomes)}"
+        f"duplicates 0, lost 0; stranded fix branches {stranded}; outcomes {dict(outcomes)}"
     )
     assert killed >= 20, f"only {killed} of {len(points)} kill points hit a live child"
