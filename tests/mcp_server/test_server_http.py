@@ -61,7 +61,7 @@ def idle_seconds() -> float:
 async def served(tmp_path: Path, idle_seconds: float) -> AsyncIterator[Served]:
     async with run_forge(tmp_path / "forge", projects=["bug-lib", "stale-import"]) as forge:
         h = harness(forge, tmp_path, {"bug-lib": "auto_merge", "stale-import": "propose"})
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         sock.setblocking(False)
