@@ -29,6 +29,7 @@ from reconciler.store import attempts as store
 from reconciler.store.models import Attempt, Project, Transition, utcnow
 from reconciler.store.passes import record_pass
 from reconciler.store.projects import reset_escalation, sync_projects
+from reconciler.store.state import kill_switch_enabled
 from reconciler.store.translate import rowcount, with_retry
 from reconciler.summary import RedJob, RunSummary, StartedAttempt, TransitionNote, Trigger
 
@@ -181,13 +182,8 @@ _TERMINAL = frozenset({AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptSta
 
 
 async def _kill_switch(ctx: ReconcilerContext) -> bool:
-    if ctx.config.server.kill_switch:
-        return True
-    try:
-        from reconciler.store.state import kill_switch_enabled
-    except ImportError:  # pragma: no cover - older store without runtime flags
-        return False
-    return await kill_switch_enabled(ctx.sessions)
+    """The global kill switch: on in the config, or flipped at run time (POST /kill-switch)."""
+    return ctx.config.server.kill_switch or await kill_switch_enabled(ctx.sessions)
 
 
 RATE_LIMIT_LOW = "rate_limit_low"
