@@ -36,6 +36,7 @@ PROJECT = "bug-lib"
 REPO = "acme/bug-lib"
 RECEIVE_PACK = r"^/git/acme/bug-lib\.git/git-receive-pack$"
 UPLOAD_PACK = r"^/git/acme/bug-lib\.git/git-upload-pack$"
+PULLS = r"^/repos/acme/bug-lib/pulls$"
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +132,25 @@ async def test_a_clone_cut_off_mid_reply_is_retried_by_the_next_tool_call_and_th
         await _assert_one_pr_one_push(forge, attempt)
 
 
-async def test_a_push_cut_off_is_pushed_by_the_next_commit_and_push_without_a_second_commit_or_pr(
-    forge: Forge, tmp_path: Path
+@pytest.mark.parametrize(
+    ("path_regex", "kind", "tool"),
+    [
+        pytest.param(RECEIVE_PACK, "drop", "commit_and_push", id="push-dropped"),
+        pytest.param(RECEIVE_PACK, "500", "commit_and_push", id="push-500"),
+        pytest.param(PULLS, "502", "create_pull_request", id="pull-request-502"),
+    ],
+)
+async def test_a_write_the_forge_failed_is_done_once_by_the_next_call_without_a_second_commit_or_pr(
+    forge: Forge, tmp_path: Path, path_regex: str, kind: str, tool: str
 ) -> None:
-    script = write_script(SCRIPTS_DIR / f"{PROJECT}.json", tmp_path / "scripts", _twice("commit_and_push"))
+    # The model calls the failed tool again, as a model does after a tool error (the scripts never fail).
+    script = write_script(SCRIPTS_DIR / f"{PROJECT}.json", tmp_path / "scripts", _twice(tool))
     async with open_runtime(_config(forge, tmp_path), backend_for=_scripted(script), heartbeat_seconds=1.0) as ctx:
-        await arm_fault(forge, RECEIVE_PACK, "drop", count=1, method="POST")
+        await arm_fault(forge, path_regex, kind, count=1, method="POST")
         attempt = await _one_attempt(ctx)
 
-        dropped = [r for r in _matching(await forge_requests(forge), RECEIVE_PACK) if r["fault"] == "drop"]
-        assert len(dropped) == 1, "the push was cut off once"
+        faulted = [r for r in _matching(await forge_requests(forge), path_regex) if r["fault"] == kind]
+        assert len(faulted) == 1, "the write failed once"
         await _assert_one_pr_one_push(forge, attempt)
         assert attempt.branch is not None
         commits = await _branch_commits(forge, attempt.branch)
