@@ -117,6 +117,7 @@ class Zygote:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self._proc = proc
+        self._last: Child | None = None
 
     @classmethod
     async def start(cls, *, admin_token: str, home: Path) -> Zygote:
@@ -155,9 +156,15 @@ class Zygote:
         self._proc.stdin.write(f"{mode}\t{config_path}\t{log}\n".encode())
         await self._proc.stdin.drain()
         pid = int(await self._line(30))
-        return Child(pid=pid, log=log, zygote=self)
+        self._last = Child(pid=pid, log=log, zygote=self)
+        return self._last
 
     async def aclose(self) -> None:
+        """Stop the zygote; a child still running (a test failed mid-round) is killed first."""
+        if self._last is not None and self._last.returncode is None:
+            with contextlib.suppress(ProcessLookupError, TimeoutError, ValueError):
+                self._last.kill()
+                await self._last.wait(10)
         if self._proc.stdin is not None:
             self._proc.stdin.close()
         try:
