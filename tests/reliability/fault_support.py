@@ -37,9 +37,7 @@ __all__ = [
 async def forge_control(forge: Forge, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
     """Call one of the forge's `/_forge` test controls as the admin; returns the decoded JSON answer."""
     async with httpx2.AsyncClient(base_url=forge.api_url, timeout=30) as http:
-        response = await http.request(
-            method, path, headers={"Authorization": f"token {forge.admin_token}"}, json=body
-        )
+        response = await http.request(method, path, headers={"Authorization": f"token {forge.admin_token}"}, json=body)
     if response.status_code >= 400:
         raise RuntimeError(f"forge control {method} {path} failed: {response.status_code} {response.text}")
     return response.json() if response.content else None
