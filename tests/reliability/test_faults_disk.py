@@ -7,6 +7,7 @@ regular file: every `mkdir` there fails with ENOTDIR whoever runs it. One forge 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from e2e_support import SCRIPTS_DIR, attempts_of, e2e_config, forge_for, pulls_o
 from fixtures.forge import Forge
 from policy.config import GreenloopConfig, ProjectConfig
 from reconciler.context import ReconcilerContext
-from reconciler.dispatch import BackendFactory
+from reconciler.dispatch import AgentDispatcher, BackendFactory
 from reconciler.reconcile import reconcile
 from reconciler.runtime import open_runtime
 from reconciler.store.models import Attempt
@@ -138,3 +139,41 @@ async def test_an_unwritable_workspace_dir_fails_the_attempt_with_a_clear_reason
 
 def _scripted(attempt: Attempt, script: Path) -> ScriptedBackend:
     return ScriptedBackend(script, substitutions={"FAILING_RUN_ID": attempt.run_id})
+
+
+async def test_a_cancelled_attempts_workspace_is_removed_and_a_shutdown_keeps_it_for_a_resume(
+    forge: Forge, tmp_path: Path
+) -> None:
+    workspaces = tmp_path / "workspaces"
+    cloned = asyncio.Event()
+
+    def backend_for(attempt: Attempt, _project: ProjectConfig) -> Any:
+        async def stall(n: int) -> None:
+            if n == 2:  # a file was read, so the working copy exists: the agent now thinks for ever
+                cloned.set()
+                await asyncio.sleep(3600)
+
+        return HookedBackend(_scripted(attempt, SCRIPTS_DIR / f"{PROJECT}.json"), stall)
+
+    config = _config(forge, tmp_path, workspaces)
+    async with open_runtime(config, backend_for=backend_for, heartbeat_seconds=1.0) as ctx:
+        summary = await reconcile(ctx, trigger="cli")
+        (started,) = summary.attempts_started
+        assert started.attempt_id is not None
+        await asyncio.wait_for(cloned.wait(), 60)
+        root = workspaces / f"attempt-{started.attempt_id}"
+        assert (root / ".git").is_dir()
+        dispatcher = ctx.dispatcher
+        assert isinstance(dispatcher, AgentDispatcher)
+        assert await dispatcher.cancel(started.attempt_id)
+        assert not root.exists(), "cancelled here: the working copy goes with the run"
+
+    # A shutdown cancels running agents too, but keeps their working copies: a later pass may resume them.
+    other = tmp_path / "second"
+    other.mkdir()
+    cloned.clear()
+    async with open_runtime(_config(forge, other, workspaces), backend_for=backend_for, heartbeat_seconds=1.0) as ctx:
+        summary = await reconcile(ctx, trigger="cli")
+        (started,) = summary.attempts_started
+        await asyncio.wait_for(cloned.wait(), 60)
+    assert (workspaces / f"attempt-{started.attempt_id}" / ".git").is_dir()
