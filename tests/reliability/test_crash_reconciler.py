@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,31 @@ PROJECTS = ("bug-lib", "data-job")
 TOOLS_PER_ATTEMPT = 8  # fixtures/scripts/{bug-lib,data-job}.json: logs, 2 reads, branch, write, push, PR, merge
 APP_PERMISSIONS = {"contents": "write", "pull_requests": "write", "actions": "write", "metadata": "read"}
 FIX_PREFIX = "refs/heads/greenloop/fix/"
+ATTEMPT_TIMEOUT = 2.0
+DEAD_WORKER_REASONS = ("resumed_after_worker_died", "worker_died", "worker_died_after_pr")
+
+
+def heartbeat_problems(transitions: list[dict[str, Any]], killed_at: datetime | None) -> list[str]:
+    """A worker is declared dead only after it was killed, only once its last sign of life (at least the
+    transition before) is older than the attempt timeout, and soon after that; never when it was not killed."""
+    problems: list[str] = []
+    previous: dict[str, datetime] = {}
+    for t in transitions:
+        at = datetime.fromisoformat(str(t["at"])).replace(tzinfo=UTC)
+        if t["reason"] in DEAD_WORKER_REASONS:
+            where = f"attempt {t['attempt_id']} {t['reason']} at {at.time()}"
+            if killed_at is None:
+                problems.append(f"{where}, but its worker was never killed")
+            else:
+                if at < killed_at - timedelta(seconds=1):
+                    problems.append(f"{where}, before the kill at {killed_at.time()}")
+                if at > killed_at + timedelta(seconds=ATTEMPT_TIMEOUT + 30):
+                    problems.append(f"{where}, long after the kill at {killed_at.time()}")
+            before = previous.get(t["attempt_id"])
+            if before is not None and at - before < timedelta(seconds=ATTEMPT_TIMEOUT):
+                problems.append(f"{where}, less than the timeout after its previous transition at {before.time()}")
+        previous[t["attempt_id"]] = at
+    return problems
 
 
 def kill_points() -> list[tuple[Kill, tuple[str, ...]]]:
@@ -58,7 +84,7 @@ def config_for(forge: Forge, work: Path, names: tuple[str, ...]) -> GreenloopCon
             database_url=f"sqlite+aiosqlite:///{work / 'greenloop.db'}",
             workspace_dir=str(work / "workspaces"),
             concurrency=4,
-            attempt_timeout_seconds=2.0,
+            attempt_timeout_seconds=ATTEMPT_TIMEOUT,
         ),
         forge=ForgeSettings(
             api_url=forge.api_url,
@@ -155,6 +181,7 @@ async def _rounds(forge: Forge, zygote: Zygote, points: list[tuple[Kill, tuple[s
 
         child = await zygote.spawn("start", config_path, work / "start.log")
         how = await kill_when(child, kill, db)
+        killed_at = datetime.now(UTC) if how == "killed" else None
         killed += how == "killed"
         exited += how == "exited"
 
@@ -166,6 +193,7 @@ async def _rounds(forge: Forge, zygote: Zygote, points: list[tuple[Kill, tuple[s
         snap = check_store(db, secrets=[*secrets, *forge.auth._tokens])
         after = {n: await forge_refs(_repo(forge, n).git_dir) for n in PROJECTS}
         problems = snap.problems + forge_problems(forge, before, after, snap.attempts)
+        problems += heartbeat_problems(snap.transitions, killed_at)
         assert not problems, f"{label}, {how}: {json.dumps(problems, indent=1)}"
         assert sorted(a["project"] for a in snap.attempts) == sorted(names), f"{label}: attempts {snap.attempts}"
         total_attempts += len(snap.attempts)
