@@ -1,9 +1,16 @@
 """`kill -9` of the reconciler mid-attempt, then a restart: nothing is duplicated, lost, or left unexplained.
 
 One forge for the module. Each kill point gets a fresh store: a child process runs what `greenloop reconcile`
-does (one pass, wait for the attempts) on bug-lib and data-job with the scripted model, and is SIGKILLed
-once k audit rows exist (k cycling over both projects' tool sequences) or after a seeded random delay. A
-second child, with a 0.5 s heartbeat and a 2 s attempt timeout, then runs passes until nothing moves.
+does (one pass, wait for the attempts) with the scripted model, and is SIGKILLed once k audit rows exist
+(k = 0..8 over the tool sequence, bug-lib alone then data-job alone) or after a seeded random delay (both
+projects at once). A second child, with a 0.5 s heartbeat and a 2 s attempt timeout, then runs passes until
+nothing moves. Children are forked from a zygote that imported the reconciler once (crash_support.Zygote):
+each is still a separate process that SIGKILL ends without cleanup. A fix merged in one round is undone
+(main's broken tree committed again) before the next round.
+
+Known gap, counted in the summary line but not asserted: a worker killed after `commit_and_push` and before
+`create_pull_request` is resumed, its replay finds nothing to commit, and the attempt ends failed(no_fix)
+with its fix branch pushed and no PR ("stranded fix branches").
 """
 
 from __future__ import annotations
