@@ -172,6 +172,7 @@ class Workspace:
         self._timeout = timeout
         self._lock = asyncio.Lock()
         self._unpushed: str | None = None  # a commit made whose push failed; pushed by the next call
+        self._pushed: str | None = None  # the last commit this object pushed (a resumed object has none)
         self._secrets: tuple[str, ...] = ()
 
     @property
@@ -514,7 +515,10 @@ class Workspace:
             staged = await self._git("diff", "--cached", "--quiet", check=False)
             head = await self._rev_parse("HEAD")
             if staged.returncode == 0:
-                if self._unpushed != head:
+                # A resumed attempt (its worker died after committing) may find its own commit already there:
+                # push it (a no-op if the forge has it) instead of refusing, so the attempt can open its PR.
+                resumable = self._pushed != head and await self._is_own_commit(head, attempt_id)
+                if self._unpushed != head and not resumable:
                     raise ToolRefused("Nothing to commit: no file changed since the last commit; write a file first.")
             else:
                 text = _TRAILER_LINE_RE.sub("", message).strip()
@@ -536,7 +540,16 @@ class Workspace:
             # Security: a plain refspec, no '+' and no --force: the forge refuses anything but a fast-forward.
             await self._git("push", "--porcelain", "--no-verify", "origin", f"HEAD:refs/heads/{branch}", network=True)
             self._unpushed = None
+            self._pushed = head
             return PushResult(sha=head, branch=branch)
+
+    async def _is_own_commit(self, sha: str, attempt_id: str) -> bool:
+        """Whether `sha` is ahead of the default branch and carries this attempt's trailer."""
+        ahead = await self._git("rev-list", "--count", f"{self._default_ref()}..{sha}", check=False)
+        if ahead.returncode != 0 or ahead.stdout.decode().strip() in ("", "0"):
+            return False
+        body = await self._git("log", "-1", "--format=%B", sha, check=False)
+        return f"{ATTEMPT_TRAILER}: {attempt_id}" in body.stdout.decode("utf-8", "replace").splitlines()
 
     # ------------------------------------------------------------------------------------------ git
 

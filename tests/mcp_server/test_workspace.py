@@ -610,3 +610,21 @@ async def test_a_commit_whose_push_failed_is_pushed_by_the_next_call(env: Env) -
     assert pushed.sha == await ws.head_sha()
     async with ForgeClient(ForgeSettings(api_url=env.forge.api_url), env.app) as client:
         assert (await client.list_commits(REPO, sha=BRANCH, per_page=1))[0].sha == pushed.sha
+
+
+@pytest.mark.anyio
+async def test_a_resumed_attempt_pushes_its_own_earlier_commit_instead_of_refusing(env: Env) -> None:
+    first = await on_fix_branch(env)
+    await first.write_file("x.txt", "x\n", **LIMITS)
+    pushed = await first.commit_and_push("x", attempt_id=ATTEMPT, expected_branch=BRANCH)
+    # The worker died here. A new workspace on the same directory resumes: its write changes nothing.
+    resumed = env.workspace()
+    await resumed.ensure_clone()
+    await resumed.create_branch(BRANCH)
+    await resumed.write_file("x.txt", "x\n", **LIMITS)
+    again = await resumed.commit_and_push("x", attempt_id=ATTEMPT, expected_branch=BRANCH)
+    assert again.sha == pushed.sha
+    with pytest.raises(ToolRefused, match="Nothing to commit"):  # once pushed by this object, it is done
+        await resumed.commit_and_push("x", attempt_id=ATTEMPT, expected_branch=BRANCH)
+    with pytest.raises(ToolRefused, match="Nothing to commit"):  # another attempt's commit is not its own
+        await env.workspace().commit_and_push("x", attempt_id="other123", expected_branch=BRANCH)
