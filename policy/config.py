@@ -148,7 +148,7 @@ class ForgeSettings(_Model):
 class AgentSettings(_Model):
     """The model the agent talks to."""
 
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     base_url: str | None = None
     max_output_tokens: Annotated[int, Field(ge=256, le=64_000)] = 4096
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
