@@ -62,6 +62,15 @@ def tried_protected_path(outcome: AttemptOutcome, project: ProjectConfig) -> str
     return None
 
 
+def _root_cause(exc: BaseException) -> str:
+    """A short, secret-free name for what broke: the first leaf of an exception group, by type."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    cause = exc.__cause__
+    name = exc.__class__.__name__
+    return f"{name} (from {cause.__class__.__name__})" if cause is not None else name
+
+
 class AgentDispatcher:
     """Runs one background task per dispatched attempt, at most `concurrency` agents at once."""
 
@@ -167,7 +176,7 @@ class AgentDispatcher:
                         attempt.id,
                         AttemptStatus.FAILED,
                         reason="runner_error",
-                        stop_reason=f"runner_error: {exc.__class__.__name__}",
+                        stop_reason=f"runner_error: {_root_cause(exc)}",
                     )
                     self._metrics.observe_attempt_finished(AttemptStatus.FAILED.value, 0, 0, 0.0)
                     return
