@@ -176,6 +176,9 @@ class ServerSettings(_Model):
     # short-lived token signed with mcp_token_secret (shared with the sidecar, at least 32 characters).
     mcp_url: str | None = None
     mcp_token_secret: str | None = None
+    # Below this many forge API requests left in the rate-limit window, only projects with an attempt in
+    # flight are observed until the window resets.
+    rate_limit_reserve: Annotated[int, Field(ge=0, le=100_000)] = 100
 
 
 class GreenloopConfig(_Model):

@@ -194,4 +194,5 @@ async def open_runtime(
             dispatcher=dispatcher,
             metrics=metrics,
             bot_logins=frozenset({config.forge.bot_login}),
+            rate_limit_reserve=config.server.rate_limit_reserve,
         )
