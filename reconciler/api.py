@@ -490,9 +490,9 @@ async def _record_reported_run(api: _Api, project: str, body: ReportedRun, log_t
         "head_sha": body.head_sha,
         "event": body.event,
         "triggered_by": body.triggered_by,
-        "commit_message": body.commit_message,
+        "commit_message": redact(body.commit_message) if body.commit_message is not None else None,
         "log_text": log_text,
-        "log_url": body.log_url,
+        "log_url": redact(body.log_url) if body.log_url is not None else None,  # credentials in URLs
         "run_attempt": body.run_attempt,
         "created_at": body.created_at or utcnow(),
     }

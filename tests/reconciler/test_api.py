@@ -504,6 +504,26 @@ async def test_reported_run_log_is_redacted_before_it_is_stored(
     assert stored is not None and secret not in stored and "failed" in stored
 
 
+async def test_reported_run_commit_message_and_log_url_are_redacted_before_they_are_stored(
+    ctx: ReconcilerContext, http: httpx2.AsyncClient
+) -> None:
+    secret = "ghp_" + "Q1w2E3r4" * 5
+    r = await http.post(
+        "/runs",
+        json=_run(
+            log_text=None,
+            commit_message=f"fix: rotate {secret}\n\nGreenloop-Attempt: abc123def456",
+            log_url="https://ci-user:hunter2hunter2@ci.example/logs/1001.txt",
+        ),
+    )
+    assert r.status_code == 201
+    async with ctx.sessions() as session:
+        row = await session.scalar(sa.select(JobRun))
+    assert row is not None and row.commit_message is not None and row.log_url is not None
+    assert secret not in row.commit_message and "Greenloop-Attempt: abc123def456" in row.commit_message
+    assert "hunter2" not in row.log_url and "ci.example/logs/1001.txt" in row.log_url
+
+
 async def test_reported_run_log_over_one_mebibyte_is_413(ctx: ReconcilerContext, http: httpx2.AsyncClient) -> None:
     at_limit = await http.post("/runs", json=_run(log_text="x" * (1024 * 1024)))
     over = await http.post("/runs", json=_run(run_id="1002", log_text="x" * (1024 * 1024 + 1)))
