@@ -47,7 +47,7 @@ import httpx2
 import sqlalchemy as sa
 
 from mcp_server.jsonlog import JsonFormatter
-from policy.config import Backoff, ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
+from policy.config import Backoff, GreenloopConfig, ProjectConfig, ServerSettings
 from policy.gate import failure_fingerprint
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, Autonomy
 from reconciler.api import build_api
@@ -363,25 +363,8 @@ async def _real_runtime(
         await forge.wait_idle(120)
         config = GreenloopConfig(
             server=ServerSettings(database_url=db_url, workspace_dir=str(tmp / "workspaces"), concurrency=4),
-            forge=ForgeSettings(
-                api_url=forge.api_url,
-                git_url=forge.git_url,
-                app_id=str(forge.app_id),
-                installation_id=str(forge.installation_id),
-                private_key_path=str(forge.private_key_path),
-                timeout_seconds=10,
-            ),
-            projects=tuple(
-                ProjectConfig(
-                    name=f.name,
-                    repo=f.repo,
-                    default_branch=f.default_branch,
-                    jobs=tuple(f.jobs),
-                    flaky_jobs=tuple(f.flaky_jobs),
-                    autonomy=Autonomy(f.autonomy),
-                )
-                for f in fixtures
-            ),
+            forge=forge.forge_settings().model_copy(update={"timeout_seconds": 10}),
+            projects=tuple(f.project_config() for f in fixtures),
         )
         async with open_runtime(config, backend_for=scripted_backends(str(SCRIPTS_DIR)), heartbeat_seconds=1.0) as ctx:
             yield ctx, forge

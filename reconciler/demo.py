@@ -24,8 +24,8 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from policy.config import AgentSettings, ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
-from policy.types import AttemptStatus, Autonomy
+from policy.config import AgentSettings, GreenloopConfig, ServerSettings
+from policy.types import AttemptStatus
 from reconciler.context import ReconcilerContext
 from reconciler.reconcile import reconcile
 from reconciler.runtime import backend_from_env, open_runtime, scripted_backends
@@ -152,17 +152,6 @@ def _load_fixtures() -> list[Any]:
     return list_projects()
 
 
-def _project_config(fixture: Any) -> ProjectConfig:
-    return ProjectConfig(
-        name=fixture.name,
-        repo=fixture.repo,
-        default_branch=fixture.default_branch,
-        jobs=tuple(fixture.jobs),
-        flaky_jobs=tuple(fixture.flaky_jobs),
-        autonomy=Autonomy(fixture.autonomy),
-    )
-
-
 def _classify(job_green: bool | None, attempt: Attempt | None, reran: bool) -> str:
     """The end state a project is in now, in the fixtures' `expected` vocabulary."""
     if attempt is None:
@@ -239,15 +228,9 @@ async def run_demo(
             db_url = f"sqlite+aiosqlite:///{work / 'greenloop.db'}"
             config = GreenloopConfig(
                 server=ServerSettings(database_url=db_url, workspace_dir=str(work / "workspaces"), concurrency=4),
-                forge=ForgeSettings(
-                    api_url=forge.api_url,
-                    git_url=forge.git_url,
-                    app_id=str(forge.app_id),
-                    installation_id=str(forge.installation_id),
-                    private_key_path=str(forge.private_key_path),
-                ),
+                forge=forge.forge_settings(),
                 agent=agent_settings,
-                projects=tuple(_project_config(f) for f in fixtures),
+                projects=tuple(f.project_config() for f in fixtures),
             )
             if api_key:
                 backend_for, secrets = backend_from_env(config)

@@ -30,9 +30,9 @@ from fixtures.forge import Forge, run_forge
 from fixtures.forge.state import Pull, Run
 from fixtures.projects.catalog import FixtureProject, load_project
 from policy.branches import fix_branch_name
-from policy.config import AgentSettings, ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
+from policy.config import AgentSettings, GreenloopConfig, ProjectConfig, ServerSettings
 from policy.gate import failure_fingerprint
-from policy.types import AttemptStatus, Autonomy
+from policy.types import AttemptStatus
 from reconciler.context import ReconcilerContext
 from reconciler.reconcile import reconcile
 from reconciler.store import attempts as store
@@ -77,17 +77,8 @@ APP_PERMISSIONS: Mapping[str, str] = {
 
 
 def project_config(fixture: FixtureProject, **overrides: Any) -> ProjectConfig:
-    """The `ProjectConfig` the demo builds for a fixture project (autonomy, jobs, flaky jobs from fixture.toml)."""
-    fields: dict[str, Any] = {
-        "name": fixture.name,
-        "repo": fixture.repo,
-        "default_branch": fixture.default_branch,
-        "jobs": tuple(fixture.jobs),
-        "flaky_jobs": tuple(fixture.flaky_jobs),
-        "autonomy": Autonomy(fixture.autonomy),
-    }
-    fields.update(overrides)
-    return ProjectConfig(**fields)
+    """The `ProjectConfig` the demo builds for a fixture project."""
+    return fixture.project_config(**overrides)
 
 
 def sqlite_url(path: Path) -> str:
@@ -113,13 +104,7 @@ def e2e_config(
         server=ServerSettings(
             **{"database_url": database_url, "workspace_dir": str(workspace_dir), "concurrency": 4, **(server or {})}
         ),
-        forge=ForgeSettings(
-            api_url=forge.api_url,
-            git_url=forge.git_url,
-            app_id=str(forge.app_id),
-            installation_id=str(forge.installation_id),
-            private_key_path=str(forge.private_key_path),
-        ),
+        forge=forge.forge_settings(),
         agent=AgentSettings(),
         projects=tuple(project_config(load_project(n), **per_project.get(n, {})) for n in names),
     )

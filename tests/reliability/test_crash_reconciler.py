@@ -28,8 +28,8 @@ from crash_support import Kill, Rebreaker, Zygote, check_store, forge_refs, kill
 
 from fixtures.forge import Forge, run_forge
 from fixtures.projects.catalog import load_project
-from policy.config import AgentSettings, ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
-from policy.types import AttemptStatus, Autonomy
+from policy.config import AgentSettings, GreenloopConfig, ServerSettings
+from policy.types import AttemptStatus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -76,16 +76,7 @@ def config_for(forge: Forge, work: Path, names: tuple[str, ...]) -> GreenloopCon
     projects = []
     for name in names:
         f = load_project(name)
-        projects.append(
-            ProjectConfig(
-                name=f.name,
-                repo=f.repo,
-                default_branch=f.default_branch,
-                jobs=tuple(f.jobs),
-                flaky_jobs=tuple(f.flaky_jobs),
-                autonomy=Autonomy(f.autonomy),
-            )
-        )
+        projects.append(f.project_config())
     return GreenloopConfig(
         server=ServerSettings(
             database_url=f"sqlite+aiosqlite:///{work / 'greenloop.db'}",
@@ -93,13 +84,7 @@ def config_for(forge: Forge, work: Path, names: tuple[str, ...]) -> GreenloopCon
             concurrency=4,
             attempt_timeout_seconds=ATTEMPT_TIMEOUT,
         ),
-        forge=ForgeSettings(
-            api_url=forge.api_url,
-            git_url=forge.git_url,
-            app_id=str(forge.app_id),
-            installation_id=str(forge.installation_id),
-            private_key_path=str(forge.private_key_path),
-        ),
+        forge=forge.forge_settings(),
         agent=AgentSettings(),
         projects=tuple(projects),
     )

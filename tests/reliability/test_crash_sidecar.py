@@ -24,8 +24,8 @@ from crash_support import REPO_ROOT, Zygote, check_store, count_rows, forge_refs
 
 from fixtures.forge import Forge, run_forge
 from fixtures.projects.catalog import load_project
-from policy.config import AgentSettings, ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
-from policy.types import AttemptStatus, Autonomy
+from policy.config import AgentSettings, GreenloopConfig, ServerSettings
+from policy.types import AttemptStatus
 from reconciler.store.engine import make_engine
 from reconciler.store.migrate import upgrade_async
 
@@ -52,25 +52,9 @@ def _config(forge: Forge, work: Path, port: int, names: tuple[str, ...]) -> Gree
             mcp_url=f"http://127.0.0.1:{port}/mcp",
             mcp_token_secret=SECRET,
         ),
-        forge=ForgeSettings(
-            api_url=forge.api_url,
-            git_url=forge.git_url,
-            app_id=str(forge.app_id),
-            installation_id=str(forge.installation_id),
-            private_key_path=str(forge.private_key_path),
-        ),
+        forge=forge.forge_settings(),
         agent=AgentSettings(),
-        projects=tuple(
-            ProjectConfig(
-                name=f.name,
-                repo=f.repo,
-                default_branch=f.default_branch,
-                jobs=tuple(f.jobs),
-                flaky_jobs=tuple(f.flaky_jobs),
-                autonomy=Autonomy(f.autonomy),
-            )
-            for f in map(load_project, names)
-        ),
+        projects=tuple(f.project_config() for f in map(load_project, names)),
     )
 
 
