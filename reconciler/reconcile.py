@@ -21,7 +21,7 @@ from mcp_server.errors import ForgeError
 from mcp_server.jsonlog import bind_context, log_event
 from policy.config import ProjectConfig
 from policy.gate import AttemptRecord, ObservedFailure, decide, failure_fingerprint
-from policy.types import AttemptStatus, SkipReason
+from policy.types import TERMINAL_STATUSES, AttemptStatus, SkipReason
 from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
@@ -104,7 +104,7 @@ async def reconcile(
             for a in (
                 await session.scalars(
                     sa.select(Attempt).where(
-                        Attempt.project.in_(names), Attempt.status.not_in([s.value for s in _TERMINAL])
+                        Attempt.project.in_(names), Attempt.status.not_in([s.value for s in TERMINAL_STATUSES])
                     )
                 )
             ).all()
@@ -176,9 +176,6 @@ async def reconcile(
         forge_not_modified=summary.forge_not_modified,
     )
     return summary
-
-
-_TERMINAL = frozenset({AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptStatus.CANCELLED, AttemptStatus.ESCALATED})
 
 
 async def _kill_switch(ctx: ReconcilerContext) -> bool:
@@ -351,7 +348,7 @@ async def _history(ctx: ReconcilerContext, project: str, *, reset_at: datetime |
     for a in rows:
         status = AttemptStatus(a.status)
         created = _aware(a.created_at) or _now()
-        if reset_at is not None and created <= reset_at and status in _TERMINAL:
+        if reset_at is not None and created <= reset_at and status in TERMINAL_STATUSES:
             continue  # an operator reset (or the job going green) wipes earlier failures from the count
         out.append(
             AttemptRecord(
@@ -391,7 +388,7 @@ async def _transition(
             )
         )
         log_event(logger, "attempt_transition", attempt_id=attempt.id, to=to.value, reason=reason)
-        if to in _TERMINAL:
+        if to in TERMINAL_STATUSES:
             await _finished(ctx, attempt.id, to)
     return moved
 
