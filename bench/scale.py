@@ -47,6 +47,7 @@ from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig, ServerS
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
 from reconciler.reconcile import reconcile
+from reconciler.runtime import forge_client
 from reconciler.store.engine import make_engine, make_sessionmaker
 from reconciler.store.migrate import upgrade_async
 from reconciler.store.models import Attempt
@@ -199,7 +200,7 @@ async def _server_stats(control: httpx2.AsyncClient, url: str) -> dict[str, Any]
 def _forge_client(config: GreenloopConfig, app: GitHubApp, etag_entries: int | None) -> ForgeClient:
     """As the runtime builds it; `etag_entries` (a what-if, off by default) resizes the ETag cache."""
     if etag_entries is None:
-        return ForgeClient(config.forge, app)
+        return forge_client(config, app)
     return ForgeClient(config.forge, app, etag_entries=etag_entries)
 
 
@@ -366,23 +367,14 @@ def _goal_lines(results: Sequence[ScaleResult]) -> list[str]:
         )
     misses = [r for r in results if r.not_modified_share < 0.999]
     if misses:
-        sizes = ", ".join(f"{r.projects:,}" for r in misses)
+        sizes = ", ".join(f"{r.projects:,} ({r.etag_entries:,} ETag entries)" for r in misses)
         lines.append(
-            f"- Finding: at N = {sizes} unchanged passes are not all 304s. The forge client's ETag cache is an "
-            f"LRU of `etag_entries` = {results[0].etag_entries} entries (`mcp_server/forge.py:283`, the "
-            "`ForgeClient.__init__` default; `reconciler/runtime.py` builds `ForgeClient(config.forge, app)` "
-            "without sizing it) and holds both run listings and job listings (two entries per repo here); a "
-            "pass visits every repo in turn, so once those outnumber the entries each listing is evicted "
-            "before it is asked for again and every request is a full 200 (eviction: `mcp_server/forge.py:450`)."
+            f"- Finding: at N = {sizes} unchanged passes are not all 304s: the forge client's ETag cache "
+            "(`reconciler.runtime.forge_client`) evicts listings before the next pass asks for them again."
         )
-    crashed = [r for r in results if any(k.startswith("internal error: KeyError") for k in r.errors)]
+    crashed = {k: n for r in results for k, n in r.errors.items() if k.startswith("internal error")}
     if crashed:
-        sizes = ", ".join(f"{r.projects:,}" for r in crashed)
-        lines.append(
-            f"- Finding: at N = {sizes} projects crash with `KeyError` in `ForgeClient._json` "
-            "(`mcp_server/forge.py:440`, `self._etags.move_to_end(key)` after a 304): the cache entry was read "
-            "before the request was sent, and concurrent requests evicted it while this one was in flight."
-        )
+        lines.append(f"- Finding: projects crashed with internal errors during passes: {crashed}.")
     return lines
 
 

@@ -36,7 +36,14 @@ from reconciler.store.engine import make_engine, make_sessionmaker, redact_url
 from reconciler.store.migrate import upgrade_async
 from reconciler.store.models import Attempt
 
-__all__ = ["MIGRATION_LOCK_KEY", "backend_from_env", "migrate_store", "open_runtime", "scripted_backends"]
+__all__ = [
+    "MIGRATION_LOCK_KEY",
+    "backend_from_env",
+    "forge_client",
+    "migrate_store",
+    "open_runtime",
+    "scripted_backends",
+]
 
 logger = logging.getLogger("greenloop.runtime")
 
@@ -139,6 +146,12 @@ def _http_opener(config: GreenloopConfig) -> Callable[[Attempt], AbstractAsyncCo
     return open_session
 
 
+def forge_client(config: GreenloopConfig, app: GitHubApp) -> ForgeClient:
+    """The reconciler's forge client: its ETag cache holds one run listing per project (plus job listings of
+    running runs), so an unchanged pass over every project is answered with 304s."""
+    return ForgeClient(config.forge, app, etag_entries=max(512, 2 * len(config.projects) + 64))
+
+
 @asynccontextmanager
 async def open_runtime(
     config: GreenloopConfig,
@@ -158,9 +171,7 @@ async def open_runtime(
         forge: ForgeClient | None = None
         if config.forge.app_id and config.forge.installation_id and config.forge.private_key_path:
             app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
-            # One cached listing per project (plus job lists of running runs), so an unchanged pass is all 304s.
-            etags = max(512, 2 * len(config.projects) + 64)
-            forge = await stack.enter_async_context(ForgeClient(config.forge, app, etag_entries=etags))
+            forge = await stack.enter_async_context(forge_client(config, app))
         else:
             logger.warning(
                 "no GitHub App configured ([forge] app_id, installation_id, private_key_path): "
