@@ -403,8 +403,9 @@ def render_table(results: Sequence[ScaleResult]) -> str:
     notes = [
         "",
         "Forge: `fixtures/forge/scale.py` in its own process, real loopback HTTP (uvicorn, 127.0.0.1); "
-        "client: `ForgeClient` as `reconciler/runtime.py` builds it (GitHub App token, ETag cache of "
-        f"{results[0].etag_entries if results else '?'} entries{what_if}). "
+        "client: `reconciler.runtime.forge_client` (GitHub App token, ETag cache of "
+        + ", ".join(f"{r.etag_entries:,} entries at N={r.projects:,}" for r in results)
+        + f"{what_if}). "
         "Store: SQLite file (WAL). "
         f"`server.concurrency` = {CONCURRENCY}. Unchanged pass: one warm-up pass, then the median of "
         f"{'/'.join(str(t) for t in timed)} timed pass(es). Forge requests as the client counted them (the "
