@@ -68,6 +68,7 @@ from reconciler.api_models import (
 )
 from reconciler.context import ReconcilerContext
 from reconciler.errors import StoreBusy, StoreError
+from reconciler.finish import attempt_finished
 from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reconciler.reconcile import UnknownProjects, reconcile
 from reconciler.store import attempts as attempt_store
@@ -375,8 +376,12 @@ class _Api:
             attempt = refreshed
             if moved:
                 fields["from_status"] = status.value
-                self.ctx.metrics.observe_attempt_finished(
-                    AttemptStatus.CANCELLED.value, attempt.input_tokens, attempt.output_tokens, attempt.cost_usd
+                await attempt_finished(
+                    self.ctx.sessions,
+                    self.ctx.metrics,
+                    attempt_id=attempt.id,
+                    status=AttemptStatus.CANCELLED,
+                    webhook_url=self.ctx.config.server.slack_webhook_url,
                 )
                 # The database says cancelled first (a replica's heartbeat loop stops its agent from that);
                 # then the agent here stops at once, then its pull request is closed.

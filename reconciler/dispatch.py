@@ -34,6 +34,7 @@ from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
 from policy.types import AttemptStatus
 from reconciler.errors import ReconcilerError
+from reconciler.finish import attempt_finished
 from reconciler.metrics import Metrics
 from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory
@@ -171,14 +172,14 @@ class AgentDispatcher:
                 except Exception as exc:  # the agent's crash is this attempt's failure, not the process's
                     logger.exception("attempt_crashed")
                     await self._remove_workspace(attempt.id)
-                    await store.transition(
+                    if await store.transition(
                         self._sessions,
                         attempt.id,
                         AttemptStatus.FAILED,
                         reason="runner_error",
                         stop_reason=f"runner_error: {_root_cause(exc)}",
-                    )
-                    self._metrics.observe_attempt_finished(AttemptStatus.FAILED.value, 0, 0, 0.0)
+                    ):
+                        await self._finished(attempt.id, AttemptStatus.FAILED)
                     return
                 finally:
                     beat.cancel()
@@ -230,6 +231,15 @@ class AgentDispatcher:
                 backend, session, task, project.budgets, settings=self._config.agent, secrets=self._secrets
             )
 
+    async def _finished(self, attempt_id: str, status: AttemptStatus) -> None:
+        await attempt_finished(
+            self._sessions,
+            self._metrics,
+            attempt_id=attempt_id,
+            status=status,
+            webhook_url=self._config.server.slack_webhook_url,
+        )
+
     async def _heartbeat(self, attempt_id: str, runner: asyncio.Task[Any] | None) -> None:
         """Beat every `heartbeat_seconds`; cancel `runner` once the database says the attempt is over."""
         while True:
@@ -272,11 +282,11 @@ class AgentDispatcher:
                 to, reason = AttemptStatus.ESCALATED, f"needs_human: fix is in a protected path ({protected})"
             else:
                 to, reason = AttemptStatus.FAILED, outcome.stop_reason.value
-        await store.transition(self._sessions, attempt.id, to, reason=reason, expected=AttemptStatus.RUNNING, **fields)
-        if to is not AttemptStatus.PR_OPEN:
-            self._metrics.observe_attempt_finished(
-                to.value, outcome.usage.input_tokens, outcome.usage.output_tokens, outcome.cost_usd
-            )
+        moved = await store.transition(
+            self._sessions, attempt.id, to, reason=reason, expected=AttemptStatus.RUNNING, **fields
+        )
+        if moved and to is not AttemptStatus.PR_OPEN:
+            await self._finished(attempt.id, to)
         log_event(
             logger,
             "attempt_agent_finished",

@@ -24,6 +24,7 @@ from policy.gate import AttemptRecord, ObservedFailure, decide, failure_fingerpr
 from policy.types import TERMINAL_STATUSES, AttemptStatus, SkipReason
 from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
+from reconciler.finish import attempt_finished
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
 from reconciler.store import attempts as store
 from reconciler.store.models import Attempt, Project, Transition, utcnow
@@ -365,6 +366,16 @@ async def _history(ctx: ReconcilerContext, project: str, *, reset_at: datetime |
     return out
 
 
+def _note_transition(summary: RunSummary, attempt: Attempt, from_status: str, to_status: str, reason: str) -> None:
+    """Record a state change the pass made: in the summary and as one structured event."""
+    summary.transitions.append(
+        TransitionNote(
+            attempt_id=attempt.id, project=attempt.project, from_status=from_status, to_status=to_status, reason=reason
+        )
+    )
+    log_event(logger, "attempt_transition", attempt_id=attempt.id, to=to_status, reason=reason)
+
+
 async def _transition(
     ctx: ReconcilerContext,
     attempt: Attempt,
@@ -378,50 +389,16 @@ async def _transition(
         ctx.sessions, attempt.id, to, reason=reason, expected=AttemptStatus(attempt.status), **fields
     )
     if moved:
-        summary.transitions.append(
-            TransitionNote(
-                attempt_id=attempt.id,
-                project=attempt.project,
-                from_status=attempt.status,
-                to_status=to.value,
-                reason=reason,
-            )
-        )
-        log_event(logger, "attempt_transition", attempt_id=attempt.id, to=to.value, reason=reason)
+        _note_transition(summary, attempt, attempt.status, to.value, reason)
         if to in TERMINAL_STATUSES:
-            await _finished(ctx, attempt.id, to)
+            await attempt_finished(
+                ctx.sessions,
+                ctx.metrics,
+                attempt_id=attempt.id,
+                status=to,
+                webhook_url=ctx.config.server.slack_webhook_url,
+            )
     return moved
-
-
-async def _finished(ctx: ReconcilerContext, attempt_id: str, status: AttemptStatus) -> None:
-    """Metrics, one structured event and (for succeeded/escalated) a notification per finished attempt."""
-    attempt = await store.get_attempt(ctx.sessions, attempt_id)
-    if attempt is None:
-        return
-    ctx.metrics.observe_attempt_finished(status.value, attempt.input_tokens, attempt.output_tokens, attempt.cost_usd)
-    log_event(
-        logger,
-        "attempt_finished",
-        attempt_id=attempt.id,
-        trace_id=attempt.trace_id,
-        status=status.value,
-        stop_reason=attempt.stop_reason,
-        pr_url=attempt.pr_url,
-        input_tokens=attempt.input_tokens,
-        output_tokens=attempt.output_tokens,
-        cost_usd=attempt.cost_usd,
-    )
-    if status in (AttemptStatus.SUCCEEDED, AttemptStatus.ESCALATED):
-        from reconciler.notify import notify
-
-        await notify(
-            ctx.config.server.slack_webhook_url,
-            "succeeded" if status is AttemptStatus.SUCCEEDED else "escalated",
-            project=attempt.project,
-            attempt_id=attempt.id,
-            pr_url=attempt.pr_url,
-            summary_markdown=attempt.report or f"Fixed `{attempt.job}` on `{attempt.project}`.",
-        )
 
 
 async def _advance(
@@ -470,16 +447,7 @@ async def _advance(
             if claim == "resumed":
                 resumed = await store.get_attempt(ctx.sessions, attempt.id)
                 if resumed is not None:
-                    summary.transitions.append(
-                        TransitionNote(
-                            attempt_id=attempt.id,
-                            project=attempt.project,
-                            from_status=status.value,
-                            to_status=status.value,
-                            reason=RESUMED,
-                        )
-                    )
-                    log_event(logger, "attempt_transition", attempt_id=attempt.id, to=status.value, reason=RESUMED)
+                    _note_transition(summary, attempt, status.value, status.value, RESUMED)
                     ctx.dispatcher.dispatch(resumed)
                 return resumed
         await _transition(
