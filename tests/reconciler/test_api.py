@@ -314,6 +314,7 @@ async def test_openapi_document_is_valid_and_lists_every_route(http: httpx2.Asyn
         "/projects/{name}/resume": {"post"},
         "/projects/{name}/reset": {"post"},
         "/kill-switch": {"get", "post"},
+        "/webhooks/github": {"post"},
     }
     assert {p: set(ops) for p, ops in doc["paths"].items()} == expected
 
