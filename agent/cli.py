@@ -32,6 +32,7 @@ from policy.config import AgentSettings, GreenloopConfig
 
 if TYPE_CHECKING:
     from mcp_server.audit import AuditSink
+    from mcp_server.reported_runs import ReportedRunSource
 
 __all__ = ["SessionOpener", "agent_run_command", "make_backend", "open_in_process_session"]
 
@@ -83,10 +84,13 @@ def make_backend(
     )
 
 
-def open_in_process_session(config: GreenloopConfig, *, audit: AuditSink | None = None) -> SessionOpener:
+def open_in_process_session(
+    config: GreenloopConfig, *, audit: AuditSink | None = None, reported: ReportedRunSource | None = None
+) -> SessionOpener:
     """Sessions on an in-process `mcp_server` bound to (project, job, attempt) in agent mode.
 
-    Tool calls are audited to `audit` (default: one JSON log line per call).
+    Tool calls are audited to `audit` (default: one JSON log line per call); `reported` serves the runs
+    reported from outside Actions (with their logs) to the read tools.
     """
 
     @asynccontextmanager
@@ -99,7 +103,8 @@ def open_in_process_session(config: GreenloopConfig, *, audit: AuditSink | None 
 
         grant = SessionGrant(project=project, mode=Mode.AGENT, attempt_id=attempt_id, job=job, client="cli")
         sink = audit if audit is not None else JsonLogAuditSink()
-        server = build_server(config_binding_factory(config, audit=sink), mode=Mode.AGENT, grant=grant)
+        factory = config_binding_factory(config, audit=sink, reported=reported)
+        server = build_server(factory, mode=Mode.AGENT, grant=grant)
         async with Client(server) as client:
             yield client
 
@@ -146,7 +151,7 @@ async def _attempt(
     config: GreenloopConfig,
     project: str,
     job: str,
-    run_id: int | None,
+    run_id: str | None,
     model_spec: str,
     api_key: str | None,
     out: TextIO,
@@ -158,7 +163,7 @@ async def _attempt(
         if run is None:
             print(f"nothing to fix: job {job!r} of {project!r} has no failed run newer than a green one", file=out)
             return None
-        run_id, head_sha = int(run["run_id"]), str(run.get("head_sha") or "unknown")
+        run_id, head_sha = str(run["run_id"]), str(run.get("head_sha") or "unknown")
     task = AttemptTask(project=project, job=job, failing_run_id=run_id, head_sha=head_sha)
     backend, settings = make_backend(
         model_spec, config.agent, stack,
@@ -175,7 +180,7 @@ async def agent_run_command(
     job: str,
     model_spec: str | None = None,
     *,
-    run_id: int | None = None,
+    run_id: str | None = None,
     attempt_id: str | None = None,
     transcript_path: Path | None = None,
     report_path: Path | None = None,

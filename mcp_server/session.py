@@ -23,6 +23,7 @@ from mcp_server.audit import AuditSink
 from mcp_server.errors import ToolRefused
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
+from mcp_server.reported_runs import ReportedRunSource
 from mcp_server.workspace import Workspace
 from policy.branches import fix_branch_name
 from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig
@@ -71,6 +72,8 @@ class SessionBinding:
     forge: ForgeClient
     audit: AuditSink
     secrets: Callable[[], Sequence[str]] = tuple
+    # Runs reported from outside Actions, with their logs (the reconciler's store); None: Actions only.
+    reported: ReportedRunSource | None = None
     pushed_sha: str | None = None
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
@@ -147,12 +150,16 @@ def _git_url(settings: ForgeSettings) -> str:
     return f"{parts.scheme}://{host}{path}"
 
 
-def config_binding_factory(config: GreenloopConfig, *, audit: AuditSink) -> BindingFactory:
-    """A `BindingFactory` building each binding from `greenloop.toml`: GitHub App, forge client, workspace.
+def config_binding_factory(
+    config: GreenloopConfig, *, audit: AuditSink, reported: ReportedRunSource | None = None
+) -> BindingFactory:
+    """A `BindingFactory` building each binding from `greenloop.toml`: GitHub App, forge client, workspace,
+    and `reported` (runs reported from outside Actions, when the caller has a store of them).
 
     Agent sessions clone into `<workspace_dir>/attempt-<id>`; read-only sessions into a temporary directory
     removed when the session ends.
     """
+
     async def factory(grant: SessionGrant) -> SessionBinding:
         try:
             project = config.project(grant.project)
@@ -185,6 +192,7 @@ def config_binding_factory(config: GreenloopConfig, *, audit: AuditSink) -> Bind
             forge=forge,
             audit=audit,
             secrets=app.secrets,
+            reported=reported,
             resources=stack,
         )
 

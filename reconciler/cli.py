@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--project", required=True)
     ar.add_argument("--job", required=True)
     ar.add_argument("--model", default=None, help="scripted:FILE | replay:FILE | record:FILE | anthropic[:MODEL]")
-    ar.add_argument("--run-id", type=int, default=None, help="the failing run (default: the latest failed run)")
+    ar.add_argument("--run-id", default=None, help="the failing run's id (default: the latest failed run)")
     ar.set_defaults(func=_agent_run)
 
     p = sub.add_parser("config", help="configuration commands")

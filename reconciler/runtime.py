@@ -35,6 +35,7 @@ from reconciler.metrics import Metrics, MetricsAuditSink
 from reconciler.store.engine import make_engine, make_sessionmaker, redact_url
 from reconciler.store.migrate import upgrade_async
 from reconciler.store.models import Attempt
+from reconciler.store.runs import StoreReportedRuns
 
 __all__ = [
     "MIGRATION_LOCK_KEY",
@@ -183,7 +184,7 @@ async def open_runtime(
                 opener = _http_opener(config)
             else:
                 audit = FanOutAuditSink([SqlAuditSink(engine), MetricsAuditSink(metrics)])
-                in_process = open_in_process_session(config, audit=audit)
+                in_process = open_in_process_session(config, audit=audit, reported=StoreReportedRuns(sessions))
 
                 def opener(attempt: Attempt) -> AbstractAsyncContextManager[ToolSession]:
                     return in_process(attempt.project, attempt.job, attempt.id)
