@@ -57,6 +57,12 @@ def _run(args: argparse.Namespace) -> int:
     return run_command(args.config)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from reconciler.report_cli import report_command
+
+    return report_command(args)
+
+
 def _agent_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -89,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the reconciler: scheduled passes plus the HTTP API")
     p.set_defaults(func=_run)
+
+    from reconciler.report_cli import add_report_parser
+
+    add_report_parser(sub).set_defaults(func=_report)
 
     p = sub.add_parser("agent", help="agent commands")
     psub = p.add_subparsers(dest="agent_command", required=True)
