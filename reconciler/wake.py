@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mcp_server.jsonlog import log_event
 from reconciler.context import ReconcilerContext
-from reconciler.summary import RunSummary, Trigger
+
+if TYPE_CHECKING:
+    from reconciler.api import ReconcileFn
 
 __all__ = ["BackgroundReconcile", "Enqueue"]
 
@@ -29,22 +31,11 @@ Enqueue = Callable[[str], None]
 """Ask for one project (its configured name) to be reconciled soon; returns at once, never raises."""
 
 
-class _Pass(Protocol):
-    async def __call__(
-        self,
-        ctx: ReconcilerContext,
-        *,
-        repos: Sequence[str] | None = None,
-        trigger: Trigger = "cli",
-        dry_run: bool = False,
-    ) -> RunSummary: ...
-
-
 # TEMPORARY (issue 16): swapped for the pass runner's `enqueue(key)` when it lands.
 class BackgroundReconcile:
     """An `Enqueue` that runs `reconcile_fn(ctx, repos=[key])` in the background, one pass per key at a time."""
 
-    def __init__(self, ctx: ReconcilerContext, reconcile_fn: _Pass, *, timeout_seconds: float = 300.0) -> None:
+    def __init__(self, ctx: ReconcilerContext, reconcile_fn: ReconcileFn, *, timeout_seconds: float = 300.0) -> None:
         self._ctx = ctx
         self._reconcile = reconcile_fn
         self._timeout = timeout_seconds

@@ -64,28 +64,27 @@ class Done:
     stderr: str
 
 
-async def report(url: str, cwd: Path, *command: str, extra: tuple[str, ...] = (), token: str = TOKEN) -> Done:
+async def start(
+    url: str, cwd: Path, *command: str, extra: tuple[str, ...] = (), token: str = TOKEN
+) -> asyncio.subprocess.Process:
+    """`greenloop report --job nightly --project alpha --url URL EXTRA -- COMMAND` in `cwd`, as a subprocess."""
     env = {**os.environ, "GREENLOOP_SERVER__API_TOKEN": token}
     env.pop("GREENLOOP_PROJECT", None)
-    proc = await asyncio.create_subprocess_exec(
+    argv = ["report", "--job", "nightly", "--project", "alpha", "--url", url, *extra, "--", *command]
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "reconciler.cli",
-        "report",
-        "--job",
-        "nightly",
-        "--project",
-        "alpha",
-        "--url",
-        url,
-        *extra,
-        "--",
-        *command,
+        *argv,
         cwd=cwd,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def report(url: str, cwd: Path, *command: str, extra: tuple[str, ...] = (), token: str = TOKEN) -> Done:
+    proc = await start(url, cwd, *command, extra=extra, token=token)
     async with asyncio.timeout(120):
         out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -194,27 +193,7 @@ async def test_signals_reach_the_command(api: Api, checkout: tuple[Path, str]) -
         "print('ready', flush=True)\n"
         "time.sleep(60)\n"
     )
-    env = {**os.environ, "GREENLOOP_SERVER__API_TOKEN": TOKEN}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "reconciler.cli",
-        "report",
-        "--job",
-        "nightly",
-        "--project",
-        "alpha",
-        "--url",
-        api.url,
-        "--",
-        sys.executable,
-        "-c",
-        script,
-        cwd=checkout[0],
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start(api.url, checkout[0], sys.executable, "-c", script)
     assert proc.stdout is not None
     async with asyncio.timeout(60):
         assert (await proc.stdout.readline()).strip() == b"ready"

@@ -75,6 +75,11 @@ repo = "acme/other"
     return load_config_text(text)
 
 
+def _context(forge: Forge, tmp: Path, sessions: SessionFactory) -> tuple[GreenloopConfig, ReconcilerContext]:
+    config = _config(forge, tmp)
+    return config, ReconcilerContext(config=config, sessions=sessions, forge=None, dispatcher=None, metrics=Metrics())
+
+
 @asynccontextmanager
 async def mcp(config: GreenloopConfig, reported: ReportedRunSource | None) -> AsyncIterator[Client]:
     factory = config_binding_factory(config, audit=JsonLogAuditSink(), reported=reported)
@@ -100,8 +105,7 @@ async def _report(ctx: ReconcilerContext, **run: Any) -> None:
 async def test_a_reported_runs_log_is_served_like_an_actions_log(
     forge: Forge, tmp_path: Path, sessions: SessionFactory
 ) -> None:
-    config = _config(forge, tmp_path)
-    ctx = ReconcilerContext(config=config, sessions=sessions, forge=None, dispatcher=None, metrics=Metrics())
+    config, ctx = _context(forge, tmp_path, sessions)
     await _report(ctx, run_id="cron-2026-12-03T02:00", log_text=LOG)
     await _report(ctx, run_id="cron-x", project="other", log_text="KeyError in another project")
     async with mcp(config, StoreReportedRuns(sessions)) as client:
@@ -135,8 +139,7 @@ async def test_a_reported_runs_log_is_served_like_an_actions_log(
 async def test_a_numeric_reported_run_id_is_read_from_the_store(
     forge: Forge, tmp_path: Path, sessions: SessionFactory
 ) -> None:
-    config = _config(forge, tmp_path)
-    ctx = ReconcilerContext(config=config, sessions=sessions, forge=None, dispatcher=None, metrics=Metrics())
+    config, ctx = _context(forge, tmp_path, sessions)
     await _report(ctx, run_id="900001", log_text=LOG)
     async with mcp(config, StoreReportedRuns(sessions)) as client:
         for run_id in ("900001", 900001):
@@ -149,8 +152,7 @@ async def test_a_numeric_reported_run_id_is_read_from_the_store(
 async def test_without_a_reported_source_only_actions_runs_are_served(
     forge: Forge, tmp_path: Path, sessions: SessionFactory
 ) -> None:
-    config = _config(forge, tmp_path)
-    ctx = ReconcilerContext(config=config, sessions=sessions, forge=None, dispatcher=None, metrics=Metrics())
+    config, ctx = _context(forge, tmp_path, sessions)
     await _report(ctx, run_id="cron-1", log_text=LOG)
     async with mcp(config, None) as client:
         error, text = await _tool(client, "get_job_logs", {"run_id": "cron-1"})
@@ -162,8 +164,7 @@ async def test_without_a_reported_source_only_actions_runs_are_served(
 
 
 async def test_a_run_reported_without_a_log_says_so(forge: Forge, tmp_path: Path, sessions: SessionFactory) -> None:
-    config = _config(forge, tmp_path)
-    ctx = ReconcilerContext(config=config, sessions=sessions, forge=None, dispatcher=None, metrics=Metrics())
+    config, ctx = _context(forge, tmp_path, sessions)
     await _report(ctx, run_id="cron-nolog")
     async with mcp(config, StoreReportedRuns(sessions)) as client:
         error, text = await _tool(client, "get_job_logs", {"run_id": "cron-nolog"})
