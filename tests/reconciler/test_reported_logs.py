@@ -7,14 +7,17 @@ back through `StoreReportedRuns` (the reconciler's `ReportedRunSource`), beside 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
+import sqlalchemy as sa
 from mcp import Client
-from test_api import SHA, api_client
+from test_api import AUTH, SHA, TOKEN, api_client
 
 from agent.types import AttemptTask
 from fixtures.forge import Forge, run_forge
@@ -22,10 +25,13 @@ from mcp_server.audit import JsonLogAuditSink
 from mcp_server.reported_runs import ReportedRunSource
 from mcp_server.server import build_server
 from mcp_server.session import Mode, SessionGrant, config_binding_factory
-from policy.config import GreenloopConfig, load_config_text
+from policy.config import GreenloopConfig, ProjectConfig, ServerSettings, load_config_text
+from reconciler.api import build_api
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
+from reconciler.runtime import open_runtime, scripted_backends
 from reconciler.store.engine import SessionFactory
+from reconciler.store.models import Attempt, McpToolCall
 from reconciler.store.runs import StoreReportedRuns
 
 pytestmark = pytest.mark.anyio
@@ -177,3 +183,46 @@ def test_the_failing_run_id_is_a_string_and_numbers_are_accepted() -> None:
     assert task.failing_run_id == "cron-2026-12-03T02:00"
     assert AttemptTask(project="p", job="j", failing_run_id=42, head_sha="s").failing_run_id == "42"
     assert dataclasses.is_dataclass(ReconcilerContext)
+
+
+async def test_a_reported_failure_wakes_the_loop_and_the_agent_reads_its_posted_log(
+    forge: Forge, tmp_path: Path
+) -> None:
+    """End to end: POST /runs with a log -> the loop wakes -> an attempt on run 'cron-…' -> get_job_logs."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "bug-lib.json").write_text(
+        json.dumps(
+            {
+                "project": "bug-lib",
+                "steps": [{"tool": "get_job_logs", "input": {"run_id": "$FAILING_RUN_ID"}}],
+                "final_message": "Read the log; stopping here.",
+            }
+        )
+    )
+    config = GreenloopConfig(
+        server=ServerSettings(
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'store.db'}", workspace_dir=str(tmp_path / "ws")
+        ),
+        forge=forge.forge_settings(),
+        projects=(ProjectConfig(name="bug-lib", repo="acme/bug-lib", jobs=("nightly-etl",)),),
+    )
+    async with open_runtime(config, backend_for=scripted_backends(str(scripts))) as ctx:
+        app = build_api(ctx, api_token=TOKEN)  # the default wake-up: a background pass for the project
+        transport = httpx2.ASGITransport(app=app, client=("127.0.0.1", 5000))
+        async with httpx2.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as http:
+            body = {"project": "bug-lib", "job": "nightly-etl", "run_id": "cron-2026-12-03T02:00"}
+            body |= {"status": "completed", "conclusion": "failure", "head_sha": SHA, "log_text": LOG}
+            r = await http.post("/runs", json=body)
+            assert r.status_code == 201, r.text
+        await app.state.enqueue.wait_idle(60)
+        assert ctx.dispatcher is not None
+        await ctx.dispatcher.wait_idle(60)
+        async with ctx.sessions() as session:
+            attempt = (await session.scalars(sa.select(Attempt))).one()
+            calls = (await session.scalars(sa.select(McpToolCall))).all()
+    assert attempt.run_id == "cron-2026-12-03T02:00"
+    assert [(c.tool, c.outcome) for c in calls] == [("get_job_logs", "ok")]
+    assert attempt.transcript is not None
+    assert "KeyError: 'customer_id'" in attempt.transcript
+    assert SECRET not in attempt.transcript
