@@ -153,6 +153,8 @@ class AgentSettings(_Model):
     max_output_tokens: Annotated[int, Field(ge=256, le=64_000)] = 4096
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    # Cache breakpoints on the tools, the system prompt and the conversation's last turn (agent.prompt_cache).
+    prompt_caching: bool = True
     # USD per million tokens: input, output, cache write, cache read.
     prices: Mapping[str, tuple[float, float, float, float]] = Field(
         default_factory=lambda: {"default": (3.0, 15.0, 3.75, 0.30)}
