@@ -21,6 +21,7 @@ from mcp_types import CallToolResult, ListToolsResult, TextContent
 from pydantic import BaseModel, ConfigDict
 
 from agent.accounting import ModelCall, UsageTotals, call_from_usage, total_of
+from agent.context import ContextKeeper
 from agent.errors import ModelError, ScriptError, ToolSessionError
 from agent.guards import Guards, GuardStop
 from agent.models import ModelBackend, ModelRequest
@@ -160,6 +161,7 @@ class _Run:
         settings: AgentSettings,
         secrets: Sequence[str],
         max_tool_result_chars: int,
+        context: ContextKeeper | None = None,
     ) -> None:
         self.backend = backend
         self.session = session
@@ -168,6 +170,7 @@ class _Run:
         self.secrets = tuple(s for s in secrets if s)
         self.max_chars = max_tool_result_chars
         self.guards = Guards(budgets)
+        self.context = context if context is not None else ContextKeeper()
         self.transcript = Transcript(secrets=self.secrets)
         self.calls: list[ModelCall] = []
         self.turns = 0
@@ -254,6 +257,10 @@ class _Run:
     async def _turn(self, system: list[dict[str, Any]]) -> tuple[StopReason, str] | None:
         """One model call and its tool calls. Returns the stop when the model ended its turn."""
         self.guards.before_model_call(self.turns)
+        elided, chars = self.context.compact(self.turns + 1)
+        if elided:
+            self.transcript.note(self.turns + 1, f"elided {elided} old tool result(s) ({chars} characters) from "
+                                                 "the conversation")
         request = self._request(system)
         turn = self.turns + 1
         self.transcript.request(turn, request)
@@ -361,11 +368,18 @@ class _Run:
         text = _cap(redact(text, extra_secrets=self.secrets), self.max_chars) or "(no output)"
         if is_error:
             self.tool_errors += 1
-        self.transcript.tool_result(turn, tool_use_id=tool_use_id, name=name, is_error=is_error, text=text,
+        repeat = None if is_error else self.context.repeat_note(name, arguments, text)
+        self.transcript.tool_result(turn, tool_use_id=tool_use_id, name=name, is_error=is_error, text=repeat or text,
                                     source="server")
+        first_log = self.first_log
         self._learn(name, arguments, result, text, is_error)
-        return {"type": "tool_result", "tool_use_id": tool_use_id, "is_error": is_error,
-                "content": [{"type": "text", "text": text}]}
+        block = {"type": "tool_result", "tool_use_id": tool_use_id, "is_error": is_error,
+                 "content": [{"type": "text", "text": repeat or text}]}
+        if repeat is None and not is_error:
+            # The attempt's failure excerpt is pinned: it stays in the conversation for the whole run.
+            pinned = first_log is None and self.first_log is not None
+            self.context.add(turn, name, arguments, text, block, pinned=pinned)
+        return block
 
     def _learn(
         self, name: str, arguments: dict[str, Any], result: CallToolResult | None, text: str, is_error: bool
@@ -446,14 +460,16 @@ async def run_attempt(
     settings: AgentSettings | None = None,
     secrets: Sequence[str] = (),
     max_tool_result_chars: int = 60_000,
+    context: ContextKeeper | None = None,
 ) -> AttemptOutcome:
     """Run one remediation attempt to its end.
 
     `secrets` are extra strings to redact from the transcript, report and tool results (e.g. the
-    model API key). `settings` gives the model name, output limit and prices.
+    model API key). `settings` gives the model name, output limit and prices. `context` decides what of
+    earlier tool results the conversation keeps (a fresh `ContextKeeper` with its defaults when None).
 
     Raises:
         ToolSessionError: the MCP session could not list its tools; nothing was attempted.
     """
-    run = _Run(backend, session, task, budgets, settings or AgentSettings(), secrets, max_tool_result_chars)
+    run = _Run(backend, session, task, budgets, settings or AgentSettings(), secrets, max_tool_result_chars, context)
     return await run.execute()
