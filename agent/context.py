@@ -13,7 +13,7 @@ Two rules keep an attempt's context small without losing anything the model cann
 Eliding changes an early part of the conversation, so every later token must be written to the prompt cache
 again (1.25x the input price instead of 0.1x for a read). Elision therefore happens in batches: only when the
 elidable results add up to `ELIDE_BATCH_CHARS` characters are they all elided at once, so the cached prefix
-stays stable between batches and short attempts are never rewritten (`bench/demo.py`, figure 5c, measures
+stays stable between batches and short attempts are never rewritten (`bench/context_cost.py`, figure 5c, measures
 this against eliding every turn).
 """
 
@@ -74,21 +74,41 @@ class ContextKeeper:
         call = canonical_call(name, arguments)
         for shown in reversed(self.results):
             if shown.call == call and not shown.elided and shown.text == text:
-                more = " To see other lines of the log, call get_job_logs with start_line." if name == "get_job_logs" \
+                more = (
+                    " To see other lines of the log, call get_job_logs with start_line."
+                    if name == "get_job_logs"
                     else ""
-                return (f"Unchanged: this is the same result as your {name} call in turn {shown.turn}, which is "
-                        f"still above in this conversation; it is not repeated here.{more}")
+                )
+                return (
+                    f"Unchanged: this is the same result as your {name} call in turn {shown.turn}, which is "
+                    f"still above in this conversation; it is not repeated here.{more}"
+                )
         return None
 
     def add(self, turn: int, name: str, arguments: Any, text: str, block: dict[str, Any], *, pinned: bool) -> None:
         """Register a tool result just added to the conversation (only successful, full results)."""
-        self.results.append(ShownResult(turn=turn, name=name, call=canonical_call(name, arguments),
-                                        arguments=arguments, text=text, block=block, pinned=pinned))
+        self.results.append(
+            ShownResult(
+                turn=turn,
+                name=name,
+                call=canonical_call(name, arguments),
+                arguments=arguments,
+                text=text,
+                block=block,
+                pinned=pinned,
+            )
+        )
 
     def elidable(self, turn: int) -> list[ShownResult]:
         """Results that may be elided before the request of `turn`."""
-        return [r for r in self.results if not r.pinned and not r.elided and len(r.text) >= self.min_chars
-                and turn - r.turn > self.keep_recent_turns]
+        return [
+            r
+            for r in self.results
+            if not r.pinned
+            and not r.elided
+            and len(r.text) >= self.min_chars
+            and turn - r.turn > self.keep_recent_turns
+        ]
 
     def compact(self, turn: int) -> tuple[int, int]:
         """Elide every elidable result when together they reach the batch size; returns (results, characters)."""
@@ -97,10 +117,15 @@ class ContextKeeper:
         if not candidates or chars < self.batch_chars:
             return 0, 0
         for r in candidates:
-            how = "call get_job_logs again (use start_line to page)" if r.name == "get_job_logs" \
+            how = (
+                "call get_job_logs again (use start_line to page)"
+                if r.name == "get_job_logs"
                 else f"call {r.name} again"
-            note = (f"[Elided to keep the conversation short: the result of {r.name} {_arguments(r.arguments)} "
-                    f"from turn {r.turn} ({len(r.text)} characters). If you need it, {how}.]")
+            )
+            note = (
+                f"[Elided to keep the conversation short: the result of {r.name} {_arguments(r.arguments)} "
+                f"from turn {r.turn} ({len(r.text)} characters). If you need it, {how}.]"
+            )
             r.block["content"] = [{"type": "text", "text": note}]
             r.elided = True
         return len(candidates), chars

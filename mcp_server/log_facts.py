@@ -23,29 +23,34 @@ _MAX_ITEMS = 20
 _MAX_ITEM_CHARS = 160
 
 # Each pattern's groups joined with "." name the test (unittest puts the full name in its parentheses).
-_TESTS: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
-    r"^(?:FAIL|ERROR): \w+ \(([\w.]+)\)",  # unittest
-    r"^FAILED (\S+::\S+?)(?: - |$)",  # pytest summary
-    r"^(\S+::\S+) (?:FAILED|ERROR)\b",  # pytest -v
-    r"^\s*--- FAIL: (\S+)",  # go test
-    r"^test (\S+) \.\.\. FAILED",  # cargo test
-    r"^(?:\[ERROR\] )?(?:Tests run:.*<<< (?:FAILURE|ERROR)! - in )([\w.$]+)$",  # surefire, per class
-    r"^(?:\[ERROR\] )?(\w+)\(([\w.$]+)\)\s+Time elapsed:.*<<< (?:FAILURE|ERROR)!",  # surefire 2.x, per test
-    r"^(?:\[ERROR\] )?([\w.$]+\.\w+)\s+Time elapsed:.*<<< (?:FAILURE|ERROR)!",  # surefire 3.x, per test
-    r"^\[ERROR\] {2,}([\w$]+(?:\.[\w$]+)*\.\w+):\d+",  # surefire summary ("[ERROR]   FooTest.bar:42 ...")
-    r"^(\S+ > .+?) FAILED$",  # gradle
-    r"^\s*[✕×] (.+?)(?: \(\d+ ?m?s\))?$",  # jest
-))
+_TESTS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p)
+    for p in (
+        r"^(?:FAIL|ERROR): \w+ \(([\w.]+)\)",  # unittest
+        r"^FAILED (\S+::\S+?)(?: - |$)",  # pytest summary
+        r"^(\S+::\S+) (?:FAILED|ERROR)\b",  # pytest -v
+        r"^\s*--- FAIL: (\S+)",  # go test
+        r"^test (\S+) \.\.\. FAILED",  # cargo test
+        r"^(?:\[ERROR\] )?(?:Tests run:.*<<< (?:FAILURE|ERROR)! - in )([\w.$]+)$",  # surefire, per class
+        r"^(?:\[ERROR\] )?(\w+)\(([\w.$]+)\)\s+Time elapsed:.*<<< (?:FAILURE|ERROR)!",  # surefire 2.x, per test
+        r"^(?:\[ERROR\] )?([\w.$]+\.\w+)\s+Time elapsed:.*<<< (?:FAILURE|ERROR)!",  # surefire 3.x, per test
+        r"^\[ERROR\] {2,}([\w$]+(?:\.[\w$]+)*\.\w+):\d+",  # surefire summary ("[ERROR]   FooTest.bar:42 ...")
+        r"^(\S+ > .+?) FAILED$",  # gradle
+        r"^\s*[✕×] (.+?)(?: \(\d+ ?m?s\))?$",  # jest
+    )
+)
 _PY_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)')
 _JAVAC = re.compile(r"((?:[\w.@-]*/)*[\w@-]+\.\w{1,6}):\[(\d+),(\d+)\]")
 _FILE_LINE = re.compile(
     r"(?<![\w/.-])((?:\.{1,2}/|/)?(?:[\w.@-]+/)*[\w@-]+\.(?:py|go|rs|java|kt|kts|scala|groovy|js|jsx|mjs|cjs|ts|tsx"
     r"|c|cc|cpp|cxx|h|hpp|rb|php|cs|swift|m|mm|sh|ex|exs|erl|hs|ml|dart|lua|pl|jl|zig|vue|svelte|ya?ml|toml|gradle))"
-    r":(\d+)(?::(\d+))?")
+    r":(\d+)(?::(\d+))?"
+)
 _STACK_FRAME = re.compile(r"\s+at |\s*\.\.\. \d+ more")
 _LIBRARY = re.compile(
     r"site-packages/|dist-packages/|/usr/(?:local/)?lib/|node_modules/|<frozen|/\.m2/|/go/pkg/mod/|/rustc/|"
-    r"\.cargo/registry/|/lib/python\d|/hostedtoolcache/")
+    r"\.cargo/registry/|/lib/python\d|/hostedtoolcache/"
+)
 _WORKSPACE = re.compile(r"^(?:/home/runner/work/[^/]+/[^/]+/|/github/workspace/)")
 
 
