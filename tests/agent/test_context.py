@@ -6,14 +6,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from agent_helpers import RUN_ID, StandInRepo
+from agent_helpers import RUN_ID, StandInRepo, run_on_fake_api
 
 from agent.context import ELIDE_BATCH_CHARS, KEEP_RECENT_TURNS
-from agent.loop import AttemptOutcome, run_attempt
-from agent.models import AnthropicBackend
-from agent.prompt_cache import PrefixCache
+from agent.loop import AttemptOutcome
 from agent.types import AttemptTask
-from fixtures.fake_anthropic import FakeAnthropic, run_fake_anthropic
+from fixtures.fake_anthropic import FakeAnthropic
 from policy.config import AgentSettings, Budgets
 
 pytestmark = pytest.mark.anyio
@@ -28,25 +26,23 @@ def _read(path: str) -> dict[str, Any]:
 async def _run(
     actions: Sequence[dict[str, Any]], standin: Callable[[], Any], task: AttemptTask, settings: AgentSettings
 ) -> tuple[AttemptOutcome, FakeAnthropic]:
-    fake = FakeAnthropic(list(actions), cache=PrefixCache(min_tokens=200))
-    async with (
-        run_fake_anthropic(fake) as url,
-        standin() as client,
-        AnthropicBackend(settings, api_key=fake.api_key, base_url=url) as backend,
-    ):
-        outcome = await run_attempt(backend, client, task, Budgets(max_turns=40, max_repeat_calls=5), settings=settings,
-                                    secrets=[fake.api_key])
-    return outcome, fake
+    return await run_on_fake_api(actions, standin, task, settings, Budgets(max_turns=40, max_repeat_calls=5))
 
 
 def _results(body: dict[str, Any]) -> list[str]:
-    return [b["content"][0]["text"] for m in body["messages"] if m["role"] == "user"
-            for b in m["content"] if b.get("type") == "tool_result"]
+    return [
+        b["content"][0]["text"]
+        for m in body["messages"]
+        if m["role"] == "user"
+        for b in m["content"]
+        if b.get("type") == "tool_result"
+    ]
 
 
 def _plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**m, "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]]}
-            for m in messages]
+    return [
+        {**m, "content": [{k: v for k, v in b.items() if k != "cache_control"} for b in m["content"]]} for m in messages
+    ]
 
 
 async def test_a_repeated_read_with_the_same_answer_is_a_reference_not_a_second_copy(
@@ -89,8 +85,11 @@ async def test_large_old_results_are_elided_in_one_batch_and_the_failure_excerpt
     # The batch waits until the old results fill it, then elides them together; nothing changes between batches.
     assert elided_per_request[first] >= 4 and elided_per_request[first - 1] == 0
     assert first == 1 + 4 + KEEP_RECENT_TURNS  # request i is turn i + 1; the 4th read was in turn 5
-    changed = [i for i in range(1, len(bodies))
-               if _plain(bodies[i]["messages"][: len(bodies[i - 1]["messages"])]) != _plain(bodies[i - 1]["messages"])]
+    changed = [
+        i
+        for i in range(1, len(bodies))
+        if _plain(bodies[i]["messages"][: len(bodies[i - 1]["messages"])]) != _plain(bodies[i - 1]["messages"])
+    ]
     assert changed == [first]
     last = _results(bodies[-1])
     assert "FAILED tests/test_calc.py::test_add" in last[0]  # the failure excerpt is pinned

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from agent_helpers import GOOD_STEPS
+from agent_helpers import GOOD_STEPS, run_on_fake_api
 
-from agent.loop import AttemptOutcome, run_attempt
-from agent.models import AnthropicBackend
+from agent.loop import AttemptOutcome
 from agent.prompt_cache import LOOKBACK_BLOCKS, MAX_BREAKPOINTS, PrefixCache, with_breakpoints
 from agent.transcript import usage_in
 from agent.types import AttemptTask
@@ -24,8 +23,9 @@ def _text(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
 
 
-def _body(messages: list[dict[str, Any]], *, marks: bool = True, previous_last: int | None = None,
-          model: str = "m") -> dict[str, Any]:
+def _body(
+    messages: list[dict[str, Any]], *, marks: bool = True, previous_last: int | None = None, model: str = "m"
+) -> dict[str, Any]:
     tools = [{"name": "t", "description": "d", "input_schema": {"type": "object", "properties": {}}}]
     system = [_text("system " + BIG)]
     if marks:
@@ -36,11 +36,28 @@ def _body(messages: list[dict[str, Any]], *, marks: bool = True, previous_last: 
 def _conversation(turns: int, blocks_per_turn: int = 1) -> list[dict[str, Any]]:
     messages = [{"role": "user", "content": [_text("task")]}]
     for t in range(turns):
-        messages.append({"role": "assistant", "content": [
-            {"type": "tool_use", "id": f"u{t}_{k}", "name": "t", "input": {"k": k}} for k in range(blocks_per_turn)]})
-        messages.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": f"u{t}_{k}", "content": [_text(f"result {t} {k} " + "y" * 400)]}
-            for k in range(blocks_per_turn)]})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": f"u{t}_{k}", "name": "t", "input": {"k": k}}
+                    for k in range(blocks_per_turn)
+                ],
+            }
+        )
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": f"u{t}_{k}",
+                        "content": [_text(f"result {t} {k} " + "y" * 400)],
+                    }
+                    for k in range(blocks_per_turn)
+                ],
+            }
+        )
     return messages
 
 
@@ -128,14 +145,7 @@ def test_with_breakpoints_marks_at_most_four_blocks_and_leaves_its_inputs_alone(
 async def _run(
     standin: Callable[[], Any], task: AttemptTask, settings: AgentSettings
 ) -> tuple[AttemptOutcome, FakeAnthropic]:
-    fake = FakeAnthropic(list(GOOD_STEPS), cache=PrefixCache(min_tokens=200))
-    async with (
-        run_fake_anthropic(fake) as url,
-        standin() as client,
-        AnthropicBackend(settings, api_key=fake.api_key, base_url=url) as backend,
-    ):
-        outcome = await run_attempt(backend, client, task, Budgets(), settings=settings, secrets=[fake.api_key])
-    return outcome, fake
+    return await run_on_fake_api(GOOD_STEPS, standin, task, settings, Budgets())
 
 
 @pytest.mark.anyio
@@ -181,7 +191,11 @@ async def test_the_fake_api_rejects_more_than_four_breakpoints_like_the_real_one
     async with run_fake_anthropic(fake) as url:
         client = anthropic.AsyncAnthropic(api_key=fake.api_key, base_url=url, max_retries=0)
         with pytest.raises(anthropic.BadRequestError, match="maximum of 4 blocks with cache_control"):
-            await client.messages.create(model="m", max_tokens=10, system=[marked, marked],  # type: ignore[list-item]
-                                         messages=[{"role": "user", "content": [marked, marked, marked]}])  # type: ignore[list-item]
+            await client.messages.create(
+                model="m",
+                max_tokens=10,
+                system=[marked, marked],  # type: ignore[list-item]
+                messages=[{"role": "user", "content": [marked, marked, marked]}],
+            )  # type: ignore[list-item]
         await client.close()
     assert fake.remaining == 1

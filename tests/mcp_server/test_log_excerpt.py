@@ -358,34 +358,43 @@ def test_the_first_error_is_kept_before_later_repeated_failures(budget: int) -> 
     assert result.failing_tests[:2] == ["TestCommand0", "TestCommand1"]
 
 
-def test_a_compiler_warning_or_a_bare_logged_exception_is_not_the_first_error() -> None:
-    rows = [*[f"[INFO] step {i}" for i in range(100)],
-            "[WARNING] /src/main/java/a/Unsafe.java:[19,15] Unsafe is internal proprietary API",
-            "java.lang.InterruptedException", "\tat java.lang.Object.wait(Native Method)",
-            *[f"[INFO] compiling {i}" for i in range(300)],
-            "[ERROR] /src/main/java/a/Map.java:[155,27] error: incompatible types",
-            *[f"[ERROR] /src/main/java/a/Other{i}.java:[{i},1] error: cannot find symbol" for i in range(150)],
-            "[INFO] BUILD FAILURE"]
+_WARNING_THEN_ERROR = [
+    *[f"[INFO] step {i}" for i in range(100)],
+    "[WARNING] /src/main/java/a/Unsafe.java:[19,15] Unsafe is internal proprietary API",
+    "java.lang.InterruptedException",
+    "\tat java.lang.Object.wait(Native Method)",
+    *[f"[INFO] compiling {i}" for i in range(300)],
+    "[ERROR] /src/main/java/a/Map.java:[155,27] error: incompatible types",
+    *[f"[ERROR] /src/main/java/a/Other{i}.java:[{i},1] error: cannot find symbol" for i in range(150)],
+    "[INFO] BUILD FAILURE",
+]
+_ERROR_IN_A_STEP_THAT_SUCCEEDED = [
+    "##[group]Run mvn -B dependency:go-offline --fail-never",
+    "[ERROR] /w/src/Early.java:[1,1] cannot find symbol",
+    *[f"[INFO] downloaded {i}" for i in range(300)],
+    "##[group]Run mvn -B verify",
+    *[f"[INFO] building {i}" for i in range(300)],
+    "[ERROR] /w/src/Late.java:[42,46] cannot access Compiler",
+    *[f"[ERROR] Tests run: {i}, Failures: 1 <<< FAILURE! - in a.T{i}Test" for i in range(120)],
+    "##[error]Process completed with exit code 1.",
+]
+
+
+@pytest.mark.parametrize(
+    ("rows", "needle", "location"),
+    [
+        pytest.param(_WARNING_THEN_ERROR, "Map.java:[155,27]", "/src/main/java/a/Map.java:155:27",
+                     id="a-warning-or-a-bare-exception-is-not-it"),
+        pytest.param(_ERROR_IN_A_STEP_THAT_SUCCEEDED, "Late.java:[42,46]", "/w/src/Late.java:42:46",
+                     id="an-error-in-a-step-that-succeeded-is-not-it"),
+    ],
+)
+def test_the_first_error_is_the_first_real_failure(rows: list[str], needle: str, location: str) -> None:
     log = "\n".join(rows) + "\n"
     result = excerpt(log, budget_tokens=1000)
-    assert _number_of(log, "Map.java:[155,27]") in result.kept_line_numbers
-    assert result.error_locations[0] == "/src/main/java/a/Map.java:155:27"
+    assert _number_of(log, needle) in result.kept_line_numbers
+    assert result.error_locations[0] == location
     assert "Unsafe.java" not in (result.summary or "")
-
-
-def test_an_error_in_a_step_that_succeeded_is_not_the_first_error() -> None:
-    rows = ["##[group]Run mvn -B dependency:go-offline --fail-never",
-            "[ERROR] /w/src/Early.java:[1,1] cannot find symbol",
-            *[f"[INFO] downloaded {i}" for i in range(300)],
-            "##[group]Run mvn -B verify",
-            *[f"[INFO] building {i}" for i in range(300)],
-            "[ERROR] /w/src/Late.java:[42,46] cannot access Compiler",
-            *[f"[ERROR] Tests run: {i}, Failures: 1 <<< FAILURE! - in a.T{i}Test" for i in range(120)],
-            "##[error]Process completed with exit code 1."]
-    log = "\n".join(rows) + "\n"
-    result = excerpt(log, budget_tokens=1000)
-    assert _number_of(log, "Late.java:[42,46]") in result.kept_line_numbers
-    assert result.error_locations[0] == "/w/src/Late.java:42:46"
 
 
 def test_the_summary_takes_a_small_share_of_the_budget_and_is_redacted() -> None:

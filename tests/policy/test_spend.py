@@ -83,8 +83,10 @@ def test_the_fallback_model_is_used_past_the_notice_mark_and_the_choice_says_why
 
 def test_limits_are_validated_and_read_from_the_config() -> None:
     config = GreenloopConfig.model_validate(
-        {"spend": {"daily_usd": 20, "monthly_usd": 400},
-         "projects": [{"name": "a", "repo": "o/a", "daily_cost_usd": 5}]}
+        {
+            "spend": {"daily_usd": 20, "monthly_usd": 400},
+            "projects": [{"name": "a", "repo": "o/a", "daily_cost_usd": 5}],
+        }
     )
     assert config.spend.daily_usd == 20.0 and config.projects[0].daily_cost_usd == 5.0
     with pytest.raises(ValueError, match="greater than 0"):
