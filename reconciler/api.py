@@ -79,6 +79,7 @@ from reconciler.store.state import kill_switch_enabled, set_kill_switch
 from reconciler.store.translate import fetch_all, with_retry
 from reconciler.store.upsert import insert_for
 from reconciler.summary import RunSummary, Trigger
+from reconciler.ui import ui_routes
 
 __all__ = ["MIN_TOKEN_LENGTH", "ReconcileFn", "build_api"]
 
@@ -568,6 +569,7 @@ def build_api(
         Route("/kill-switch", e("api_get_kill_switch", api.get_kill_switch), methods=["GET"]),
         Route("/kill-switch", e("api_post_kill_switch", api.post_kill_switch), methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    ui = ui_routes(ctx, token=token.encode() if token is not None else None)  # the operators' pages at /ui
+    app = Starlette(routes=[*routes, *ui], exception_handlers={404: not_found, 405: not_found})
     app.add_middleware(BearerGuard, token=token.encode() if token is not None else None)
     return app
