@@ -70,9 +70,7 @@ def _agent_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `greenloop`."""
     parser = argparse.ArgumentParser(prog="greenloop", description="Keep scheduled jobs and CI green.")
-    parser.add_argument(
-        "--config", default=None, help="path of greenloop.toml (default: $GREENLOOP_CONFIG or ./greenloop.toml)"
-    )
+    parser.add_argument("--config", default=None, help=_CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the whole loop on the local forge and the fixture projects")
@@ -116,7 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--budget-tokens", type=int, default=2000)
     ex.add_argument("--json", action="store_true", help="print the kept line numbers as JSON")
     ex.set_defaults(func=_logs_excerpt)
+
+    from reconciler.cli_attempts import register
+
+    register(sub)
+    _config_everywhere(parser)
     return parser
+
+
+_CONFIG_HELP = "path of greenloop.toml (default: $GREENLOOP_CONFIG, else ./greenloop.toml)"
+
+
+def _config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let every sub-command take `--config` too (`greenloop config check --config FILE`, as the docs write it).
+
+    Its default there is "not given", so it never overrides a `--config` given before the sub-command.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                if not any("--config" in a.option_strings for a in child._actions):
+                    child.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+                _config_everywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
