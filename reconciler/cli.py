@@ -16,9 +16,17 @@ __all__ = ["build_parser", "main"]
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from mcp_server.settings import load_config
+    import os
+    from pathlib import Path
+
+    from mcp_server.settings import CONFIG_ENV, load_config
 
     config = load_config(args.config)
+    if not args.config and not os.environ.get(CONFIG_ENV) and not Path("greenloop.toml").exists():
+        print(
+            f"no configuration file found: tried --config (not given), ${CONFIG_ENV} (unset), "
+            f"{Path('greenloop.toml').resolve()} (no such file); the built-in defaults apply"
+        )
     print(f"configuration OK: {len(config.projects)} project(s)")
     for p in config.projects:
         jobs = ",".join(p.jobs) or "all jobs"
