@@ -237,18 +237,15 @@ class _Api:
     async def debug_reconcile(self, request: Request, fields: dict[str, Any]) -> Response:
         body = await parse_body(request, DebugReconcileRequest)
         fields.update(repos=body.repos, dry_run=body.dry_run)
-        unknown = [
-            r for r in dict.fromkeys(body.repos) if not any(r in (p.name, p.repo) for p in self.ctx.config.projects)
-        ]
+        wanted = list(dict.fromkeys(body.repos)) if body.repos is not None else None  # None: every project
+        unknown = [r for r in wanted or [] if not any(r in (p.name, p.repo) for p in self.ctx.config.projects)]
         if unknown:
             raise ApiError(
                 404, "unknown_project", f"Unknown project(s): {', '.join(repr(u) for u in unknown)}.", unknown=unknown
             )
         try:
             async with asyncio.timeout(self.debug_timeout):
-                summary = await self.reconcile_fn(
-                    self.ctx, repos=list(dict.fromkeys(body.repos)), trigger="debug", dry_run=body.dry_run
-                )
+                summary = await self.reconcile_fn(self.ctx, repos=wanted, trigger="debug", dry_run=body.dry_run)
         except UnknownProjects as exc:
             names = [str(n) for n in exc.names]
             raise ApiError(404, "unknown_project", str(exc), unknown=names) from None

@@ -119,8 +119,9 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
 def _invalid(exc: ValidationError, what: str) -> ApiError:
     errors = exc.errors(include_url=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errors):
-        msg = next(e["msg"] for e in errors if e["type"] == "json_invalid")
-        return ApiError(400, "invalid_json", f"Invalid JSON: {msg}.")
+        bad = next(e for e in errors if e["type"] == "json_invalid")
+        why = str(bad.get("ctx", {}).get("error") or bad["msg"].removeprefix("Invalid JSON: "))
+        return ApiError(400, "invalid_json", f"Invalid JSON: {why}.")
     fields = [FieldError(field=_field_name(tuple(e["loc"])), message=e["msg"]) for e in errors]
     first = fields[0]
     more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
