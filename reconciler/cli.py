@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole loop on the local forge and the fixture projects")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
-    p.add_argument("--deadline", type=float, default=120.0, help="seconds to wait for every project to settle")
+    p.add_argument(
+        "--deadline", type=_positive_seconds, default=120.0, help="seconds to wait for every project to settle"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (forge, store, workspaces)")
     p.set_defaults(func=_demo)
 
@@ -128,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     register(sub)
     _config_everywhere(parser)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
 
 
 _CONFIG_HELP = "path of greenloop.toml (default: $GREENLOOP_CONFIG, else ./greenloop.toml)"
