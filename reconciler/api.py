@@ -78,6 +78,7 @@ from reconciler.store.runs import record_run
 from reconciler.store.state import kill_switch_enabled, set_kill_switch
 from reconciler.store.translate import fetch_all, with_retry
 from reconciler.store.upsert import insert_for
+from reconciler.store.views import stored_json
 from reconciler.summary import RunSummary, Trigger
 from reconciler.ui import ui_routes
 
@@ -318,7 +319,7 @@ class _Api:
             trace_id=attempt.trace_id,
             heartbeat_at=attempt.heartbeat_at,
             report=attempt.report,
-            transcript=_loads(attempt.transcript),
+            transcript=stored_json(attempt.transcript),
             transitions=[
                 TransitionRecord(from_status=t.from_status, to_status=t.to_status, reason=t.reason, at=t.at)
                 for t in transitions
@@ -328,7 +329,7 @@ class _Api:
                     id=c.id,
                     tool=c.tool,
                     outcome=c.outcome,
-                    arguments=_loads(c.arguments),
+                    arguments=stored_json(c.arguments),
                     message=c.message,
                     result_bytes=c.result_bytes,
                     duration_ms=c.duration_ms,
@@ -470,15 +471,6 @@ def _summary(a: Attempt) -> AttemptSummary:
         updated_at=a.updated_at,
         finished_at=a.finished_at,
     )
-
-
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 async def _record_reported_run(api: _Api, project: str, body: ReportedRun, log_text: str | None) -> tuple[JobRun, bool]:

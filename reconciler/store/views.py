@@ -6,8 +6,10 @@ fixed number of round trips however many attempts the store holds.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -16,7 +18,25 @@ from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt, JobRun, McpToolCall, utcnow
 from reconciler.store.translate import fetch_all, translated
 
-__all__ = ["ProjectSpend", "SpendSummary", "attempt_tool_calls", "latest_attempts", "latest_job_runs", "spend"]
+__all__ = [
+    "ProjectSpend",
+    "SpendSummary",
+    "attempt_tool_calls",
+    "latest_attempts",
+    "latest_job_runs",
+    "spend",
+    "stored_json",
+]
+
+
+def stored_json(text: str | None) -> Any:
+    """A JSON text column (transcript, tool arguments) decoded; the text itself when it is not JSON."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 async def attempt_tool_calls(session_factory: SessionFactory, attempt_id: str) -> list[McpToolCall]:

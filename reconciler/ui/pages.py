@@ -208,15 +208,6 @@ class AttemptPage:
     transcript: list[TranscriptRow]
 
 
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 async def attempt_page(ctx: ReconcilerContext, attempt: Attempt) -> AttemptPage:
     """The attempt page's content for `attempt`."""
     transitions = await attempt_store.attempt_transitions(ctx.sessions, attempt.id)
@@ -224,7 +215,7 @@ async def attempt_page(ctx: ReconcilerContext, attempt: Attempt) -> AttemptPage:
     rows = []
     written: list[str] = []
     for c in calls:
-        arguments = _loads(c.arguments)
+        arguments = views.stored_json(c.arguments)
         rows.append(ToolCallRow(call=c, arguments=_pretty(arguments)))
         if c.tool == "write_repo_file" and c.outcome == "ok" and isinstance(arguments, dict):
             path = arguments.get("path")
@@ -236,5 +227,5 @@ async def attempt_page(ctx: ReconcilerContext, attempt: Attempt) -> AttemptPage:
         transitions=transitions,
         tool_calls=rows,
         files_written=written,
-        transcript=transcript_rows(_loads(attempt.transcript)),
+        transcript=transcript_rows(views.stored_json(attempt.transcript)),
     )
