@@ -306,3 +306,51 @@ def test_screenshot_helper_writes_png_files(tmp_path: Path) -> None:
     saved = screenshots(tmp_path)
     assert [p.name for p in saved] == ["operations-ui-projects.png", "operations-ui-attempt.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in saved)
+
+
+@anyio
+async def test_the_ui_exemption_from_the_bearer_guard_opens_no_api_route(sessions: SessionFactory) -> None:
+    ctx = ReconcilerContext(config=config(), sessions=sessions, forge=None, dispatcher=None, metrics=Metrics())
+    app = build_api(ctx, api_token=TOKEN)
+    for path in ("/ui/../attempts", "/ui/..%2Fattempts", "/ui/%2e%2e/kill-switch", "/ui//attempts"):
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, object], sink: list[dict[str, object]] = sent) -> None:
+            sink.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        await app(scope, receive, send)
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        body = b"".join(bytes(m.get("body", b"")) for m in sent if m["type"] == "http.response.body")
+        assert status in (303, 404), (path, status)  # the login redirect or no such route, never the API's data
+        assert b'"attempts"' not in body and b'"enabled"' not in body
+
+
+@anyio
+async def test_the_token_never_reaches_a_log(sessions: SessionFactory, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    async with ui_client(sessions) as http:
+        await http.post("/ui/login", data={"token": TOKEN + "-wrong"})
+        await _login(http)
+        await http.get("/ui")
+    events = [r.getMessage() for r in caplog.records]
+    assert "ui_login_refused" in events and "ui_projects" in events
+    assert not any(TOKEN in (r.getMessage() + str(getattr(r, "greenloop_fields", ""))) for r in caplog.records)
