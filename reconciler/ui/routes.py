@@ -7,6 +7,7 @@ URL. Each request logs one structured event (`ui_<page>`) with its status and du
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -35,6 +36,7 @@ __all__ = ["ui_routes"]
 logger = logging.getLogger("greenloop.ui")
 
 PAGE_SIZE: Final = 50
+_PAGE_TIMEOUT_S: Final = 30.0
 _LOGIN_BODY: Final = 4096
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -66,7 +68,8 @@ def ui_routes(ctx: ReconcilerContext, *, token: bytes | None) -> list[BaseRoute]
                 fields["refused"] = True
             else:
                 try:
-                    response = await handler(request)
+                    async with asyncio.timeout(_PAGE_TIMEOUT_S):
+                        response = await handler(request)
                 except _NotFound as exc:
                     response = _html(render("error.html", title="Not found", message=str(exc)), 404)
                 except ApiError as exc:
@@ -74,6 +77,13 @@ def ui_routes(ctx: ReconcilerContext, *, token: bytes | None) -> list[BaseRoute]
                 except StoreError as exc:
                     fields["error"] = str(exc)
                     response = _html(render("error.html", title="Store unavailable", message=_STORE_DOWN), 503)
+                except TimeoutError:
+                    fields["error"] = "timeout"
+                    response = _html(render("error.html", title="Timed out", message=_TIMED_OUT), 504)
+                except Exception:  # top-level handler: a bug answers 500 and is logged with its traceback
+                    logger.exception("ui_handler_crashed", extra={"greenloop_fields": {"page": event}})
+                    fields["error"] = "internal"
+                    response = _html(render("error.html", title="Internal error", message=_INTERNAL), 500)
             log_event(
                 logger,
                 event,
@@ -96,7 +106,10 @@ def ui_routes(ctx: ReconcilerContext, *, token: bytes | None) -> list[BaseRoute]
         if not auth.needs_login:
             return RedirectResponse("/ui", status_code=303, headers=SECURITY_HEADERS)
         body = await read_body(request, _LOGIN_BODY)
-        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        try:
+            form = urllib.parse.parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        except ValueError:  # more fields than the form has
+            raise ApiError(400, "bad_request", "Invalid login form.") from None
         given = (form.get("token") or [""])[0]
         if not auth.token_matches(given):
             log_event(logger, "ui_login_refused", level=logging.WARNING)
@@ -185,3 +198,5 @@ def ui_routes(ctx: ReconcilerContext, *, token: bytes | None) -> list[BaseRoute]
 
 _LOOPBACK_ONLY: Final = "No API token is configured, so only loopback clients are served."
 _STORE_DOWN: Final = "The store did not answer; see the server log, then reload."
+_TIMED_OUT: Final = f"No answer within {_PAGE_TIMEOUT_S:g} seconds; reload, or see the server log."
+_INTERNAL: Final = "Internal error: see the server log."

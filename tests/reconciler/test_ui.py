@@ -354,3 +354,13 @@ async def test_the_token_never_reaches_a_log(sessions: SessionFactory, caplog: p
     events = [r.getMessage() for r in caplog.records]
     assert "ui_login_refused" in events and "ui_projects" in events
     assert not any(TOKEN in (r.getMessage() + str(getattr(r, "greenloop_fields", ""))) for r in caplog.records)
+
+
+@anyio
+async def test_a_malformed_login_form_is_a_400_page_not_a_crash(sessions: SessionFactory) -> None:
+    async with ui_client(sessions) as http:
+        crowded = await http.post("/ui/login", content=b"&".join(b"f%d=x" % i for i in range(10)))
+        assert crowded.status_code == 400 and "Invalid login form." in crowded.text
+        huge = await http.post("/ui/login", content=b"token=" + b"x" * 10_000)
+        assert huge.status_code == 413
+        assert crowded.headers["content-security-policy"] == CSP
