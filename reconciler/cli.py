@@ -70,8 +70,13 @@ def _agent_run(args: argparse.Namespace) -> int:
 
     from agent.cli import agent_run_command
     from mcp_server.settings import load_config
+    from reconciler.cli_attempts import active_attempt_refusal
 
     config = load_config(args.config)
+    refusal = asyncio.run(active_attempt_refusal(config, args.project))
+    if refusal is not None:
+        print(f"greenloop: {refusal}", file=sys.stderr)
+        return 2
     return asyncio.run(agent_run_command(config, args.project, args.job, args.model, run_id=args.run_id))
 
 

@@ -333,6 +333,48 @@ def projects_command(args: argparse.Namespace, out: TextIO | None = None, err: T
     return _run(_projects, args, out, err)
 
 
+# --- a manual agent run -----------------------------------------------------------------------------------
+
+
+async def active_attempt_refusal(config: GreenloopConfig, project: str) -> str | None:
+    """Why `greenloop agent run` must not start on `project` (an attempt is already active), or None.
+
+    A manual run is not recorded as an attempt, so it must not race one the reconciler is running. A store
+    that does not exist yet holds no attempt; one that cannot be read is reported and does not block.
+    """
+    from reconciler.errors import StoreError
+    from reconciler.store import attempts as attempt_store
+    from reconciler.store.engine import make_engine, make_sessionmaker
+
+    if config.server.database_url.startswith("sqlite") and _missing_sqlite_file(config.server.database_url):
+        return None
+    engine = make_engine(config.server.database_url)
+    try:
+        async with asyncio.timeout(_TIMEOUT_S):
+            active = await attempt_store.active_attempts(make_sessionmaker(engine), project)
+    except (StoreError, TimeoutError) as exc:
+        print(f"greenloop: could not check the store for an active attempt ({exc}); going on", file=sys.stderr)
+        return None
+    finally:
+        await engine.dispose()
+    if not active:
+        return None
+    a = active[0]
+    return (
+        f"project {project!r} has an active attempt {a.id} ({a.status}, job {a.job!r}); "
+        f"wait for it or cancel it first: greenloop attempts cancel {a.id}"
+    )
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return bool(database) and database != ":memory:" and not Path(str(database)).exists()
+
+
 # --- the parser -------------------------------------------------------------------------------------------
 
 

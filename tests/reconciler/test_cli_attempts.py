@@ -171,3 +171,23 @@ def test_an_explicit_url_with_no_server_is_an_error_not_a_fallback(config_file: 
     code, out, err = run("attempts", "list", "--url", f"http://127.0.0.1:{port}", "--config", str(config_file))
     assert code == 1 and out == ""
     assert f"no greenloop server answers at http://127.0.0.1:{port}" in err
+
+
+def test_agent_run_by_hand_is_refused_while_the_project_has_an_active_attempt(
+    config_file: Path, store: tuple[str, dict[str, str]]
+) -> None:
+    _url, ids = store
+    code, out, err = run("agent", "run", "--project", "docs-site", "--job", "build", "--config", str(config_file))
+    assert (code, out) == (2, "")
+    assert f"project 'docs-site' has an active attempt {ids['stale']} (running, job 'build')" in err
+    assert f"greenloop attempts cancel {ids['stale']}" in err
+
+
+def test_the_active_attempt_check_needs_no_store_that_does_not_exist(tmp_path: Path) -> None:
+    from policy.config import GreenloopConfig, ServerSettings
+    from reconciler.cli_attempts import active_attempt_refusal
+
+    missing = tmp_path / "nope.db"
+    cfg = GreenloopConfig(server=ServerSettings(database_url=f"sqlite+aiosqlite:///{missing}"))
+    assert asyncio.run(active_attempt_refusal(cfg, "docs-site")) is None
+    assert not missing.exists()  # the check does not create it
