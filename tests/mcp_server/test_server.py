@@ -32,6 +32,8 @@ pytestmark = pytest.mark.anyio
 
 REPO = "acme/bug-lib"
 MARKER = "TOP-SECRET-MARKER-7f3a"
+KEY_BODY = [base64.b64encode(bytes((i * 37 + j) % 256 for j in range(48))).decode() for i in range(6)]
+COMMITTED_KEY = "\n".join(["-----BEGIN RSA PRIVATE KEY-----", *KEY_BODY, "-----END RSA PRIVATE KEY-----", ""])
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "projects" / "bug-lib" / "fix" / "pager" / "pagination.py"
 
 
@@ -62,8 +64,9 @@ async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shar
                 "docs/passwd": Symlink("/etc/passwd"),
                 "docs/up": Symlink("../.."),
                 "docs/gitdir": Symlink("../.git"),
+                "deploy/app.key": COMMITTED_KEY,
             },
-            "docs: helpful links",
+            "docs: helpful links (and a key committed by mistake)",
             tmp / "human",
         )
         await forge.wait_idle()
@@ -236,6 +239,18 @@ async def test_write_repo_file_refuses_paths_outside_the_repository(shared: Shar
     assert "pwned" not in (workspace / ".git" / "config").read_text(encoding="utf-8")
     status = await ok(shared.writer, "list_repo_files", {"limit": 1000})
     assert status["files"] == (await ok(shared.reader, "list_repo_files", {"limit": 1000}))["files"]
+
+
+@pytest.mark.parametrize(("start_line", "max_lines"), [(1, 400), (2, 4), (3, 1), (7, 2), (8, 1)])
+async def test_a_window_into_a_committed_key_shows_none_of_it(shared: Shared, start_line: int, max_lines: int) -> None:
+    # Issue 12: redaction ran on the returned window, and a window without the BEGIN line showed the key.
+    for client in (shared.reader, shared.writer):
+        got = await ok(
+            client, "read_repo_file", {"path": "deploy/app.key", "start_line": start_line, "max_lines": max_lines}
+        )
+        assert got["start_line"] == start_line and got["total_lines"] == 8
+        assert "[REDACTED:private_key]" in got["content"]
+        assert not any(line in json.dumps(got) for line in KEY_BODY)
 
 
 async def test_listing_shows_committed_symlinks_but_never_their_targets(shared: Shared) -> None:

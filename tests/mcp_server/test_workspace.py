@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from secret_shapes import assert_nothing_shown, secret_files
 
 from fixtures.forge.server import Forge, run_forge
 from mcp_server.errors import GitError, ToolRefused, WorkspaceError, WorkspaceRefused
@@ -628,3 +629,26 @@ async def test_a_resumed_attempt_pushes_its_own_earlier_commit_instead_of_refusi
         await resumed.commit_and_push("x", attempt_id=ATTEMPT, expected_branch=BRANCH)
     with pytest.raises(ToolRefused, match="Nothing to commit"):  # another attempt's commit is not its own
         await env.workspace().commit_and_push("x", attempt_id="other123", expected_branch=BRANCH)
+
+
+# ---------------------------------------------------------------------------------------------- windowed redaction
+
+
+@pytest.mark.anyio
+async def test_every_window_of_every_secret_shape_shows_no_secret(env: Env) -> None:
+    """Issue 12: a window starting inside a PEM block used to return its raw base64 lines."""
+    ws = await cloned(env)
+    for name, (text, pieces) in secret_files().items():
+        (ws.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws.root / name).write_text(text)
+        whole = await ws.read_file(name)
+        assert not whole.truncated
+        total = whole.total_lines
+        for start in range(1, total + 1):
+            for count in range(1, total - start + 2):
+                got = await ws.read_file(name, start_line=start, max_lines=count)
+                assert_nothing_shown(got.content, pieces, f"{name} lines {start}+{count}")
+                assert got.content.count("\n") == got.end_line - got.start_line + 1 or got.end_line == total
+        for budget in range(20, len(text) + 40, 37):
+            got = await ws.read_file(name, max_bytes=budget)
+            assert_nothing_shown(got.content, pieces, f"{name} first {budget} bytes")
