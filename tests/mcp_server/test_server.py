@@ -253,6 +253,15 @@ async def test_a_window_into_a_committed_key_shows_none_of_it(shared: Shared, st
         assert not any(line in json.dumps(got) for line in KEY_BODY)
 
 
+async def test_a_path_under_a_file_is_refused_naming_the_file_not_an_internal_error(shared: Shared) -> None:
+    # Issue 12: NotADirectoryError escaped the tool and the model read "Internal error".
+    written = await refused(shared.writer, "write_repo_file", {"path": "pager/pagination.py/x", "content": "x\n"})
+    assert "Write refused: 'pager/pagination.py' is a file, not a directory" in written
+    read = await refused(shared.reader, "read_repo_file", {"path": "pager/pagination.py/x"})
+    assert "Read refused: 'pager/pagination.py' is a file, not a directory" in read
+    assert "Internal error" not in written + read
+
+
 async def test_listing_shows_committed_symlinks_but_never_their_targets(shared: Shared) -> None:
     listing = await ok(shared.reader, "list_repo_files", {"limit": 1000})
     assert not any(f.startswith(".git/") for f in listing["files"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import pytest
 from secret_shapes import assert_nothing_shown, secret_files
 
 from fixtures.forge.server import Forge, run_forge
+from mcp_server import workspace as workspace_module
 from mcp_server.errors import GitError, ToolRefused, WorkspaceError, WorkspaceRefused
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
@@ -652,3 +654,68 @@ async def test_every_window_of_every_secret_shape_shows_no_secret(env: Env) -> N
         for budget in range(20, len(text) + 40, 37):
             got = await ws.read_file(name, max_bytes=budget)
             assert_nothing_shown(got.content, pieces, f"{name} first {budget} bytes")
+
+
+# ---------------------------------------------------------------------------------------------- filesystem errors
+
+
+@pytest.mark.anyio
+async def test_writing_or_reading_under_a_file_is_refused_naming_that_file(env: Env) -> None:
+    """Issue 12: 'README.md/x' raised NotADirectoryError, which reached the model as "Internal error"."""
+    ws = await on_fix_branch(env)
+    (ws.root / "docs").mkdir(exist_ok=True)
+    (ws.root / "docs" / "guide.md").write_text("guide\n")
+    for path in ("docs/guide.md/x", "docs/guide.md/deeper/x.txt"):
+        with pytest.raises(ToolRefused) as write:
+            await ws.write_file(path, "x\n", **LIMITS)
+        assert "'docs/guide.md' is a file, not a directory" in str(write.value)
+        with pytest.raises(ToolRefused) as read:
+            await ws.read_file(path)
+        assert str(read.value).startswith(("Read refused: 'docs/guide.md' is a file", "Not found"))
+    assert not (ws.root / "docs" / "guide.md").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("code", "named"),
+    [
+        pytest.param(errno.ENOTDIR, "a component of the path is not a directory", id="NotADirectoryError"),
+        pytest.param(errno.ENAMETOOLONG, "the name 'name.txt' is too long", id="name-too-long"),
+        pytest.param(errno.ELOOP, "too many symbolic links", id="too-many-symlink-levels"),
+        pytest.param(
+            errno.EACCES, "permission denied on 'deep/dir/name.txt' or its directory 'deep/dir'", id="PermissionError"
+        ),
+        pytest.param(
+            errno.EPERM,
+            "permission denied on 'deep/dir/name.txt' or its directory 'deep/dir'",
+            id="PermissionError-EPERM",
+        ),
+        pytest.param(errno.EROFS, "the workspace's filesystem is read-only", id="read-only-filesystem"),
+        pytest.param(errno.EISDIR, "'deep/dir/name.txt' is a directory", id="IsADirectoryError"),
+        pytest.param(errno.ENOSPC, "no space left", id="no-space"),
+        pytest.param(errno.EIO, "the filesystem refused 'deep/dir/name.txt'", id="other-OSError"),
+    ],
+)
+@pytest.mark.anyio
+async def test_every_os_error_of_a_write_or_read_is_a_clear_refusal(
+    env: Env, monkeypatch: pytest.MonkeyPatch, code: int, named: str
+) -> None:
+    ws = await on_fix_branch(env)
+    (ws.root / "deep" / "dir").mkdir(parents=True)
+    (ws.root / "deep" / "dir" / "name.txt").write_text("old\n")
+    host = str(ws.root / "deep" / "dir" / "name.txt")
+
+    def fail(*args: object) -> None:
+        raise OSError(code, os.strerror(code), host)  # OSError(...) builds the errno's subclass
+
+    monkeypatch.setattr(workspace_module, "_replace_file", fail)
+    monkeypatch.setattr(workspace_module, "_read_text", fail)
+    for action, call in (
+        ("Write", ws.write_file("deep/dir/name.txt", "new\n", **LIMITS)),
+        ("Read", ws.read_file("deep/dir/name.txt")),
+    ):
+        with pytest.raises(ToolRefused) as refused:
+            await call
+        message = str(refused.value)
+        assert message.startswith(f"{action} refused: ") and named in message, message
+        assert str(env.tmp) not in message  # never the host path the OS error carries
+    assert (ws.root / "deep" / "dir" / "name.txt").read_text() == "old\n"
