@@ -138,11 +138,8 @@ def http_app(
 
 
 def _configure_logging(level: str) -> None:
-    try:
-        from mcp_server.jsonlog import configure_json_logging
-    except ImportError:  # pragma: no cover - the structured-log module is optional here
-        logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
-        return
+    from mcp_server.jsonlog import configure_json_logging
+
     configure_json_logging(getattr(logging, level))
 
 
