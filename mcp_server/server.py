@@ -73,6 +73,7 @@ WRITE_TOOLS = ("create_branch", "write_repo_file", "commit_and_push", "create_pu
 TOOL_NAMES = READ_TOOLS + WRITE_TOOLS
 
 _INTERNAL_ERROR = "Internal error: the tool failed unexpectedly; the details are in the server log."
+_INLINE_REDACT_CHARS = 16_000  # results with more text than this are redacted in a worker thread
 _AUDIT_STRING_CHARS = 2000  # longer argument strings (file contents) are stored as a head and a length
 _PR_FOOTER = "\n\n---\nOpened by greenloop attempt `{attempt}` for the failing job `{job}`."
 
@@ -639,6 +640,17 @@ def _unknown_arguments(declared: frozenset[str] | None, arguments: Any) -> list[
     return sorted(str(k)[:64] for k in arguments if k not in declared)[:5]
 
 
+def _text_chars(value: Any) -> int:
+    """How many characters of text a JSON-like result holds (what redacting it costs)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_text_chars(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_text_chars(v) for v in value)
+    return 0
+
+
 def _first_text(result: Mapping[str, Any]) -> str | None:
     for block in result.get("content") or ():
         if isinstance(block, Mapping) and isinstance(block.get("text"), str):
@@ -706,8 +718,12 @@ async def _audited_call(
             async with binding.lock:
                 data = _as_dict(await call_next(ctx))
         if data is not None:
-            # Security: the last gate before the model: nothing leaves without the live secrets masked.
-            data = await off_loop(binding.redact_obj, data)
+            # Security: the last gate before the model: nothing leaves without the live secrets masked. A large
+            # result is redacted in a worker thread, so it holds up no other session.
+            if _text_chars(data) > _INLINE_REDACT_CHARS:
+                data = await off_loop(binding.redact_obj, data)
+            else:
+                data = binding.redact_obj(data)
         if call.outcome is None:
             if data is not None and data.get("isError"):
                 # The SDK refused the call before the tool ran: unknown tool or arguments outside the schema.

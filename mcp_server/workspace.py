@@ -302,11 +302,9 @@ class Workspace:
         real = self.resolve_path(requested, for_write=False)
         rel = self._relative(real)
         try:
-            text = await off_loop(_read_text, real, requested)
+            lines, total = await off_loop(_read_window, real, requested, redact_text, start_line, max_lines, max_bytes)
         except OSError as exc:
             raise self._os_refused(exc, requested, "Read") from exc
-        # Security: redact the whole text, then cut the window (a window alone can hide a secret's start).
-        lines, total = await off_loop(_window, text, redact_text, start_line, max_lines, max_bytes)
         if total == 0:
             if start_line > 1:
                 raise ToolRefused(f"Out of range: the file is empty: {requested!r}.")
@@ -722,6 +720,14 @@ def _replace_file(real: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _read_window(
+    real: Path, requested: str, redact_text: Callable[[str], str], start_line: int, max_lines: int, max_bytes: int
+) -> tuple[list[str], int]:
+    """The window of a file's redacted text (see `_window`), read in one go off the event loop."""
+    # Security: redact the whole text, then cut the window (a window alone can hide a secret's start).
+    return _window(_read_text(real, requested), redact_text, start_line, max_lines, max_bytes)
 
 
 def _read_text(real: Path, requested: str) -> str:

@@ -66,7 +66,7 @@ async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shar
                 "docs/gitdir": Symlink("../.git"),
                 "deploy/app.key": COMMITTED_KEY,
             },
-            "docs: helpful links (and a key committed by mistake)",
+            "docs: helpful links",
             tmp / "human",
         )
         await forge.wait_idle()
