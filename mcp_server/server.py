@@ -131,18 +131,18 @@ def _tool(*, title: str, write: bool, destructive: bool = False, idempotent: boo
                     return await fn(**kwargs)
             except (ToolRefused, PolicyViolation) as exc:
                 raise ToolError(_finish(call, "refused", str(exc))) from None
-            except OSError as exc:  # the filesystem refused: say what it said, never the host path it names
-                reason = exc.strerror or exc.__class__.__name__
-                message = f"Refused: the filesystem refused the request: {reason}."
-                raise ToolError(_finish(call, "refused", message)) from None
             except McpServerError as exc:
                 # Forge and git failures: their messages are written to be shown (no tokens, no host paths).
                 raise ToolError(_finish(call, "error", str(exc))) from None
+            except OSError as exc:
+                if isinstance(exc, TimeoutError | ConnectionError):  # not the filesystem: a crash like any other
+                    raise ToolError(_crashed(call, fn.__name__, exc)) from None
+                # The filesystem refused: say what it said, never the host path it names.
+                reason = exc.strerror or exc.__class__.__name__
+                message = f"Refused: the filesystem refused the request: {reason}."
+                raise ToolError(_finish(call, "refused", message)) from None
             except Exception as exc:  # top-level boundary of the tool: log the detail, show a generic message
-                detail = _redact(call, "".join(traceback.format_exception(exc)))
-                logger.error(json.dumps({"event": "mcp_tool_crashed", "tool": fn.__name__, "detail": detail}))
-                _finish(call, "error", f"unexpected {exc.__class__.__name__}")
-                raise ToolError(_INTERNAL_ERROR) from None
+                raise ToolError(_crashed(call, fn.__name__, exc)) from None
 
         _TOOLS.append(
             _ToolSpec(
@@ -161,6 +161,14 @@ def _tool(*, title: str, write: bool, destructive: bool = False, idempotent: boo
         return fn
 
     return decorator
+
+
+def _crashed(call: _Call | None, tool: str, exc: BaseException) -> str:
+    """Log an unexpected failure in full (redacted) and record it; returns the generic message for the model."""
+    detail = _redact(call, "".join(traceback.format_exception(exc)))
+    logger.error(json.dumps({"event": "mcp_tool_crashed", "tool": tool, "detail": detail}))
+    _finish(call, "error", f"unexpected {exc.__class__.__name__}")
+    return _INTERNAL_ERROR
 
 
 def _redact(call: _Call | None, text: str) -> str:
@@ -226,9 +234,8 @@ async def list_repo_files(
     """
     s = _session()
     ws = await s.ready_workspace()
-    got = await ws.list_files(under=under, glob=glob, limit=limit)
-    files = await off_loop(lambda: [s.redact(f) for f in got.paths])
-    return FileListing(files=files, truncated=got.truncated, total=got.total)
+    got = await ws.list_files(under=under, glob=glob, limit=limit, redact_text=s.redact)
+    return FileListing(files=list(got.paths), truncated=got.truncated, total=got.total)
 
 
 @_tool(title="Describe the project", write=False)

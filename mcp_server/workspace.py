@@ -332,9 +332,17 @@ class Workspace:
             next_start_line=end_line + 1 if truncated else None,
         )
 
-    async def list_files(self, under: str = "", glob: str | None = None, limit: int = 500) -> FileListing:
+    async def list_files(
+        self,
+        under: str = "",
+        glob: str | None = None,
+        limit: int = 500,
+        *,
+        redact_text: Callable[[str], str] = redact,
+    ) -> FileListing:
         """Tracked and untracked (not ignored) files under directory `under`, sorted, optionally filtered
-        by a root-anchored `glob` (`**/*.py`). Never lists `.git/`.
+        by a root-anchored `glob` (`**/*.py`), the paths returned redacted by `redact_text`. Never lists
+        `.git/`.
 
         Raises:
             WorkspaceRefused: `under` is refused.
@@ -348,8 +356,8 @@ class Workspace:
             args += ["--", f":(literal){self._relative(real)}/"]
         result = await self._git(*args)
         # Matching every path against the glob, and the existence checks, run off the event loop.
-        paths = await off_loop(_select_listed, self._root, result.stdout, glob)
-        return FileListing(paths=tuple(paths[:limit]), truncated=len(paths) > limit, total=len(paths))
+        paths, total = await off_loop(_select_listed, self._root, result.stdout, glob, limit, redact_text)
+        return FileListing(paths=paths, truncated=total > limit, total=total)
 
     # ------------------------------------------------------------------------------------------ git state
 
@@ -665,8 +673,11 @@ def _count_numstat(output: bytes) -> tuple[int, int]:
     return files, lines
 
 
-def _select_listed(root: Path, ls_files: bytes, glob: str | None) -> list[str]:
-    """The sorted paths of `git ls-files -z` output that match `glob` and exist in the working tree."""
+def _select_listed(
+    root: Path, ls_files: bytes, glob: str | None, limit: int, redact_text: Callable[[str], str]
+) -> tuple[tuple[str, ...], int]:
+    """The first `limit` sorted paths (redacted) of `git ls-files -z` output that match `glob` and exist in
+    the working tree, and how many there are."""
     listed: set[str] = set()
     for raw in ls_files.split(b"\0"):
         if not raw:
@@ -681,7 +692,8 @@ def _select_listed(root: Path, ls_files: bytes, glob: str | None) -> list[str]:
     # Tracked files deleted in the working tree are still listed by git: keep only those that exist. A file
     # name that is not UTF-8 is shown with U+FFFD in place of its bad bytes: JSON (and the model) can't carry
     # lone surrogates, and one such name must not break the whole listing.
-    return sorted(_printable(p) for p in listed if os.path.lexists(root / p))
+    paths = sorted(_printable(p) for p in listed if os.path.lexists(root / p))
+    return tuple(redact_text(p) for p in paths[:limit]), len(paths)
 
 
 def _printable(path: str) -> str:

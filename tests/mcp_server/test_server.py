@@ -7,8 +7,10 @@ push to the default branch start their own.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -520,14 +522,27 @@ async def test_installation_token_never_appears_in_results_audit_logs_or_git_con
             assert form not in text, f"the installation token leaked into the {where}"
 
 
+@pytest.mark.parametrize(
+    ("error", "shown", "outcome"),
+    [
+        pytest.param(RuntimeError, "Internal error", "error", id="crash"),
+        pytest.param(TimeoutError, "Internal error", "error", id="timeout-is-no-filesystem-error"),
+        pytest.param(
+            lambda m: OSError(errno.EROFS, os.strerror(errno.EROFS), m),  # the path it names is never shown
+            "Refused: the filesystem refused the request: Read-only file system.",
+            "refused",
+            id="filesystem-refusal",
+        ),
+    ],
+)
 async def test_unexpected_errors_reach_the_model_as_a_generic_message(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: Any, shown: str, outcome: str
 ) -> None:
     secret = "ghs_" + "S" * 36
 
     class ExplodingForge:
         async def list_workflow_runs(self, repo: str, **_: Any) -> Any:
-            raise RuntimeError(f"boom with {secret} at /srv/greenloop/private")
+            raise error(f"boom with {secret} at /srv/greenloop/private")
 
     class Sink:
         def __init__(self) -> None:
@@ -558,10 +573,11 @@ async def test_unexpected_errors_reach_the_model_as_a_generic_message(
         result = await client.call_tool("list_job_runs", {})
     assert result.is_error
     text = result_text(result)
-    assert "Internal error" in text and "boom" not in text and "/srv" not in text
-    assert sink.events[0].outcome == "error" and "boom" not in (sink.events[0].message or "")
-    logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert "boom with" in logged and secret not in logged
+    assert shown in text and "boom" not in text and "/srv" not in text
+    assert sink.events[0].outcome == outcome and "boom" not in (sink.events[0].message or "")
+    if outcome == "error":
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "boom with" in logged and secret not in logged
 
 
 async def _no_token() -> str:
