@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_support import config_text
 
 from agent.cli import agent_run_command
 from fixtures.forge.server import run_forge
@@ -40,27 +41,7 @@ async def test_the_json_log_of_a_whole_attempt_holds_no_signed_url(tmp_path: Pat
     project = "stale-import"
     async with run_forge(tmp_path / "forge", projects=[project]) as forge:
         await forge.wait_idle(120)
-        config = load_config_text(
-            "\n".join(
-                [
-                    "[server]",
-                    f'workspace_dir = "{tmp_path / "ws"}"',
-                    "[forge]",
-                    f'api_url = "{forge.api_url}"',
-                    f'git_url = "{forge.git_url}"',
-                    f'app_id = "{forge.app_id}"',
-                    f'installation_id = "{forge.installation_id}"',
-                    f'private_key_path = "{forge.private_key_path}"',
-                    "timeout_seconds = 30",
-                    "[[project]]",
-                    f'name = "{project}"',
-                    f'repo = "acme/{project}"',
-                    'autonomy = "propose"',
-                    'jobs = ["test"]',
-                ]
-            )
-            + "\n"
-        )
+        config = load_config_text(config_text(forge, tmp_path / "ws", {project: "propose"}))
         out = io.StringIO()
         code = await agent_run_command(
             config, project, "test", f"scripted:{SCRIPTS / f'{project}.json'}", env={}, out=out
