@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS
 from mcp_server.jsonlog import log_event
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig
@@ -109,6 +110,7 @@ def http_app(
     port: int,
     path: str = "/mcp",
     idle_seconds: float = 3600.0,
+    call_deadline_seconds: float = DEFAULT_CALL_DEADLINE_SECONDS,
 ) -> Starlette:
     """The streamable-HTTP ASGI app: bearer tokens required (401 otherwise), Host/Origin headers pinned.
 
@@ -129,6 +131,7 @@ def http_app(
         token_verifier=verifier,
         auth=AuthSettings(issuer_url=f"http://127.0.0.1:{port}", resource_server_url=None),
         idle_seconds=idle_seconds,
+        call_deadline_seconds=call_deadline_seconds,
     )
     return server.streamable_http_app(
         streamable_http_path=path, transport_security=transport_security(host, port), host=host
@@ -136,11 +139,8 @@ def http_app(
 
 
 def _configure_logging(level: str) -> None:
-    try:
-        from mcp_server.jsonlog import configure_json_logging
-    except ImportError:  # pragma: no cover - the structured-log module is optional here
-        logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
-        return
+    from mcp_server.jsonlog import configure_json_logging
+
     configure_json_logging(getattr(logging, level))
 
 

@@ -7,6 +7,7 @@ can't stop the others.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -167,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `greenloop`; returns the process exit code."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    from mcp_server.jsonlog import configure_json_logging
+
+    # Warnings and errors as redacted JSON lines on stderr, HTTP libraries quiet (`greenloop run` then logs
+    # from INFO up, the same way).
+    configure_json_logging(logging.WARNING)
     try:
         return int(func(args))
     except ConfigError as exc:
