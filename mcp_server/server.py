@@ -772,6 +772,16 @@ def _client_name(grant: SessionGrant, ctx: ServerRequestContext[Any, Any]) -> st
     return f"{grant.client}/{str(name)[:64]}" if name else grant.client
 
 
+def _package_version() -> str:
+    """greenloop's installed version, announced as `serverInfo.version` at initialize."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("greenloop")
+    except PackageNotFoundError:  # pragma: no cover - running from a checkout that was never installed
+        return "0+unknown"
+
+
 def build_server(
     binding_factory: BindingFactory,
     *,
@@ -810,6 +820,7 @@ def build_server(
         ),
         token_verifier=token_verifier,
         auth=auth,
+        version=_package_version(),
         lifespan=sessions.lifespan,
         log_level="WARNING",
         warn_on_duplicate_tools=True,

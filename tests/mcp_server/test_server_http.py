@@ -212,3 +212,5 @@ async def test_serve_http_command_needs_a_token_and_serves_with_one(tmp_path: Pa
         with anyio.fail_after(30):
             await process.wait()
         errlog.close()
+    announced = (tmp_path / "stderr.log").read_text(encoding="utf-8")
+    assert f"greenloop-mcp: serving MCP over streamable HTTP at {url}\n" in announced  # where to connect
