@@ -23,9 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, TypeVar
 
-import sqlalchemy as sa
 from pydantic import BaseModel
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -73,11 +71,10 @@ from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reconciler.reconcile import UnknownProjects, reconcile
 from reconciler.store import attempts as attempt_store
 from reconciler.store import projects as project_store
-from reconciler.store.models import Attempt, JobRun, McpToolCall, utcnow
-from reconciler.store.runs import record_run
-from reconciler.store.state import kill_switch_enabled, set_kill_switch
-from reconciler.store.translate import fetch_all, with_retry
-from reconciler.store.upsert import insert_for
+from reconciler.store.audit import tool_calls
+from reconciler.store.models import Attempt, JobRun, utcnow
+from reconciler.store.runs import record_reported_run
+from reconciler.store.state import kill_switch_enabled, ping, set_kill_switch
 from reconciler.summary import RunSummary, Trigger
 
 __all__ = ["MIN_TOKEN_LENGTH", "ReconcileFn", "build_api"]
@@ -218,9 +215,9 @@ class _Api:
 
     async def healthz(self, request: Request, fields: dict[str, Any]) -> Response:
         try:
-            async with asyncio.timeout(_HEALTH_TIMEOUT_S), self.ctx.sessions() as session:
-                await session.execute(sa.text("SELECT 1"))
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+                await ping(self.ctx.sessions)
+        except (StoreError, TimeoutError) as exc:
             fields["db_error"] = exc.__class__.__name__
             return json_response(Health(status="unavailable", detail="database unreachable"), 503)
         return json_response(Health(status="ok"))
@@ -308,10 +305,7 @@ class _Api:
     async def get_attempt(self, request: Request, fields: dict[str, Any]) -> Response:
         attempt = await self.attempt(request, fields)
         transitions = await attempt_store.attempt_transitions(self.ctx.sessions, attempt.id)
-        calls = await fetch_all(
-            self.ctx.sessions,
-            sa.select(McpToolCall).where(McpToolCall.attempt_id == attempt.id).order_by(McpToolCall.id),
-        )
+        calls = await tool_calls(self.ctx.sessions, attempt_id=attempt.id)
         detail = AttemptDetail(
             **_summary(attempt).model_dump(),
             fingerprint=attempt.fingerprint,
@@ -501,20 +495,7 @@ async def _record_reported_run(api: _Api, project: str, body: ReportedRun, log_t
         "run_attempt": body.run_attempt,
         "created_at": body.created_at or utcnow(),
     }
-
-    async def _insert() -> JobRun | None:
-        async with api.ctx.sessions() as session, session.begin():
-            stmt = insert_for(session, JobRun).values(**values, observed_at=utcnow())
-            stmt = stmt.on_conflict_do_nothing(
-                index_elements=[JobRun.project, JobRun.source, JobRun.run_id, JobRun.run_attempt]
-            )
-            inserted: JobRun | None = await session.scalar(stmt.returning(JobRun))
-            return inserted
-
-    new = await with_retry(_insert)
-    if new is not None:
-        return new, True
-    return await record_run(api.ctx.sessions, **values), False
+    return await record_reported_run(api.ctx.sessions, **values)
 
 
 def build_api(

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import sqlalchemy as sa
-
 from policy.config import AgentSettings, GreenloopConfig, ServerSettings
 from policy.types import AttemptStatus
 from reconciler.context import ReconcilerContext
 from reconciler.reconcile import reconcile
 from reconciler.runtime import backend_from_env, open_runtime, scripted_backends
-from reconciler.store.models import Attempt, McpToolCall
+from reconciler.store.attempts import list_attempts
+from reconciler.store.audit import tool_calls
+from reconciler.store.models import Attempt
 
 __all__ = ["DemoResult", "ProjectResult", "run_demo"]
 
@@ -292,10 +292,7 @@ async def run_demo(
 
 
 async def _tool_calls(ctx: ReconcilerContext) -> list[tuple[str, str, str, float]]:
-    query = sa.select(McpToolCall.project, McpToolCall.tool, McpToolCall.outcome, McpToolCall.duration_ms)
-    async with ctx.sessions() as session:
-        rows = await session.execute(query.order_by(McpToolCall.id))
-        return [(row[0], row[1], row[2], float(row[3])) for row in rows]
+    return [(c.project, c.tool, c.outcome, float(c.duration_ms)) for c in await tool_calls(ctx.sessions)]
 
 
 def _line(p: ProjectResult) -> str:
@@ -316,11 +313,9 @@ async def _refresh(
     """Update every project's result from the store and the last observation; True when all settled."""
     from reconciler.observe import ProjectObservation
 
-    async with ctx.sessions() as session:
-        rows = list((await session.scalars(sa.select(Attempt).order_by(Attempt.created_at))).all())
     latest: dict[str, Attempt] = {}
-    for row in rows:
-        latest[row.project] = row
+    for row in await list_attempts(ctx.sessions, limit=1000):  # newest first: keep each project's newest
+        latest.setdefault(row.project, row)
     for p in result.projects:
         obs = ctx.observations.get(p.name)
         job_green: bool | None = None

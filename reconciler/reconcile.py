@@ -13,9 +13,6 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
-
-import sqlalchemy as sa
 
 from mcp_server.errors import ForgeError
 from mcp_server.jsonlog import bind_context, log_event
@@ -27,11 +24,11 @@ from reconciler.errors import ReconcilerError
 from reconciler.finish import attempt_finished
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
 from reconciler.store import attempts as store
-from reconciler.store.models import Attempt, Project, Transition, utcnow
+from reconciler.store.attempts import RESUMED
+from reconciler.store.models import Attempt, Project
 from reconciler.store.passes import record_pass
-from reconciler.store.projects import reset_escalation, sync_projects
+from reconciler.store.projects import get_projects, reset_escalation, sync_projects
 from reconciler.store.state import kill_switch_enabled
-from reconciler.store.translate import rowcount, with_retry
 from reconciler.summary import RedJob, RunSummary, StartedAttempt, TransitionNote, Trigger
 
 __all__ = ["RATE_LIMIT_LOW", "RESUMED", "UnknownProjects", "claim_resume", "reconcile", "select_projects"]
@@ -98,32 +95,9 @@ async def reconcile(
         ctx.projects_synced = True
 
     names = [p.name for p in projects]
-    async with ctx.sessions() as session:
-        rows = {r.name: r for r in (await session.scalars(sa.select(Project).where(Project.name.in_(names)))).all()}
-        active = {
-            a.project: a
-            for a in (
-                await session.scalars(
-                    sa.select(Attempt).where(
-                        Attempt.project.in_(names), Attempt.status.not_in([s.value for s in TERMINAL_STATUSES])
-                    )
-                )
-            ).all()
-        }
-        last_failures: dict[str, datetime] = {
-            name: at
-            for name, at in (
-                await session.execute(
-                    sa.select(Attempt.project, sa.func.max(Attempt.finished_at))
-                    .where(
-                        Attempt.project.in_(names),
-                        Attempt.status.in_([AttemptStatus.FAILED.value, AttemptStatus.ESCALATED.value]),
-                    )
-                    .group_by(Attempt.project)
-                )
-            )
-            if at is not None
-        }
+    rows = await get_projects(ctx.sessions, names)
+    active = await store.active_by_project(ctx.sessions, names)
+    last_failures = await store.last_failures(ctx.sessions, names)
     reported = await observe_reported(ctx.sessions, projects)
     kill_switch = await _kill_switch(ctx)
     semaphore = asyncio.Semaphore(ctx.config.server.concurrency)
@@ -502,49 +476,10 @@ async def _advance(
     return attempt
 
 
-RESUMED: Final = "resumed_after_worker_died"
-"""The reason of the transition row (status unchanged) that records an attempt's one resume."""
-
-
-async def claim_resume(
-    ctx: ReconcilerContext, attempt: Attempt, status: AttemptStatus
-) -> Literal["resumed", "exhausted", "lost"]:
-    """Claim a dead worker's attempt to run it again, at most once per attempt; the database decides.
-
-    One compare-and-set: the attempt is still in `status`, its last sign of life is still older than the
-    timeout, and no earlier resume is recorded; it sets a fresh heartbeat and records a transition row
-    (`status -> status`, reason `RESUMED`). `exhausted`: it was resumed once already and is stale again;
-    `lost`: it changed since it was read (another replica's pass claimed it, or its worker beat again).
-    """
+async def claim_resume(ctx: ReconcilerContext, attempt: Attempt, status: AttemptStatus) -> store.ResumeClaim:
+    """Claim a dead worker's attempt to run it again, at most once (see `store.attempts.claim_resume`)."""
     timeout = timedelta(seconds=ctx.config.server.attempt_timeout_seconds)
-    earlier = sa.exists().where(Transition.attempt_id == attempt.id, Transition.reason == RESUMED)
-    last_sign = sa.func.coalesce(Attempt.heartbeat_at, Attempt.updated_at, Attempt.created_at)
-
-    async def _once() -> Literal["resumed", "exhausted", "lost"]:
-        now = utcnow()
-        async with ctx.sessions() as session, session.begin():
-            # The write transaction starts with the UPDATE, so SQLite takes its write lock at once.
-            result = await session.execute(
-                sa.update(Attempt)
-                .where(Attempt.id == attempt.id, Attempt.status == status.value, last_sign < now - timeout, ~earlier)
-                .values(heartbeat_at=now, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            if rowcount(result) == 1:
-                session.add(
-                    Transition(
-                        attempt_id=attempt.id, from_status=status.value, to_status=status.value, reason=RESUMED, at=now
-                    )
-                )
-                return "resumed"
-            still_stale = await session.scalar(
-                sa.select(sa.func.count())
-                .select_from(Attempt)
-                .where(Attempt.id == attempt.id, Attempt.status == status.value, last_sign < now - timeout, earlier)
-            )
-            return "exhausted" if still_stale else "lost"
-
-    return await with_retry(_once)
+    return await store.claim_resume(ctx.sessions, attempt.id, status, timeout=timeout)
 
 
 async def _record_pass(ctx: ReconcilerContext, summary: RunSummary) -> None:

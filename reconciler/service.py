@@ -19,12 +19,13 @@ from policy.config import GreenloopConfig
 from policy.errors import ConfigError
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import BackendFactory
+from reconciler.errors import ReconcilerError
 from reconciler.reconcile import UnknownProjects, reconcile
 from reconciler.runtime import backend_from_env, open_runtime
 from reconciler.store.state import default_holder, pass_lease
 from reconciler.summary import RunSummary, Trigger
 
-__all__ = ["leased_reconcile", "print_summary", "reconcile_command", "run_command"]
+__all__ = ["leased_reconcile", "one_line", "print_summary", "reconcile_command", "run_command"]
 
 logger = logging.getLogger("greenloop.service")
 
@@ -48,6 +49,11 @@ async def leased_reconcile(
             summary.count_skip("lease_held_by_another_replica")
             return summary
         return await reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as the one line a terminal shows (`greenloop: ...`): whitespace and newlines folded."""
+    return "greenloop: " + " ".join(str(exc).split())
 
 
 def print_summary(summary: RunSummary, *, as_json: bool) -> None:
@@ -97,8 +103,11 @@ def reconcile_command(
     try:
         summary = asyncio.run(main())
     except UnknownProjects as exc:
-        print(f"greenloop: {exc}", file=sys.stderr)
+        print(one_line(exc), file=sys.stderr)
         return 2
+    except ReconcilerError as exc:  # the store's errors (unreachable, locked, unwritable): one line, no traceback
+        print(one_line(exc), file=sys.stderr)
+        return 1
     print_summary(summary, as_json=as_json)
     return 1 if summary.errors else 0
 
@@ -122,5 +131,9 @@ def run_command(config_path: str | None) -> int:
                 reconcile_fn=leased_reconcile,
             )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ReconcilerError as exc:
+        print(one_line(exc), file=sys.stderr)
+        return 1
     return 0

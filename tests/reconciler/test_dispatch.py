@@ -47,10 +47,10 @@ from reconciler.context import ReconcilerContext
 from reconciler.dispatch import AgentDispatcher, BackendFactory
 from reconciler.errors import StoreError
 from reconciler.reconcile import RESUMED, claim_resume, reconcile
-from reconciler.runtime import MIGRATION_LOCK_KEY, migrate_store, open_runtime
+from reconciler.runtime import open_runtime
 from reconciler.store import attempts as store
 from reconciler.store.engine import make_engine
-from reconciler.store.migrate import current_revision, head_revision, schema_diff
+from reconciler.store.migrate import MIGRATION_LOCK_KEY, current_revision, head_revision, migrate_store, schema_diff
 from reconciler.store.models import Attempt
 
 pytestmark = pytest.mark.anyio
