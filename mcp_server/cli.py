@@ -136,7 +136,7 @@ def http_app(
 
 def _configure_logging(level: str) -> None:
     try:
-        from mcp_server.jsonlog import configure_json_logging
+        from infra.jsonlog import configure_json_logging
     except ImportError:  # pragma: no cover - the structured-log module is optional here
         logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
         return
@@ -144,7 +144,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _load(path: str | None) -> GreenloopConfig:
-    from mcp_server.settings import load_config
+    from infra.settings import load_config
 
     return load_config(path)
 

@@ -16,7 +16,7 @@ __all__ = ["build_parser", "main"]
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from mcp_server.settings import load_config
+    from infra.settings import load_config
 
     config = load_config(args.config)
     print(f"configuration OK: {len(config.projects)} project(s)")
@@ -57,11 +57,23 @@ def _run(args: argparse.Namespace) -> int:
     return run_command(args.config)
 
 
+def _attempt_cancel(args: argparse.Namespace) -> int:
+    from reconciler.service import cancel_command
+
+    return cancel_command(args.config, args.id, reason=args.reason)
+
+
+def _project_action(args: argparse.Namespace) -> int:
+    from reconciler.service import project_command
+
+    return project_command(args.config, args.project_command, args.name)
+
+
 def _agent_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.cli import agent_run_command
-    from mcp_server.settings import load_config
+    from infra.settings import load_config
 
     config = load_config(args.config)
     return asyncio.run(agent_run_command(config, args.project, args.job, args.model, run_id=args.run_id))
@@ -98,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--model", default=None, help="scripted:FILE | replay:FILE | record:FILE | anthropic[:MODEL]")
     ar.add_argument("--run-id", type=int, default=None, help="the failing run (default: the latest failed run)")
     ar.set_defaults(func=_agent_run)
+
+    p = sub.add_parser("attempt", help="operator actions on attempts (as the HTTP API's)")
+    psub = p.add_subparsers(dest="attempt_command", required=True)
+    ac = psub.add_parser("cancel", help="cancel an active attempt: stop its agent, close its pull request")
+    ac.add_argument("id")
+    ac.add_argument("--reason", default=None, help="why (recorded with the transition)")
+    ac.set_defaults(func=_attempt_cancel)
+
+    p = sub.add_parser("project", help="operator actions on projects (as the HTTP API's)")
+    psub = p.add_subparsers(dest="project_command", required=True)
+    for verb, text in (
+        ("pause", "start no new attempts for the project"),
+        ("resume", "undo pause"),
+        ("reset", "forget earlier failures (after an escalation was dealt with)"),
+    ):
+        pp = psub.add_parser(verb, help=text)
+        pp.add_argument("name", help="project name or owner/name")
+        pp.set_defaults(func=_project_action)
 
     p = sub.add_parser("config", help="configuration commands")
     psub = p.add_subparsers(dest="config_command", required=True)

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from policy.config import AgentSettings, GreenloopConfig, ServerSettings
 from policy.types import AttemptStatus
 from reconciler.context import ReconcilerContext
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.runtime import backend_from_env, open_runtime, scripted_backends
 from reconciler.store.attempts import list_attempts
 from reconciler.store.audit import tool_calls
@@ -311,15 +311,13 @@ async def _refresh(
     event: Callable[[str, str], None],
 ) -> bool:
     """Update every project's result from the store and the last observation; True when all settled."""
-    from reconciler.observe import ProjectObservation
-
     latest: dict[str, Attempt] = {}
     for row in await list_attempts(ctx.sessions, limit=1000):  # newest first: keep each project's newest
         latest.setdefault(row.project, row)
     for p in result.projects:
-        obs = ctx.observations.get(p.name)
+        obs = ctx.caches.observations.get(p.name)
         job_green: bool | None = None
-        if isinstance(obs, ProjectObservation) and obs.latest:
+        if obs is not None and obs.latest:
             pending = bool(obs.in_progress)
             job_green = all(r.green for r in obs.latest.values()) and not pending
             p.job_state = "running" if pending else ("green" if job_green else "red")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from mcp_server.forge import ForgeClient, Job, WorkflowRun
 from policy.config import ProjectConfig
+from reconciler.context import JobKey
 from reconciler.store.engine import SessionFactory
 from reconciler.store.runs import latest_reported_runs
 
@@ -97,7 +98,7 @@ async def observe_actions(
     project: ProjectConfig,
     *,
     previous: ProjectObservation | None,
-    job_cache: dict[tuple[str, int, int], object],
+    job_cache: dict[JobKey, tuple[Job, ...]],
 ) -> tuple[ProjectObservation, bool]:
     """Observe the project's workflow runs on its default branch; returns (observation, changed).
 
@@ -118,11 +119,11 @@ async def observe_actions(
 
 
 async def _jobs_of(
-    forge: ForgeClient, project: ProjectConfig, run: WorkflowRun, cache: dict[tuple[str, int, int], object]
+    forge: ForgeClient, project: ProjectConfig, run: WorkflowRun, cache: dict[JobKey, tuple[Job, ...]]
 ) -> Sequence[Job]:
     key = (project.repo, run.id, run.run_attempt)
     cached = cache.get(key)
-    if isinstance(cached, tuple):
+    if cached is not None:
         return cached
     jobs = tuple(await forge.list_run_jobs(project.repo, run.id))
     if run.status == "completed":

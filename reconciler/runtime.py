@@ -12,13 +12,13 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
-from agent.cli import open_in_process_session
 from agent.loop import ToolSession
 from agent.models import AnthropicBackend, ModelBackend
 from agent.scripted import ScriptedBackend
 from mcp_server.audit import FanOutAuditSink
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
+from mcp_server.in_process import open_in_process_session
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.errors import ConfigError
 from reconciler.context import ReconcilerContext
@@ -123,6 +123,9 @@ async def open_runtime(
         await migrate_store(engine)
         sessions = make_sessionmaker(engine)
         metrics = Metrics()
+        # One GitHub App and one forge client per process: the pass and every in-process MCP session share
+        # them, so the rate-limit view and the token cache see all the traffic.
+        app: GitHubApp | None = None
         forge: ForgeClient | None = None
         if config.forge.app_id and config.forge.installation_id and config.forge.private_key_path:
             app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
@@ -138,7 +141,7 @@ async def open_runtime(
                 opener = _http_opener(config)
             else:
                 audit = FanOutAuditSink([StoreAuditSink(engine), MetricsAuditSink(metrics)])
-                in_process = open_in_process_session(config, audit=audit)
+                in_process = open_in_process_session(config, audit=audit, app=app, forge=forge)
 
                 def opener(attempt: Attempt) -> AbstractAsyncContextManager[ToolSession]:
                     return in_process(attempt.project, attempt.job, attempt.id)

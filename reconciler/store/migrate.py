@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from reconciler.errors import StoreError
 from reconciler.store.engine import normalize_url, redact_url
 from reconciler.store.models import Base

@@ -50,7 +50,7 @@ from typing import Final
 
 import sqlalchemy as sa
 
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from reconciler.errors import StoreError
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Flag, Lease, UTCDateTime, utcnow

@@ -34,7 +34,7 @@ from policy.config import AgentSettings, GreenloopConfig, ProjectConfig, ServerS
 from policy.gate import failure_fingerprint
 from policy.types import AttemptStatus
 from reconciler.context import ReconcilerContext
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory, make_engine
 from reconciler.store.models import Attempt, ReconcilePass, Transition
