@@ -38,9 +38,19 @@ def _logs_excerpt(args: argparse.Namespace) -> int:
     return logs_excerpt_command(args.file, args.budget_tokens, args.json)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from reconciler.demo import demo_command
+DEMO_ENTRY_POINT = "demo"
+"""The `greenloop.commands` entry point of the demo (registered by the `fixtures` package the wheel ships)."""
 
+
+def _demo(args: argparse.Namespace) -> int:
+    # The demo drives the local forge and the fixture projects, which are not product code: it is found
+    # through its entry point instead of imported, so the product never depends on `fixtures`.
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="greenloop.commands", name=DEMO_ENTRY_POINT)
+    if not found:
+        raise ConfigError("demo: not installed (the greenloop.commands entry point 'demo' is missing)")
+    demo_command: Callable[..., int] = next(iter(found)).load()
     return demo_command(as_json=args.json, deadline_seconds=args.deadline, keep_dir=args.keep)
 
 

@@ -4,7 +4,7 @@ Every end-to-end test runs the real reconciler against the local forge (fixtures
 a real store (SQLite file, or a throwaway PostgreSQL database) and, where an agent runs, the scripted model
 replaying `fixtures/scripts/<project>.json` (or a test's own scripts directory).
 
-The config mirrors `reconciler.demo`: one `ProjectConfig` per fixture project with its autonomy, jobs and
+The config mirrors `fixtures.demo`: one `ProjectConfig` per fixture project with its autonomy, jobs and
 flaky jobs; the forge's App gets `actions: write` so the reconciler can re-run a flaky job.
 """
 
