@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mcp_server.cli import main as mcp_main
+from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.store.audit import StoreAuditSink
@@ -25,8 +26,12 @@ def _database_sink(url: str) -> StoreAuditSink:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `greenloop-mcp`; returns the process exit code."""
-    return mcp_main(argv, database_sink=_database_sink)
+    """Run `greenloop-mcp`; returns the process exit code (2 for an unusable `--audit-db` URL)."""
+    try:
+        return mcp_main(argv, database_sink=_database_sink)
+    except ReconcilerError as exc:  # the audit database's URL or store: one line, like `greenloop`
+        print("greenloop-mcp: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ commands reach the same store state.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -15,8 +17,10 @@ from policy.types import AttemptStatus
 from reconciler.cli import main
 from reconciler.store import attempts as attempt_store
 from reconciler.store import projects as project_store
-from reconciler.store.engine import make_engine, make_sessionmaker
+from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker
 from reconciler.store.models import Attempt, Project
+
+_T = TypeVar("_T")
 
 
 @pytest.fixture
@@ -32,41 +36,34 @@ def config(tmp_path: Path) -> tuple[Path, str]:
     return path, url
 
 
+def _with_store(url: str, use: Callable[[SessionFactory], Awaitable[_T]]) -> _T:
+    async def run() -> _T:
+        engine = make_engine(url)
+        try:
+            return await use(make_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def _project(url: str, name: str) -> Project | None:
-    async def read() -> Project | None:
-        engine = make_engine(url)
-        try:
-            return await project_store.get_project(make_sessionmaker(engine), name)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
-
-
-def _start(url: str) -> str:
-    async def start() -> str:
-        engine = make_engine(url)
-        try:
-            outcome = await attempt_store.start_attempt(
-                make_sessionmaker(engine), project="beta", job="test", fingerprint="fp", run_id="1", head_sha="a" * 40
-            )
-        finally:
-            await engine.dispose()
-        assert outcome.attempt_id is not None
-        return outcome.attempt_id
-
-    return asyncio.run(start())
+    return _with_store(url, lambda sessions: project_store.get_project(sessions, name))
 
 
 def _attempt(url: str, attempt_id: str) -> Attempt | None:
-    async def read() -> Attempt | None:
-        engine = make_engine(url)
-        try:
-            return await attempt_store.get_attempt(make_sessionmaker(engine), attempt_id)
-        finally:
-            await engine.dispose()
+    return _with_store(url, lambda sessions: attempt_store.get_attempt(sessions, attempt_id))
 
-    return asyncio.run(read())
+
+def _start(url: str) -> str:
+    outcome = _with_store(
+        url,
+        lambda sessions: attempt_store.start_attempt(
+            sessions, project="beta", job="test", fingerprint="fp", run_id="1", head_sha="a" * 40
+        ),
+    )
+    assert outcome.attempt_id is not None
+    return outcome.attempt_id
 
 
 def test_project_pause_resume_and_reset_from_the_command_line(
