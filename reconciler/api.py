@@ -89,7 +89,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 class ReconcileFn(Protocol):
-    """The pass the API runs for `POST /debug/reconcile` (`reconciler.reconcile.reconcile`)."""
+    """The pass the API runs for `POST /debug/reconcile` (`reconciler.runner.reconcile`)."""
 
     async def __call__(
         self,
