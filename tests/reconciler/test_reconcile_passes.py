@@ -34,7 +34,7 @@ from e2e_support import (
 from fixtures.forge import Forge
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig
-from reconciler.reconcile import UnknownProjects, reconcile
+from reconciler.runner import UnknownProjects, reconcile
 from reconciler.runtime import open_runtime
 from reconciler.service import leased_reconcile
 
