@@ -344,9 +344,9 @@ async def active_attempt_refusal(config: GreenloopConfig, project: str) -> str |
     """
     from reconciler.errors import StoreError
     from reconciler.store import attempts as attempt_store
-    from reconciler.store.engine import make_engine, make_sessionmaker
+    from reconciler.store.engine import make_engine, make_sessionmaker, sqlite_file_missing
 
-    if config.server.database_url.startswith("sqlite") and _missing_sqlite_file(config.server.database_url):
+    if sqlite_file_missing(config.server.database_url):
         return None
     engine = make_engine(config.server.database_url)
     try:
@@ -364,15 +364,6 @@ async def active_attempt_refusal(config: GreenloopConfig, project: str) -> str |
         f"project {project!r} has an active attempt {a.id} ({a.status}, job {a.job!r}); "
         f"wait for it or cancel it first: greenloop attempts cancel {a.id}"
     )
-
-
-def _missing_sqlite_file(url: str) -> bool:
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    return bool(database) and database != ":memory:" and not Path(str(database)).exists()
 
 
 # --- the parser -------------------------------------------------------------------------------------------
