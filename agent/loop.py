@@ -396,6 +396,8 @@ class _Run:
             merged = data.get("merged")
             self.merged = merged if isinstance(merged, bool) else True
             self.pr_opened = True
+            # The merge names its pull request: recorded even when create_pull_request's reply was lost.
+            self.pr_number = _first_int(data, ("number", "pr_number")) or self.pr_number
 
     # -- the outcome ---------------------------------------------------------------------------------
 
