@@ -46,6 +46,8 @@ class ReconcilerContext:
     observations: dict[str, object] = field(default_factory=dict)
     job_cache: dict[tuple[str, int, int], object] = field(default_factory=dict)
     reruns_requested: set[tuple[str, str]] = field(default_factory=set)
+    # Ended attempts this process found in line with their fix branch on the forge (see `reconciler.repair`).
+    repair_checked: set[str] = field(default_factory=set)
     projects_synced: bool = False
     # Below this many forge requests left (until the budget resets), projects without an active attempt are
     # not observed: the budget left is kept for attempts in flight (skip reason `rate_limit_low`).

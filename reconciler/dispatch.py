@@ -45,7 +45,15 @@ from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt
 
-__all__ = ["AgentDispatcher", "BackendFactory", "SessionOpener", "fix_branch_pull_request", "tried_protected_path"]
+__all__ = [
+    "AgentDispatcher",
+    "BackendFactory",
+    "SessionOpener",
+    "fix_branch_pull_request",
+    "is_merged",
+    "pull_request_fields",
+    "tried_protected_path",
+]
 
 logger = logging.getLogger("greenloop.dispatch")
 
@@ -81,14 +89,20 @@ async def fix_branch_pull_request(forge: ForgeClient | None, repo: str, branch: 
     except ForgeError as exc:
         log_event(logger, "pull_request_read_back_failed", level=logging.WARNING, error=str(exc))
         return None
-    if pr is None or not (pr.state == "open" or pr.merged or pr.merged_at is not None):
-        return None
-    return pr
+    return pr if pr is not None and (pr.state == "open" or is_merged(pr)) else None
 
 
-def _pull_request_fields(pr: PullRequest) -> dict[str, Any]:
-    """What an attempt records from its pull request."""
-    return {"pr_number": pr.number, "pr_url": pr.html_url, "pushed_sha": pr.head.sha}
+def is_merged(pr: PullRequest) -> bool:
+    """Whether the forge merged `pr` (list items carry `merged_at`, not `merged`)."""
+    return pr.merged or pr.merged_at is not None
+
+
+def pull_request_fields(pr: PullRequest) -> dict[str, Any]:
+    """What an attempt records from its pull request (with the merge commit once merged)."""
+    fields: dict[str, Any] = {"pr_number": pr.number, "pr_url": pr.html_url, "pushed_sha": pr.head.sha}
+    if is_merged(pr):
+        fields["merged_sha"] = pr.merge_commit_sha
+    return fields
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -280,17 +294,12 @@ class AgentDispatcher:
             AttemptStatus.PR_OPEN,
             reason="pr_opened",
             expected=AttemptStatus.RUNNING,
-            **{**fields, **_pull_request_fields(pr)},
+            **{**fields, **pull_request_fields(pr)},
         ):
             return
-        if pr.merged or pr.merged_at is not None:
+        if is_merged(pr):
             await store.transition(
-                self._sessions,
-                attempt_id,
-                AttemptStatus.VERIFYING,
-                reason="pr_merged",
-                expected=AttemptStatus.PR_OPEN,
-                merged_sha=pr.merge_commit_sha,
+                self._sessions, attempt_id, AttemptStatus.VERIFYING, reason="pr_merged", expected=AttemptStatus.PR_OPEN
             )
 
     async def _heartbeat(self, attempt_id: str, runner: asyncio.Task[Any] | None) -> None:

@@ -26,6 +26,7 @@ from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
 from reconciler.finish import attempt_finished
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
+from reconciler.repair import repair_project
 from reconciler.store import attempts as store
 from reconciler.store.models import Attempt, Project, Transition, utcnow
 from reconciler.store.passes import record_pass
@@ -241,6 +242,7 @@ async def _reconcile_project(
     dry_run: bool,
     summary: RunSummary,
 ) -> None:
+    await repair_project(ctx, project, summary=summary, dry_run=dry_run)
     obs = await _observe(ctx, project, reported, urgent=active is not None, summary=summary)
     if active is not None:
         active = await _advance(ctx, project, active, obs, dry_run=dry_run, summary=summary)

@@ -37,6 +37,7 @@ __all__ = [
     "heartbeat",
     "list_attempts",
     "new_attempt_id",
+    "reopen_from_forge",
     "start_attempt",
     "transition",
 ]
@@ -234,6 +235,58 @@ async def transition(
             session.add(
                 Transition(attempt_id=attempt_id, from_status=current.value, to_status=to.value, reason=reason, at=now)
             )
+        return True
+
+    return await with_retry(_once)
+
+
+async def reopen_from_forge(
+    session_factory: SessionFactory,
+    attempt_id: str,
+    to: AttemptStatus,
+    *,
+    expected: AttemptStatus,
+    reason: str,
+    **fields: Any,
+) -> bool:
+    """Move a final attempt back to `pr_open` or `verifying` because the forge shows its pull request open or
+    merged: the one way out of a terminal state, for an end recorded wrongly (a reply lost after the forge
+    acted). A compare-and-set on `expected`; `finished_at` is cleared and a transition row recorded.
+
+    Returns False, changing nothing, when the attempt changed since it was read, or when the project has
+    another active attempt (the one-active-attempt index refuses: a later pass tries again).
+
+    Raises:
+        ValueError: `to` is not `pr_open`/`verifying`, or `expected` is not terminal.
+        TypeError: a name in `fields` that is not in `SETTABLE_FIELDS`.
+        StoreBusy: the database stayed locked through every bounded retry.
+        StoreError: any other database failure.
+    """
+    _check_fields(fields)
+    to, expected = AttemptStatus(to), AttemptStatus(expected)
+    if to not in (AttemptStatus.PR_OPEN, AttemptStatus.VERIFYING) or expected not in TERMINAL_STATUSES:
+        raise ValueError(f"Invalid reopen: {expected.value!r} -> {to.value!r}.")
+
+    async def _once() -> bool:
+        now = utcnow()
+        values: dict[str, Any] = {**fields, "status": to.value, "updated_at": now, "finished_at": None}
+        try:
+            async with translated(), session_factory() as session, session.begin():
+                result = await session.execute(
+                    sa.update(Attempt)
+                    .where(Attempt.id == attempt_id, Attempt.status == expected.value)
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+                if rowcount(result) != 1:
+                    return False
+                session.add(
+                    Transition(
+                        attempt_id=attempt_id, from_status=expected.value, to_status=to.value, reason=reason, at=now
+                    )
+                )
+        except ConstraintRefused:
+            return False
         return True
 
     return await with_retry(_once)
