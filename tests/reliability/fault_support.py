@@ -21,11 +21,11 @@ _RECONCILER_TESTS = str(Path(__file__).resolve().parents[1] / "reconciler")
 if _RECONCILER_TESTS not in sys.path:
     sys.path.insert(0, _RECONCILER_TESTS)
 
-from e2e_support import attempts_of  # noqa: E402
+from e2e_support import attempts_of, e2e_config, sqlite_url  # noqa: E402
 
 from agent.scripted import ScriptedBackend  # noqa: E402
 from fixtures.forge import Forge  # noqa: E402
-from policy.config import ProjectConfig  # noqa: E402
+from policy.config import GreenloopConfig, ProjectConfig  # noqa: E402
 from reconciler.context import ReconcilerContext  # noqa: E402
 from reconciler.dispatch import BackendFactory  # noqa: E402
 from reconciler.reconcile import reconcile  # noqa: E402
@@ -36,6 +36,7 @@ __all__ = [
     "SeverableProxy",
     "arm_fault",
     "branch_commits",
+    "config_for",
     "forge_control",
     "forge_requests",
     "one_attempt",
@@ -92,6 +93,17 @@ def write_script(source: Path, target_dir: Path, edit: Callable[[dict[str, Any]]
     out = target_dir / source.name
     out.write_text(json.dumps(script, indent=2), encoding="utf-8")
     return out
+
+
+def config_for(forge: Forge, tmp_path: Path, names: list[str], autonomy: str = "propose") -> GreenloopConfig:
+    """A config watching the fixture projects `names` on `forge` with `autonomy`, its store under `tmp_path`."""
+    return e2e_config(
+        forge,
+        names,
+        database_url=sqlite_url(tmp_path / "greenloop.db"),
+        workspace_dir=tmp_path / "workspaces",
+        projects={name: {"autonomy": autonomy} for name in names},
+    )
 
 
 def twice(tool: str) -> Callable[[dict[str, Any]], None]:

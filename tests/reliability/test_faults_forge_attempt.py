@@ -19,6 +19,7 @@ import pytest
 from fault_support import (
     arm_fault,
     branch_commits,
+    config_for,
     forge_control,
     forge_requests,
     one_attempt,
@@ -27,7 +28,7 @@ from fault_support import (
     write_script,
 )
 
-from e2e_support import SCRIPTS_DIR, e2e_config, forge_for, pulls_on_branch, sqlite_url  # isort: skip
+from e2e_support import SCRIPTS_DIR, forge_for, pulls_on_branch  # isort: skip
 from fixtures.forge import Forge
 from policy.config import GreenloopConfig
 from reconciler.context import ReconcilerContext
@@ -64,13 +65,7 @@ async def disarmed(forge: Forge) -> AsyncIterator[None]:
 
 
 def _config(forge: Forge, tmp_path: Path) -> GreenloopConfig:
-    return e2e_config(
-        forge,
-        [PROJECT],
-        database_url=sqlite_url(tmp_path / "greenloop.db"),
-        workspace_dir=tmp_path / "workspaces",
-        projects={PROJECT: {"autonomy": "propose"}},
-    )
+    return config_for(forge, tmp_path, [PROJECT])
 
 
 async def _one_attempt(ctx: ReconcilerContext) -> Attempt:

@@ -26,6 +26,7 @@ import pytest
 from fault_support import (
     arm_fault,
     branch_commits,
+    config_for,
     forge_control,
     forge_requests,
     one_attempt,
@@ -35,7 +36,7 @@ from fault_support import (
 )
 from mcp_types import CallToolResult, TextContent
 
-from e2e_support import SCRIPTS_DIR, attempts_of, e2e_config, forge_for, pulls_on_branch, settle, sqlite_url  # isort: skip
+from e2e_support import SCRIPTS_DIR, attempts_of, forge_for, pulls_on_branch, settle  # isort: skip
 from agent.cli import open_in_process_session
 from agent.loop import ToolSession
 from fixtures.forge import Forge
@@ -76,16 +77,6 @@ async def disarmed(forge: Forge) -> AsyncIterator[None]:
     await forge_control(forge, "DELETE", "/_forge/stats")
     yield
     await forge_control(forge, "DELETE", "/_forge/faults")
-
-
-def _config(forge: Forge, tmp_path: Path, names: list[str], autonomy: str) -> GreenloopConfig:
-    return e2e_config(
-        forge,
-        names,
-        database_url=sqlite_url(tmp_path / "greenloop.db"),
-        workspace_dir=tmp_path / "workspaces",
-        projects={name: {"autonomy": autonomy} for name in names},
-    )
 
 
 def _script(model: str, tool: str, tmp_path: Path) -> Path:
@@ -137,7 +128,7 @@ async def test_a_lost_reply_on_the_way_to_the_pull_request_ends_with_one_pr_and_
 ) -> None:
     script = _script(model, tool, tmp_path)
     hook = _arm_before(forge, script, tool, path_regex, kind, method)
-    config = _config(forge, tmp_path, [PROJECT], "propose")
+    config = config_for(forge, tmp_path, [PROJECT], "propose")
     async with open_runtime(config, backend_for=scripted(script, hook), heartbeat_seconds=1.0) as ctx:
         attempt = await one_attempt(ctx, PROJECT)
 
@@ -153,7 +144,7 @@ async def test_a_merge_whose_reply_is_lost_is_merged_once_and_verified(tmp_path:
     script = _script(model, "merge_pull_request", tmp_path)
     async with forge_for(tmp_path / "forge", [PROJECT]) as forge:
         hook = _arm_before(forge, script, "merge_pull_request", MERGE, kind, "PUT")
-        config = _config(forge, tmp_path, [PROJECT], "auto_merge")
+        config = config_for(forge, tmp_path, [PROJECT], "auto_merge")
         async with open_runtime(config, backend_for=scripted(script, hook), heartbeat_seconds=1.0) as ctx:
             attempt = await one_attempt(ctx, PROJECT)
 
@@ -186,7 +177,7 @@ async def test_a_rerun_whose_reply_is_lost_is_not_requested_twice(tmp_path: Path
     # A re-run is the reconciler's own write: the "retrying" run is a pass right after the failed one.
     rerun = r"^/repos/acme/flaky/actions/runs/\d+/rerun$"
     async with forge_for(tmp_path / "forge", ["flaky"]) as forge:
-        config = _config(forge, tmp_path, ["flaky"], "propose")
+        config = config_for(forge, tmp_path, ["flaky"], "propose")
         async with open_runtime(config, backend_for=scripted(SCRIPT), heartbeat_seconds=1.0) as ctx:
             await arm_fault(forge, rerun, "reply_lost", method="POST")
             first = await reconcile(ctx, trigger="cli")
@@ -245,7 +236,7 @@ async def test_the_dispatcher_records_the_forges_pull_request_whatever_the_model
     tmp_path: Path, autonomy: str, tool: str, status: str
 ) -> None:
     async with forge_for(tmp_path / "forge", [PROJECT]) as forge:
-        config = _config(forge, tmp_path, [PROJECT], autonomy)
+        config = config_for(forge, tmp_path, [PROJECT], autonomy)
         async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
             ctx.dispatcher = AgentDispatcher(
                 config,

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fault_support import branch_commits, one_attempt, scripted, write_script
+from fault_support import branch_commits, config_for, one_attempt, scripted, write_script
 
-from e2e_support import SCRIPTS_DIR, e2e_config, forge_for, pulls_on_branch, sqlite_url, transitions_of  # isort: skip
+from e2e_support import SCRIPTS_DIR, forge_for, pulls_on_branch, transitions_of  # isort: skip
 from fixtures.forge import Forge
 from fixtures.forge.gitcmd import list_branches
 from policy.config import GreenloopConfig
@@ -47,13 +47,7 @@ async def forge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Forge
 
 
 def _config(forge: Forge, tmp_path: Path) -> GreenloopConfig:
-    return e2e_config(
-        forge,
-        [PROJECT],
-        database_url=sqlite_url(tmp_path / "greenloop.db"),
-        workspace_dir=tmp_path / "workspaces",
-        projects={PROJECT: {"autonomy": "propose"}},
-    )
+    return config_for(forge, tmp_path, [PROJECT])
 
 
 def _without(*tools: str) -> Any:
