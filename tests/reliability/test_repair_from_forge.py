@@ -26,7 +26,6 @@ from reconciler.repair import REOPENED
 from reconciler.runtime import open_runtime
 from reconciler.store import attempts as store
 from reconciler.store.models import Attempt, utcnow
-from reconciler.store.projects import sync_projects
 
 pytestmark = pytest.mark.anyio
 
@@ -113,25 +112,3 @@ async def test_an_orphan_fix_branch_of_a_final_attempt_is_deleted_through_the_fo
         assert attempt.branch not in await list_branches(bare.git_dir), "the orphan fix branch is gone"
         after = await store.get_attempt(ctx.sessions, attempt.id)
         assert after is not None and after.status == "failed", "a final attempt stays final"
-
-
-async def test_a_reopen_waits_while_the_project_has_another_active_attempt(forge: Forge, tmp_path: Path) -> None:
-    async with open_runtime(_config(forge, tmp_path), backend_for=None, with_dispatcher=False) as ctx:
-        await sync_projects(ctx.sessions, {PROJECT: REPO})
-        first = await store.start_attempt(ctx.sessions, project=PROJECT, job="test", fingerprint="f1", run_id="1",
-                                          head_sha="a" * 40)  # fmt: skip
-        assert first.attempt_id is not None
-        assert await store.transition(ctx.sessions, first.attempt_id, AttemptStatus.FAILED, reason="no_fix")
-        second = await store.start_attempt(ctx.sessions, project=PROJECT, job="test", fingerprint="f2", run_id="2",
-                                           head_sha="b" * 40)  # fmt: skip
-        assert second.attempt_id is not None
-
-        reopen = {"expected": AttemptStatus.FAILED, "reason": REOPENED, "pr_number": 9}
-        assert not await store.reopen_from_forge(ctx.sessions, first.attempt_id, AttemptStatus.PR_OPEN, **reopen)
-        assert await store.transition(ctx.sessions, second.attempt_id, AttemptStatus.CANCELLED, reason="test")
-        assert await store.reopen_from_forge(ctx.sessions, first.attempt_id, AttemptStatus.PR_OPEN, **reopen)
-        assert not await store.reopen_from_forge(ctx.sessions, first.attempt_id, AttemptStatus.PR_OPEN, **reopen)
-        with pytest.raises(ValueError, match="Invalid reopen"):
-            await store.reopen_from_forge(
-                ctx.sessions, first.attempt_id, AttemptStatus.RUNNING, expected=AttemptStatus.FAILED, reason="x"
-            )
