@@ -9,7 +9,8 @@ store has no pull request for (`pr_number` unset, a fix branch named):
   `pr_open` (merged: `verifying`) with the PR's number, and the pass follows the PR to its end like any
   other. The one-active-attempt index still holds: with another attempt active, it waits for a later pass.
 - the fix branch exists without a pull request (an orphan: the push landed, no PR came): it is reported,
-  and since the attempt is final, deleted through the forge, so no stray branch is left.
+  and since the attempt is final, deleted through the forge, so no stray branch is left (with contents
+  write on the reconciler's App; a read-only observer App leaves it, reported, for a human).
 
 Active attempts are not touched here: the dispatcher reads the forge back when its agent stops, and the
 pass follows `pr_open`/`verifying` attempts by branch. Only attempts that ended within `REPAIR_WINDOW`
@@ -25,7 +26,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from mcp_server.errors import ForgeError
+from mcp_server.errors import ForgeAuthError, ForgeError
 from mcp_server.forge import ForgeClient
 from mcp_server.jsonlog import log_event
 from policy.config import ProjectConfig
@@ -117,5 +118,9 @@ async def _repair_attempt(
         return
     # An orphan: pushed, never proposed. The attempt is final, so nothing will open its PR: clean it up.
     log_event(logger, "orphan_fix_branch", level=logging.WARNING, attempt_id=attempt.id, head_sha=head)
-    deleted = await forge.delete_branch(repo, branch)
+    try:
+        deleted = await forge.delete_branch(repo, branch)
+    except ForgeAuthError as exc:  # a read-only observer App may not delete: reported, left for a human
+        log_event(logger, "orphan_fix_branch_kept", level=logging.WARNING, attempt_id=attempt.id, error=str(exc))
+        return
     log_event(logger, "orphan_fix_branch_deleted", attempt_id=attempt.id, deleted=deleted)
