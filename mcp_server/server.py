@@ -425,7 +425,7 @@ def _pr_info(s: SessionBinding, pr: PullRequest, *, created: bool) -> PullReques
     return PullRequestInfo(
         number=pr.number,
         url=pr.html_url or "",
-        state="merged" if pr.merged else pr.state,
+        state="merged" if _is_merged(pr) else pr.state,
         head_branch=pr.head.ref,
         head_sha=pr.head.sha,
         base_branch=pr.base.ref,
@@ -449,7 +449,7 @@ async def create_pull_request(
     p = s.project
     existing = await s.forge.find_pull_request(p.repo, branch)
     if existing is not None:
-        if existing.state != "open" and not existing.merged:
+        if existing.state != "open" and not _is_merged(existing):
             raise ToolRefused(
                 f"Refused: pull request #{existing.number} of the fix branch was closed without merging; a human "
                 "declined this fix. Stop here."
@@ -468,8 +468,8 @@ async def create_pull_request(
     except ForgeError as exc:
         # The request may have reached the forge (its reply lost): the forge says whether the PR exists.
         found = await _read_back(exc, s.forge.find_pull_request(p.repo, branch))
-        if found is None:
-            raise ForgeError(f"{exc} Read back: the fix branch has no pull request.", status=exc.status) from exc
+        if found is None or not (found.state == "open" or _is_merged(found)):
+            raise ForgeError(f"{exc} Read back: the fix branch has no open pull request.", status=exc.status) from exc
         return _pr_info(s, found, created=True)
     return _pr_info(s, pr, created=True)
 
@@ -482,9 +482,14 @@ async def _read_back(failed: ForgeError, reading: Awaitable[PullRequest | None])
         raise ForgeError(f"{failed} Read back failed too: {exc}", status=failed.status) from failed
 
 
+def _is_merged(pr: PullRequest) -> bool:
+    """Whether the forge merged `pr` (list items carry `merged_at`, not `merged`)."""
+    return pr.merged or pr.merged_at is not None
+
+
 def _merged_at(pr: PullRequest, sha: str) -> bool:
-    """Whether `pr` is merged with its head at `sha` (list items carry `merged_at`, not `merged`)."""
-    return (pr.merged or pr.merged_at is not None) and pr.head.sha == sha
+    """Whether `pr` is merged with its head at `sha`."""
+    return _is_merged(pr) and pr.head.sha == sha
 
 
 @_tool(title="Merge the pull request", write=True, destructive=True, idempotent=False)

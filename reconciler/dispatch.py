@@ -270,11 +270,16 @@ class AgentDispatcher:
             head_sha=attempt.head_sha,
         )
         backend = self._backend_for(attempt, project)
-        # Wall-clock guard around the whole run; the loop enforces its own budget inside, this is the backstop.
-        async with asyncio.timeout(project.budgets.wall_seconds + 30), self._open_session(attempt) as session:
-            return await run_attempt(
-                backend, session, task, project.budgets, settings=self._config.agent, secrets=self._secrets
-            )
+        try:
+            # Wall-clock guard around the whole run; the loop enforces its own budget inside, this is the backstop.
+            async with asyncio.timeout(project.budgets.wall_seconds + 30), self._open_session(attempt) as session:
+                return await run_attempt(
+                    backend, session, task, project.budgets, settings=self._config.agent, secrets=self._secrets
+                )
+        finally:
+            close = getattr(backend, "aclose", None)
+            if close is not None:  # the model client's connections (e.g. AnthropicBackend's HTTP pool)
+                await close()
 
     async def _finished(self, attempt_id: str, status: AttemptStatus) -> None:
         await attempt_finished(

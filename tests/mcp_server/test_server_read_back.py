@@ -102,7 +102,7 @@ async def test_a_pull_request_the_forge_did_not_create_is_reported_as_such(forge
         await ok(client, "commit_and_push", {"message": "pager: clamp stop"})
         forge.faults.add(path_regex=PULLS, kind="502", method="POST")
         text = await refused(client, "create_pull_request", {"title": "Fix page_bounds", "body": "b"})
-        assert "Read back: the fix branch has no pull request" in text
+        assert "Read back: the fix branch has no open pull request" in text
 
 
 @pytest.mark.parametrize("kind", KINDS)
