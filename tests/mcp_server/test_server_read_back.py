@@ -119,3 +119,5 @@ async def test_a_merge_whose_reply_is_lost_is_read_back_as_merged(tmp_path: Path
             now = await h.bindings[0].forge.get_pull_request(REPO, pr["number"])
             assert now.merged and now.head.sha == pushed["sha"]
             assert merged == {"number": pr["number"], "merged": True, "sha": now.merge_commit_sha}
+            again = await ok(client, "create_pull_request", {"title": "Fix page_bounds", "body": "b"})
+            assert (again["number"], again["state"], again["created"]) == (pr["number"], "merged", False)
