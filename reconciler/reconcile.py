@@ -26,7 +26,7 @@ from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
 from reconciler.finish import attempt_finished
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
-from reconciler.repair import repair_project
+from reconciler.repair import repair_ended_attempts
 from reconciler.store import attempts as store
 from reconciler.store.models import Attempt, Project, Transition, utcnow
 from reconciler.store.passes import record_pass
@@ -152,6 +152,7 @@ async def reconcile(
                     logger.exception("project_crashed")
 
     await asyncio.gather(*(one(p) for p in projects))
+    await repair_ended_attempts(ctx, projects, summary=summary, dry_run=dry_run)
     summary.projects_scanned = len(projects)
     summary.projects_red = len({r.project for r in summary.red})
     summary.duration_ms = (time.perf_counter() - t0) * 1000
@@ -242,7 +243,6 @@ async def _reconcile_project(
     dry_run: bool,
     summary: RunSummary,
 ) -> None:
-    await repair_project(ctx, project, summary=summary, dry_run=dry_run)
     obs = await _observe(ctx, project, reported, urgent=active is not None, summary=summary)
     if active is not None:
         active = await _advance(ctx, project, active, obs, dry_run=dry_run, summary=summary)

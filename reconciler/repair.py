@@ -2,8 +2,8 @@
 
 A reply lost after the forge acted can leave the store behind the forge: an attempt recorded `failed`
 although its pull request is open (or merged), or a fix branch pushed and never given a pull request. Once
-per pass and project, `repair_project` asks the forge about the project's recently ended attempts that the
-store has no pull request for (`pr_number` unset, a fix branch named):
+per pass, `repair_ended_attempts` asks the forge about the recently ended attempts that the store has no
+pull request for (`pr_number` unset, a fix branch named):
 
 - the fix branch has an open or merged pull request: the attempt is brought in line. It is reopened as
   `pr_open` (merged: `verifying`) with the PR's number, and the pass follows the PR to its end like any
@@ -13,22 +13,25 @@ store has no pull request for (`pr_number` unset, a fix branch named):
   write on the reconciler's App; a read-only observer App leaves it, reported, for a human).
 
 Active attempts are not touched here: the dispatcher reads the forge back when its agent stops, and the
-pass follows `pr_open`/`verifying` attempts by branch. Only attempts that ended within `REPAIR_WINDOW`
-(at most `REPAIR_LIMIT`, newest first) are asked about, and each once per process once the forge answered
-(`ReconcilerContext.repair_checked`), so an idle pass costs nothing more.
+pass follows `pr_open`/`verifying` attempts by branch. One query per pass finds the attempts that ended
+within `REPAIR_WINDOW` (at most `REPAIR_LIMIT`, newest first); each is asked about once per process once
+the forge answered (`ReconcilerContext.repair_checked`), so an idle pass costs one statement and no request.
 """
 
 from __future__ import annotations
 
-__all__ = ["REPAIR_LIMIT", "REPAIR_WINDOW", "repair_project"]
+__all__ = ["REOPENED", "REPAIR_LIMIT", "REPAIR_WINDOW", "repair_ended_attempts"]
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+import sqlalchemy as sa
+
 from mcp_server.errors import ForgeAuthError, ForgeError
 from mcp_server.forge import ForgeClient
-from mcp_server.jsonlog import log_event
+from mcp_server.jsonlog import bind_context, log_event
 from policy.config import ProjectConfig
 from policy.types import TERMINAL_STATUSES, AttemptStatus
 from reconciler.context import ReconcilerContext
@@ -36,6 +39,7 @@ from reconciler.dispatch import is_merged, pull_request_fields
 from reconciler.errors import ReconcilerError
 from reconciler.store import attempts as store
 from reconciler.store.models import Attempt
+from reconciler.store.translate import fetch_all
 from reconciler.summary import RunSummary, TransitionNote
 
 logger = logging.getLogger("greenloop.repair")
@@ -43,40 +47,50 @@ logger = logging.getLogger("greenloop.repair")
 REPAIR_WINDOW: Final = timedelta(days=1)
 """How long after an attempt ended the pass still checks the forge for what a lost reply left."""
 
-REPAIR_LIMIT: Final = 10
-"""At most this many of a project's newest attempts are checked per pass."""
+REPAIR_LIMIT: Final = 50
+"""At most this many of the newest ended attempts are looked at per pass (each asked about once)."""
 
 REOPENED: Final = "pull_request_found_on_forge"
 """The reason of the transition that brings a wrongly ended attempt back in line with its pull request."""
 
 
-def _needs_check(attempt: Attempt, now: datetime) -> bool:
-    """A final attempt that named a fix branch but recorded no pull request, ended within the window."""
-    if attempt.branch is None or attempt.pr_number is not None:
-        return False
-    if AttemptStatus(attempt.status) not in TERMINAL_STATUSES or attempt.finished_at is None:
-        return False
-    finished = attempt.finished_at if attempt.finished_at.tzinfo else attempt.finished_at.replace(tzinfo=UTC)
-    return now - finished <= REPAIR_WINDOW
+async def _ended_without_pull_request(ctx: ReconcilerContext, names: Sequence[str]) -> list[Attempt]:
+    """The projects' attempts that ended within the window naming a fix branch but no pull request, newest
+    first: one statement per pass, whatever the number of projects."""
+    since = datetime.now(UTC) - REPAIR_WINDOW
+    query = (
+        sa.select(Attempt)
+        .where(
+            Attempt.project.in_(names),
+            Attempt.status.in_([s.value for s in TERMINAL_STATUSES]),
+            Attempt.pr_number.is_(None),
+            Attempt.branch.is_not(None),
+            Attempt.finished_at >= since,
+        )
+        .order_by(Attempt.finished_at.desc())
+        .limit(REPAIR_LIMIT)
+    )
+    return await fetch_all(ctx.sessions, query)
 
 
-async def repair_project(
-    ctx: ReconcilerContext, project: ProjectConfig, *, summary: RunSummary, dry_run: bool = False
+async def repair_ended_attempts(
+    ctx: ReconcilerContext, projects: Sequence[ProjectConfig], *, summary: RunSummary, dry_run: bool = False
 ) -> None:
-    """Bring the project's recently ended attempts in line with their fix branches on the forge.
+    """Bring the projects' recently ended attempts in line with their fix branches on the forge.
 
     Never raises for the forge or the store: what could not be checked now is checked on the next pass.
     """
     forge = ctx.forge
-    if forge is None or dry_run:
+    if forge is None or dry_run or not projects:
         return
-    now = datetime.now(UTC)
+    repos = {p.name: p.repo for p in projects}
     try:
-        recent = await store.attempt_history(ctx.sessions, project.name, limit=REPAIR_LIMIT)
-        for attempt in recent:
-            if attempt.branch is not None and attempt.id not in ctx.repair_checked and _needs_check(attempt, now):
-                await _repair_attempt(ctx, forge, project.repo, attempt, attempt.branch, summary)
-                ctx.repair_checked.add(attempt.id)
+        for attempt in await _ended_without_pull_request(ctx, list(repos)):
+            if attempt.branch is None or attempt.id in ctx.repair_checked:
+                continue
+            with bind_context(project=attempt.project):
+                await _repair_attempt(ctx, forge, repos[attempt.project], attempt, attempt.branch, summary)
+            ctx.repair_checked.add(attempt.id)
     except (ForgeError, ReconcilerError) as exc:
         log_event(logger, "repair_deferred", level=logging.WARNING, error=str(exc))
 
