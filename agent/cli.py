@@ -126,6 +126,14 @@ async def _failing_run(session: ToolSession, job: str) -> dict[str, Any] | None:
     return None
 
 
+async def _check_run(session: ToolSession, job: str, run_id: int) -> None:
+    """Refuse a `--run-id` the forge does not know (for this job) before a single model token is spent."""
+    result = await session.call_tool("get_job_logs", {"run_id": run_id})
+    if result.is_error:
+        text = " ".join(getattr(b, "text", "") for b in result.content).strip()
+        raise ToolSessionError(f"run {run_id} of job {job!r} cannot be read ({text}); no model call was made")
+
+
 def _print_outcome(outcome: AttemptOutcome, out: TextIO) -> None:
     u = outcome.usage
     lines = [
@@ -159,6 +167,8 @@ async def _attempt(
             print(f"nothing to fix: job {job!r} of {project!r} has no failed run newer than a green one", file=out)
             return None
         run_id, head_sha = int(run["run_id"]), str(run.get("head_sha") or "unknown")
+    else:
+        await _check_run(session, job, run_id)
     task = AttemptTask(project=project, job=job, failing_run_id=run_id, head_sha=head_sha)
     backend, settings = make_backend(
         model_spec, config.agent, stack,

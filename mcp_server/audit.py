@@ -21,6 +21,8 @@ import anyio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from mcp_server.jsonlog import log_event
+
 __all__ = [
     "MCP_TOOL_CALL",
     "AuditEvent",
@@ -106,8 +108,8 @@ class JsonLogAuditSink:
 
     async def record(self, event: AuditEvent) -> None:
         """Log the event as one JSON line."""
-        payload = {"event": "mcp_tool_call", **event.as_dict()}
-        self._logger.log(self._level, json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str))
+        # The event's fields are the record's fields: the JSON formatter writes them once, not as a JSON string.
+        log_event(self._logger, "mcp_tool_call", level=self._level, **event.as_dict())
 
 
 class SqlAuditSink:
@@ -145,11 +147,12 @@ class SqlAuditSink:
                 async with self._engine.begin() as conn:
                     await conn.execute(MCP_TOOL_CALL.insert().values(**row))
         except Exception as exc:  # top-level boundary: an audit store outage must not crash the tool call
-            self._logger.error(
-                json.dumps(
-                    {"event": "mcp_audit_write_failed", "tool": event.tool, "error": exc.__class__.__name__},
-                    separators=(",", ":"),
-                )
+            log_event(
+                self._logger,
+                "mcp_audit_write_failed",
+                level=logging.ERROR,
+                tool=event.tool,
+                error=exc.__class__.__name__,
             )
 
     async def aclose(self) -> None:

@@ -12,14 +12,16 @@ here is the most any session may get. Logs go to stderr as JSON lines; stdout ca
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS
+from mcp_server.jsonlog import log_event
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig
 from policy.errors import ConfigError
@@ -108,6 +110,7 @@ def http_app(
     port: int,
     path: str = "/mcp",
     idle_seconds: float = 3600.0,
+    call_deadline_seconds: float = DEFAULT_CALL_DEADLINE_SECONDS,
 ) -> Starlette:
     """The streamable-HTTP ASGI app: bearer tokens required (401 otherwise), Host/Origin headers pinned.
 
@@ -128,6 +131,7 @@ def http_app(
         token_verifier=verifier,
         auth=AuthSettings(issuer_url=f"http://127.0.0.1:{port}", resource_server_url=None),
         idle_seconds=idle_seconds,
+        call_deadline_seconds=call_deadline_seconds,
     )
     return server.streamable_http_app(
         streamable_http_path=path, transport_security=transport_security(host, port), host=host
@@ -135,11 +139,8 @@ def http_app(
 
 
 def _configure_logging(level: str) -> None:
-    try:
-        from mcp_server.jsonlog import configure_json_logging
-    except ImportError:  # pragma: no cover - the structured-log module is optional here
-        logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
-        return
+    from mcp_server.jsonlog import configure_json_logging
+
     configure_json_logging(getattr(logging, level))
 
 
@@ -190,7 +191,20 @@ async def _run_http(args: argparse.Namespace, config: GreenloopConfig, secret: s
         server = uvicorn.Server(
             uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
         )
-        await server.serve()
+        # Bound here, so the address is announced only once it is really listened on.
+        sock = socket.create_server((args.host, args.port), family=_family(args.host))
+        url = f"http://{_url_host(args.host)}:{args.port}{args.path}"
+        log_event(logger, "mcp_http_listening", url=url, mode=args.mode, projects=projects)
+        print(f"greenloop-mcp: serving MCP over streamable HTTP at {url}", file=sys.stderr, flush=True)
+        await server.serve(sockets=[sock])
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _check(args: argparse.Namespace, config: GreenloopConfig) -> None:
@@ -201,7 +215,7 @@ def _check(args: argparse.Namespace, config: GreenloopConfig) -> None:
         if name not in names:
             raise ConfigError(f"unknown project {name!r} (configured: {', '.join(sorted(names)) or 'none'})")
     if getattr(args, "host", None) is not None and args.host not in _LOOPBACK:
-        logger.warning(json.dumps({"event": "mcp_http_not_loopback", "host": args.host}))
+        log_event(logger, "mcp_http_not_loopback", level=logging.WARNING, host=args.host)
 
 
 def _check_binding(args: argparse.Namespace) -> None:

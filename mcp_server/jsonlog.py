@@ -13,11 +13,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from policy.redaction import redact_obj
 
-__all__ = ["JsonFormatter", "bind_context", "configure_json_logging", "log_event"]
+__all__ = ["QUIET_HTTP_LOGGERS", "JsonFormatter", "bind_context", "configure_json_logging", "log_event"]
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("greenloop_log_context", default={})  # noqa: B039
 
@@ -55,10 +55,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(redact_obj(payload), default=str, separators=(",", ":"))
 
 
-def configure_json_logging(level: int = logging.INFO) -> None:
-    """Send every log record to stderr as one JSON object a line."""
-    handler = logging.StreamHandler(sys.stderr)
+# HTTP client libraries log every request at INFO with its full URL, and a URL can be a credential (the
+# signed, short-lived URL a job log is downloaded from). Their INFO and DEBUG lines are never wanted.
+QUIET_HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+
+
+def configure_json_logging(level: int = logging.INFO, *, stream: TextIO | None = None) -> None:
+    """Send every log record to `stream` (stderr) as one JSON object a line, redacted.
+
+    The HTTP client libraries' loggers are set to WARNING whatever `level` is; what they still log goes
+    through the same redacting formatter.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in QUIET_HTTP_LOGGERS:
+        # Security: request lines carry URLs, and a signed URL is a bearer credential until it expires.
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -159,6 +159,9 @@ class AgentSettings(_Model):
     )
 
 
+_DATABASE_DRIVERS: dict[str, str] = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+
+
 class ServerSettings(_Model):
     """The reconciler's schedule, HTTP API and store."""
 
@@ -179,6 +182,24 @@ class ServerSettings(_Model):
     # Below this many forge API requests left in the rate-limit window, only projects with an attempt in
     # flight are observed until the window resets.
     rate_limit_reserve: Annotated[int, Field(ge=0, le=100_000)] = 100
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, v: str) -> str:
+        # The store runs on SQLite (aiosqlite) or PostgreSQL (asyncpg) only; say so at `config check`, not at the
+        # first connection. The URL itself is never echoed: it may hold a password.
+        scheme, sep, _ = v.partition("://")
+        backend, _, driver = scheme.lower().partition("+")
+        backend = "postgresql" if backend == "postgres" else backend
+        drivers = _DATABASE_DRIVERS.get(backend)
+        if not sep or drivers is None:
+            raise ValueError(
+                f"unsupported database {backend or v[:20]!r}: use sqlite+aiosqlite:///path or "
+                "postgresql+asyncpg://user@host/db"
+            )
+        if driver and driver != drivers:
+            raise ValueError(f"unsupported driver {driver!r} for {backend}: use {backend}+{drivers}")
+        return v
 
 
 class GreenloopConfig(_Model):
@@ -227,9 +248,13 @@ def _loc(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay `GREENLOOP_<SECTION>__<KEY>=value` variables on the [server], [forge] and [agent] tables."""
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+    """Overlay `GREENLOOP_<SECTION>__<KEY>=value` variables on the [server], [forge] and [agent] tables.
+
+    Returns the data and, for each (section, key) a variable set, the variable's name (errors name it).
+    """
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    origins: dict[tuple[str, str], str] = {}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
@@ -239,7 +264,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         table = out.setdefault(section, {})
         if isinstance(table, dict):
             table[field] = value
-    return out
+            origins[(section, field)] = key
+    return out, origins
 
 
 def load_config_text(
@@ -256,12 +282,15 @@ def load_config_text(
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     if "project" in data and "projects" not in data:
         data["projects"] = data.pop("project")
-    data = _apply_env(data, env or {})
+    data, from_env = _apply_env(data, env or {})
     try:
         return GreenloopConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _loc(tuple(err["loc"]), data)
+        variable = from_env.get((str(err["loc"][0]), str(err["loc"][1]))) if len(err["loc"]) >= 2 else None
+        if variable is not None:
+            source = f"environment variable {variable}"  # the value came from there, not from the file
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -78,7 +78,9 @@ from reconciler.store.runs import record_run
 from reconciler.store.state import kill_switch_enabled, set_kill_switch
 from reconciler.store.translate import fetch_all, with_retry
 from reconciler.store.upsert import insert_for
+from reconciler.store.views import stored_json
 from reconciler.summary import RunSummary, Trigger
+from reconciler.ui import ui_routes
 
 __all__ = ["MIN_TOKEN_LENGTH", "ReconcileFn", "build_api"]
 
@@ -236,18 +238,15 @@ class _Api:
     async def debug_reconcile(self, request: Request, fields: dict[str, Any]) -> Response:
         body = await parse_body(request, DebugReconcileRequest)
         fields.update(repos=body.repos, dry_run=body.dry_run)
-        unknown = [
-            r for r in dict.fromkeys(body.repos) if not any(r in (p.name, p.repo) for p in self.ctx.config.projects)
-        ]
+        wanted = list(dict.fromkeys(body.repos)) if body.repos is not None else None  # None: every project
+        unknown = [r for r in wanted or [] if not any(r in (p.name, p.repo) for p in self.ctx.config.projects)]
         if unknown:
             raise ApiError(
                 404, "unknown_project", f"Unknown project(s): {', '.join(repr(u) for u in unknown)}.", unknown=unknown
             )
         try:
             async with asyncio.timeout(self.debug_timeout):
-                summary = await self.reconcile_fn(
-                    self.ctx, repos=list(dict.fromkeys(body.repos)), trigger="debug", dry_run=body.dry_run
-                )
+                summary = await self.reconcile_fn(self.ctx, repos=wanted, trigger="debug", dry_run=body.dry_run)
         except UnknownProjects as exc:
             names = [str(n) for n in exc.names]
             raise ApiError(404, "unknown_project", str(exc), unknown=names) from None
@@ -320,7 +319,7 @@ class _Api:
             trace_id=attempt.trace_id,
             heartbeat_at=attempt.heartbeat_at,
             report=attempt.report,
-            transcript=_loads(attempt.transcript),
+            transcript=stored_json(attempt.transcript),
             transitions=[
                 TransitionRecord(from_status=t.from_status, to_status=t.to_status, reason=t.reason, at=t.at)
                 for t in transitions
@@ -330,7 +329,7 @@ class _Api:
                     id=c.id,
                     tool=c.tool,
                     outcome=c.outcome,
-                    arguments=_loads(c.arguments),
+                    arguments=stored_json(c.arguments),
                     message=c.message,
                     result_bytes=c.result_bytes,
                     duration_ms=c.duration_ms,
@@ -474,15 +473,6 @@ def _summary(a: Attempt) -> AttemptSummary:
     )
 
 
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 async def _record_reported_run(api: _Api, project: str, body: ReportedRun, log_text: str | None) -> tuple[JobRun, bool]:
     """Insert the run if it is new (True), else update its status/log through the store's upsert (False)."""
     values: dict[str, Any] = {
@@ -568,6 +558,7 @@ def build_api(
         Route("/kill-switch", e("api_get_kill_switch", api.get_kill_switch), methods=["GET"]),
         Route("/kill-switch", e("api_post_kill_switch", api.post_kill_switch), methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    ui = ui_routes(ctx, token=token.encode() if token is not None else None)  # the operators' pages at /ui
+    app = Starlette(routes=[*routes, *ui], exception_handlers={404: not_found, 405: not_found})
     app.add_middleware(BearerGuard, token=token.encode() if token is not None else None)
     return app

@@ -119,8 +119,9 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
 def _invalid(exc: ValidationError, what: str) -> ApiError:
     errors = exc.errors(include_url=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errors):
-        msg = next(e["msg"] for e in errors if e["type"] == "json_invalid")
-        return ApiError(400, "invalid_json", f"Invalid JSON: {msg}.")
+        bad = next(e for e in errors if e["type"] == "json_invalid")
+        why = str(bad.get("ctx", {}).get("error") or bad["msg"].removeprefix("Invalid JSON: "))
+        return ApiError(400, "invalid_json", f"Invalid JSON: {why}.")
     fields = [FieldError(field=_field_name(tuple(e["loc"])), message=e["msg"]) for e in errors]
     first = fields[0]
     more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
@@ -178,7 +179,9 @@ class BearerGuard:
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/healthz":
+        path = str(scope.get("path", ""))
+        # The operators' pages (`reconciler.ui`) check their own session cookie, earned with the same token.
+        if scope["type"] != "http" or path == "/healthz" or path == "/ui" or path.startswith("/ui/"):
             await self.app(scope, receive, send)
             return
         refusal = self._refusal(scope)

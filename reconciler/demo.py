@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,6 +79,12 @@ class DemoResult:
     settled: bool = False
     # Every MCP tool call the agents made: (project, tool, outcome, duration_ms), in order.
     tool_calls: list[tuple[str, str, str, float]] = field(default_factory=list)
+    kept_dir: str | None = None  # --keep: where the forge, store and workspaces were left
+
+    @property
+    def cost_is_estimate(self) -> bool:
+        """A scripted model bills nothing: its cost is its token counts priced at list prices."""
+        return not self.model.startswith("real model")
 
     @property
     def ok(self) -> bool:
@@ -93,6 +100,8 @@ class DemoResult:
             "seconds": round(self.seconds, 2),
             "forge_job_seconds": round(self.forge_job_seconds, 2),
             "passes": self.passes,
+            "cost_is_estimate": self.cost_is_estimate,
+            "kept_dir": self.kept_dir,
             "projects": [
                 {
                     "name": p.name,
@@ -204,7 +213,7 @@ async def run_demo(
                 repo=f.repo,
                 autonomy=f.autonomy,
                 expected=f.expected,
-                failure=f.failure.split(";")[0].split(". ")[0][:90],
+                failure=_first_clause(f.failure),
             )
             for f in fixtures
         ],
@@ -286,9 +295,16 @@ async def run_demo(
                     result.tool_calls = await _tool_calls(ctx)
     finally:
         result.seconds = time.perf_counter() - t0
-        if not keep_dir:
+        if keep_dir:
+            result.kept_dir = str(work)
+        else:
             shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _first_clause(failure: str, width: int = 90) -> str:
+    """The failure's first clause, shortened at a word boundary (never mid-word)."""
+    return textwrap.shorten(failure.split(";")[0].split(". ")[0], width=width, placeholder=" …")
 
 
 async def _tool_calls(ctx: ReconcilerContext) -> list[tuple[str, str, str, float]]:
@@ -354,7 +370,20 @@ def render_result(result: DemoResult, out: TextIO) -> None:
     for t, project, text in result.timeline:
         say(f"  {t:6.2f}s  {project:<20} {text}\n")
     say("\nSummary\n\n")
-    say("| project | autonomy | failure | decision | end state | expected | PR | tokens in/out | cost | to green |\n")
+    cost = "cost (estimated)" if result.cost_is_estimate else "cost"
+    head = (
+        "project",
+        "autonomy",
+        "failure",
+        "decision",
+        "end state",
+        "expected",
+        "PR",
+        "tokens in/out",
+        cost,
+        "to green",
+    )
+    say("| " + " | ".join(head) + " |\n")
     say("|---|---|---|---|---|---|---|---|---|---|\n")
     for p in result.projects:
         decision = p.decision + (f" ({p.reason})" if p.reason else "")
@@ -364,6 +393,8 @@ def render_result(result: DemoResult, out: TextIO) -> None:
             f"| {'✔ ' if p.ok else '✘ '}{p.state} | {p.expected} | {p.pr_url or '-'} "
             f"| {p.input_tokens}/{p.output_tokens} | ${p.cost_usd:.4f} | {green} |\n"
         )
+    if result.cost_is_estimate:
+        say("\nCost: the scripted model's token counts, estimated at list prices; nothing was billed.\n")
     for p in result.projects:
         if p.state == "escalated" and p.report:
             say(f"\nEscalation report for {p.name}:\n\n{p.report}\n")
@@ -374,6 +405,8 @@ def render_result(result: DemoResult, out: TextIO) -> None:
         f"\n{verdict}: {sum(p.ok for p in result.projects)}/{len(result.projects)} in {result.seconds:.1f}s "
         f"({result.passes} passes; fixture jobs {result.forge_job_seconds:.1f}s; model: {result.model})\n"
     )
+    if result.kept_dir is not None:
+        say(f"kept: {result.kept_dir} (forge, store and workspaces)\n")
 
 
 def demo_command(*, as_json: bool, deadline_seconds: float, keep_dir: bool) -> int:
@@ -382,6 +415,8 @@ def demo_command(*, as_json: bool, deadline_seconds: float, keep_dir: bool) -> i
     result = asyncio.run(run_demo(out=out, progress=True, deadline_seconds=deadline_seconds, keep_dir=keep_dir))
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
+        if result.kept_dir is not None:
+            print(f"greenloop demo: kept {result.kept_dir}", file=sys.stderr)
     else:
         render_result(result, sys.stdout)
     return 0 if result.ok else 1

@@ -300,10 +300,10 @@ async def _reconcile_project(
                 summary.attempts_already_active += 1
             continue
         if decision.action == "rerun":
-            summary.reruns.append(note)
             if not dry_run and ctx.forge is not None:
-                await ctx.forge.rerun_workflow(project.repo, int(run.run_id))
+                await ctx.forge.rerun_workflow(project.repo, int(run.run_id))  # a refusal raises: not counted
                 ctx.reruns_requested.add((project.name, run.run_id))
+            summary.reruns.append(note)
             continue
         await _start(ctx, project, run, dry_run=dry_run, summary=summary)
         history = None  # the new attempt is part of the history for the next red job

@@ -82,7 +82,7 @@ class FakeReconcile:
             raise
         if self.raises is not None:
             raise self.raises
-        names = list(repos or [])
+        names = list(repos) if repos else [p.name for p in ctx.config.projects]  # None: every project
         return RunSummary(
             trigger=trigger,
             dry_run=dry_run,
@@ -412,7 +412,6 @@ async def test_debug_reconcile_times_out_with_504_and_cancels_the_pass(
     ("content", "status", "field"),
     [
         pytest.param(b'{"repos": []}', 422, "repos", id="empty-list"),
-        pytest.param(b"{}", 422, "repos", id="missing-repos"),
         pytest.param(b'{"repos": "alpha"}', 422, "repos", id="string-not-list"),
         pytest.param(b'{"repos": [1]}', 422, "repos[0]", id="int-in-list"),
         pytest.param(b'{"repos": [""]}', 422, "repos[0]", id="empty-name"),
@@ -559,7 +558,9 @@ _FUTURE = (datetime.now(UTC) + timedelta(days=2)).isoformat()
         pytest.param({"status": "queued"}, "(body)", id="queued-with-conclusion"),
         pytest.param({"head_sha": "xyz"}, "head_sha", id="non-hex-sha"),
         pytest.param({"head_sha": "A" * 40}, "head_sha", id="uppercase-sha"),
-        pytest.param({"run_id": 1001}, "run_id", id="int-run-id"),
+        pytest.param({"run_id": -1}, "run_id", id="negative-int-run-id"),
+        pytest.param({"run_id": True}, "run_id", id="bool-run-id"),
+        pytest.param({"run_id": 1.5}, "run_id", id="float-run-id"),
         pytest.param({"run_id": "../1"}, "run_id", id="path-run-id"),
         pytest.param({"run_attempt": 0}, "run_attempt", id="zero-attempt"),
         pytest.param({"run_attempt": "2"}, "run_attempt", id="string-attempt"),

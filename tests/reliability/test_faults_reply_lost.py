@@ -181,7 +181,7 @@ async def test_a_rerun_whose_reply_is_lost_is_not_requested_twice(tmp_path: Path
         async with open_runtime(config, backend_for=scripted(SCRIPT), heartbeat_seconds=1.0) as ctx:
             await arm_fault(forge, rerun, "reply_lost", method="POST")
             first = await reconcile(ctx, trigger="cli")
-            assert len(first.reruns) == 1 and "flaky" in first.errors, "the re-run's reply was lost"
+            assert "flaky" in first.errors, "the re-run's reply was lost: the pass could not tell it was made"
             if model == "retrying":
                 again = await reconcile(ctx, trigger="cli")
                 assert again.reruns == [] and again.attempts_started == []
