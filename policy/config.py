@@ -105,6 +105,10 @@ class ProjectConfig(_Model):
     budgets: Budgets = Budgets()
     max_consecutive_failures: Annotated[int, Field(ge=1, le=100)] = 3
     backoff: Backoff = Backoff()
+    # Cost: a daily limit in USD (UTC day; None: none), and models overriding [agent] (policy/spend.py).
+    daily_cost_usd: Annotated[float | None, Field(gt=0)] = None
+    model: str | None = None
+    fallback_model: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -153,6 +157,10 @@ class AgentSettings(_Model):
     max_output_tokens: Annotated[int, Field(ge=256, le=64_000)] = 4096
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    # Cache breakpoints on the tools, the system prompt and the conversation's last turn (agent.prompt_cache).
+    prompt_caching: bool = True
+    # A cheaper model used once spending passes the notice share of a cost limit (policy/spend.py).
+    fallback_model: str | None = None
     # USD per million tokens: input, output, cache write, cache read.
     prices: Mapping[str, tuple[float, float, float, float]] = Field(
         default_factory=lambda: {"default": (3.0, 15.0, 3.75, 0.30)}
@@ -202,12 +210,21 @@ class ServerSettings(_Model):
         return v
 
 
+class SpendLimits(_Model):
+    """Fleet-wide cost limits in USD (UTC day and month; None: no limit), and when to give notice."""
+
+    daily_usd: Annotated[float | None, Field(gt=0)] = None
+    monthly_usd: Annotated[float | None, Field(gt=0)] = None
+    notice_share: Annotated[float, Field(gt=0, lt=1)] = 0.8
+
+
 class GreenloopConfig(_Model):
     """The whole `greenloop.toml`."""
 
     server: ServerSettings = ServerSettings()
     forge: ForgeSettings = ForgeSettings()
     agent: AgentSettings = AgentSettings()
+    spend: SpendLimits = SpendLimits()
     projects: tuple[ProjectConfig, ...] = ()
 
     @model_validator(mode="after")

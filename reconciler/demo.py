@@ -54,8 +54,10 @@ class ProjectResult:
     decision: str = ""
     reason: str | None = None
     pr_url: str | None = None
-    input_tokens: int = 0
+    input_tokens: int = 0  # not read from or written to the prompt cache
     output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
     cost_usd: float = 0.0
     seconds_to_green: float | None = None
     report: str | None = None
@@ -118,6 +120,8 @@ class DemoResult:
                     "pr_url": p.pr_url,
                     "input_tokens": p.input_tokens,
                     "output_tokens": p.output_tokens,
+                    "cache_write_tokens": p.cache_write_tokens,
+                    "cache_read_tokens": p.cache_read_tokens,
                     "cost_usd": round(p.cost_usd, 6),
                     "seconds_to_green": None if p.seconds_to_green is None else round(p.seconds_to_green, 2),
                     "report": p.report,
@@ -330,6 +334,7 @@ async def _refresh(
     event: Callable[[str, str], None],
 ) -> bool:
     """Update every project's result from the store and the last observation; True when all settled."""
+    from agent.transcript import usage_in
     from reconciler.observe import ProjectObservation
 
     async with ctx.sessions() as session:
@@ -354,6 +359,8 @@ async def _refresh(
             p.attempt_id, p.attempt_status = a.id, a.status
             p.pr_url = a.pr_url
             p.input_tokens, p.output_tokens, p.cost_usd = a.input_tokens, a.output_tokens, a.cost_usd
+            usage = usage_in(a.transcript or "[]")
+            p.cache_write_tokens, p.cache_read_tokens = usage.cache_creation_input_tokens, usage.cache_read_input_tokens
             p.report = a.report
             if a.stop_reason and a.status in ("escalated", "failed"):
                 p.reason = a.stop_reason
@@ -391,7 +398,8 @@ def render_result(result: DemoResult, out: TextIO) -> None:
         say(
             f"| {p.name} | {p.autonomy} | {p.failure if p.decision not in ('', 'none') else '-'} | {decision or '-'} "
             f"| {'✔ ' if p.ok else '✘ '}{p.state} | {p.expected} | {p.pr_url or '-'} "
-            f"| {p.input_tokens}/{p.output_tokens} | ${p.cost_usd:.4f} | {green} |\n"
+            f"| {p.input_tokens + p.cache_write_tokens + p.cache_read_tokens}/{p.output_tokens} "
+            f"| ${p.cost_usd:.4f} | {green} |\n"
         )
     if result.cost_is_estimate:
         say("\nCost: the scripted model's token counts, estimated at list prices; nothing was billed.\n")

@@ -7,6 +7,7 @@ plausible shape and real refusals (ToolError -> is_error) so the loop's behaviou
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -14,6 +15,13 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
+
+from agent.loop import AttemptOutcome, run_attempt
+from agent.models import AnthropicBackend
+from agent.prompt_cache import PrefixCache
+from agent.types import AttemptTask
+from fixtures.fake_anthropic import FakeAnthropic, run_fake_anthropic
+from policy.config import AgentSettings, Budgets
 
 FORGE_TOKEN = "ghs_standinForgeToken0123456789abcdef"
 RUN_ID = 4242
@@ -162,3 +170,22 @@ GOOD_STEPS: list[dict[str, Any]] = [
     {"tool_use": {"name": "create_pull_request", "input": {"title": "Fix add", "body": "add() added 1."}}},
     {"text": "Opened a pull request fixing add()."},
 ]
+
+
+async def run_on_fake_api(
+    actions: Sequence[dict[str, Any]],
+    standin: Callable[[], Any],
+    task: AttemptTask,
+    settings: AgentSettings,
+    budgets: Budgets,
+) -> tuple[AttemptOutcome, FakeAnthropic]:
+    """One attempt through the real SDK against the fake API, whose prompt cache takes prefixes of 200+ tokens
+    (the stand-in's tools are smaller than the real minimum)."""
+    fake = FakeAnthropic(list(actions), cache=PrefixCache(min_tokens=200))
+    async with (
+        run_fake_anthropic(fake) as url,
+        standin() as client,
+        AnthropicBackend(settings, api_key=fake.api_key, base_url=url) as backend,
+    ):
+        outcome = await run_attempt(backend, client, task, budgets, settings=settings, secrets=[fake.api_key])
+    return outcome, fake
