@@ -39,6 +39,7 @@ from mcp_server.errors import (
     ForgeUnavailable,
 )
 from mcp_server.github_app import TokenSource
+from policy.branches import is_fix_branch
 from policy.config import REPO_NAME_RE, ForgeSettings
 from policy.redaction import redact
 
@@ -217,6 +218,14 @@ class _RunsBody(_Model):
 class _JobsBody(_Model):
     total_count: int = 0
     jobs: tuple[Job, ...] = ()
+
+
+class _BranchCommit(_Model):
+    sha: str
+
+
+class _BranchBody(_Model):
+    commit: _BranchCommit
 
 
 class _MergeBody(_Model):
@@ -424,6 +433,25 @@ class ForgeClient:
         reply = await self._json("PATCH", f"repos/{_repo(repo)}/pulls/{int(number)}", json={"state": "closed"})
         return _parse(PullRequest, reply.body, f"repos/{repo}/pulls/{number}")
 
+    async def branch_head(self, repo: str, branch: str) -> str | None:
+        """The commit a branch points at, or None when the forge has no such branch."""
+        path = f"repos/{_repo(repo)}/branches/{_fix_branch(branch)}"
+        try:
+            reply = await self._json("GET", path)
+        except ForgeNotFound:
+            return None
+        return _parse(_BranchBody, reply.body, path).commit.sha
+
+    async def delete_branch(self, repo: str, branch: str) -> bool:
+        """Delete a fix branch (its open pull requests close with it); False when it was already gone."""
+        try:
+            await self._json("DELETE", f"repos/{_repo(repo)}/git/refs/heads/{_fix_branch(branch)}")
+        except ForgeConflict as exc:
+            if exc.status == 422:  # GitHub: "Reference does not exist"
+                return False
+            raise
+        return True
+
     # ------------------------------------------------------------------------------------------ core
 
     async def _json(
@@ -630,6 +658,13 @@ def _repo(repo: str) -> str:
     if not REPO_NAME_RE.match(repo) or any(part in (".", "..") for part in repo.split("/")):
         raise ForgeError(f"Forge: not a repository name: {repo!r}.")
     return repo
+
+
+def _fix_branch(branch: str) -> str:
+    # Security: branches are read and deleted only when they are greenloop fix branches (never the default).
+    if not is_fix_branch(branch):
+        raise ForgeError(f"Forge: not a fix branch: {branch!r}.")
+    return branch
 
 
 def _parse(model: type[_M], body: Any, what: str) -> _M:

@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `greenloop`; returns the process exit code."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    from mcp_server.jsonlog import configure_json_logging
+    from infra.jsonlog import configure_json_logging
 
     # Warnings and errors as redacted JSON lines on stderr, HTTP libraries quiet (`greenloop run` then logs
     # from INFO up, the same way).

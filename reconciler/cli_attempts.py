@@ -51,7 +51,7 @@ class _Target:
 
 
 def _load_config(path: str | None) -> GreenloopConfig:
-    from mcp_server.settings import load_config
+    from infra.settings import load_config
 
     return load_config(path)
 

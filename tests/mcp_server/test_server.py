@@ -416,10 +416,10 @@ async def test_agent_fixes_bug_lib_and_merges_what_it_pushed(tmp_path: Path) -> 
             pr = await _propose_fix(client)
             merged = await ok(client, "merge_pull_request")
             assert merged["merged"] is True and merged["number"] == pr["number"]
-            again = await refused(client, "merge_pull_request")
-            assert "no open pull request" in again
+            again = await ok(client, "merge_pull_request")  # read back: merged already, nothing merged twice
+            assert again == merged
         outcomes = [(e.tool, e.outcome) for e in h.audit.events]
-        assert ("merge_pull_request", "ok") in outcomes and ("merge_pull_request", "refused") in outcomes
+        assert outcomes.count(("merge_pull_request", "ok")) == 2
         assert all(e.attempt_id == "merge0001" and e.project == "bug-lib" for e in h.audit.events)
 
 
