@@ -15,6 +15,7 @@ the merge and re-run tests change their project's main, so each has a forge of i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -37,9 +38,9 @@ from fault_support import (
 from mcp_types import CallToolResult, TextContent
 
 from e2e_support import SCRIPTS_DIR, attempts_of, forge_for, pulls_on_branch, settle  # isort: skip
-from agent.cli import open_in_process_session
 from agent.loop import ToolSession
 from fixtures.forge import Forge
+from mcp_server.in_process import open_in_process_session
 from policy.config import GreenloopConfig
 from reconciler.dispatch import AgentDispatcher
 from reconciler.runner import reconcile
@@ -91,6 +92,10 @@ def _arm_before(forge: Forge, script: Path, tool: str, path_regex: str, kind: st
     async def hook(n: int) -> None:
         if n == at:
             await arm_fault(forge, path_regex, kind, method=method)
+            if path_regex == TOKENS:
+                # One App per process caches its installation token (the pass minted it before the agent ran):
+                # expire it on the forge, so the tool's next call must exchange again, into the fault.
+                await forge_control(forge, "POST", "/_forge/tokens/expire", {"all_installation_tokens": True})
 
     return hook
 
@@ -237,20 +242,21 @@ async def test_the_dispatcher_records_the_forges_pull_request_whatever_the_model
 ) -> None:
     async with forge_for(tmp_path / "forge", [PROJECT]) as forge:
         config = config_for(forge, tmp_path, [PROJECT], autonomy)
-        async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
-            ctx.dispatcher = AgentDispatcher(
+        async with open_runtime(config, backend_for=None, with_dispatcher=False) as bare:
+            dispatcher = AgentDispatcher(
                 config,
-                ctx.sessions,
+                bare.sessions,
                 open_session=_losing(config, tool),
                 backend_for=scripted(SCRIPT),
-                metrics=ctx.metrics,
+                metrics=bare.metrics,
                 heartbeat_seconds=1.0,
-                forge=ctx.forge,
+                forge=bare.forge,
             )
+            ctx = dataclasses.replace(bare, dispatcher=dispatcher)
             try:
                 attempt = await one_attempt(ctx, PROJECT)
             finally:
-                await ctx.dispatcher.aclose()
+                await dispatcher.aclose()
 
             assert attempt.branch is not None
             (pull,) = pulls_on_branch(forge, REPO, attempt.branch)
