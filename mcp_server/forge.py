@@ -196,7 +196,11 @@ class PullRequestRef(_Model):
 
 
 class PullRequest(_Model):
-    """A pull request (`pulls/get`)."""
+    """A pull request (`pulls/get`, or an item of `pulls/list`).
+
+    Merged-ness is `merged_at`: GitHub's list items have no `merged` field at all (only the single-PR
+    endpoint has it, and it is true exactly when `merged_at` is set), so `merged` is derived, never read.
+    """
 
     number: int
     state: str
@@ -206,9 +210,13 @@ class PullRequest(_Model):
     head: PullRequestRef
     base: PullRequestRef
     draft: bool = False
-    merged: bool = False
     merged_at: datetime | None = None
     merge_commit_sha: str | None = None
+
+    @property
+    def merged(self) -> bool:
+        """Whether the pull request was merged (from `merged_at`, which list items carry too)."""
+        return self.merged_at is not None
 
 
 class _RunsBody(_Model):

@@ -377,6 +377,22 @@ async def test_find_pull_request_filters_by_owner_and_branch_and_returns_none_wh
 
 
 @pytest.mark.anyio
+async def test_a_listed_pull_request_is_merged_when_it_has_merged_at_though_lists_carry_no_merged() -> None:
+    merged_item = {k: v for k, v in pr_json(4).items() if k != "merged"} | {
+        "state": "closed",
+        "merged_at": "2024-05-01T11:00:00Z",
+        "merge_commit_sha": "c" * 40,
+    }
+    h = Harness(lambda request: httpx2.Response(200, json=[merged_item]))
+    found = await h.client.find_pull_request(REPO, "greenloop/fix/ci-abc123")
+    assert found is not None and found.merged and found.merge_commit_sha == "c" * 40
+    closed = {**merged_item, "merged_at": None, "merge_commit_sha": None}
+    h = Harness(lambda request: httpx2.Response(200, json=[closed]))
+    found = await h.client.find_pull_request(REPO, "greenloop/fix/ci-abc123")
+    assert found is not None and found.state == "closed" and not found.merged
+
+
+@pytest.mark.anyio
 async def test_merge_pull_request_squashes_at_the_given_sha_and_returns_the_merge_sha() -> None:
     def handler(request: httpx2.Request) -> httpx2.Response:
         assert request.method == "PUT" and request.url.path.endswith("/pulls/7/merge")
