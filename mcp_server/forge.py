@@ -11,6 +11,11 @@ does not charge 304s against the rate limit, so an idle pass costs nothing). Rat
 - 5xx and transport errors are retried with exponential backoff and jitter, at most `max_retries` times, for
   idempotent methods; a POST is retried only when it was never sent (connect errors).
 
+Lists follow GitHub's `Link: <...>; rel="next"` (its URLs have the `/repositories/{id}/...` form) with
+`per_page=100`, up to a bounded number of pages; hitting the bound is logged (`forge_page_cap_hit`). A next
+link to another origin than the API's is refused: the token never leaves the API host.
+See https://docs.github.com/rest/using-the-rest-api/using-pagination-in-the-rest-api
+
 All `httpx2` exceptions are translated here; nothing above this module sees them. Error messages name the
 method, the API path and the status, never the token.
 """
@@ -18,11 +23,12 @@ method, the API path and the status, never the token.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -40,6 +46,7 @@ from mcp_server.errors import (
     ForgeUnavailable,
 )
 from mcp_server.github_app import TokenSource
+from mcp_server.jsonlog import log_event
 from policy.config import ForgeSettings
 from policy.redaction import redact
 
@@ -66,6 +73,11 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
 _SECONDARY_DEFAULT_WAIT = 60.0  # GitHub: without retry-after, wait at least a minute after a secondary limit
 _MAX_LOG_REDIRECTS = 3
+_PER_PAGE = 100  # GitHub's maximum page size for every list greenloop reads
+RUN_PAGES = 3  # newest 300 runs: a weekly job's latest run outlives a busy week of CI runs on the branch
+JOB_PAGES = 10  # 1,000 jobs: more than a matrix can produce (256 jobs per matrix)
+_LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="([^"]+)"')
+logger = logging.getLogger("greenloop.mcp.forge")
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -264,12 +276,14 @@ class _Reply:
     status: int
     body: Any
     not_modified: bool
+    links: str | None = None
 
 
 @dataclass(frozen=True)
 class _CacheEntry:
     etag: str
     body: Any
+    links: str | None = None
 
 
 class ForgeClient:
@@ -349,25 +363,44 @@ class ForgeClient:
         reply = await self._json("GET", f"repos/{_repo(repo)}/commits", params={"sha": sha, "per_page": per_page})
         return [_parse(Commit, item, f"repos/{repo}/commits") for item in _as_list(reply.body)]
 
-    async def list_workflow_runs(self, repo: str, *, branch: str | None = None, per_page: int = 30) -> RunsPage:
-        """The newest workflow runs (optionally of one branch). `not_modified` is set on a 304."""
+    async def list_workflow_runs(
+        self, repo: str, *, branch: str | None = None, per_page: int = _PER_PAGE, max_pages: int = RUN_PAGES
+    ) -> RunsPage:
+        """The newest workflow runs (optionally of one branch), following `Link: rel="next"` up to `max_pages`.
+
+        `not_modified` is set when the first page answered 304: nothing newer exists, so the older pages come
+        from the cache without a request (an idle pass costs one conditional request a project).
+        """
         params: dict[str, str | int] = {"per_page": per_page}
         if branch is not None:
             params["branch"] = branch
-        reply = await self._json("GET", f"repos/{_repo(repo)}/actions/runs", params=params)
-        body = _parse(_RunsBody, reply.body, f"repos/{repo}/actions/runs")
-        return RunsPage(runs=body.workflow_runs, total_count=body.total_count, not_modified=reply.not_modified)
+        path = f"repos/{_repo(repo)}/actions/runs"
+        runs: list[WorkflowRun] = []
+        total = 0
+        first = True
+        not_modified = False
+        async for reply in self._pages(path, params, max_pages=max_pages):
+            body = _parse(_RunsBody, reply.body, path)
+            if first:
+                not_modified, first = reply.not_modified, False
+            total = body.total_count
+            runs.extend(body.workflow_runs)
+        unique = {run.id: run for run in runs}  # a run pushed onto page 1 meanwhile shifts one onto page 2
+        return RunsPage(runs=tuple(unique.values()), total_count=total, not_modified=not_modified)
 
     async def get_workflow_run(self, repo: str, run_id: int) -> WorkflowRun:
         """One workflow run."""
         reply = await self._json("GET", f"repos/{_repo(repo)}/actions/runs/{int(run_id)}")
         return _parse(WorkflowRun, reply.body, f"repos/{repo}/actions/runs/{run_id}")
 
-    async def list_run_jobs(self, repo: str, run_id: int) -> list[Job]:
-        """The jobs of one workflow run (its latest attempt), at most 100."""
+    async def list_run_jobs(self, repo: str, run_id: int, *, max_pages: int = JOB_PAGES) -> list[Job]:
+        """The jobs of one workflow run (its latest attempt), every page up to `max_pages` of 100."""
         path = f"repos/{_repo(repo)}/actions/runs/{int(run_id)}/jobs"
-        reply = await self._json("GET", path, params={"per_page": 100})
-        return list(_parse(_JobsBody, reply.body, path).jobs)
+        jobs: dict[int, Job] = {}
+        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages):
+            for job in _parse(_JobsBody, reply.body, path).jobs:
+                jobs[job.id] = job
+        return list(jobs.values())
 
     async def download_job_logs(self, repo: str, job_id: int) -> str:
         """The plain-text log of one job, at most `max_log_bytes` (the tail is kept: failures are at the end).
@@ -436,6 +469,43 @@ class ForgeClient:
 
     # ------------------------------------------------------------------------------------------ core
 
+    async def _pages(self, path: str, params: Mapping[str, str | int], *, max_pages: int) -> AsyncIterator[_Reply]:
+        """GET `path` and each `rel="next"` page after it, at most `max_pages` (the cap hit is logged)."""
+        target: str | None = path
+        query: Mapping[str, str | int] | None = params
+        unchanged = False
+        for _ in range(max(1, max_pages)):
+            if target is None:
+                return
+            cached = self._etags.get(target) if unchanged else None
+            if cached is not None:  # page 1 unchanged: the older pages are the ones read last time
+                reply = _Reply(status=304, body=cached.body, not_modified=True, links=cached.links)
+            else:
+                reply = await self._json("GET", target, params=query)
+            if query is not None:  # the first page decides whether the others are read again
+                unchanged = reply.not_modified
+            yield reply
+            target, query = self._next_page(path, reply.links), None
+        if target is not None:
+            log_event(logger, "forge_page_cap_hit", level=logging.WARNING, path=path, max_pages=max_pages)
+
+    def _next_page(self, path: str, links: str | None) -> str | None:
+        """The API-relative path of the `rel="next"` link, or None on the last page.
+
+        Raises:
+            ForgeError: the link points outside the API root (the token is never sent elsewhere).
+        """
+        if not links:
+            return None
+        for url, rel in _LINK_RE.findall(links):
+            if "next" not in rel.split():
+                continue
+            base = str(self._http.base_url)
+            if not url.startswith(base):
+                raise ForgeError(f"Forge paginated outside its API root: GET /{path}: {url[:120]!r}.")
+            return str(url[len(base) :])
+        return None
+
     async def _json(
         self,
         method: str,
@@ -456,17 +526,18 @@ class ForgeClient:
             self._etags[key] = cached
             self._etags.move_to_end(key)
             self._evict()
-            return _Reply(status=304, body=cached.body, not_modified=True)
+            return _Reply(status=304, body=cached.body, not_modified=True, links=cached.links)
         try:
             body = response.json() if response.content else None
         except ValueError as exc:
             raise ForgeError(f"Forge returned a body that is not JSON: {method} /{path}.") from exc
         etag = response.headers.get("etag")
+        links = response.headers.get("link")
         if key is not None and etag:
-            self._etags[key] = _CacheEntry(etag=etag, body=body)
+            self._etags[key] = _CacheEntry(etag=etag, body=body, links=links)
             self._etags.move_to_end(key)
             self._evict()
-        return _Reply(status=response.status_code, body=body, not_modified=False)
+        return _Reply(status=response.status_code, body=body, not_modified=False, links=links)
 
     def _evict(self) -> None:
         while len(self._etags) > self._etag_entries:

@@ -112,7 +112,7 @@ async def observe_actions(
     Raises:
         ForgeError: the forge could not be read (the pass records it as this project's error).
     """
-    page = await forge.list_workflow_runs(project.repo, branch=project.default_branch, per_page=30)
+    page = await forge.list_workflow_runs(project.repo, branch=project.default_branch, per_page=30, max_pages=1)
     if page.not_modified and previous is not None:
         return previous, False
     obs = ProjectObservation()

@@ -377,6 +377,18 @@ async def test_find_pull_request_filters_by_owner_and_branch_and_returns_none_wh
 
 
 @pytest.mark.anyio
+async def test_a_next_page_link_to_another_host_is_refused_and_never_sent_the_token() -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        link = '<https://evil.example/repositories/1/actions/runs?page=2>; rel="next"'
+        return httpx2.Response(200, json={"total_count": 2, "workflow_runs": [run_json(1)]}, headers={"link": link})
+
+    h = Harness(handler)
+    with pytest.raises(ForgeError, match="outside its API root"):
+        await h.client.list_workflow_runs(REPO)
+    assert [r.url.host for r in h.requests] == ["forge.test"]
+
+
+@pytest.mark.anyio
 async def test_a_listed_pull_request_is_merged_when_it_has_merged_at_though_lists_carry_no_merged() -> None:
     merged_item = {k: v for k, v in pr_json(4).items() if k != "merged"} | {
         "state": "closed",
