@@ -45,7 +45,7 @@ from mcp_server.errors import (
     ForgeRateLimited,
     ForgeUnavailable,
 )
-from mcp_server.github_app import TokenSource
+from mcp_server.github_app import API_VERSION, TokenSource
 from mcp_server.jsonlog import log_event
 from policy.config import ForgeSettings
 from policy.redaction import redact
@@ -68,7 +68,6 @@ __all__ = [
     "WorkflowRun",
 ]
 
-API_VERSION = "2022-11-28"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
 _SECONDARY_DEFAULT_WAIT = 60.0  # GitHub: without retry-after, wait at least a minute after a secondary limit

@@ -24,8 +24,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mcp_server.errors import ForgeAuthError, ForgeError, ForgeNotFound, ForgeUnavailable
 from policy.config import ForgeSettings
+from policy.redaction import redact
 
 __all__ = [
+    "API_VERSION",
     "JWT_BACKDATE_SECONDS",
     "JWT_TTL_SECONDS",
     "REFRESH_MARGIN_SECONDS",
@@ -33,6 +35,7 @@ __all__ = [
     "TokenSource",
 ]
 
+API_VERSION = "2022-11-28"  # sent as X-GitHub-Api-Version on every request, the token exchange included
 # GitHub accepts App JWTs of at most ten minutes; backdating covers clock drift between us and the forge.
 JWT_BACKDATE_SECONDS = 60
 JWT_TTL_SECONDS = 540
@@ -111,7 +114,11 @@ class GitHubApp:
             transport=transport,
             trust_env=False,
             follow_redirects=False,
-            headers={"Accept": "application/vnd.github+json", "User-Agent": "greenloop"},
+            headers={
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "User-Agent": "greenloop",
+            },
         )
         self._lock = asyncio.Lock()
         self._token: str | None = None
@@ -191,6 +198,24 @@ class GitHubApp:
         jwts = [self._last_jwt] if self._last_jwt else []
         return tuple(live + self._old + jwts)
 
+    def _refusal(self, response: httpx2.Response) -> str:
+        """GitHub's own message (redacted) for an error answer, with the fix when it is the clock; "." if none."""
+        try:
+            body = response.json()
+        except ValueError:
+            return "."
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, str) or not message:
+            return "."
+        text = f": {redact(message[:300], extra_secrets=self.secrets())!r}"
+        if "('exp')" in message or "('iat')" in message:
+            # GitHub judges iat/exp by its own clock: a skewed clock here is the usual cause.
+            text += (
+                ". The JWT's time claims were refused: check this machine's clock (it must be within a minute of "
+                "GitHub's; run NTP)"
+            )
+        return text + "."
+
     async def _exchange(self) -> str:
         url = f"{self._api_url}/app/installations/{self._installation_id}/access_tokens"
         what = f"installation {self._installation_id!r}"
@@ -205,14 +230,17 @@ class GitHubApp:
                 f"Forge unavailable: token exchange failed for {what}: {exc.__class__.__name__}."
             ) from exc
         status = response.status_code
+        said = self._refusal(response)
         if status in (401, 403):
-            raise ForgeAuthError(f"Forge refused the GitHub App JWT for {what}: HTTP {status}.", status=status)
+            raise ForgeAuthError(f"Forge refused the GitHub App JWT for {what}: HTTP {status}{said}", status=status)
         if status == 404:
-            raise ForgeNotFound(f"Forge has no GitHub App installation: {self._installation_id!r}.", status=status)
+            raise ForgeNotFound(
+                f"Forge has no GitHub App installation: {self._installation_id!r}: HTTP 404{said}", status=status
+            )
         if status >= 500:
-            raise ForgeUnavailable(f"Forge unavailable: token exchange for {what}: HTTP {status}.", status=status)
+            raise ForgeUnavailable(f"Forge unavailable: token exchange for {what}: HTTP {status}{said}", status=status)
         if status != 201 and status != 200:
-            raise ForgeError(f"Forge token exchange failed for {what}: HTTP {status}.", status=status)
+            raise ForgeError(f"Forge token exchange failed for {what}: HTTP {status}{said}", status=status)
         try:
             parsed = _InstallationToken.model_validate_json(response.content)
         except ValidationError as exc:
