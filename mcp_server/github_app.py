@@ -1,16 +1,17 @@
 """GitHub App authentication: an RS256 JWT exchanged for a cached, self-refreshing installation token.
 
 The private key is read once, from a path, when `GitHubApp` is built; it never leaves this object. The
-installation token is cached and refreshed five minutes before its `expires_at`, or at once after the
-forge answers 401 to it (`invalidate`). `secrets()` lists the credentials in circulation so that logs and
-tool output can be scrubbed of them.
+installation token (optionally scoped to some repositories and permissions, which GitHub then enforces) is
+cached and refreshed five minutes before its `expires_at`, or at once after the forge answers 401 to it
+(`invalidate`). `secrets()` lists the credentials in circulation so that logs and tool output can be
+scrubbed of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -98,6 +99,8 @@ class GitHubApp:
         transport: httpx2.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
         refresh_margin: float = REFRESH_MARGIN_SECONDS,
+        repositories: Sequence[str] | None = None,
+        permissions: Mapping[str, str] | None = None,
     ) -> None:
         if not str(installation_id).isdigit():
             raise ForgeAuthError(f"GitHub App: installation id must be a number: {installation_id!r}.")
@@ -108,6 +111,13 @@ class GitHubApp:
         self._key = _load_key(Path(private_key_path))
         self._clock = clock
         self._refresh_margin = refresh_margin
+        # Least privilege: GitHub scopes the token to these repositories (names without the owner) and
+        # permissions; None asks for everything the installation has.
+        self._scope: dict[str, Any] = {}
+        if repositories is not None:
+            self._scope["repositories"] = list(repositories)
+        if permissions is not None:
+            self._scope["permissions"] = dict(permissions)
         self._timeout = timeout
         self._http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(timeout),
@@ -221,7 +231,10 @@ class GitHubApp:
         what = f"installation {self._installation_id!r}"
         try:
             response = await self._http.post(
-                url, headers={"Authorization": f"Bearer {self.jwt()}"}, timeout=self._timeout
+                url,
+                headers={"Authorization": f"Bearer {self.jwt()}"},
+                json=self._scope or None,
+                timeout=self._timeout,
             )
         except httpx2.TimeoutException as exc:
             raise ForgeUnavailable(f"Forge unavailable: token exchange timed out for {what}.") from exc

@@ -316,3 +316,29 @@ async def test_a_refused_exchange_keeps_the_forge_message_but_never_the_jwt(
             await app.token()
     assert "A JSON web token could not be decoded" in str(info.value) and "eyJ" not in str(info.value)
     assert "clock" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_token_scoped_to_one_repository_and_read_access_is_held_to_it_by_the_local_forge(
+    tmp_path: Path,
+) -> None:
+    from fixtures.forge.server import run_forge
+
+    async with (
+        run_forge(tmp_path / "forge", projects=["clean", "bug-lib"], actions_enabled=False) as forge,
+        GitHubApp(
+            api_url=forge.api_url,
+            app_id=str(forge.app_id),
+            installation_id=str(forge.installation_id),
+            private_key_path=forge.private_key_path,
+            repositories=["clean"],
+            permissions={"contents": "read", "actions": "read"},
+        ) as app,
+        ForgeClient(ForgeSettings(api_url=forge.api_url), app) as client,
+    ):
+        assert (await client.get_repo("acme/clean")).full_name == "acme/clean"
+        assert await client.list_commits("acme/clean", sha="main", per_page=1)
+        with pytest.raises(ForgeNotFound):
+            await client.get_repo("acme/bug-lib")
+        with pytest.raises(ForgeAuthError, match="Resource not accessible by integration"):
+            await client.find_pull_request("acme/clean", "greenloop/fix/x")
