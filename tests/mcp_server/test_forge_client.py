@@ -499,6 +499,9 @@ async def test_local_forge_answers_a_repeated_query_with_304_and_the_cached_runs
         pytest.param(("500", "502"), None, id="500-then-502"),
         pytest.param(("429",), [2.0], id="429-retry-after"),
         pytest.param(("403_secondary",), [2.0], id="403-secondary"),
+        # GitHub: a secondary limit without retry-after means "wait at least a minute".
+        pytest.param(("429_bare",), [60.0], id="429-secondary-without-retry-after"),
+        pytest.param(("403_secondary_bare",), [60.0], id="403-secondary-without-retry-after"),
     ],
 )
 @pytest.mark.anyio
@@ -546,3 +549,28 @@ async def test_a_304_whose_cache_entry_was_evicted_in_flight_still_answers_from_
     assert len(pages) == len(repos)
     assert sum(p.not_modified for p in pages) == 1
     assert all(p.runs[0].conclusion == "failure" for p in pages)
+
+
+@pytest.mark.parametrize("kind", ["403_primary", "429_primary"])
+@pytest.mark.anyio
+async def test_local_forge_primary_limit_is_waited_out_until_its_reset(local_forge: Any, kind: str) -> None:
+    forge, client, sleeps = local_forge
+    forge.faults.add(path_regex=r"^/repos/acme/clean$", kind=kind, retry_after=2)
+    assert (await client.get_repo("acme/clean")).full_name == "acme/clean"
+    assert len(sleeps) == 1 and 1.0 <= sleeps[0] <= 2.0  # until x-ratelimit-reset, not a blind minute
+
+
+@pytest.mark.anyio
+async def test_local_forge_exhausted_budget_answered_429_is_not_retried_for_an_hour(local_forge: Any) -> None:
+    forge, client, sleeps = local_forge
+    await client.get_repo("acme/clean")
+    forge.limiter.reset(1, exhausted_status=429)
+    # Another worker of the same installation spends the last request of the hour.
+    other = forge.auth.issue_installation_token(permissions=None, repositories=None).token
+    async with httpx2.AsyncClient(base_url=forge.api_url) as http:
+        spent = await http.get("/repos/acme/clean", headers={"Authorization": f"Bearer {other}"})
+    assert spent.status_code == 200 and spent.headers["x-ratelimit-remaining"] == "0"
+    with pytest.raises(ForgeRateLimited) as info:
+        await client.get_repo("acme/clean")
+    assert info.value.status == 429 and info.value.retry_after is not None and info.value.retry_after > 3000
+    assert sleeps == []
