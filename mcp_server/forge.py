@@ -23,6 +23,7 @@ method, the API path and the status, never the token.
 from __future__ import annotations
 
 import asyncio
+import json as json_module
 import logging
 import random
 import re
@@ -278,10 +279,10 @@ class _Reply:
     links: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _CacheEntry:
     etag: str
-    body: Any
+    text: str  # the body reduced to the fields the caller's model reads, as JSON
     links: str | None = None
 
 
@@ -354,12 +355,14 @@ class ForgeClient:
 
     async def get_repo(self, repo: str) -> Repo:
         """The repository `owner/name`."""
-        reply = await self._json("GET", f"repos/{_repo(repo)}")
+        reply = await self._json("GET", f"repos/{_repo(repo)}", keep=Repo)
         return _parse(Repo, reply.body, f"repos/{repo}")
 
     async def list_commits(self, repo: str, *, sha: str, per_page: int = 30) -> list[Commit]:
         """The newest commits reachable from `sha` (a branch name or commit), newest first."""
-        reply = await self._json("GET", f"repos/{_repo(repo)}/commits", params={"sha": sha, "per_page": per_page})
+        reply = await self._json(
+            "GET", f"repos/{_repo(repo)}/commits", params={"sha": sha, "per_page": per_page}, keep=Commit
+        )
         return [_parse(Commit, item, f"repos/{repo}/commits") for item in _as_list(reply.body)]
 
     async def list_workflow_runs(
@@ -378,7 +381,7 @@ class ForgeClient:
         total = 0
         first = True
         not_modified = False
-        async for reply in self._pages(path, params, max_pages=max_pages):
+        async for reply in self._pages(path, params, max_pages=max_pages, keep=_RunsBody):
             body = _parse(_RunsBody, reply.body, path)
             if first:
                 not_modified, first = reply.not_modified, False
@@ -389,14 +392,14 @@ class ForgeClient:
 
     async def get_workflow_run(self, repo: str, run_id: int) -> WorkflowRun:
         """One workflow run."""
-        reply = await self._json("GET", f"repos/{_repo(repo)}/actions/runs/{int(run_id)}")
+        reply = await self._json("GET", f"repos/{_repo(repo)}/actions/runs/{int(run_id)}", keep=WorkflowRun)
         return _parse(WorkflowRun, reply.body, f"repos/{repo}/actions/runs/{run_id}")
 
     async def list_run_jobs(self, repo: str, run_id: int, *, max_pages: int = JOB_PAGES) -> list[Job]:
         """The jobs of one workflow run (its latest attempt), every page up to `max_pages` of 100."""
         path = f"repos/{_repo(repo)}/actions/runs/{int(run_id)}/jobs"
         jobs: dict[int, Job] = {}
-        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages):
+        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=_JobsBody):
             for job in _parse(_JobsBody, reply.body, path).jobs:
                 jobs[job.id] = job
         return list(jobs.values())
@@ -421,7 +424,10 @@ class ForgeClient:
         name = _repo(repo)
         owner = name.split("/", 1)[0]
         reply = await self._json(
-            "GET", f"repos/{name}/pulls", params={"head": f"{owner}:{head_branch}", "state": state, "per_page": 10}
+            "GET",
+            f"repos/{name}/pulls",
+            params={"head": f"{owner}:{head_branch}", "state": state, "per_page": 10},
+            keep=PullRequest,
         )
         pulls = [_parse(PullRequest, item, f"repos/{repo}/pulls") for item in _as_list(reply.body)]
         # Security: only an exact head match counts, whatever the forge's filter did.
@@ -441,7 +447,7 @@ class ForgeClient:
 
     async def get_pull_request(self, repo: str, number: int) -> PullRequest:
         """One pull request."""
-        reply = await self._json("GET", f"repos/{_repo(repo)}/pulls/{int(number)}")
+        reply = await self._json("GET", f"repos/{_repo(repo)}/pulls/{int(number)}", keep=PullRequest)
         return _parse(PullRequest, reply.body, f"repos/{repo}/pulls/{number}")
 
     async def merge_pull_request(self, repo: str, number: int, *, sha: str, title: str, message: str) -> str:
@@ -468,7 +474,9 @@ class ForgeClient:
 
     # ------------------------------------------------------------------------------------------ core
 
-    async def _pages(self, path: str, params: Mapping[str, str | int], *, max_pages: int) -> AsyncIterator[_Reply]:
+    async def _pages(
+        self, path: str, params: Mapping[str, str | int], *, max_pages: int, keep: type[BaseModel]
+    ) -> AsyncIterator[_Reply]:
         """GET `path` and each `rel="next"` page after it, at most `max_pages` (the cap hit is logged)."""
         target: str | None = path
         query: Mapping[str, str | int] | None = params
@@ -478,9 +486,9 @@ class ForgeClient:
                 return
             cached = self._etags.get(target) if unchanged else None
             if cached is not None:  # page 1 unchanged: the older pages are the ones read last time
-                reply = _Reply(status=304, body=cached.body, not_modified=True, links=cached.links)
+                reply = _Reply(status=304, body=json_module.loads(cached.text), not_modified=True, links=cached.links)
             else:
-                reply = await self._json("GET", target, params=query)
+                reply = await self._json("GET", target, params=query, keep=keep)
             if query is not None:  # the first page decides whether the others are read again
                 unchanged = reply.not_modified
             yield reply
@@ -512,9 +520,15 @@ class ForgeClient:
         *,
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
+        keep: type[BaseModel] | None = None,
     ) -> _Reply:
-        """Send one API request and decode its JSON body; GETs use and fill the ETag cache."""
-        key = _cache_key(path, params) if method == "GET" else None
+        """Send one API request and decode its JSON body; GETs use and fill the ETag cache.
+
+        The cache holds the ETag and, of the body, only the fields of `keep` (the model the caller reads,
+        as compact JSON text): a page of 30 GitHub runs is ~600 KiB parsed, its `WorkflowRun` fields ~20 KiB.
+        A GET without `keep` is not cached.
+        """
+        key = _cache_key(path, params) if method == "GET" and keep is not None else None
         cached = self._etags.get(key) if key is not None else None
         response = await self._send(
             method, path, params=params, json=json, if_none_match=cached.etag if cached else None
@@ -525,15 +539,16 @@ class ForgeClient:
             self._etags[key] = cached
             self._etags.move_to_end(key)
             self._evict()
-            return _Reply(status=304, body=cached.body, not_modified=True, links=cached.links)
+            return _Reply(status=304, body=json_module.loads(cached.text), not_modified=True, links=cached.links)
         try:
             body = response.json() if response.content else None
         except ValueError as exc:
             raise ForgeError(f"Forge returned a body that is not JSON: {method} /{path}.") from exc
         etag = response.headers.get("etag")
         links = response.headers.get("link")
-        if key is not None and etag:
-            self._etags[key] = _CacheEntry(etag=etag, body=body, links=links)
+        if key is not None and etag and keep is not None:
+            text = json_module.dumps(_slim(body, keep), separators=(",", ":"))
+            self._etags[key] = _CacheEntry(etag=etag, text=text, links=links)
             self._etags.move_to_end(key)
             self._evict()
         return _Reply(status=response.status_code, body=body, not_modified=False, links=links)
@@ -717,6 +732,16 @@ def _parse(model: type[_M], body: Any, what: str) -> _M:
         return model.model_validate(body)
     except ValidationError as exc:
         raise ForgeError(f"Forge returned an unexpected body: /{what}.") from exc
+
+
+def _slim(body: Any, keep: type[BaseModel]) -> Any:
+    """`body` (an object or a list of them) reduced to the fields of `keep`; unchanged if it doesn't fit."""
+    try:
+        if isinstance(body, list):
+            return [keep.model_validate(item).model_dump(mode="json", exclude_none=True) for item in body]
+        return keep.model_validate(body).model_dump(mode="json", exclude_none=True)
+    except ValidationError:
+        return body  # the caller's own parse reports it
 
 
 def _as_list(body: Any) -> list[Any]:

@@ -377,6 +377,22 @@ async def test_find_pull_request_filters_by_owner_and_branch_and_returns_none_wh
 
 
 @pytest.mark.anyio
+async def test_the_etag_cache_keeps_only_the_fields_greenloop_reads_and_a_304_gives_the_same_runs() -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.headers.get("if-none-match") == '"v1"':
+            return httpx2.Response(304, headers={"etag": '"v1"'})
+        bulky = {**run_json(), "repository": {"full_name": REPO, "description": "x" * 5000}, "pull_requests": []}
+        return httpx2.Response(200, json={"total_count": 1, "workflow_runs": [bulky]}, headers={"etag": '"v1"'})
+
+    h = Harness(handler)
+    first = await h.client.list_workflow_runs(REPO, branch="main")
+    [entry] = h.client._etags.values()
+    assert "unknown_field" not in entry.text and "repository" not in entry.text and len(entry.text) < 1000
+    second = await h.client.list_workflow_runs(REPO, branch="main")
+    assert second.not_modified and second.runs == first.runs
+
+
+@pytest.mark.anyio
 async def test_a_next_page_link_to_another_host_is_refused_and_never_sent_the_token() -> None:
     def handler(request: httpx2.Request) -> httpx2.Response:
         link = '<https://evil.example/repositories/1/actions/runs?page=2>; rel="next"'
