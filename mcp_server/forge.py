@@ -396,10 +396,16 @@ class ForgeClient:
         return _parse(WorkflowRun, reply.body, f"repos/{repo}/actions/runs/{run_id}")
 
     async def list_run_jobs(self, repo: str, run_id: int, *, max_pages: int = JOB_PAGES) -> list[Job]:
-        """The jobs of one workflow run (its latest attempt), every page up to `max_pages` of 100."""
+        """The jobs of one workflow run (its latest attempt), every page up to `max_pages` of 100.
+
+        Only a listing with unfinished jobs is ETag-cached: a finished run's jobs never change (a re-run is a
+        new attempt the caller keys apart), so the next pass does not ask for them and they'd only evict the
+        run listings it does ask for.
+        """
         path = f"repos/{_repo(repo)}/actions/runs/{int(run_id)}/jobs"
         jobs: dict[int, Job] = {}
-        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=_JobsBody):
+        pages = self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=_JobsBody, cache_if=_unfinished)
+        async for reply in pages:
             for job in _parse(_JobsBody, reply.body, path).jobs:
                 jobs[job.id] = job
         return list(jobs.values())
@@ -475,7 +481,13 @@ class ForgeClient:
     # ------------------------------------------------------------------------------------------ core
 
     async def _pages(
-        self, path: str, params: Mapping[str, str | int], *, max_pages: int, keep: type[BaseModel]
+        self,
+        path: str,
+        params: Mapping[str, str | int],
+        *,
+        max_pages: int,
+        keep: type[BaseModel],
+        cache_if: Callable[[Any], bool] | None = None,
     ) -> AsyncIterator[_Reply]:
         """GET `path` and each `rel="next"` page after it, at most `max_pages` (the cap hit is logged)."""
         target: str | None = path
@@ -488,7 +500,7 @@ class ForgeClient:
             if cached is not None:  # page 1 unchanged: the older pages are the ones read last time
                 reply = _Reply(status=304, body=json_module.loads(cached.text), not_modified=True, links=cached.links)
             else:
-                reply = await self._json("GET", target, params=query, keep=keep)
+                reply = await self._json("GET", target, params=query, keep=keep, cache_if=cache_if)
             if query is not None:  # the first page decides whether the others are read again
                 unchanged = reply.not_modified
             yield reply
@@ -521,12 +533,13 @@ class ForgeClient:
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
         keep: type[BaseModel] | None = None,
+        cache_if: Callable[[Any], bool] | None = None,
     ) -> _Reply:
         """Send one API request and decode its JSON body; GETs use and fill the ETag cache.
 
         The cache holds the ETag and, of the body, only the fields of `keep` (the model the caller reads,
         as compact JSON text): a page of 30 GitHub runs is ~600 KiB parsed, its `WorkflowRun` fields ~20 KiB.
-        A GET without `keep` is not cached.
+        A GET without `keep` is not cached, nor one whose body `cache_if` refuses.
         """
         key = _cache_key(path, params) if method == "GET" and keep is not None else None
         cached = self._etags.get(key) if key is not None else None
@@ -546,7 +559,7 @@ class ForgeClient:
             raise ForgeError(f"Forge returned a body that is not JSON: {method} /{path}.") from exc
         etag = response.headers.get("etag")
         links = response.headers.get("link")
-        if key is not None and etag and keep is not None:
+        if key is not None and etag and keep is not None and (cache_if is None or cache_if(body)):
             text = json_module.dumps(_slim(body, keep), separators=(",", ":"))
             self._etags[key] = _CacheEntry(etag=etag, text=text, links=links)
             self._etags.move_to_end(key)
@@ -732,6 +745,12 @@ def _parse(model: type[_M], body: Any, what: str) -> _M:
         return model.model_validate(body)
     except ValidationError as exc:
         raise ForgeError(f"Forge returned an unexpected body: /{what}.") from exc
+
+
+def _unfinished(body: Any) -> bool:
+    """Whether a jobs listing has a job that is not completed yet."""
+    jobs = body.get("jobs") if isinstance(body, dict) else None
+    return isinstance(jobs, list) and any(isinstance(j, dict) and j.get("status") != "completed" for j in jobs)
 
 
 def _slim(body: Any, keep: type[BaseModel]) -> Any:
