@@ -29,14 +29,14 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from mcp_server.errors import (
     ForgeAuthError,
@@ -167,14 +167,6 @@ class WorkflowRun(_Model):
         return self.head_commit.message if self.head_commit is not None else None
 
 
-class RunsPage(_Model):
-    """A page of workflow runs, newest first. `not_modified` is True when the forge answered 304."""
-
-    runs: tuple[WorkflowRun, ...]
-    total_count: int
-    not_modified: bool = False
-
-
 class JobStep(_Model):
     """One step of a job."""
 
@@ -236,6 +228,43 @@ class _RunsBody(_Model):
     workflow_runs: tuple[WorkflowRun, ...] = ()
 
 
+class RunsPage(_Model):
+    """A page of workflow runs, newest first. `not_modified` is True when the forge answered 304.
+
+    An unchanged page is often not read at all (the pass reuses its previous observation), so the runs of
+    pages answered 304 are parsed from the cache only when `runs` or `total_count` is first read.
+    """
+
+    not_modified: bool = False
+    _pages: tuple[_RunsBody | str, ...] = PrivateAttr(default=())
+    _parsed: tuple[tuple[WorkflowRun, ...], int] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, pages: Sequence[_RunsBody | str], *, not_modified: bool = False) -> RunsPage:
+        """A page made of parsed bodies and/or cached JSON texts (parsed on first use)."""
+        page = cls(not_modified=not_modified)
+        page._pages = tuple(pages)
+        return page
+
+    def _parse(self) -> tuple[tuple[WorkflowRun, ...], int]:
+        if self._parsed is None:
+            bodies = [p if isinstance(p, _RunsBody) else _RunsBody.model_validate_json(p) for p in self._pages]
+            unique = {run.id: run for body in bodies for run in body.workflow_runs}  # a new run shifts pages
+            self._parsed = (tuple(unique.values()), bodies[-1].total_count if bodies else 0)
+            self._pages = ()
+        return self._parsed
+
+    @property
+    def runs(self) -> tuple[WorkflowRun, ...]:
+        """The runs, newest first."""
+        return self._parse()[0]
+
+    @property
+    def total_count(self) -> int:
+        """How many runs the forge has in all (not only on these pages)."""
+        return self._parse()[1]
+
+
 class _JobsBody(_Model):
     total_count: int = 0
     jobs: tuple[Job, ...] = ()
@@ -277,6 +306,7 @@ class _Reply:
     body: Any
     not_modified: bool
     links: str | None = None
+    text: str | None = None  # a 304's cached body, unparsed (`lazy` requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,18 +407,13 @@ class ForgeClient:
         if branch is not None:
             params["branch"] = branch
         path = f"repos/{_repo(repo)}/actions/runs"
-        runs: list[WorkflowRun] = []
-        total = 0
-        first = True
-        not_modified = False
-        async for reply in self._pages(path, params, max_pages=max_pages, keep=_RunsBody):
-            body = _parse(_RunsBody, reply.body, path)
-            if first:
-                not_modified, first = reply.not_modified, False
-            total = body.total_count
-            runs.extend(body.workflow_runs)
-        unique = {run.id: run for run in runs}  # a run pushed onto page 1 meanwhile shifts one onto page 2
-        return RunsPage(runs=tuple(unique.values()), total_count=total, not_modified=not_modified)
+        pages: list[_RunsBody | str] = []
+        not_modified: bool | None = None
+        async for reply in self._pages(path, params, max_pages=max_pages, keep=_RunsBody, lazy=True):
+            if not_modified is None:
+                not_modified = reply.not_modified
+            pages.append(reply.text if reply.text is not None else _parse(_RunsBody, reply.body, path))
+        return RunsPage.of(pages, not_modified=bool(not_modified))
 
     async def get_workflow_run(self, repo: str, run_id: int) -> WorkflowRun:
         """One workflow run."""
@@ -488,6 +513,7 @@ class ForgeClient:
         max_pages: int,
         keep: type[BaseModel],
         cache_if: Callable[[Any], bool] | None = None,
+        lazy: bool = False,
     ) -> AsyncIterator[_Reply]:
         """GET `path` and each `rel="next"` page after it, at most `max_pages` (the cap hit is logged)."""
         target: str | None = path
@@ -498,9 +524,9 @@ class ForgeClient:
                 return
             cached = self._etags.get(target) if unchanged else None
             if cached is not None:  # page 1 unchanged: the older pages are the ones read last time
-                reply = _Reply(status=304, body=json_module.loads(cached.text), not_modified=True, links=cached.links)
+                reply = _cached_reply(cached, lazy=lazy)
             else:
-                reply = await self._json("GET", target, params=query, keep=keep, cache_if=cache_if)
+                reply = await self._json("GET", target, params=query, keep=keep, cache_if=cache_if, lazy=lazy)
             if query is not None:  # the first page decides whether the others are read again
                 unchanged = reply.not_modified
             yield reply
@@ -534,12 +560,14 @@ class ForgeClient:
         json: Any = None,
         keep: type[BaseModel] | None = None,
         cache_if: Callable[[Any], bool] | None = None,
+        lazy: bool = False,
     ) -> _Reply:
         """Send one API request and decode its JSON body; GETs use and fill the ETag cache.
 
         The cache holds the ETag and, of the body, only the fields of `keep` (the model the caller reads,
         as compact JSON text): a page of 30 GitHub runs is ~600 KiB parsed, its `WorkflowRun` fields ~20 KiB.
-        A GET without `keep` is not cached, nor one whose body `cache_if` refuses.
+        A GET without `keep` is not cached, nor one whose body `cache_if` refuses. With `lazy`, a 304's
+        body is left as the cached text (`_Reply.text`) for the caller to parse if it needs it.
         """
         key = _cache_key(path, params) if method == "GET" and keep is not None else None
         cached = self._etags.get(key) if key is not None else None
@@ -552,7 +580,7 @@ class ForgeClient:
             self._etags[key] = cached
             self._etags.move_to_end(key)
             self._evict()
-            return _Reply(status=304, body=json_module.loads(cached.text), not_modified=True, links=cached.links)
+            return _cached_reply(cached, lazy=lazy)
         try:
             body = response.json() if response.content else None
         except ValueError as exc:
@@ -745,6 +773,13 @@ def _parse(model: type[_M], body: Any, what: str) -> _M:
         return model.model_validate(body)
     except ValidationError as exc:
         raise ForgeError(f"Forge returned an unexpected body: /{what}.") from exc
+
+
+def _cached_reply(entry: _CacheEntry, *, lazy: bool) -> _Reply:
+    """A 304 answered from the cache: the body parsed, or (`lazy`) its text."""
+    if lazy:
+        return _Reply(status=304, body=None, not_modified=True, links=entry.links, text=entry.text)
+    return _Reply(status=304, body=json_module.loads(entry.text), not_modified=True, links=entry.links)
 
 
 def _unfinished(body: Any) -> bool:
