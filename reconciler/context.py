@@ -15,14 +15,16 @@ from reconciler.store.engine import SessionFactory
 from reconciler.store.projects import sync_projects
 
 if TYPE_CHECKING:
-    from mcp_server.forge import ForgeClient, Job
+    from mcp_server.forge import ForgeClient
     from reconciler.metrics import Metrics
     from reconciler.observe import ProjectObservation
     from reconciler.store.models import Attempt
 
-__all__ = ["AttemptDispatcher", "JobKey", "PassCaches", "ReconcilerContext"]
+__all__ = ["AttemptDispatcher", "JobFacts", "JobKey", "PassCaches", "ReconcilerContext"]
 
 JobKey = tuple[str, int, int]
+JobFacts = tuple[tuple[int, str, str | None, str | None], ...]
+"""(id, name, status, conclusion) of each job of a completed run: all a pass reads of a job."""
 """A run's job listing in the cache: (repository, run id, run attempt)."""
 
 
@@ -49,7 +51,7 @@ class PassCaches:
     # The last observation of each project (from the Actions API), reused when the runs listing is a 304.
     observations: dict[str, ProjectObservation] = field(default_factory=dict)
     # Job listings of completed runs (they never change).
-    jobs: dict[JobKey, tuple[Job, ...]] = field(default_factory=dict)
+    jobs: dict[JobKey, JobFacts] = field(default_factory=dict)
     # Re-runs this process asked the forge for: (project, run id).
     reruns_requested: set[tuple[str, str]] = field(default_factory=set)
     # Whether every configured project has its store row (synced once per process).

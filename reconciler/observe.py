@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from mcp_server.forge import ForgeClient, Job, WorkflowRun
 from policy.config import ProjectConfig
-from reconciler.context import JobKey
+from reconciler.context import JobFacts, JobKey
 from reconciler.store.engine import SessionFactory
 from reconciler.store.runs import latest_reported_runs
 
@@ -22,7 +22,7 @@ __all__ = ["GREEN", "ObservedRun", "ProjectObservation", "observe_actions", "obs
 GREEN = frozenset({"success", "skipped", "neutral"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedRun:
     """One job's run, whatever its source."""
 
@@ -98,14 +98,14 @@ async def observe_actions(
     project: ProjectConfig,
     *,
     previous: ProjectObservation | None,
-    job_cache: dict[JobKey, tuple[Job, ...]],
+    job_cache: dict[JobKey, JobFacts],
 ) -> tuple[ProjectObservation, bool]:
     """Observe the project's workflow runs on its default branch; returns (observation, changed).
 
     Raises:
         ForgeError: the forge could not be read (the pass records it as this project's error).
     """
-    page = await forge.list_workflow_runs(project.repo, branch=project.default_branch, per_page=30)
+    page = await forge.list_workflow_runs(project.repo, branch=project.default_branch, per_page=30, max_pages=1)
     if page.not_modified and previous is not None:
         return previous, False
     obs = ProjectObservation()
@@ -119,15 +119,17 @@ async def observe_actions(
 
 
 async def _jobs_of(
-    forge: ForgeClient, project: ProjectConfig, run: WorkflowRun, cache: dict[JobKey, tuple[Job, ...]]
+    forge: ForgeClient, project: ProjectConfig, run: WorkflowRun, cache: dict[JobKey, JobFacts]
 ) -> Sequence[Job]:
     key = (project.repo, run.id, run.run_attempt)
     cached = cache.get(key)
     if cached is not None:
-        return cached
+        return tuple(Job.model_construct(id=i, run_id=run.id, name=n, status=s, conclusion=c) for i, n, s, c in cached)
     jobs = tuple(await forge.list_run_jobs(project.repo, run.id))
     if run.status == "completed":
-        cache[key] = jobs  # a completed run's jobs never change
+        # A completed run's jobs never change; only the few fields a pass reads are kept (a Job with its
+        # steps is ~4 KiB, and a project's page of 30 runs has 100+ jobs).
+        cache[key] = tuple((j.id, j.name, j.status, j.conclusion) for j in jobs)
     return jobs
 
 
