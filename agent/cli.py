@@ -15,10 +15,10 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import anyio
 
@@ -28,13 +28,10 @@ from agent.models import AnthropicBackend, ModelBackend
 from agent.recording import RecordingBackend, ReplayBackend
 from agent.scripted import ScriptedBackend
 from agent.types import AttemptTask
+from mcp_server.in_process import open_in_process_session
 from policy.config import AgentSettings, GreenloopConfig
 
-if TYPE_CHECKING:
-    from mcp_server.audit import AuditSink
-    from mcp_server.reported_runs import ReportedRunSource
-
-__all__ = ["SessionOpener", "agent_run_command", "make_backend", "open_in_process_session"]
+__all__ = ["SessionOpener", "agent_run_command", "make_backend"]
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 
@@ -84,33 +81,6 @@ def make_backend(
     )
 
 
-def open_in_process_session(
-    config: GreenloopConfig, *, audit: AuditSink | None = None, reported: ReportedRunSource | None = None
-) -> SessionOpener:
-    """Sessions on an in-process `mcp_server` bound to (project, job, attempt) in agent mode.
-
-    Tool calls are audited to `audit` (default: one JSON log line per call); `reported` serves the runs
-    reported from outside Actions (with their logs) to the read tools.
-    """
-
-    @asynccontextmanager
-    async def opener(project: str, job: str, attempt_id: str) -> AsyncIterator[ToolSession]:
-        from mcp import Client
-
-        from mcp_server.audit import JsonLogAuditSink
-        from mcp_server.server import build_server
-        from mcp_server.session import Mode, SessionGrant, config_binding_factory
-
-        grant = SessionGrant(project=project, mode=Mode.AGENT, attempt_id=attempt_id, job=job, client="cli")
-        sink = audit if audit is not None else JsonLogAuditSink()
-        factory = config_binding_factory(config, audit=sink, reported=reported)
-        server = build_server(factory, mode=Mode.AGENT, grant=grant)
-        async with Client(server) as client:
-            yield client
-
-    return opener
-
-
 async def _failing_run(session: ToolSession, job: str) -> dict[str, Any] | None:
     """The newest failed run of `job`, through the server's list_job_runs tool; None when it is not red."""
     result = await session.call_tool("list_job_runs", {"job": job, "limit": 20})
@@ -129,6 +99,14 @@ async def _failing_run(session: ToolSession, job: str) -> dict[str, Any] | None:
         if run.get("conclusion") == "success":
             return None  # the newest finished run is green: nothing to fix
     return None
+
+
+async def _check_run(session: ToolSession, job: str, run_id: str) -> None:
+    """Refuse a `--run-id` the forge does not know (for this job) before a single model token is spent."""
+    result = await session.call_tool("get_job_logs", {"run_id": run_id})
+    if result.is_error:
+        text = " ".join(getattr(b, "text", "") for b in result.content).strip()
+        raise ToolSessionError(f"run {run_id} of job {job!r} cannot be read ({text}); no model call was made")
 
 
 def _print_outcome(outcome: AttemptOutcome, out: TextIO) -> None:
@@ -164,6 +142,8 @@ async def _attempt(
             print(f"nothing to fix: job {job!r} of {project!r} has no failed run newer than a green one", file=out)
             return None
         run_id, head_sha = str(run["run_id"]), str(run.get("head_sha") or "unknown")
+    else:
+        await _check_run(session, job, run_id)
     task = AttemptTask(project=project, job=job, failing_run_id=run_id, head_sha=head_sha)
     backend, settings = make_backend(
         model_spec, config.agent, stack,

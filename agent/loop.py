@@ -21,14 +21,16 @@ from mcp_types import CallToolResult, ListToolsResult, TextContent
 from pydantic import BaseModel, ConfigDict
 
 from agent.accounting import ModelCall, UsageTotals, call_from_usage, total_of
+from agent.context import ContextKeeper
 from agent.errors import ModelError, ScriptError, ToolSessionError
 from agent.guards import Guards, GuardStop
 from agent.models import ModelBackend, ModelRequest
 from agent.prompt import build_system_prompt, build_task_message
+from agent.prompt_cache import with_breakpoints
 from agent.report import WriteAttempt, render_report
 from agent.transcript import Transcript
 from agent.types import AttemptTask, StopReason
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from policy.config import AgentSettings, Budgets
 from policy.redaction import redact
 
@@ -159,6 +161,7 @@ class _Run:
         settings: AgentSettings,
         secrets: Sequence[str],
         max_tool_result_chars: int,
+        context: ContextKeeper | None = None,
     ) -> None:
         self.backend = backend
         self.session = session
@@ -167,6 +170,7 @@ class _Run:
         self.secrets = tuple(s for s in secrets if s)
         self.max_chars = max_tool_result_chars
         self.guards = Guards(budgets)
+        self.context = context if context is not None else ContextKeeper()
         self.transcript = Transcript(secrets=self.secrets)
         self.calls: list[ModelCall] = []
         self.turns = 0
@@ -175,6 +179,7 @@ class _Run:
         self.tools: list[dict[str, Any]] = []
         self.required: dict[str, list[str]] = {}
         self.messages: list[dict[str, Any]] = []
+        self.cached_through: int | None = None  # the message the previous request ended with
         self.last_text: str | None = None
         self.first_log: str | None = None
         self.writes: list[WriteAttempt] = []
@@ -209,7 +214,8 @@ class _Run:
             raise ToolSessionError(f"Tool session error: could not list tools: {stop.detail}.") from None
         if not seen:
             raise ToolSessionError("Tool session error: the MCP server offers no tools.")
-        self.tools = list(seen.values())
+        # Sent once per attempt, in one stable order: a change would invalidate the cached prefix.
+        self.tools = sorted(seen.values(), key=lambda d: str(d["name"]))
         for d in self.tools:
             req = d["input_schema"].get("required")
             self.required[d["name"]] = [r for r in req if isinstance(r, str)] if isinstance(req, list) else []
@@ -218,9 +224,10 @@ class _Run:
 
     async def execute(self) -> AttemptOutcome:
         await self._list_tools()
-        system = build_system_prompt(self.task)
-        self.transcript.setup(task=self.task.model_dump(mode="json"), model=self.settings.model, system=system,
-                              tools=self.tools)
+        system_text = build_system_prompt(self.task)
+        system = [{"type": "text", "text": system_text}]
+        self.transcript.setup(task=self.task.model_dump(mode="json"), model=self.settings.model,
+                              system=system_text, tools=self.tools)
         self.messages = [{"role": "user", "content": [{"type": "text", "text": build_task_message(self.task)}]}]
         reason, detail = StopReason.NO_FIX, "the model ended its turn without opening a pull request"
         try:
@@ -239,16 +246,22 @@ class _Run:
             reason = StopReason.SUCCEEDED_PR
         return self._outcome(reason, detail)
 
-    async def _turn(self, system: str) -> tuple[StopReason, str] | None:
+    def _request(self, system: list[dict[str, Any]]) -> ModelRequest:
+        tools, messages = self.tools, list(self.messages)
+        if self.settings.prompt_caching:
+            tools, system, messages = with_breakpoints(tools, system, messages, previous_last=self.cached_through)
+            self.cached_through = len(messages) - 1
+        return ModelRequest(model=self.settings.model, max_tokens=self.settings.max_output_tokens, system=system,
+                            tools=tools, messages=messages)
+
+    async def _turn(self, system: list[dict[str, Any]]) -> tuple[StopReason, str] | None:
         """One model call and its tool calls. Returns the stop when the model ended its turn."""
         self.guards.before_model_call(self.turns)
-        request = ModelRequest(
-            model=self.settings.model,
-            max_tokens=self.settings.max_output_tokens,
-            system=system,
-            tools=self.tools,
-            messages=list(self.messages),
-        )
+        elided, chars = self.context.compact(self.turns + 1)
+        if elided:
+            self.transcript.note(self.turns + 1, f"elided {elided} old tool result(s) ({chars} characters) from "
+                                                 "the conversation")
+        request = self._request(system)
         turn = self.turns + 1
         self.transcript.request(turn, request)
         started = time.monotonic()
@@ -262,7 +275,9 @@ class _Run:
         self.calls.append(call)
         self.transcript.response(turn, response, call)
         log_event(logger, "agent.model_call", turn=turn, stop_reason=response.stop_reason,
-                  input_tokens=call.input_tokens, output_tokens=call.output_tokens, cost_usd=call.cost_usd)
+                  input_tokens=call.input_tokens, output_tokens=call.output_tokens,
+                  cache_creation_input_tokens=call.cache_creation_input_tokens,
+                  cache_read_input_tokens=call.cache_read_input_tokens, cost_usd=call.cost_usd)
         self.messages.append(
             {"role": "assistant", "content": [b.model_dump(mode="json", exclude_none=True) for b in response.content]}
         )
@@ -353,11 +368,18 @@ class _Run:
         text = _cap(redact(text, extra_secrets=self.secrets), self.max_chars) or "(no output)"
         if is_error:
             self.tool_errors += 1
-        self.transcript.tool_result(turn, tool_use_id=tool_use_id, name=name, is_error=is_error, text=text,
+        repeat = None if is_error else self.context.repeat_note(name, arguments, text)
+        self.transcript.tool_result(turn, tool_use_id=tool_use_id, name=name, is_error=is_error, text=repeat or text,
                                     source="server")
+        first_log = self.first_log
         self._learn(name, arguments, result, text, is_error)
-        return {"type": "tool_result", "tool_use_id": tool_use_id, "is_error": is_error,
-                "content": [{"type": "text", "text": text}]}
+        block = {"type": "tool_result", "tool_use_id": tool_use_id, "is_error": is_error,
+                 "content": [{"type": "text", "text": repeat or text}]}
+        if repeat is None and not is_error:
+            # The attempt's failure excerpt is pinned: it stays in the conversation for the whole run.
+            pinned = first_log is None and self.first_log is not None
+            self.context.add(turn, name, arguments, text, block, pinned=pinned)
+        return block
 
     def _learn(
         self, name: str, arguments: dict[str, Any], result: CallToolResult | None, text: str, is_error: bool
@@ -396,6 +418,8 @@ class _Run:
             merged = data.get("merged")
             self.merged = merged if isinstance(merged, bool) else True
             self.pr_opened = True
+            # The merge names its pull request: recorded even when create_pull_request's reply was lost.
+            self.pr_number = _first_int(data, ("number", "pr_number")) or self.pr_number
 
     # -- the outcome ---------------------------------------------------------------------------------
 
@@ -438,14 +462,16 @@ async def run_attempt(
     settings: AgentSettings | None = None,
     secrets: Sequence[str] = (),
     max_tool_result_chars: int = 60_000,
+    context: ContextKeeper | None = None,
 ) -> AttemptOutcome:
     """Run one remediation attempt to its end.
 
     `secrets` are extra strings to redact from the transcript, report and tool results (e.g. the
-    model API key). `settings` gives the model name, output limit and prices.
+    model API key). `settings` gives the model name, output limit and prices. `context` decides what of
+    earlier tool results the conversation keeps (a fresh `ContextKeeper` with its defaults when None).
 
     Raises:
         ToolSessionError: the MCP session could not list its tools; nothing was attempted.
     """
-    run = _Run(backend, session, task, budgets, settings or AgentSettings(), secrets, max_tool_result_chars)
+    run = _Run(backend, session, task, budgets, settings or AgentSettings(), secrets, max_tool_result_chars, context)
     return await run.execute()

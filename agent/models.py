@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol, cast
 
 import anthropic
-from anthropic.types import Message, MessageParam, ToolUnionParam
+from anthropic.types import Message, MessageParam, TextBlockParam, ToolUnionParam
 from pydantic import BaseModel, ConfigDict
 
 from agent.errors import ModelError
@@ -25,7 +25,7 @@ class ModelRequest(BaseModel):
 
     model: str
     max_tokens: int
-    system: str
+    system: list[dict[str, Any]]  # text blocks (the place for a cache breakpoint)
     tools: list[dict[str, Any]]
     messages: list[dict[str, Any]]
 
@@ -85,7 +85,7 @@ class AnthropicBackend:
             return await self._client.messages.create(
                 model=request.model,
                 max_tokens=request.max_tokens,
-                system=request.system,
+                system=cast(list[TextBlockParam], request.system),
                 tools=cast(list[ToolUnionParam], request.tools),
                 messages=cast(list[MessageParam], request.messages),
             )

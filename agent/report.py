@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from agent.types import AttemptTask, StopReason
+from mcp_server.log_facts import header_facts
 from policy.redaction import redact
 
 __all__ = ["WriteAttempt", "render_report"]
@@ -72,6 +73,9 @@ def render_report(
         f"- Commit: `{_cell(task.head_sha)}`",
         "",
     ]
+    facts = header_facts(first_log) if first_log else []
+    if facts:
+        lines += ["What the log names, root cause first:", "", *[f"- {_cell(row, 600)}" for row in facts], ""]
     if first_log:
         lines += ["Log excerpt (last lines of the first log the agent read):", "", "```text",
                   _excerpt(first_log), "```", ""]

@@ -7,8 +7,9 @@ Script shape (`fixtures/scripts/<project>.json`)::
 
 `$NAME` placeholders in input strings are replaced from `substitutions` (keys without the `$`); a
 string that is exactly one placeholder takes the substitution's own type (so a run id stays an int).
-Responses are real `anthropic.types.Message` objects with estimated `usage`, so the loop sees the same
-shape as from the API.
+Responses are real `anthropic.types.Message` objects with estimated `usage` (4 characters a token, the
+request's cache breakpoints honoured by a simulated prompt cache, `agent.prompt_cache.PrefixCache`), so the
+loop sees the same shape and the same accounting as from the API.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import ScriptError
 from agent.models import ModelRequest
+from agent.prompt_cache import PrefixCache, estimate_tokens
 
-__all__ = ["Script", "ScriptStep", "ScriptedBackend", "estimate_tokens", "load_script", "substitute"]
+__all__ = ["Script", "ScriptStep", "ScriptedBackend", "load_script", "substitute"]
 
 _PLACEHOLDER = re.compile(r"\$([A-Z][A-Z0-9_]*)")
 
@@ -91,22 +93,21 @@ def substitute(value: Any, substitutions: Mapping[str, object]) -> Any:
     return value
 
 
-def estimate_tokens(obj: Any) -> int:
-    """A rough token count (4 characters a token) for scripted and fake responses."""
-    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
-    return max(1, len(text) // 4)
-
-
 class ScriptedBackend:
     """Replays a `Script`: step i answers turn i with one `tool_use`; then `final_message` with end_turn."""
 
     def __init__(
-        self, script: str | Path | Mapping[str, Any] | Script, substitutions: Mapping[str, object] | None = None
+        self,
+        script: str | Path | Mapping[str, Any] | Script,
+        substitutions: Mapping[str, object] | None = None,
+        *,
+        cache: PrefixCache | None = None,
     ) -> None:
         self.script = script if isinstance(script, Script) else load_script(script)
         self._subs = dict(substitutions or {})
         self._turn = 0
         self.finished = False
+        self.cache = cache if cache is not None else PrefixCache()
 
     @property
     def turns_served(self) -> int:
@@ -151,11 +152,7 @@ class ScriptedBackend:
                 "content": content,
                 "stop_reason": stop_reason,
                 "stop_sequence": None,
-                "usage": {
-                    "input_tokens": estimate_tokens([request.system, request.tools, request.messages]),
-                    "output_tokens": estimate_tokens(content),
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": 0,
-                },
+                "usage": {**self.cache.usage(request.model_dump(mode="json")),
+                          "output_tokens": estimate_tokens(content)},
             }
         )

@@ -14,11 +14,11 @@ from typing import Any
 
 from anthropic.types import Message
 
-from agent.accounting import ModelCall
+from agent.accounting import ModelCall, UsageTotals, total_of
 from agent.models import ModelRequest
 from policy.redaction import redact_obj
 
-__all__ = ["Transcript"]
+__all__ = ["Transcript", "usage_in"]
 
 
 class Transcript:
@@ -87,3 +87,16 @@ class Transcript:
     def to_json(self) -> str:
         """The events as one JSON array."""
         return json.dumps(self._events, ensure_ascii=False, default=str)
+
+
+def usage_in(transcript_json: str) -> UsageTotals:
+    """The summed accounting of the model calls a stored transcript (`Transcript.to_json`) recorded.
+
+    Raises:
+        ValueError: the text is not a JSON list of events.
+    """
+    events = json.loads(transcript_json)
+    if not isinstance(events, list):
+        raise ValueError("Invalid transcript: not a JSON list of events.")
+    return total_of([ModelCall.model_validate(e["usage"]) for e in events
+                     if isinstance(e, dict) and e.get("kind") == "response" and "usage" in e])

@@ -47,7 +47,7 @@ from bench.scale import RecordingDispatcher
 from policy.config import GreenloopConfig, ServerSettings
 from reconciler.api import build_api
 from reconciler.context import ReconcilerContext
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime
 from reconciler.store.models import Attempt, Transition
 from reconciler.webhooks import WEBHOOK_PATH, sign

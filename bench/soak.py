@@ -46,14 +46,14 @@ from typing import Any, Final
 import httpx2
 import sqlalchemy as sa
 
-from mcp_server.jsonlog import JsonFormatter
+from infra.jsonlog import JsonFormatter
 from policy.config import Backoff, GreenloopConfig, ProjectConfig, ServerSettings
 from policy.gate import failure_fingerprint
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, Autonomy
 from reconciler.api import build_api
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker
 from reconciler.store.migrate import upgrade_async
@@ -73,6 +73,7 @@ TOKEN_RE: Final = re.compile(r"gh[pousr]_[A-Za-z0-9]{36}")
 LEGIT_SKIPS: Final = frozenset({"escalated", "backoff", "paused", "kill_switch", "own_change", "observe_only"})
 
 logger = logging.getLogger("greenloop.bench.soak")
+_PROGRESS_EVERY_S: Final = 5.0
 
 
 @dataclass
@@ -415,7 +416,10 @@ async def run_soak(
         scanner = _LogScanner(secrets)
         root = logging.getLogger()
         old_level = root.level
-        root.addHandler(scanner)
+        # The scanner is the only handler while the soak runs: its thousands of events (one per API request
+        # and pass) are scanned for secrets, never printed; the soak reports progress through `say` instead.
+        old_handlers = root.handlers[:]
+        root.handlers[:] = [scanner]
         root.setLevel(logging.INFO)
         for noisy in ("httpx", "httpx2", "uvicorn", "uvicorn.error", "fixtures.forge", "aiosqlite", "sqlalchemy"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -424,7 +428,7 @@ async def run_soak(
             return await _soak(tmp, db_url, names, rng, seconds, real, scanner, secrets, say)
         finally:
             tracemalloc.stop()
-            root.removeHandler(scanner)
+            root.handlers[:] = old_handlers
             root.setLevel(old_level)
 
 
@@ -502,6 +506,7 @@ async def _loop(
         await world.report(project, green=rng.random() >= 0.1, sha=project.sha)
     say(f"soak: set up in {time.perf_counter() - t0:.0f}s; flipping and injecting for {seconds:.0f}s")
     deadline = time.perf_counter() + seconds
+    last_said = time.perf_counter()
     while time.perf_counter() < deadline:
         await world.step(flip_rate=0.03)
         if rng.random() < 0.3:
@@ -518,7 +523,8 @@ async def _loop(
             over_active += 1
         traced.append(tracemalloc.get_traced_memory()[0] / 1e6)
         rss.append(_rss_mb())
-        if passes % 10 == 0:
+        if time.perf_counter() - last_said >= _PROGRESS_EVERY_S:  # progress by the clock, however slow a pass
+            last_said = time.perf_counter()
             say(
                 f"soak: {time.perf_counter() - t0:.0f}s passes={passes} reported={world.reported} "
                 f"faults={sum(world.faults.values())} errors={len(errors)}"

@@ -1,6 +1,7 @@
 """Failure excerpts of CI logs: the lines that explain a failure, within a token budget, redacted.
 
-`excerpt(log)` scores every line (`log_scoring`: error markers, exception headers, failing tests, exit
+`excerpt(log)` starts with the failing tests and error locations the log names (`log_facts`, at most 12%
+of the budget), then scores every line (`log_scoring`: error markers, exception headers, failing tests, exit
 codes; stack-trace blocks, context, the end of the log; noise and repeats demoted), then picks runs of
 consecutive high-priority lines ("clusters"), best and latest first: in a first pass no error cluster may
 take more than 40% of the budget, so a second error elsewhere is shown too; a second pass completes them;
@@ -27,13 +28,14 @@ from __future__ import annotations
 import math
 import re
 from bisect import bisect_left, insort
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mcp_server.log_scoring import ANCHOR, CORE, Segment, bounded_raw, clean_line, priorities
+from mcp_server.log_facts import LogFacts, extract_facts, facts_header
+from mcp_server.log_scoring import ANCHOR, CORE, Segment, bounded_raw, clean_line, is_warning, priorities
 from policy.redaction import LineRedactor, redact
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "decode_log",
     "estimate_tokens",
     "excerpt",
+    "excerpt_of_lines",
     "tail",
 ]
 
@@ -64,6 +67,7 @@ _BINARY_SAMPLE = 65_536
 _BINARY_RATIO = 0.3
 
 _CLUSTER_SHARE = 0.4
+_SUMMARY_SHARE = 0.12
 
 _SEP = re.compile(r"\r\n|\r|\n")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -96,6 +100,10 @@ class Excerpt(BaseModel):
     estimated_tokens: int = Field(description="ceil(len(rendered) / 3.5)")
     rendered: str = Field(description="the excerpt as text: 'NNNN| line' rows and gap markers")
     note: str | None = Field(default=None, description="why the excerpt is unusual (binary log, huge log)")
+    summary: str | None = Field(
+        default=None, description="the 'Failing tests:' / 'Error locations:' lines the rendered excerpt starts with")
+    failing_tests: list[str] = Field(default_factory=list, description="failing tests the log names, first first")
+    error_locations: list[str] = Field(default_factory=list, description="file:line the errors point at, first first")
 
 
 def estimate_tokens(text: str) -> int:
@@ -141,6 +149,34 @@ def tail(log_text: str | bytes, *, budget_tokens: int = 2000, extra_secrets: Col
     if log.binary_note is not None:
         return log.binary_excerpt()
     return log.tail()
+
+
+def excerpt_of_lines(
+    log_text: str | bytes, lines: Sequence[int], *, budget_tokens: int = 2000, extra_secrets: Collection[str] = ()
+) -> Excerpt:
+    """An excerpt showing the given `lines`, taken in the order given while they fit `budget_tokens`.
+
+    With the lines ordered shortest first, this is the most of them any excerpt can show (the benchmark's
+    "best possible").
+
+    Raises:
+        ValueError: `budget_tokens` is below `MIN_BUDGET_TOKENS`.
+    """
+    log = _Log.open(log_text, budget_tokens, extra_secrets)
+    if log.binary_note is not None:
+        return log.binary_excerpt()
+    segment = log._tail_segment(0)
+    raw_of = {segment.first + i: raw for i, raw in enumerate(segment.raw) if segment.first + i <= log.total}
+    kept: list[int] = []
+    used = log.gap_cost(1, log.total)
+    for n in lines:
+        if n not in raw_of or n in kept:
+            continue
+        cost = log.row_cost(n, raw_of[n]) + log._gap_delta(kept, n)
+        if used + cost <= log.budget_chars:
+            insort(kept, n)
+            used += cost
+    return log.render(kept, raw_of)
 
 
 @dataclass
@@ -194,9 +230,10 @@ class _Log:
         return len(_gap_text(first, last)) + 1 if last >= first else 0
 
     def render(self, kept: list[int], raw_of: dict[int, str], *, note: str | None = None,
-               gaps: bool = True, next_start: int | None = None) -> Excerpt:
+               gaps: bool = True, next_start: int | None = None, summary: str | None = None,
+               facts: LogFacts | None = None) -> Excerpt:
         lines: list[ExcerptLine] = []
-        rows: list[str] = [note] if note else []
+        rows: list[str] = ([summary] if summary else []) + ([note] if note else [])
         prev = 0
         for n in kept:
             if gaps and n > prev + 1:
@@ -220,6 +257,9 @@ class _Log:
             estimated_tokens=estimate_tokens(rendered),
             rendered=rendered,
             note=note,
+            summary=summary,
+            failing_tests=facts.failing_tests if facts else [],
+            error_locations=facts.locations if facts else [],
         )
 
     def binary_excerpt(self) -> Excerpt:
@@ -273,10 +313,17 @@ class _Log:
             note = (f"Note: large log ({len(self.text) // 1_000_000} MB): the end was read in full, the rest "
                     "searched for error lines only.")
         note = note if note is None or len(note) < self.budget_chars // 4 else None
-        prio, raw_of = priorities(segments, self.total)
+        prio, raw_of, first_error = priorities(segments, self.total)
         budget = self.budget_chars - (len(note) + 1 if note else 0)
+        # Root cause first: the failing tests and error locations go on top, in a small share of the budget,
+        # from the first error on (then what came before it); warnings are not errors.
+        core = sorted(n for n, p in prio.items() if p >= CORE and not is_warning(self.shown(n, raw_of[n])))
+        start = bisect_left(core, first_error) if first_error is not None else 0
+        facts = extract_facts(self.shown(n, raw_of[n]) for n in core[start:] + core[:start])
+        summary = facts_header(facts, int(budget * _SUMMARY_SHARE))
+        budget -= len(summary) + 1 if summary else 0
         kept = self._choose(prio, raw_of, budget)
-        return self.render(kept, raw_of, note=note)
+        return self.render(kept, raw_of, note=note, summary=summary, facts=facts)
 
     # -- selection -----------------------------------------------------------------------------------
 

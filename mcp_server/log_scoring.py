@@ -8,7 +8,10 @@ are anchors. Each anchor then lifts the priority of the lines that explain it:
 - its block: the stack frames, indented and "Caused by:" lines under it (Java: the first 12 and last 6
   frames; Python tracebacks: the first 4, the last 20 and the exception line after them);
 - three lines of context before and two after, and the GitHub Actions step (`##[group]Run ...`) it is in;
-- later anchors weigh more than earlier ones (0.6 at the start of the log to 1.0 at the end).
+- later anchors weigh more than earlier ones (0.6 at the start of the log to 1.0 at the end), except the
+  first error: the earliest line that says what failed and why (score 10: a compiler error, `##[error]`,
+  a failing test, a traceback, an exception) outweighs every other line, so its block is always picked
+  first, before later errors and their repeats (the first error is usually the cause of the rest).
 
 The last 12 lines before GitHub's post-job cleanup are kept as the end of the log. Noise (download and
 install progress, blank and separator lines) scores nothing, and lines repeated many times score little
@@ -24,10 +27,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["ANCHOR", "CORE", "Segment", "bounded_raw", "clean_line", "priorities"]
+__all__ = ["ANCHOR", "CORE", "Segment", "bounded_raw", "clean_line", "is_warning", "priorities"]
 
 ANCHOR = 5.0
 CORE = 3.0
+FIRST_ERROR_SCORE = 10.0
+FIRST_ERROR_WEIGHT = 11.0
 MAX_RAW_LINE = 20_000
 
 _SCORED_CHARS = 2000
@@ -55,7 +60,7 @@ def _words(*literals: str) -> list[str]:
 # leading `\b`, character class or alternation makes it try every position, 10-20x slower); word
 # boundaries are lookbehinds placed after the literal.
 _EVIDENCE: tuple[tuple[float, list[str]], ...] = (
-    (10.0, ["##[error]", r"Traceback \(most recent call last\)", r"Error(?<!\wError)(?:\[[A-Za-z]?\d+\])?:",
+    (10.0, [r"##\[error\]", r"Traceback \(most recent call last\)", r"Error(?<!\wError)(?:\[[A-Za-z]?\d+\])?:",
             r"error(?<!\werror)(?:\[[A-Za-z]?\d+\])?:", "Exception(?=:| *$)", "Error(?=:| *$)",
             "Throwable(?=:| *$)", *_words("panic", "panicked", "FAIL", "FAILED", "assert"), "<<< FAILURE!",
             "<<< ERROR!", r"Tests run: \d+, Failures: (?:[1-9]|\d+, Errors: [1-9])", "No space left on device",
@@ -91,7 +96,41 @@ _FRAME = re.compile(
 _CALL_FRAME = re.compile(r"\s+at |\s*File \".*\", line \d+")
 _MARKER_ONLY = re.compile(r"\s*(?:\[(?:ERROR|WARNING|WARN|INFO)\]|##\[error\]|ERROR:?|E)?\s*")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+_ROOT_MARKER = re.compile(
+    r"##\[error\]|\[ERROR\]|\b(?:error|ERROR|Error)\b|FAIL|<<< (?:FAILURE|ERROR)!|Traceback \(most recent call last\)"
+    r"|\bpanic|No space left on device|Segmentation fault|core dumped|OOMKilled|^E {2,}\S|ssertion"
+    r"|(?:Exception|Error|Throwable): \S")
+_WARNING = re.compile(r"\bwarn(?:ing)?\b", re.IGNORECASE)
 _DIGITS = re.compile(r"\d+")
+
+
+def is_warning(text: str) -> bool:
+    """Whether a log line is a warning (a compiler warning can look like an error otherwise)."""
+    return _WARNING.search(text) is not None
+
+
+def _first_error(scored: list[_Lines]) -> tuple[int, int] | None:
+    """(id of the lines, index) of the first error: the earliest root-error line, in the failing GitHub
+    Actions step when the log has steps (the step of the first `##[error]`; earlier steps succeeded)."""
+    step: tuple[int, int] | None = None
+    for lines in scored:
+        for i, text in enumerate(lines.clean):
+            if text.startswith("##[group]Run "):
+                step = (id(lines), i)
+            elif text.startswith("##[error]"):
+                break
+        else:
+            continue
+        break
+    else:
+        step = None  # no ##[error] line: any step may hold the cause
+    started = step is None
+    for lines in scored:
+        for i in range(lines.n):
+            started = started or (id(lines), i) == step
+            if started and lines.is_root_error(i):
+                return id(lines), i
+    return None
 
 
 @dataclass
@@ -121,23 +160,29 @@ def bounded_raw(raw: str, limit: int = MAX_RAW_LINE) -> str:
     return f"{head}…[{len(raw) - len(head) - len(rest)} chars cut]…{rest}"
 
 
-def priorities(segments: list[Segment], total: int) -> tuple[dict[int, float], dict[int, str]]:
-    """Priority of every line of `segments` (0: never shown) and its raw text, by line number.
+def priorities(segments: list[Segment], total: int) -> tuple[dict[int, float], dict[int, str], int | None]:
+    """Priority of every line of `segments` (0: never shown) and its raw text, by line number, and the
+    number of the first error line (None when there is none).
 
     The last segment is taken to be the end of the log; `total` is the number of lines in the log.
     """
     prio: dict[int, float] = {}
     raw_of: dict[int, str] = {}
-    for segment in segments:
-        clean = [clean_line(bounded_raw(r, _SCORED_CHARS)) for r in segment.raw]
-        lines = _Lines(clean)
-        values = lines.priorities(segment.first, total, at_end=segment is segments[-1])
+    scored = [(segment, _Lines([clean_line(bounded_raw(r, _SCORED_CHARS)) for r in segment.raw]))
+              for segment in segments]
+    first_error = _first_error([lines for _, lines in scored])
+    first_line: int | None = None
+    for segment, lines in scored:
+        first = first_error[1] if first_error is not None and first_error[0] == id(lines) else None
+        if first is not None:
+            first_line = segment.first + first
+        values = lines.priorities(segment.first, total, at_end=segment is segments[-1], first_error=first)
         for i, value in enumerate(values):
             n = segment.first + i
             if n <= total:
                 raw_of[n] = segment.raw[i]
                 prio[n] = max(value, prio.get(n, 0.0))
-    return prio, raw_of
+    return prio, raw_of, first_line
 
 
 def _matching_lines(pattern: re.Pattern[str], joined: str, starts: list[int]) -> Iterator[int]:
@@ -191,7 +236,13 @@ class _Lines:
         if 0 <= i < self.n and value > self.prio[i]:
             self.prio[i] = value
 
-    def priorities(self, first: int, total: int, *, at_end: bool) -> list[float]:
+    def is_root_error(self, i: int) -> bool:
+        """Whether line `i` can be the first error: it says what failed and why (score 10) with an error
+        marker or an exception with its message (a bare exception name, or a compiler warning, is not)."""
+        return (self.score[i] >= FIRST_ERROR_SCORE and not self.frame[i] and not self.bare[i]
+                and _ROOT_MARKER.search(self.clean[i]) is not None and not is_warning(self.clean[i]))
+
+    def priorities(self, first: int, total: int, *, at_end: bool, first_error: int | None = None) -> list[float]:
         run = [0] * (self.n + 1)  # run[i]: number of continuation lines starting at i
         for i in range(self.n - 1, -1, -1):
             run[i] = run[i + 1] + 1 if self.cont[i] else 0
@@ -203,6 +254,8 @@ class _Lines:
                 step = i
             if s >= ANCHOR and (not self.frame[i] or self.clean[i].lstrip().startswith("Caused by")):
                 weight = s * (0.6 + 0.4 * (first + i) / max(total, 1))
+                if i == first_error:
+                    weight = FIRST_ERROR_WEIGHT  # root cause first: above every later error, however recent
                 self._anchor(i, weight, run[i + 1], step)
                 block_floor = s * 0.25
             elif self.cont[i] and block_floor:

@@ -33,7 +33,8 @@ from pydantic import BaseModel, Field
 
 from mcp_server.audit import AuditEvent, Outcome
 from mcp_server.auth import grant_from_access_token
-from mcp_server.errors import McpServerError, ToolRefused
+from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS, call_deadline, off_loop
+from mcp_server.errors import ForgeError, McpServerError, ToolRefused
 from mcp_server.forge import PullRequest
 from mcp_server.log_excerpt import MIN_BUDGET_TOKENS, excerpt
 from mcp_server.models import (
@@ -73,6 +74,7 @@ WRITE_TOOLS = ("create_branch", "write_repo_file", "commit_and_push", "create_pu
 TOOL_NAMES = READ_TOOLS + WRITE_TOOLS
 
 _INTERNAL_ERROR = "Internal error: the tool failed unexpectedly; the details are in the server log."
+_INLINE_REDACT_CHARS = 16_000  # results with more text than this are redacted in a worker thread
 _AUDIT_STRING_CHARS = 2000  # longer argument strings (file contents) are stored as a head and a length
 # The run ids POST /runs accepts; Actions run ids are numbers.
 _RunIdText = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -86,6 +88,7 @@ _PR_FOOTER = "\n\n---\nOpened by greenloop attempt `{attempt}` for the failing j
 @dataclass
 class _Call:
     binding: SessionBinding
+    deadline_seconds: float = DEFAULT_CALL_DEADLINE_SECONDS
     outcome: Outcome | None = None
     message: str | None = None
 
@@ -121,21 +124,28 @@ def _tool(*, title: str, write: bool, destructive: bool = False, idempotent: boo
         @functools.wraps(fn)
         async def guarded(**kwargs: Any) -> BaseModel:
             call = _CURRENT.get()
+            seconds = call.deadline_seconds if call is not None else DEFAULT_CALL_DEADLINE_SECONDS
             try:
                 if write:
                     # Security: write tools exist only on agent servers, and act only for agent grants.
                     _session().require_agent()
-                return await fn(**kwargs)
+                # Security: no call may hold its session (or the server) past its deadline.
+                with call_deadline(seconds, fn.__name__):
+                    return await fn(**kwargs)
             except (ToolRefused, PolicyViolation) as exc:
                 raise ToolError(_finish(call, "refused", str(exc))) from None
             except McpServerError as exc:
                 # Forge and git failures: their messages are written to be shown (no tokens, no host paths).
                 raise ToolError(_finish(call, "error", str(exc))) from None
+            except OSError as exc:
+                if isinstance(exc, TimeoutError | ConnectionError):  # not the filesystem: a crash like any other
+                    raise ToolError(_crashed(call, fn.__name__, exc)) from None
+                # The filesystem refused: say what it said, never the host path it names.
+                reason = exc.strerror or exc.__class__.__name__
+                message = f"Refused: the filesystem refused the request: {reason}."
+                raise ToolError(_finish(call, "refused", message)) from None
             except Exception as exc:  # top-level boundary of the tool: log the detail, show a generic message
-                detail = _redact(call, "".join(traceback.format_exception(exc)))
-                logger.error(json.dumps({"event": "mcp_tool_crashed", "tool": fn.__name__, "detail": detail}))
-                _finish(call, "error", f"unexpected {exc.__class__.__name__}")
-                raise ToolError(_INTERNAL_ERROR) from None
+                raise ToolError(_crashed(call, fn.__name__, exc)) from None
 
         _TOOLS.append(
             _ToolSpec(
@@ -154,6 +164,14 @@ def _tool(*, title: str, write: bool, destructive: bool = False, idempotent: boo
         return fn
 
     return decorator
+
+
+def _crashed(call: _Call | None, tool: str, exc: BaseException) -> str:
+    """Log an unexpected failure in full (redacted) and record it; returns the generic message for the model."""
+    detail = _redact(call, "".join(traceback.format_exception(exc)))
+    logger.error(json.dumps({"event": "mcp_tool_crashed", "tool": tool, "detail": detail}))
+    _finish(call, "error", f"unexpected {exc.__class__.__name__}")
+    return _INTERNAL_ERROR
 
 
 def _redact(call: _Call | None, text: str) -> str:
@@ -189,13 +207,14 @@ async def read_repo_file(
     """
     s = _session()
     ws = await s.ready_workspace()
-    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines)
+    # Security: redacted as a whole file before the window is cut (workspace.read_file).
+    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines, redact_text=s.redact)
     return FileSlice(
         path=got.path,
         start_line=got.start_line,
         end_line=got.end_line,
         total_lines=got.total_lines,
-        content=s.redact(got.content),
+        content=got.content,
         truncated=got.truncated,
         next_start_line=got.next_start_line,
     )
@@ -218,8 +237,8 @@ async def list_repo_files(
     """
     s = _session()
     ws = await s.ready_workspace()
-    got = await ws.list_files(under=under, glob=glob, limit=limit)
-    return FileListing(files=[s.redact(f) for f in got.paths], truncated=got.truncated, total=got.total)
+    got = await ws.list_files(under=under, glob=glob, limit=limit, redact_text=s.redact)
+    return FileListing(files=list(got.paths), truncated=got.truncated, total=got.total)
 
 
 @_tool(title="Describe the project", write=False)
@@ -250,6 +269,10 @@ async def get_project_info() -> ProjectInfo:
         ),
         recent_commits=[CommitInfo(sha=c.sha, message=s.redact(_first_line(c.message))) for c in commits],
     )
+
+
+def _holds_live_secret(content: str, secrets: tuple[str, ...]) -> bool:
+    return any(form in content for secret in secrets for form in secret_variants(secret))
 
 
 def _first_line(text: str) -> str:
@@ -360,13 +383,15 @@ async def get_job_logs(
     else:
         raise ToolRefused(f"Not found: no run {rid!r}" + (f" of job {wanted!r}." if wanted else "."))
     try:
-        got = excerpt(text, budget_tokens=budget_tokens, start_line=start_line, extra_secrets=s.live_secrets())
+        got = await off_loop(
+            excerpt, text, budget_tokens=budget_tokens, start_line=start_line, extra_secrets=s.live_secrets()
+        )
     except ValueError as exc:  # a start_line past the end of the log
         raise ToolRefused(str(exc)) from None
     return JobLogs(
         run_id=rid,
         job=s.redact(name),
-        excerpt=s.redact(got.rendered),
+        excerpt=await off_loop(s.redact, got.rendered),
         truncated=got.truncated,
         next_start_line=got.next_start_line,
     )
@@ -432,7 +457,7 @@ async def write_repo_file(
     ws = await s.ready_workspace()
     _on_fix_branch(s, ws)
     # Security: the model only ever sees redacted text, so a live credential in content was smuggled in.
-    if any(form in content for secret in s.live_secrets() for form in secret_variants(secret)):
+    if await off_loop(_holds_live_secret, content, s.live_secrets()):
         raise ToolRefused(f"Write refused: the content contains a live credential: {path!r}.")
     b = s.project.budgets
     got = await ws.write_file(
@@ -473,7 +498,7 @@ def _pr_info(s: SessionBinding, pr: PullRequest, *, created: bool) -> PullReques
     return PullRequestInfo(
         number=pr.number,
         url=pr.html_url or "",
-        state="merged" if pr.merged else pr.state,
+        state="merged" if _is_merged(pr) else pr.state,
         head_branch=pr.head.ref,
         head_sha=pr.head.sha,
         base_branch=pr.base.ref,
@@ -497,7 +522,7 @@ async def create_pull_request(
     p = s.project
     existing = await s.forge.find_pull_request(p.repo, branch)
     if existing is not None:
-        if existing.state != "open" and not existing.merged:
+        if existing.state != "open" and not _is_merged(existing):
             raise ToolRefused(
                 f"Refused: pull request #{existing.number} of the fix branch was closed without merging; a human "
                 "declined this fix. Stop here."
@@ -505,14 +530,39 @@ async def create_pull_request(
         return _pr_info(s, existing, created=False)
     if s.pushed_sha is None:
         raise ToolRefused("Refused: nothing pushed yet; call commit_and_push before create_pull_request.")
-    pr = await s.forge.create_pull_request(
-        p.repo,
-        head=branch,
-        base=p.default_branch,
-        title=s.redact(title),
-        body=s.redact(body) + _PR_FOOTER.format(attempt=attempt_id, job=job),
-    )
+    try:
+        pr = await s.forge.create_pull_request(
+            p.repo,
+            head=branch,
+            base=p.default_branch,
+            title=s.redact(title),
+            body=s.redact(body) + _PR_FOOTER.format(attempt=attempt_id, job=job),
+        )
+    except ForgeError as exc:
+        # The request may have reached the forge (its reply lost): the forge says whether the PR exists.
+        found = await _read_back(exc, s.forge.find_pull_request(p.repo, branch))
+        if found is None or not (found.state == "open" or _is_merged(found)):
+            raise ForgeError(f"{exc} Read back: the fix branch has no open pull request.", status=exc.status) from exc
+        return _pr_info(s, found, created=True)
     return _pr_info(s, pr, created=True)
+
+
+async def _read_back(failed: ForgeError, reading: Awaitable[PullRequest | None]) -> PullRequest | None:
+    """What the forge shows after a write failed; a read-back that fails too raises the write's error."""
+    try:
+        return await reading
+    except ForgeError as exc:
+        raise ForgeError(f"{failed} Read back failed too: {exc}", status=failed.status) from failed
+
+
+def _is_merged(pr: PullRequest) -> bool:
+    """Whether the forge merged `pr` (list items carry `merged_at`, not `merged`)."""
+    return pr.merged or pr.merged_at is not None
+
+
+def _merged_at(pr: PullRequest, sha: str) -> bool:
+    """Whether `pr` is merged with its head at `sha`."""
+    return _is_merged(pr) and pr.head.sha == sha
 
 
 @_tool(title="Merge the pull request", write=True, destructive=True, idempotent=False)
@@ -535,8 +585,10 @@ async def merge_pull_request() -> PullRequestMerged:
     pushed = s.pushed_sha
     if pushed is None:
         raise ToolRefused("Merge refused: this session has not pushed a commit; call commit_and_push first.")
-    pr = await s.forge.find_pull_request(p.repo, branch, state="open")
-    if pr is None:
+    pr = await s.forge.find_pull_request(p.repo, branch)
+    if pr is not None and _merged_at(pr, pushed):  # merged already (an earlier call's reply was lost)
+        return PullRequestMerged(number=pr.number, merged=True, sha=pr.merge_commit_sha)
+    if pr is None or pr.state != "open":
         raise ToolRefused("Merge refused: the fix branch has no open pull request; call create_pull_request.")
     # Security: merge only what this session pushed; a head moved by anyone else needs a human.
     if pr.head.sha != pushed:
@@ -546,13 +598,21 @@ async def merge_pull_request() -> PullRequestMerged:
         )
     if pr.base.ref != p.default_branch:
         raise ToolRefused(f"Merge refused: the pull request targets {pr.base.ref!r}, not the default branch.")
-    merge_sha = await s.forge.merge_pull_request(
-        p.repo,
-        pr.number,
-        sha=pushed,
-        title=s.redact(pr.title),
-        message=f"greenloop attempt {attempt_id} for job {job}",
-    )
+    try:
+        merge_sha = await s.forge.merge_pull_request(
+            p.repo,
+            pr.number,
+            sha=pushed,
+            title=s.redact(pr.title),
+            message=f"greenloop attempt {attempt_id} for job {job}",
+        )
+    except ForgeError as exc:
+        # A lost reply, or a re-sent PUT told "not mergeable" because the first one merged: read it back.
+        now = await _read_back(exc, s.forge.get_pull_request(p.repo, pr.number))
+        if now is not None and _merged_at(now, pushed):
+            return PullRequestMerged(number=now.number, merged=True, sha=now.merge_commit_sha)
+        saw = f"#{pr.number} is {now.state if now else 'gone'}, not merged at {pushed[:12]}"
+        raise ForgeError(f"{exc} Read back: pull request {saw}.", status=exc.status) from exc
     return PullRequestMerged(number=pr.number, merged=True, sha=merge_sha)
 
 
@@ -572,8 +632,10 @@ class _Sessions:
         grant: SessionGrant | None,
         parameters: Mapping[str, frozenset[str]],
         idle_seconds: float,
+        deadline_seconds: float = DEFAULT_CALL_DEADLINE_SECONDS,
     ) -> None:
         self.parameters = parameters
+        self.deadline_seconds = deadline_seconds
         self._factory = factory
         self._mode = mode
         self._grant = grant
@@ -668,6 +730,17 @@ def _unknown_arguments(declared: frozenset[str] | None, arguments: Any) -> list[
     return sorted(str(k)[:64] for k in arguments if k not in declared)[:5]
 
 
+def _text_chars(value: Any) -> int:
+    """How many characters of text a JSON-like result holds (what redacting it costs)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_text_chars(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_text_chars(v) for v in value)
+    return 0
+
+
 def _first_text(result: Mapping[str, Any]) -> str | None:
     for block in result.get("content") or ():
         if isinstance(block, Mapping) and isinstance(block.get("text"), str):
@@ -719,7 +792,7 @@ async def _audited_call(sessions: _Sessions, ctx: ServerRequestContext[Any, Any]
         logger.error(json.dumps({"event": "mcp_session_failed", "project": grant.project, "error": type(exc).__name__}))
         return _error_result("Session unavailable: the server could not prepare this project; see the server log.")
 
-    call = _Call(binding)
+    call = _Call(binding, deadline_seconds=sessions.deadline_seconds)
     data: dict[str, Any] | None = None
     token = _CURRENT.set(call)
     try:
@@ -733,8 +806,12 @@ async def _audited_call(sessions: _Sessions, ctx: ServerRequestContext[Any, Any]
             async with binding.lock:
                 data = _as_dict(await call_next(ctx))
         if data is not None:
-            # Security: the last gate before the model: nothing leaves without the live secrets masked.
-            data = binding.redact_obj(data)
+            # Security: the last gate before the model: nothing leaves without the live secrets masked. A large
+            # result is redacted in a worker thread, so it holds up no other session.
+            if _text_chars(data) > _INLINE_REDACT_CHARS:
+                data = await off_loop(binding.redact_obj, data)
+            else:
+                data = binding.redact_obj(data)
         if call.outcome is None:
             if data is not None and data.get("isError"):
                 # The SDK refused the call before the tool ran: unknown tool or arguments outside the schema.
@@ -776,6 +853,16 @@ def _client_name(grant: SessionGrant, ctx: ServerRequestContext[Any, Any]) -> st
     return f"{grant.client}/{str(name)[:64]}" if name else grant.client
 
 
+def _package_version() -> str:
+    """greenloop's installed version, announced as `serverInfo.version` at initialize."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("greenloop")
+    except PackageNotFoundError:  # pragma: no cover - running from a checkout that was never installed
+        return "0+unknown"
+
+
 def build_server(
     binding_factory: BindingFactory,
     *,
@@ -785,18 +872,25 @@ def build_server(
     auth: AuthSettings | None = None,
     name: str = "greenloop",
     idle_seconds: float = 3600.0,
+    call_deadline_seconds: float = DEFAULT_CALL_DEADLINE_SECONDS,
 ) -> MCPServer[Any]:
     """The greenloop MCP server: the five read tools (`read-only`) or all ten (`agent`).
 
     Each request's session grant comes from its bearer token (HTTP, with `token_verifier` and `auth`) or
     else from `grant` (stdio and in-memory). A grant asking for more than `mode` is cut down to read-only.
     `binding_factory` turns a grant into the binding the tools act on; bindings are cached per grant and
-    closed after `idle_seconds` without a call, or when the server's lifespan ends.
+    closed after `idle_seconds` without a call, or when the server's lifespan ends. A tool call still running
+    after `call_deadline_seconds` is stopped and refused as too long (`mcp_server.deadline`).
     """
     specs = [spec for spec in _TOOLS if mode is Mode.AGENT or not spec.write]
     parameters = {spec.fn.__name__: spec.parameters for spec in specs}
     sessions = _Sessions(
-        binding_factory, mode=Mode(mode), grant=grant, parameters=parameters, idle_seconds=idle_seconds
+        binding_factory,
+        mode=Mode(mode),
+        grant=grant,
+        parameters=parameters,
+        idle_seconds=idle_seconds,
+        deadline_seconds=call_deadline_seconds,
     )
     server: MCPServer[Any] = MCPServer(
         name,
@@ -807,6 +901,7 @@ def build_server(
         ),
         token_verifier=token_verifier,
         auth=auth,
+        version=_package_version(),
         lifespan=sessions.lifespan,
         log_level="WARNING",
         warn_on_duplicate_tools=True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -28,10 +29,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
+from mcp_server.deadline import off_loop
 from mcp_server.errors import GitError, ToolRefused, WorkspaceError, WorkspaceRefused
 from policy.branches import ATTEMPT_ID_RE, is_fix_branch
 from policy.config import ProjectConfig
 from policy.errors import PathRefused
+from policy.gate import ATTEMPT_TRAILER
 from policy.paths import check_relative, confine, is_git_component, matches_glob
 from policy.redaction import redact
 
@@ -46,7 +49,6 @@ __all__ = [
     "WriteResult",
 ]
 
-ATTEMPT_TRAILER = "Greenloop-Attempt"
 MAX_READ_FILE_BYTES = 10_000_000  # larger files are refused: reading them would stall the session
 _BINARY_PROBE_BYTES = 8000  # git's own heuristic: a NUL byte in the first 8000 bytes means binary
 _STDERR_CHARS = 1000
@@ -239,22 +241,70 @@ class Workspace:
             raise WorkspaceError("Workspace: no path has been resolved yet.")
         return real.relative_to(self._real_root).as_posix()
 
+    def _os_refused(self, exc: OSError, requested: str, action: str) -> ToolRefused:
+        """A refusal for an OS error met at `requested`, naming the path component at fault (never a host
+        path): a file used as a directory, a name too long, a symlink loop, no permission, a read-only or
+        full filesystem."""
+        parts = check_relative(requested, allow_root=True).parts
+        root = self._real_root or str(self._root)
+        code = exc.errno
+        if code == errno.ENOTDIR:
+            found = _first_non_directory(root, parts)
+            if found is not None:
+                return ToolRefused(
+                    f"{action} refused: {found!r} is a file, not a directory, so nothing can be under it: "
+                    f"{requested!r}."
+                )
+            return ToolRefused(f"{action} refused: a component of the path is not a directory: {requested!r}.")
+        if code == errno.ENAMETOOLONG:
+            longest = max(parts, key=lambda p: len(p.encode("utf-8")), default=requested)
+            shown = longest if len(longest) <= 60 else longest[:60] + "..."
+            return ToolRefused(f"{action} refused: the name {shown!r} is too long for the filesystem: {requested!r}.")
+        if code == errno.ELOOP:
+            return ToolRefused(f"{action} refused: the path goes through too many symbolic links: {requested!r}.")
+        if code in (errno.EACCES, errno.EPERM):
+            parent = "/".join(parts[:-1])
+            where = f"its directory {parent!r}" if parent else "the repository root"
+            return ToolRefused(f"{action} refused: permission denied on {requested!r} or {where}.")
+        if code == errno.EROFS:
+            return ToolRefused(f"{action} refused: the workspace's filesystem is read-only: {requested!r}.")
+        if code == errno.EISDIR:
+            return ToolRefused(f"{action} refused: {requested!r} is a directory, not a file.")
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return ToolRefused(f"{action} refused: no space left on the workspace's filesystem: {requested!r}.")
+        reason = exc.strerror or exc.__class__.__name__
+        return ToolRefused(f"{action} refused: the filesystem refused {requested!r}: {reason}.")
+
     # ------------------------------------------------------------------------------------------ read
 
     async def read_file(
-        self, requested: str, *, start_line: int = 1, max_lines: int = 400, max_bytes: int = 100_000
+        self,
+        requested: str,
+        *,
+        start_line: int = 1,
+        max_lines: int = 400,
+        max_bytes: int = 100_000,
+        redact_text: Callable[[str], str] = redact,
     ) -> FileSlice:
-        """Up to `max_lines` lines (and about `max_bytes` bytes) of a UTF-8 text file, from `start_line`.
+        """Up to `max_lines` lines (and about `max_bytes` bytes) of a UTF-8 text file, from `start_line`,
+        redacted by `redact_text` (pass the session's, which knows the live tokens).
+
+        The whole file is redacted before the window is cut, so a secret spread over lines (a PEM key, a
+        multi-line JSON key) is masked in every window, even one that starts in its middle.
 
         Raises:
             WorkspaceRefused: the path is refused.
-            ToolRefused: missing, not a regular file, binary, too large, or `start_line` past the end.
+            ToolRefused: missing, not a regular file, binary, too large, `start_line` past the end, or the
+                filesystem refused (the message names the path component at fault).
         """
         if start_line < 1 or max_lines < 1 or max_bytes < 1:
             raise ToolRefused("Read refused: start_line, max_lines and max_bytes must be at least 1.")
         real = self.resolve_path(requested, for_write=False)
         rel = self._relative(real)
-        lines, total = await asyncio.to_thread(self._read_lines, real, requested, start_line, max_lines, max_bytes)
+        try:
+            lines, total = await off_loop(_read_window, real, requested, redact_text, start_line, max_lines, max_bytes)
+        except OSError as exc:
+            raise self._os_refused(exc, requested, "Read") from exc
         if total == 0:
             if start_line > 1:
                 raise ToolRefused(f"Out of range: the file is empty: {requested!r}.")
@@ -265,9 +315,10 @@ class Workspace:
             raise ToolRefused(
                 f"Out of range: start_line {start_line} is past the end of the file ({total} lines): {requested!r}."
             )
+        content = "".join(lines)
         try:
-            content = b"".join(lines).decode("utf-8")
-        except UnicodeDecodeError:
+            content.encode("utf-8")
+        except UnicodeEncodeError:  # a byte that isn't UTF-8 in the window (carried as a lone surrogate)
             raise ToolRefused(f"Binary file: not UTF-8 text, it can't be shown: {requested!r}.") from None
         end_line = start_line + len(lines) - 1
         truncated = end_line < total
@@ -281,56 +332,17 @@ class Workspace:
             next_start_line=end_line + 1 if truncated else None,
         )
 
-    @staticmethod
-    def _read_lines(
-        real: Path, requested: str, start_line: int, max_lines: int, max_bytes: int
-    ) -> tuple[list[bytes], int]:
-        """The selected lines (bytes, with their newlines) and the file's line count."""
-        try:
-            # Security: O_NOFOLLOW refuses a symlink swapped in after resolve_path; O_NONBLOCK keeps a FIFO
-            # from hanging the open (it is refused just below as not a regular file).
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            raise ToolRefused(f"Not found: no such file: {requested!r}.") from None
-        except OSError as exc:
-            raise ToolRefused(f"Read refused: the path can't be opened as a file: {requested!r}.") from exc
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise ToolRefused(f"Not a file: it is a directory; use list_repo_files: {requested!r}.")
-            raise ToolRefused(f"Not a file: not a regular file: {requested!r}.")
-        with os.fdopen(fd, "rb") as handle:
-            if info.st_size > MAX_READ_FILE_BYTES:
-                raise ToolRefused(
-                    f"File too large: {info.st_size} bytes, over the {MAX_READ_FILE_BYTES} byte limit: {requested!r}."
-                )
-            if b"\x00" in handle.read(_BINARY_PROBE_BYTES):
-                raise ToolRefused(f"Binary file: it can't be shown: {requested!r}.")
-            handle.seek(0)
-            selected: list[bytes] = []
-            used = 0
-            total = 0
-            for line in handle:
-                total += 1
-                if total < start_line or len(selected) >= max_lines or used >= max_bytes:
-                    continue
-                if used + len(line) > max_bytes:
-                    if selected:
-                        used = max_bytes  # stop here; the next call starts at this line
-                        continue
-                    line = line[:max_bytes]  # one huge line: show its head, it still counts as read
-                    while line and (line[-1] & 0xC0) == 0x80:
-                        line = line[:-1]  # don't cut a UTF-8 character in half
-                    if line and line[-1] >= 0xC0:
-                        line = line[:-1]
-                selected.append(line)
-                used += len(line)
-            return selected, total
-
-    async def list_files(self, under: str = "", glob: str | None = None, limit: int = 500) -> FileListing:
+    async def list_files(
+        self,
+        under: str = "",
+        glob: str | None = None,
+        limit: int = 500,
+        *,
+        redact_text: Callable[[str], str] = redact,
+    ) -> FileListing:
         """Tracked and untracked (not ignored) files under directory `under`, sorted, optionally filtered
-        by a root-anchored `glob` (`**/*.py`). Never lists `.git/`.
+        by a root-anchored `glob` (`**/*.py`), the paths returned redacted by `redact_text`. Never lists
+        `.git/`.
 
         Raises:
             WorkspaceRefused: `under` is refused.
@@ -339,25 +351,13 @@ class Workspace:
         args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]
         if under not in ("", ".", "./"):
             real = self.resolve_path(under, for_write=False)
-            if not real.is_dir():
+            if not await off_loop(real.is_dir):
                 raise ToolRefused(f"Not a directory: {under!r}.")
             args += ["--", f":(literal){self._relative(real)}/"]
         result = await self._git(*args)
-        listed: set[str] = set()
-        for raw in result.stdout.split(b"\0"):
-            if not raw:
-                continue
-            path = raw.decode("utf-8", errors="surrogateescape")
-            # Security: git never lists .git, but a nested repository's .git file is refused all the same.
-            if any(is_git_component(part) for part in path.split("/")):
-                continue
-            if glob is not None and not matches_glob(path, glob):
-                continue
-            listed.add(path)
-        # A file name that is not UTF-8 is shown with U+FFFD in place of its bad bytes: JSON (and the model)
-        # can't carry lone surrogates, and one such name must not break the whole listing.
-        paths = sorted(_printable(p) for p in await asyncio.to_thread(_existing, self._root, listed))
-        return FileListing(paths=tuple(paths[:limit]), truncated=len(paths) > limit, total=len(paths))
+        # Matching every path against the glob, and the existence checks, run off the event loop.
+        paths, total = await off_loop(_select_listed, self._root, result.stdout, glob, limit, redact_text)
+        return FileListing(paths=paths, truncated=total > limit, total=total)
 
     # ------------------------------------------------------------------------------------------ git state
 
@@ -452,7 +452,10 @@ class Workspace:
             real = self.resolve_path(requested, for_write=True)
             rel = self._relative(real)
             lexical = Path(self._real_root or "") / check_relative(requested).as_posix()
-            info = await asyncio.to_thread(_check_write_target, real, lexical, requested)
+            try:
+                info = await off_loop(_check_write_target, real, lexical, requested)
+            except OSError as exc:
+                raise self._os_refused(exc, requested, "Write") from exc
             ignored = await self._git("check-ignore", "-q", "--", rel, check=False)
             if ignored.returncode == 0:
                 raise ToolRefused(f"Write refused: the path is ignored by .gitignore and can't be committed: {rel!r}.")
@@ -464,7 +467,10 @@ class Workspace:
                     f"branch; the limits are {max_files_changed} file(s) and {max_lines_changed} line(s): "
                     f"{requested!r}."
                 )
-            await asyncio.to_thread(_replace_file, real, data, mode)
+            try:
+                await off_loop(_replace_file, real, data, mode)
+            except OSError as exc:
+                raise self._os_refused(exc, requested, "Write") from exc
             return WriteResult(
                 path=rel, bytes=len(data), created=info is None, lines_changed_total=lines, files_changed_total=files
             )
@@ -538,10 +544,35 @@ class Workspace:
                 head = await self._rev_parse("HEAD")
                 self._unpushed = head
             # Security: a plain refspec, no '+' and no --force: the forge refuses anything but a fast-forward.
-            await self._git("push", "--porcelain", "--no-verify", "origin", f"HEAD:refs/heads/{branch}", network=True)
+            push = await self._git(
+                "push", "--porcelain", "--no-verify", "origin", f"HEAD:refs/heads/{branch}", network=True, check=False
+            )  # fmt: skip
+            if push.returncode != 0:
+                await self._settle_push(branch, head, push.stderr)
             self._unpushed = None
             self._pushed = head
             return PushResult(sha=head, branch=branch)
+
+    async def _settle_push(self, branch: str, head: str, stderr: str) -> None:
+        """A failed push may have landed all the same (its reply was lost, or git re-sent it and was told
+        ``cannot lock ref ... reference already exists``): the forge is the truth. Its fix branch at `head`
+        means pushed; anything else raises, saying what the forge showed.
+
+        Raises:
+            GitError: the forge's fix branch is not at `head` (or could not be read back).
+        """
+        seen = await self._git("ls-remote", "--refs", "origin", f"refs/heads/{branch}", network=True, check=False)
+        words = seen.stdout.decode("ascii", "replace").split()
+        remote = words[0] if seen.returncode == 0 and words else None
+        if remote == head:
+            return
+        if seen.returncode != 0:
+            saw = f"the forge's branch could not be read back: {self._scrub(seen.stderr)}"
+        elif remote is None:
+            saw = "the forge has no such branch"
+        else:
+            saw = f"the forge's branch is at {remote[:12]}, not {head[:12]}"
+        raise GitError(f"Git failed: git push: {self._scrub(stderr)} (read back: {saw})")
 
     async def _is_own_commit(self, sha: str, attempt_id: str) -> bool:
         """Whether `sha` is ahead of the default branch and carries this attempt's trailer."""
@@ -635,6 +666,10 @@ class Workspace:
             proc.kill()
             await proc.wait()
             raise GitError(f"Git failed: git {argv[1]} timed out after {self._timeout:g}s.") from None
+        except BaseException:  # cancelled (the tool call's deadline): don't leave git running behind
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
         return _GitResult(
             returncode=proc.returncode if proc.returncode is not None else -1,
             stdout=stdout,
@@ -663,9 +698,27 @@ def _count_numstat(output: bytes) -> tuple[int, int]:
     return files, lines
 
 
-def _existing(root: Path, paths: set[str]) -> list[str]:
-    """The `paths` that exist in the working tree (tracked files deleted there are listed by git)."""
-    return [p for p in paths if os.path.lexists(root / p)]
+def _select_listed(
+    root: Path, ls_files: bytes, glob: str | None, limit: int, redact_text: Callable[[str], str]
+) -> tuple[tuple[str, ...], int]:
+    """The first `limit` sorted paths (redacted) of `git ls-files -z` output that match `glob` and exist in
+    the working tree, and how many there are."""
+    listed: set[str] = set()
+    for raw in ls_files.split(b"\0"):
+        if not raw:
+            continue
+        path = raw.decode("utf-8", errors="surrogateescape")
+        # Security: git never lists .git, but a nested repository's .git file is refused all the same.
+        if any(is_git_component(part) for part in path.split("/")):
+            continue
+        if glob is not None and not matches_glob(path, glob):
+            continue
+        listed.add(path)
+    # Tracked files deleted in the working tree are still listed by git: keep only those that exist. A file
+    # name that is not UTF-8 is shown with U+FFFD in place of its bad bytes: JSON (and the model) can't carry
+    # lone surrogates, and one such name must not break the whole listing.
+    paths = sorted(_printable(p) for p in listed if os.path.lexists(root / p))
+    return tuple(redact_text(p) for p in paths[:limit]), len(paths)
 
 
 def _printable(path: str) -> str:
@@ -704,3 +757,84 @@ def _replace_file(real: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _read_window(
+    real: Path, requested: str, redact_text: Callable[[str], str], start_line: int, max_lines: int, max_bytes: int
+) -> tuple[list[str], int]:
+    """The window of a file's redacted text (see `_window`), read in one go off the event loop."""
+    # Security: redact the whole text, then cut the window (a window alone can hide a secret's start).
+    return _window(_read_text(real, requested), redact_text, start_line, max_lines, max_bytes)
+
+
+def _read_text(real: Path, requested: str) -> str:
+    """The whole text of a regular file (bytes that aren't UTF-8 kept as lone surrogates), or a refusal."""
+    try:
+        # Security: O_NOFOLLOW refuses a symlink swapped in after resolve_path; O_NONBLOCK keeps a FIFO
+        # from hanging the open (it is refused just below as not a regular file).
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ToolRefused(f"Not found: no such file: {requested!r}.") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ToolRefused(f"Not a file: it is a directory; use list_repo_files: {requested!r}.")
+        if not stat.S_ISREG(info.st_mode):
+            raise ToolRefused(f"Not a file: not a regular file: {requested!r}.")
+        if info.st_size > MAX_READ_FILE_BYTES:
+            raise ToolRefused(
+                f"File too large: {info.st_size} bytes, over the {MAX_READ_FILE_BYTES} byte limit: {requested!r}."
+            )
+        data = handle.read(MAX_READ_FILE_BYTES + 1)
+    if b"\x00" in data[:_BINARY_PROBE_BYTES]:
+        raise ToolRefused(f"Binary file: it can't be shown: {requested!r}.")
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def _window(
+    text: str, redact_text: Callable[[str], str], start_line: int, max_lines: int, max_bytes: int
+) -> tuple[list[str], int]:
+    """Lines `start_line..` (with their newlines) of redacted `text` within `max_lines` and about `max_bytes`
+    UTF-8 bytes, and its line count. A first line longer than `max_bytes` is cut to its head."""
+    shown = redact_text(text)
+    lines = _split_newlines(shown)
+    selected: list[str] = []
+    used = 0
+    for line in lines[start_line - 1 : start_line - 1 + max_lines]:
+        size = len(line.encode("utf-8", errors="surrogateescape"))
+        if used + size > max_bytes:
+            if selected:
+                break  # stop here; the next call starts at this line
+            raw = line.encode("utf-8", errors="surrogateescape")[:max_bytes]  # one huge line: show its head
+            while raw and (raw[-1] & 0xC0) == 0x80:
+                raw = raw[:-1]  # don't cut a UTF-8 character in half
+            if raw and raw[-1] >= 0xC0:
+                raw = raw[:-1]
+            line = raw.decode("utf-8", errors="surrogateescape")
+            size = len(raw)
+        selected.append(line)
+        used += size
+    return selected, len(lines)
+
+
+def _split_newlines(text: str) -> list[str]:
+    """`text` cut after every newline (only there, as git counts lines), each line keeping its own."""
+    lines = text.split("\n")
+    out = [line + "\n" for line in lines[:-1]]
+    if lines[-1]:
+        out.append(lines[-1])
+    return out
+
+
+def _first_non_directory(root: str, parts: Sequence[str]) -> str | None:
+    """The first proper prefix of `parts` (relative, '/'-joined) that exists and is not a directory."""
+    probe = root
+    for i, part in enumerate(parts[:-1]):
+        probe = os.path.join(probe, part)
+        try:
+            info = os.lstat(probe)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(info.st_mode):
+            return "/".join(parts[: i + 1])
+    return None

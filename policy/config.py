@@ -20,6 +20,7 @@ from policy.types import Autonomy
 __all__ = [
     "DEFAULT_DENIED_GLOBS",
     "ENV_PREFIX",
+    "REPO_NAME_RE",
     "AgentSettings",
     "Backoff",
     "Budgets",
@@ -50,7 +51,8 @@ DEFAULT_DENIED_GLOBS: tuple[str, ...] = (
     "**/*.pfx",
 )
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
+REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
+"""An `owner/name` repository (the shape GitHub allows); the one definition, used by the forge client too."""
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -105,6 +107,10 @@ class ProjectConfig(_Model):
     budgets: Budgets = Budgets()
     max_consecutive_failures: Annotated[int, Field(ge=1, le=100)] = 3
     backoff: Backoff = Backoff()
+    # Cost: a daily limit in USD (UTC day; None: none), and models overriding [agent] (policy/spend.py).
+    daily_cost_usd: Annotated[float | None, Field(gt=0)] = None
+    model: str | None = None
+    fallback_model: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -116,7 +122,7 @@ class ProjectConfig(_Model):
     @field_validator("repo")
     @classmethod
     def _check_repo(cls, v: str) -> str:
-        if not _REPO_RE.match(v) or v.endswith(".git"):
+        if not REPO_NAME_RE.match(v) or v.endswith(".git"):
             raise ValueError("must look like 'owner/name'")
         return v
 
@@ -163,10 +169,17 @@ class AgentSettings(_Model):
     max_output_tokens: Annotated[int, Field(ge=256, le=64_000)] = 4096
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    # Cache breakpoints on the tools, the system prompt and the conversation's last turn (agent.prompt_cache).
+    prompt_caching: bool = True
+    # A cheaper model used once spending passes the notice share of a cost limit (policy/spend.py).
+    fallback_model: str | None = None
     # USD per million tokens: input, output, cache write, cache read.
     prices: Mapping[str, tuple[float, float, float, float]] = Field(
         default_factory=lambda: {"default": (3.0, 15.0, 3.75, 0.30)}
     )
+
+
+_DATABASE_DRIVERS: dict[str, str] = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 
 
 class ServerSettings(_Model):
@@ -190,6 +203,32 @@ class ServerSettings(_Model):
     # flight are observed until the window resets.
     rate_limit_reserve: Annotated[int, Field(ge=0, le=100_000)] = 100
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, v: str) -> str:
+        # The store runs on SQLite (aiosqlite) or PostgreSQL (asyncpg) only; say so at `config check`, not at the
+        # first connection. The URL itself is never echoed: it may hold a password.
+        scheme, sep, _ = v.partition("://")
+        backend, _, driver = scheme.lower().partition("+")
+        backend = "postgresql" if backend == "postgres" else backend
+        drivers = _DATABASE_DRIVERS.get(backend)
+        if not sep or drivers is None:
+            raise ValueError(
+                f"unsupported database {backend or v[:20]!r}: use sqlite+aiosqlite:///path or "
+                "postgresql+asyncpg://user@host/db"
+            )
+        if driver and driver != drivers:
+            raise ValueError(f"unsupported driver {driver!r} for {backend}: use {backend}+{drivers}")
+        return v
+
+
+class SpendLimits(_Model):
+    """Fleet-wide cost limits in USD (UTC day and month; None: no limit), and when to give notice."""
+
+    daily_usd: Annotated[float | None, Field(gt=0)] = None
+    monthly_usd: Annotated[float | None, Field(gt=0)] = None
+    notice_share: Annotated[float, Field(gt=0, lt=1)] = 0.8
+
 
 class GreenloopConfig(_Model):
     """The whole `greenloop.toml`."""
@@ -197,6 +236,7 @@ class GreenloopConfig(_Model):
     server: ServerSettings = ServerSettings()
     forge: ForgeSettings = ForgeSettings()
     agent: AgentSettings = AgentSettings()
+    spend: SpendLimits = SpendLimits()
     projects: tuple[ProjectConfig, ...] = ()
 
     @model_validator(mode="after")
@@ -237,9 +277,13 @@ def _loc(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay `GREENLOOP_<SECTION>__<KEY>=value` variables on the [server], [forge] and [agent] tables."""
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+    """Overlay `GREENLOOP_<SECTION>__<KEY>=value` variables on the [server], [forge] and [agent] tables.
+
+    Returns the data and, for each (section, key) a variable set, the variable's name (errors name it).
+    """
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    origins: dict[tuple[str, str], str] = {}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
@@ -249,7 +293,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         table = out.setdefault(section, {})
         if isinstance(table, dict):
             table[field] = value
-    return out
+            origins[(section, field)] = key
+    return out, origins
 
 
 def load_config_text(
@@ -266,12 +311,15 @@ def load_config_text(
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     if "project" in data and "projects" not in data:
         data["projects"] = data.pop("project")
-    data = _apply_env(data, env or {})
+    data, from_env = _apply_env(data, env or {})
     try:
         return GreenloopConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _loc(tuple(err["loc"]), data)
+        variable = from_env.get((str(err["loc"][0]), str(err["loc"][1]))) if len(err["loc"]) >= 2 else None
+        if variable is not None:
+            source = f"environment variable {variable}"  # the value came from there, not from the file
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

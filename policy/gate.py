@@ -5,7 +5,9 @@ the switches, and acts on the returned `Decision`. Checks run in a fixed order a
 wins:
 
     kill switch -> paused -> observe-only -> job not watched -> not failing -> own change (circuit breaker)
-    -> active attempt -> already handled -> escalated -> backoff -> flaky (rerun) -> start
+    -> active attempt -> already handled -> escalated -> backoff -> flaky (rerun) -> budget -> start
+
+A re-run costs no model tokens, so a spent budget (`policy.spend`) stops only new attempts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from policy.config import Backoff, ProjectConfig
+from policy.spend import SpendStatus
 from policy.types import ACTIVE_STATUSES, AttemptStatus, Autonomy, SkipReason
 
 __all__ = [
@@ -175,11 +178,13 @@ def decide(
     kill_switch: bool,
     bot_logins: Collection[str],
     already_rerun: bool = False,
+    spend: SpendStatus | None = None,
 ) -> Decision:
     """Decide whether `failure` gets a remediation attempt, a re-run, or nothing (and why).
 
     `history` is every attempt recorded for the project (any job); `already_rerun` says a re-run of this
-    failure was already asked for. Naive datetimes are taken as UTC. Never raises for well-typed input.
+    failure was already asked for; `spend` is where the cost limits stand (None: not checked). Naive
+    datetimes are taken as UTC. Never raises for well-typed input.
     """
     # Security: the kill switch and the pause come first; nothing below can override them.
     if kill_switch:
@@ -228,4 +233,7 @@ def decide(
     if is_flaky and not already_rerun:
         why = "is marked flaky" if failure.job in project.flaky_jobs else "passed before on the same commit"
         return Decision(action="rerun", reason=SkipReason.FLAKY_RERUN, detail=f"job {failure.job!r} {why}")
+    if spend is not None and spend.level == "exhausted":
+        until = _as_utc(spend.resets_at) - _as_utc(now) if spend.resets_at is not None else None
+        return _skip(SkipReason.BUDGET, f"cost limit reached: {spend.detail}", retry_after=until)
     return Decision(action="start", reason=None, detail=f"job {failure.job!r} is red on {failure.head_sha[:12]}")

@@ -15,6 +15,7 @@ import posixpath
 import re
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import PurePosixPath
 
@@ -160,9 +161,94 @@ def _escape_class(body: str) -> str:
     return "".join(out)
 
 
-def _translate_segment(segment: str) -> str:
-    """Translate one glob path segment (no '/') into a regex that never crosses '/'."""
-    out: list[str] = []
+@dataclass(frozen=True)
+class _Char:
+    """Consume one character that passes `kind`: 'lit' (equals `value`), 'any', 'not_slash' or 'class'."""
+
+    kind: str
+    value: str = ""
+    cls: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Continue at both `first` and `second` without consuming (a jump when they are equal)."""
+
+    first: int
+    second: int
+
+
+_Op = _Char | _Split
+_MAX_CACHED_STEPS = 4096  # transitions remembered per glob: plenty for a real pattern, bounded for the rest
+
+
+class _Glob:
+    """One compiled glob: a small program of `_Char`/`_Split` steps, run as a Thompson NFA.
+
+    Matching reads the name once, carrying the set of steps that could be active (never more than the
+    program's length): at most name length x program length work whatever the pattern, no backtracking to
+    blow up. Transitions between state sets are cached (a lazily built DFA, bounded), so a repeated
+    pattern costs about one dictionary lookup per character.
+    """
+
+    def __init__(self, ops: list[_Op], case_sensitive: bool) -> None:
+        self._ops = ops
+        self._fold = not case_sensitive
+        self._steps: dict[tuple[frozenset[int], str], frozenset[int]] = {}
+        self._start = self._closure([0])
+
+    def _closure(self, pcs: list[int]) -> frozenset[int]:
+        seen: set[int] = set()
+        while pcs:
+            pc = pcs.pop()
+            if pc in seen:
+                continue
+            seen.add(pc)
+            op = self._ops[pc] if pc < len(self._ops) else None
+            if isinstance(op, _Split):
+                pcs += (op.first, op.second)
+        return frozenset(seen)
+
+    def _accepts(self, op: _Char, ch: str) -> bool:
+        if op.kind == "lit":
+            return ch == op.value or (self._fold and ch.lower() == op.value.lower())
+        if op.kind == "not_slash":
+            return ch != "/"
+        if op.cls is not None:
+            return op.cls.fullmatch(ch) is not None
+        return True  # 'any'
+
+    def _step(self, states: frozenset[int], ch: str) -> frozenset[int]:
+        key = (states, ch)
+        found = self._steps.get(key)
+        if found is None:
+            nxt: list[int] = []
+            for pc in states:
+                op = self._ops[pc] if pc < len(self._ops) else None
+                if isinstance(op, _Char) and self._accepts(op, ch):
+                    nxt.append(pc + 1)
+            found = self._closure(nxt)
+            if len(self._steps) < _MAX_CACHED_STEPS:
+                self._steps[key] = found
+        return found
+
+    def fullmatch(self, text: str) -> bool:
+        states = self._start
+        for ch in text:
+            states = self._step(states, ch)
+            if not states:
+                return False
+        return len(self._ops) in states
+
+
+def _emit_star(ops: list[_Op], kind: str) -> None:
+    """Zero or more characters of `kind`."""
+    top = len(ops)
+    ops += (_Split(top + 1, top + 3), _Char(kind), _Split(top, top))
+
+
+def _emit_segment(ops: list[_Op], segment: str, flags: int) -> None:
+    """One glob path segment (no '/'): `*`, `?` and `[...]` never match '/'."""
     i, n = 0, len(segment)
     while i < n:
         ch = segment[i]
@@ -170,11 +256,11 @@ def _translate_segment(segment: str) -> str:
         if ch == "*":
             while i < n and segment[i] == "*":
                 i += 1
-            out.append("[^/]*")
+            _emit_star(ops, "not_slash")
         elif ch == "?":
-            out.append("[^/]")
+            ops.append(_Char("not_slash"))
         elif ch == "\\" and i < n:
-            out.append(re.escape(segment[i]))
+            ops.append(_Char("lit", segment[i]))
             i += 1
         elif ch == "[":
             j = i
@@ -185,7 +271,7 @@ def _translate_segment(segment: str) -> str:
             while j < n and segment[j] != "]":
                 j += 1
             if j >= n:
-                out.append(re.escape("["))
+                ops.append(_Char("lit", "["))
                 continue
             body = segment[i:j]
             i = j + 1
@@ -193,35 +279,42 @@ def _translate_segment(segment: str) -> str:
             if negate:
                 body = body[1:]
             body = _escape_class(body)
-            out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
+            # One character against one bracket expression: no repetition, nothing to backtrack.
+            regex = f"[^/{body}]" if negate else f"(?!/)[{body}]"
+            ops.append(_Char("class", cls=re.compile(regex, flags | re.DOTALL)))
         else:
-            out.append(re.escape(ch))
-    return "".join(out)
+            ops.append(_Char("lit", ch))
 
 
 @lru_cache(maxsize=512)
-def _compile_glob(pattern: str, case_sensitive: bool) -> re.Pattern[str]:
+def _compile_glob(pattern: str, case_sensitive: bool) -> _Glob:
     segments: list[str] = []
     for seg in pattern.strip("/").split("/"):
         if seg == "" or (seg == "**" and segments and segments[-1] == "**"):
             continue
         segments.append(seg)
-    regex = ""
+    flags = 0 if case_sensitive else re.IGNORECASE
+    ops: list[_Op] = []
     need_sep = False
     for i, seg in enumerate(segments):
-        sep = "/" if need_sep else ""
+        if need_sep:
+            ops.append(_Char("lit", "/"))
         if seg == "**":
-            if i == len(segments) - 1:
-                regex += sep + ".+"
-            else:
-                regex += sep + "(?:.+/)?"
+            if i == len(segments) - 1:  # a trailing '**': one or more characters, '/' included
+                ops.append(_Char("any"))
+                _emit_star(ops, "any")
+            else:  # a leading or inner '**/': nothing, or any characters ending with '/'
+                top = len(ops)
+                ops.append(_Split(top + 1, top + 6))
+                ops.append(_Char("any"))
+                _emit_star(ops, "any")
+                ops.append(_Char("lit", "/"))
                 need_sep = False
                 continue
         else:
-            regex += sep + _translate_segment(seg)
+            _emit_segment(ops, seg, flags)
         need_sep = True
-    flags = 0 if case_sensitive else re.IGNORECASE
-    return re.compile(regex, flags | re.DOTALL)
+    return _Glob(ops, case_sensitive)
 
 
 def matches_glob(rel: str, pattern: str, *, case_sensitive: bool = True) -> bool:
@@ -230,8 +323,11 @@ def matches_glob(rel: str, pattern: str, *, case_sensitive: bool = True) -> bool
     `*`, `?` and `[...]` stay within one component (and match dotfiles); `**` spans any number of
     components: `**/*.pem` matches at any depth, `.git/**` everything below `.git`, `**` everything.
     A pattern without `**/` matches at the root only: `CODEOWNERS` is not `docs/CODEOWNERS`.
+
+    Linear in `len(rel)` for a given pattern (at most `len(rel)` x pattern length steps): no pattern can
+    make it backtrack.
     """
-    return _compile_glob(pattern, case_sensitive).fullmatch(rel) is not None
+    return _compile_glob(pattern, case_sensitive).fullmatch(rel)
 
 
 def check_write_allowed(rel: PurePosixPath, rules: WriteRules) -> None:

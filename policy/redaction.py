@@ -15,6 +15,13 @@ What is recognised (kind in brackets):
 - `Authorization:` header values and `Bearer <token>` [authorization]; `user:pass@` in URLs;
   `password=`/`secret:`/`token=`/`api_key=` style assignments and `--password value` flags, keeping the
   key and redacting the value [secret]
+- the signature of a signed URL (a short-lived bearer credential): `signature=`/`sig=` query values,
+  `X-Amz-Signature`, `X-Goog-Signature`, Azure SAS `sig` [url_signature]
+
+No rule crosses a line break (the PEM walk tags every line of a block), so redacting a whole text keeps its
+lines where they were:
+a window cut from the redacted text afterwards (a page of a file or of a log) shows no part of a secret, even
+a multi-line key whose BEGIN line is outside the window. Cut windows only from redacted text.
 
 Strings in `extra_secrets` shorter than 6 characters are ignored (they would match everywhere).
 
@@ -116,6 +123,14 @@ def _url(m: re.Match[str], text: str) -> str:
     return m.group(0)  # a bare user name ("git@"); a token there is caught by the token rules
 
 
+def _signed_query(m: re.Match[str], text: str) -> str:
+    """`sig=`/`signature=` only as a whole query key or a `-Signature` suffix (not `design=`)."""
+    s = m.start()
+    if s > 0 and text[s - 1] not in "?&;-_ \t\"'":
+        return text[s : m.end()]
+    return _keyed("url_signature")(m, text)
+
+
 def _key_word(m: re.Match[str], text: str) -> str:
     """`...key = value`: only for api/access/private/secret/auth/client keys (not `monkey=3`)."""
     s = m.start()
@@ -152,6 +167,7 @@ _RULES: tuple[_Rule, ...] = (
     (re.compile(r"token" + _ASSIGN + _VALUE), True, _keyed("secret")),
     (re.compile(r"credentials?" + _ASSIGN + _VALUE), True, _keyed("secret")),
     (re.compile(r"key" + _ASSIGN + _VALUE), True, _key_word),
+    (re.compile(r"sig(?:nature)?=(?P<val>[^&\s\"'#<>]+)"), True, _signed_query),
 )
 # The same patterns compiled case-insensitively, for text whose lower-casing changes its length.
 _RULES_CI: dict[re.Pattern[str], re.Pattern[str]] = {

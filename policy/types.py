@@ -55,6 +55,7 @@ class SkipReason(StrEnum):
     ESCALATED = "escalated"  # consecutive-failure cap reached
     BACKOFF = "backoff"
     FLAKY_RERUN = "flaky_rerun"  # not a skip of the failure: a re-run is asked for instead
+    BUDGET = "budget"  # a daily or monthly cost limit is spent (policy/spend.py)
 
 
 class RefusalReason(StrEnum):

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from reconciler.api_models import ErrorBody, FieldError
 
 __all__ = [
@@ -120,8 +120,9 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
 def _invalid(exc: ValidationError, what: str) -> ApiError:
     errors = exc.errors(include_url=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errors):
-        msg = next(e["msg"] for e in errors if e["type"] == "json_invalid")
-        return ApiError(400, "invalid_json", f"Invalid JSON: {msg}.")
+        bad = next(e for e in errors if e["type"] == "json_invalid")
+        why = str(bad.get("ctx", {}).get("error") or bad["msg"].removeprefix("Invalid JSON: "))
+        return ApiError(400, "invalid_json", f"Invalid JSON: {why}.")
     fields = [FieldError(field=_field_name(tuple(e["loc"])), message=e["msg"]) for e in errors]
     first = fields[0]
     more = f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""
@@ -189,7 +190,9 @@ class BearerGuard:
         self.exempt = exempt  # paths with their own authentication (or none needed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.exempt:
+        path = str(scope.get("path", ""))
+        # The operators' pages (`reconciler.ui`) check their own session cookie, earned with the same token.
+        if scope["type"] != "http" or path in self.exempt or path == "/ui" or path.startswith("/ui/"):
             await self.app(scope, receive, send)
             return
         refusal = self._refusal(scope)

@@ -11,7 +11,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.json_schema import models_json_schema
 
 from policy.types import AttemptStatus
@@ -74,9 +83,36 @@ class _Response(BaseModel):
 class DebugReconcileRequest(_Request):
     """`POST /debug/reconcile`: run one pass over just these projects."""
 
-    repos: Annotated[list[ProjectKey], Field(min_length=1, max_length=1000)]
+    repos: Annotated[
+        list[ProjectKey] | None,
+        Field(min_length=1, max_length=1000, description="Project names or owner/name; absent or null: every project."),
+    ] = None
     dry_run: bool = False
 
+
+def _number_as_text(value: Any) -> Any:
+    # GitHub's run ids are JSON numbers; a scheduler forwarding one as is should not get a 422.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    return value
+
+
+_RUN_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]+$"
+RunId = Annotated[
+    str,
+    BeforeValidator(_number_as_text),
+    Field(min_length=1, max_length=100, pattern=_RUN_ID_PATTERN),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 100, "pattern": _RUN_ID_PATTERN},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": "The run's id: a string, or a non-negative integer (GitHub's are numbers).",
+        }
+    ),
+]
+"""A run id as sent: a string, or a non-negative integer kept as its decimal text."""
 
 RunStatus = Literal["queued", "in_progress", "completed"]
 RunConclusion = Literal[
@@ -101,7 +137,7 @@ class ReportedRun(_Request):
 
     project: ProjectKey
     job: Annotated[Text, Field(min_length=1, max_length=200)]
-    run_id: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
+    run_id: RunId
     status: RunStatus
     conclusion: RunConclusion | None = None
     head_sha: Annotated[str, Field(pattern=r"^[0-9a-f]{7,64}$", description="Lowercase hex commit id.")]

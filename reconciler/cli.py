@@ -7,6 +7,7 @@ can't stop the others.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -16,9 +17,17 @@ __all__ = ["build_parser", "main"]
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from mcp_server.settings import load_config
+    import os
+    from pathlib import Path
+
+    from infra.settings import CONFIG_ENV, load_config
 
     config = load_config(args.config)
+    if not args.config and not os.environ.get(CONFIG_ENV) and not Path("greenloop.toml").exists():
+        print(
+            f"no configuration file found: tried --config (not given), ${CONFIG_ENV} (unset), "
+            f"{Path('greenloop.toml').resolve()} (no such file); the built-in defaults apply"
+        )
     print(f"configuration OK: {len(config.projects)} project(s)")
     for p in config.projects:
         jobs = ",".join(p.jobs) or "all jobs"
@@ -38,9 +47,19 @@ def _logs_excerpt(args: argparse.Namespace) -> int:
     return logs_excerpt_command(args.file, args.budget_tokens, args.json)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from reconciler.demo import demo_command
+DEMO_ENTRY_POINT = "demo"
+"""The `greenloop.commands` entry point of the demo (registered by the `fixtures` package the wheel ships)."""
 
+
+def _demo(args: argparse.Namespace) -> int:
+    # The demo drives the local forge and the fixture projects, which are not product code: it is found
+    # through its entry point instead of imported, so the product never depends on `fixtures`.
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="greenloop.commands", name=DEMO_ENTRY_POINT)
+    if not found:
+        raise ConfigError("demo: not installed (the greenloop.commands entry point 'demo' is missing)")
+    demo_command: Callable[..., int] = next(iter(found)).load()
     return demo_command(as_json=args.json, deadline_seconds=args.deadline, keep_dir=args.keep)
 
 
@@ -67,23 +86,28 @@ def _agent_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.cli import agent_run_command
-    from mcp_server.settings import load_config
+    from infra.settings import load_config
+    from reconciler.cli_attempts import active_attempt_refusal
 
     config = load_config(args.config)
+    refusal = asyncio.run(active_attempt_refusal(config, args.project))
+    if refusal is not None:
+        print(f"greenloop: {refusal}", file=sys.stderr)
+        return 2
     return asyncio.run(agent_run_command(config, args.project, args.job, args.model, run_id=args.run_id))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `greenloop`."""
     parser = argparse.ArgumentParser(prog="greenloop", description="Keep scheduled jobs and CI green.")
-    parser.add_argument(
-        "--config", default=None, help="path of greenloop.toml (default: $GREENLOOP_CONFIG or ./greenloop.toml)"
-    )
+    parser.add_argument("--config", default=None, help=_CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the whole loop on the local forge and the fixture projects")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
-    p.add_argument("--deadline", type=float, default=120.0, help="seconds to wait for every project to settle")
+    p.add_argument(
+        "--deadline", type=_positive_seconds, default=120.0, help="seconds to wait for every project to settle"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (forge, store, workspaces)")
     p.set_defaults(func=_demo)
 
@@ -126,13 +150,49 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--budget-tokens", type=int, default=2000)
     ex.add_argument("--json", action="store_true", help="print the kept line numbers as JSON")
     ex.set_defaults(func=_logs_excerpt)
+
+    from reconciler.cli_attempts import register
+
+    register(sub)
+    _config_everywhere(parser)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+_CONFIG_HELP = "path of greenloop.toml (default: $GREENLOOP_CONFIG, else ./greenloop.toml)"
+
+
+def _config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let every sub-command take `--config` too (`greenloop config check --config FILE`, as the docs write it).
+
+    Its default there is "not given", so it never overrides a `--config` given before the sub-command.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                if not any("--config" in a.option_strings for a in child._actions):
+                    child.add_argument("--config", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+                _config_everywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `greenloop`; returns the process exit code."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    from infra.jsonlog import configure_json_logging
+
+    # Warnings and errors as redacted JSON lines on stderr, HTTP libraries quiet (`greenloop run` then logs
+    # from INFO up, the same way).
+    configure_json_logging(logging.WARNING)
     try:
         return int(func(args))
     except ConfigError as exc:

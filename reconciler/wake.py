@@ -4,10 +4,10 @@ Events are hints: a webhook or a reported run only asks "look at this project ag
 re-read from the forge and the store, never taken from the event. Whoever runs the loop provides the
 `Enqueue` (it coalesces and debounces); the HTTP API calls it with a configured project name.
 
-`BackgroundReconcile` is the TEMPORARY adapter used until the pass runner exists: it runs the same pass
-`POST /debug/reconcile` runs, for one project, in the background; a key enqueued while its pass runs is
-run once more afterwards (never twice at once, never more than one pass waiting per key). At merge it is
-replaced by the runner's `enqueue(key)`.
+`greenloop run` wakes its one `reconciler.runner.Runner` (`Runner.enqueue`: coalesced keys, one event
+pass). `BackgroundReconcile` is the fallback for an API served without a runner (tests, the bench): it
+runs the API's `reconcile_fn` for one project in the background; a key enqueued while its pass runs is
+run once more afterwards (never twice at once, never more than one pass waiting per key).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from reconciler.context import ReconcilerContext
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ Enqueue = Callable[[str], None]
 """Ask for one project (its configured name) to be reconciled soon; returns at once, never raises."""
 
 
-# TEMPORARY (issue 16): swapped for the pass runner's `enqueue(key)` when it lands.
 class BackgroundReconcile:
     """An `Enqueue` that runs `reconcile_fn(ctx, repos=[key])` in the background, one pass per key at a time."""
 

@@ -15,6 +15,7 @@ import asyncio
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 import sqlalchemy as sa
@@ -26,22 +27,32 @@ from reconciler.store.models import Attempt, Project, Transition, utcnow
 from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
 
 __all__ = [
+    "RESUMED",
     "SETTABLE_FIELDS",
+    "ResumeClaim",
     "StartOutcome",
     "StartReason",
     "active_attempts",
+    "active_by_project",
     "attempt_history",
     "attempt_transitions",
     "can_transition",
+    "claim_resume",
     "get_attempt",
     "heartbeat",
+    "last_failures",
     "list_attempts",
     "new_attempt_id",
+    "reopen_from_forge",
     "start_attempt",
     "transition",
 ]
 
 StartReason = Literal["started", "already_active", "already_handled", "busy"]
+ResumeClaim = Literal["resumed", "exhausted", "lost"]
+
+RESUMED: Final = "resumed_after_worker_died"
+"""The reason of the transition row (status unchanged) that records an attempt's one resume."""
 
 # Columns callers may set through `transition` / `heartbeat`; identity, status and timestamps are the store's.
 SETTABLE_FIELDS: Final[frozenset[str]] = frozenset(
@@ -72,6 +83,7 @@ _FORWARD: Final = (
     AttemptStatus.SUCCEEDED,
 )
 _ABORTS: Final = frozenset({AttemptStatus.FAILED, AttemptStatus.CANCELLED, AttemptStatus.ESCALATED})
+_FAILURES: Final = (AttemptStatus.FAILED, AttemptStatus.ESCALATED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +251,58 @@ async def transition(
     return await with_retry(_once)
 
 
+async def reopen_from_forge(
+    session_factory: SessionFactory,
+    attempt_id: str,
+    to: AttemptStatus,
+    *,
+    expected: AttemptStatus,
+    reason: str,
+    **fields: Any,
+) -> bool:
+    """Move a final attempt back to `pr_open` or `verifying` because the forge shows its pull request open or
+    merged: the one way out of a terminal state, for an end recorded wrongly (a reply lost after the forge
+    acted). A compare-and-set on `expected`; `finished_at` is cleared and a transition row recorded.
+
+    Returns False, changing nothing, when the attempt changed since it was read, or when the project has
+    another active attempt (the one-active-attempt index refuses: a later pass tries again).
+
+    Raises:
+        ValueError: `to` is not `pr_open`/`verifying`, or `expected` is not terminal.
+        TypeError: a name in `fields` that is not in `SETTABLE_FIELDS`.
+        StoreBusy: the database stayed locked through every bounded retry.
+        StoreError: any other database failure.
+    """
+    _check_fields(fields)
+    to, expected = AttemptStatus(to), AttemptStatus(expected)
+    if to not in (AttemptStatus.PR_OPEN, AttemptStatus.VERIFYING) or expected not in TERMINAL_STATUSES:
+        raise ValueError(f"Invalid reopen: {expected.value!r} -> {to.value!r}.")
+
+    async def _once() -> bool:
+        now = utcnow()
+        values: dict[str, Any] = {**fields, "status": to.value, "updated_at": now, "finished_at": None}
+        try:
+            async with translated(), session_factory() as session, session.begin():
+                result = await session.execute(
+                    sa.update(Attempt)
+                    .where(Attempt.id == attempt_id, Attempt.status == expected.value)
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+                if rowcount(result) != 1:
+                    return False
+                session.add(
+                    Transition(
+                        attempt_id=attempt_id, from_status=expected.value, to_status=to.value, reason=reason, at=now
+                    )
+                )
+        except ConstraintRefused:
+            return False
+        return True
+
+    return await with_retry(_once)
+
+
 async def heartbeat(session_factory: SessionFactory, attempt_id: str, **fields: Any) -> bool:
     """Refresh `heartbeat_at` (and optionally progress `fields`) of an active attempt.
 
@@ -285,6 +349,96 @@ async def active_attempts(session_factory: SessionFactory, project: str | None =
     if project is not None:
         query = query.where(Attempt.project == project)
     return await fetch_all(session_factory, query.order_by(Attempt.created_at, Attempt.id))
+
+
+async def active_by_project(session_factory: SessionFactory, projects: Iterable[str]) -> dict[str, Attempt]:
+    """The active attempt of each of `projects` that has one (the index allows at most one per project).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    names = list(projects)
+    query = sa.select(Attempt).where(Attempt.project.in_(names), Attempt.status.in_(_values(ACTIVE_STATUSES)))
+    return {a.project: a for a in await fetch_all(session_factory, query)}
+
+
+async def last_failures(session_factory: SessionFactory, projects: Iterable[str]) -> dict[str, datetime]:
+    """When each of `projects` last had an attempt end failed or escalated (projects without one are absent).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    names = list(projects)
+    query = (
+        sa.select(Attempt.project, sa.func.max(Attempt.finished_at))
+        .where(Attempt.project.in_(names), Attempt.status.in_(_values(_FAILURES)))
+        .group_by(Attempt.project)
+    )
+    async with translated(), session_factory() as session:
+        return {name: at for name, at in await session.execute(query) if at is not None}
+
+
+async def ended_without_pull_request(
+    session_factory: SessionFactory, projects: Iterable[str], *, since: datetime, limit: int
+) -> list[Attempt]:
+    """The projects' attempts that ended since `since` naming a fix branch but no pull request, newest first
+    (at most `limit`): one statement, whatever the number of projects."""
+    query = (
+        sa.select(Attempt)
+        .where(
+            Attempt.project.in_(list(projects)),
+            Attempt.status.in_(_values(TERMINAL_STATUSES)),
+            Attempt.pr_number.is_(None),
+            Attempt.branch.is_not(None),
+            Attempt.finished_at >= since,
+        )
+        .order_by(Attempt.finished_at.desc())
+        .limit(limit)
+    )
+    return await fetch_all(session_factory, query)
+
+
+async def claim_resume(
+    session_factory: SessionFactory, attempt_id: str, status: AttemptStatus, *, timeout: timedelta
+) -> ResumeClaim:
+    """Claim a dead worker's attempt to run it again, at most once per attempt; the database decides.
+
+    One compare-and-set: the attempt is still in `status`, its last sign of life is still older than
+    `timeout`, and no earlier resume is recorded; it sets a fresh heartbeat and records a transition row
+    (`status -> status`, reason `RESUMED`). `exhausted`: it was resumed once already and is stale again;
+    `lost`: it changed since it was read (another replica's pass claimed it, or its worker beat again).
+
+    Raises:
+        StoreBusy, StoreError: the database stayed busy or failed.
+    """
+    earlier = sa.exists().where(Transition.attempt_id == attempt_id, Transition.reason == RESUMED)
+    last_sign = sa.func.coalesce(Attempt.heartbeat_at, Attempt.updated_at, Attempt.created_at)
+
+    async def _once() -> ResumeClaim:
+        now = utcnow()
+        async with session_factory() as session, session.begin():
+            # The write transaction starts with the UPDATE, so SQLite takes its write lock at once.
+            result = await session.execute(
+                sa.update(Attempt)
+                .where(Attempt.id == attempt_id, Attempt.status == status.value, last_sign < now - timeout, ~earlier)
+                .values(heartbeat_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if rowcount(result) == 1:
+                session.add(
+                    Transition(
+                        attempt_id=attempt_id, from_status=status.value, to_status=status.value, reason=RESUMED, at=now
+                    )
+                )
+                return "resumed"
+            still_stale = await session.scalar(
+                sa.select(sa.func.count())
+                .select_from(Attempt)
+                .where(Attempt.id == attempt_id, Attempt.status == status.value, last_sign < now - timeout, earlier)
+            )
+            return "exhausted" if still_stale else "lost"
+
+    return await with_retry(_once)
 
 
 async def attempt_history(session_factory: SessionFactory, project: str, *, limit: int = 50) -> list[Attempt]:

@@ -7,6 +7,7 @@ plausible shape and real refusals (ToolError -> is_error) so the loop's behaviou
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -14,6 +15,13 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
+
+from agent.loop import AttemptOutcome, run_attempt
+from agent.models import AnthropicBackend
+from agent.prompt_cache import PrefixCache
+from agent.types import AttemptTask
+from fixtures.fake_anthropic import FakeAnthropic, run_fake_anthropic
+from policy.config import AgentSettings, Budgets
 
 FORGE_TOKEN = "ghs_standinForgeToken0123456789abcdef"
 RUN_ID = 4242
@@ -44,6 +52,7 @@ class StandInRepo:
     merged: bool = False
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     allow_merge: bool = True
+    lose_pr_reply: bool = False  # the PR is opened, then the tool fails (its reply was lost)
 
 
 def build_standin(repo: StandInRepo) -> MCPServer:
@@ -132,6 +141,8 @@ def build_standin(repo: StandInRepo) -> MCPServer:
         if not repo.commits:
             raise ToolError("Refused: push a commit first.")
         repo.pr = 7
+        if repo.lose_pr_reply:
+            raise ToolError("Forge unavailable: POST /repos/acme/calc/pulls: RemoteProtocolError.")
         return {"number": 7, "url": "http://forge.test/acme/calc/pull/7", "created": True}
 
     @srv.tool()
@@ -143,7 +154,7 @@ def build_standin(repo: StandInRepo) -> MCPServer:
         if repo.pr is None:
             raise ToolError("Refused: no pull request.")
         repo.merged = True
-        return {"merged": True, "sha": "f" * 40}
+        return {"number": repo.pr, "merged": True, "sha": "f" * 40}
 
     return srv
 
@@ -159,3 +170,22 @@ GOOD_STEPS: list[dict[str, Any]] = [
     {"tool_use": {"name": "create_pull_request", "input": {"title": "Fix add", "body": "add() added 1."}}},
     {"text": "Opened a pull request fixing add()."},
 ]
+
+
+async def run_on_fake_api(
+    actions: Sequence[dict[str, Any]],
+    standin: Callable[[], Any],
+    task: AttemptTask,
+    settings: AgentSettings,
+    budgets: Budgets,
+) -> tuple[AttemptOutcome, FakeAnthropic]:
+    """One attempt through the real SDK against the fake API, whose prompt cache takes prefixes of 200+ tokens
+    (the stand-in's tools are smaller than the real minimum)."""
+    fake = FakeAnthropic(list(actions), cache=PrefixCache(min_tokens=200))
+    async with (
+        run_fake_anthropic(fake) as url,
+        standin() as client,
+        AnthropicBackend(settings, api_key=fake.api_key, base_url=url) as backend,
+    ):
+        outcome = await run_attempt(backend, client, task, budgets, settings=settings, secrets=[fake.api_key])
+    return outcome, fake

@@ -37,7 +37,7 @@ SCRIPT: dict[str, Any] = {
 
 
 def _request(messages: list[dict[str, Any]] | None = None) -> ModelRequest:
-    return ModelRequest(model="m", max_tokens=100, system="s", tools=[],
+    return ModelRequest(model="m", max_tokens=100, system=[{"type": "text", "text": "s"}], tools=[],
                         messages=messages or [{"role": "user", "content": "go"}])
 
 

@@ -112,3 +112,18 @@ async def test_agent_run_refuses_what_it_cannot_do_with_exit_code_2(
                                    open_session=_opener(standin, []), env=env, out=out)
     assert code == 2
     assert message in out.getvalue()
+
+
+async def test_agent_run_refuses_a_run_id_that_does_not_exist_before_calling_the_model(
+    standin: Callable[[], Any], repo: StandInRepo
+) -> None:
+    fake = FakeAnthropic([GOOD_STEPS[0], {"text": "never reached"}])
+    out = io.StringIO()
+    async with run_fake_anthropic(fake) as url:
+        code = await agent_run_command(_config(base_url=url, max_retries=0), "calc", "test", "anthropic:claude-x",
+                                       run_id=123, open_session=_opener(standin, []),
+                                       env={"ANTHROPIC_API_KEY": fake.api_key}, out=out)
+    assert code == 2
+    assert "run 123 of job 'test' cannot be read" in out.getvalue() and "no model call was made" in out.getvalue()
+    assert fake.message_requests == []  # not one token spent
+    assert repo.calls == [("get_job_logs", {"run_id": 123})]

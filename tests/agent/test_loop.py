@@ -76,7 +76,8 @@ async def test_loop_sends_mcp_tools_as_anthropic_tool_definitions_with_auth_head
     assert read["description"] == "Read one file of the repository."
     assert read["input_schema"]["type"] == "object" and read["input_schema"]["required"] == ["path"]
     assert body["model"] == "claude-test" and body["max_tokens"] == settings.max_output_tokens
-    assert "calc" in body["system"] and str(RUN_ID) in body["system"] and "untrusted" in body["system"]
+    system = body["system"][0]["text"]
+    assert "calc" in system and str(RUN_ID) in system and "untrusted" in system
 
 
 async def test_every_tool_use_is_answered_by_a_matching_tool_result(

@@ -162,3 +162,23 @@ def test_report_escapes_table_cells_and_fences() -> None:
     assert "| 1 | `a\\|b c` | refused: x \\| y |" in report
     assert report.count("```") == 2
     assert "The model did not say." in report and "Turns: 3; tokens: 10; cost: $0.5000" in report
+
+
+def test_report_lists_the_failing_tests_and_error_locations_from_the_excerpt_header() -> None:
+    from mcp_server.log_excerpt import excerpt
+
+    log = "\n".join([*[f"ok step {i}" for i in range(50)], "./commands.go:395:20: undefined: parseFlags",
+                     "--- FAIL: TestParse (0.00s)", "FAIL"]) + "\n"
+    first_log = excerpt(log, budget_tokens=500).rendered
+    task = AttemptTask(project="p", job="j", failing_run_id=1, head_sha="s")
+    report = render_report(
+        task=task, stop_reason=StopReason.NO_FIX, stop_detail="gave up", first_log=first_log, writes=[],
+        hypothesis=None, turns=3, tokens=10, cost_usd=0.5,
+    )
+    assert "- Failing tests: TestParse" in report
+    assert "- Error locations: ./commands.go:395:20" in report
+    no_header = render_report(
+        task=task, stop_reason=StopReason.NO_FIX, stop_detail="gave up", first_log="  1| boom\n", writes=[],
+        hypothesis=None, turns=3, tokens=10, cost_usd=0.5,
+    )
+    assert "root cause first" not in no_header

@@ -7,11 +7,17 @@ import asyncio
 import base64
 import os
 import shutil
+import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import anyio
+import uvicorn
+from starlette.types import ASGIApp
 
 from fixtures.forge import Forge
 from mcp_server.audit import AuditEvent
@@ -175,3 +181,27 @@ def result_text(result: Any) -> str:
     parts = [getattr(block, "text", "") for block in result.content]
     parts.append(repr(result.structured_content))
     return "\n".join(parts)
+
+
+@asynccontextmanager
+async def loopback_server(make_app: Callable[[int], ASGIApp]) -> AsyncIterator[int]:
+    """Serve `make_app(port)` with uvicorn on a free 127.0.0.1 port in this event loop; yields the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(port), log_level="warning", access_log=False, lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        with anyio.fail_after(20):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+        yield port
+    finally:
+        server.should_exit = True
+        with anyio.fail_after(20):
+            await task
+        sock.close()

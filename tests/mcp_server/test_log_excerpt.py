@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bench.log_excerpt import load_groundtruth, render_table, run
-from mcp_server.log_excerpt import CHARS_PER_TOKEN, MIN_BUDGET_TOKENS, Excerpt, excerpt, tail
+from mcp_server.log_excerpt import CHARS_PER_TOKEN, MIN_BUDGET_TOKENS, Excerpt, excerpt, excerpt_of_lines, tail
+from mcp_server.log_facts import LogFacts, extract_facts, facts_header, header_facts
 from mcp_server.logs_cli import logs_excerpt_command
 
 DATA = Path(__file__).parent / "data" / "ci_logs"
@@ -75,7 +76,11 @@ def _assert_consistent(result: Excerpt, budget: int) -> None:
     assert result.kept_line_numbers == sorted(set(result.kept_line_numbers))
     shown = [line.number for line in result.lines if line.omitted_through is None]
     assert shown == result.kept_line_numbers
-    rows = [row for row in result.rendered.splitlines() if not (result.note and row == result.note)]
+    rows = result.rendered.splitlines()
+    if result.summary:
+        assert result.rendered.startswith(result.summary + "\n")
+        rows = rows[result.summary.count("\n") + 1 :]
+    rows = [row for row in rows if not (result.note and row == result.note)]
     assert len(rows) == len(result.lines)
     for line, row in zip(result.lines, rows, strict=True):
         if line.omitted_through is None:
@@ -281,8 +286,13 @@ def test_recall_on_labelled_sample() -> None:
     for row in rows:
         assert row["ours_recall"] >= 0.9, row
         assert row["ours_tokens"] <= row["budget"]
+    for row in rows:
+        assert row["ours_first_kept"], row
+        assert row["best_recall"] >= row["ours_recall"] - 0.05, row
     table = render_table(rows)
-    assert table.count("\n") == 3 and "| 2000 | 3 |" in table
+    assert "| 2000 | 3 |" in table and "**met** (100%)" in table
+    bench = table.splitlines()[-1]
+    assert bench.startswith("BENCH log_excerpt recall_1k=") and "first_kept_1k=1.000" in bench
 
 
 def test_groundtruth_ranges_are_read() -> None:
@@ -318,3 +328,131 @@ def test_cli_unreadable_file_is_one_line_and_exit_2(name: str, tmp_path: Path,
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and captured.err.startswith("greenloop: Cannot read log file:")
+
+
+# -- root cause first ---------------------------------------------------------------------------------------
+
+
+def _go_log(*, failing_tests: int = 60) -> str:
+    """A Go CI log: a compiler error early in the step, then many later (higher-scoring, repeated) failures."""
+    rows = ["##[group]Run go build ./... && go test ./...", *[f"go: downloading example.com/mod{i} v1.{i}.0"
+                                                           for i in range(50)]]
+    rows.append("##[error]./commands.go:395:20: undefined: parseFlags")
+    rows += [f"ok  \texample.com/app/pkg{i}\t0.0{i % 10}s" for i in range(40)]
+    for i in range(failing_tests):
+        rows += [f"=== RUN   TestCommand{i}", f"    commands_test.go:{100 + i}: expected exit code 0, got 2",
+                 f"--- FAIL: TestCommand{i} (0.00s)", "FAIL\texample.com/app/cmd\t0.012s"]
+    rows += ["FAIL", "##[error]Process completed with exit code 1."]
+    return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("budget", [1000, 2000, 4000])
+def test_the_first_error_is_kept_before_later_repeated_failures(budget: int) -> None:
+    log = _go_log()
+    result = excerpt(log, budget_tokens=budget)
+    _assert_consistent(result, budget)
+    first = _number_of(log, "undefined: parseFlags")
+    assert first in result.kept_line_numbers
+    assert result.summary is not None and result.summary.startswith("Failing tests: TestCommand0, TestCommand1")
+    assert result.error_locations[0] == "./commands.go:395:20"  # root cause first, then the later ones
+    assert result.failing_tests[:2] == ["TestCommand0", "TestCommand1"]
+
+
+_WARNING_THEN_ERROR = [
+    *[f"[INFO] step {i}" for i in range(100)],
+    "[WARNING] /src/main/java/a/Unsafe.java:[19,15] Unsafe is internal proprietary API",
+    "java.lang.InterruptedException",
+    "\tat java.lang.Object.wait(Native Method)",
+    *[f"[INFO] compiling {i}" for i in range(300)],
+    "[ERROR] /src/main/java/a/Map.java:[155,27] error: incompatible types",
+    *[f"[ERROR] /src/main/java/a/Other{i}.java:[{i},1] error: cannot find symbol" for i in range(150)],
+    "[INFO] BUILD FAILURE",
+]
+_ERROR_IN_A_STEP_THAT_SUCCEEDED = [
+    "##[group]Run mvn -B dependency:go-offline --fail-never",
+    "[ERROR] /w/src/Early.java:[1,1] cannot find symbol",
+    *[f"[INFO] downloaded {i}" for i in range(300)],
+    "##[group]Run mvn -B verify",
+    *[f"[INFO] building {i}" for i in range(300)],
+    "[ERROR] /w/src/Late.java:[42,46] cannot access Compiler",
+    *[f"[ERROR] Tests run: {i}, Failures: 1 <<< FAILURE! - in a.T{i}Test" for i in range(120)],
+    "##[error]Process completed with exit code 1.",
+]
+
+
+@pytest.mark.parametrize(
+    ("rows", "needle", "location"),
+    [
+        pytest.param(_WARNING_THEN_ERROR, "Map.java:[155,27]", "/src/main/java/a/Map.java:155:27",
+                     id="a-warning-or-a-bare-exception-is-not-it"),
+        pytest.param(_ERROR_IN_A_STEP_THAT_SUCCEEDED, "Late.java:[42,46]", "/w/src/Late.java:42:46",
+                     id="an-error-in-a-step-that-succeeded-is-not-it"),
+    ],
+)
+def test_the_first_error_is_the_first_real_failure(rows: list[str], needle: str, location: str) -> None:
+    log = "\n".join(rows) + "\n"
+    result = excerpt(log, budget_tokens=1000)
+    assert _number_of(log, needle) in result.kept_line_numbers
+    assert result.error_locations[0] == location
+    assert "Unsafe.java" not in (result.summary or "")
+
+
+def test_the_summary_takes_a_small_share_of_the_budget_and_is_redacted() -> None:
+    rows = [f"--- FAIL: TestVeryLongNameNumber{i}_{LIVE} (0.00s)" for i in range(200)] + ["FAIL"]
+    result = excerpt("\n".join(rows) + "\n", budget_tokens=1000, extra_secrets=[LIVE])
+    _assert_consistent(result, 1000)
+    assert result.summary is not None and "(+" in result.summary  # the rest is counted, not listed
+    assert len(result.summary) <= 0.12 * 1000 * CHARS_PER_TOKEN
+    assert LIVE not in result.rendered and LIVE not in json.dumps(result.model_dump())
+
+
+def test_pages_and_logs_without_failures_have_no_summary() -> None:
+    assert excerpt(_go_log(), start_line=1, budget_tokens=500).summary is None
+    assert excerpt("all good\n" * 20).summary is None
+
+
+@pytest.mark.parametrize(
+    ("line", "tests", "places"),
+    [
+        pytest.param("FAIL: test_last_page (test_pagination.PageTest.test_last_page)",
+                     ["test_pagination.PageTest.test_last_page"], [], id="unittest"),
+        pytest.param("FAILED tests/test_dates.py::test_parse[a-b] - ValueError: boom",
+                     ["tests/test_dates.py::test_parse[a-b]"], [], id="pytest"),
+        pytest.param("    --- FAIL: TestParse/empty (0.00s)", ["TestParse/empty"], [], id="go"),
+        pytest.param("test parser::tests::empty ... FAILED", ["parser::tests::empty"], [], id="rust"),
+        pytest.param("testFoo(com.x.FooTest)  Time elapsed: 0.01 sec  <<< FAILURE!", ["com.x.FooTest.testFoo"], [],
+                     id="surefire-2"),
+        pytest.param("[ERROR]   FooTest.bar:42 expected:<1> but was:<2>", ["FooTest.bar"], [], id="surefire-summary"),
+        pytest.param("ConsoleClientTest > testClassicParsing() FAILED", ["ConsoleClientTest > testClassicParsing()"],
+                     [], id="gradle"),
+        pytest.param("  ✕ adds numbers (5 ms)", ["adds numbers"], [], id="jest"),
+        pytest.param('  File "/home/runner/work/app/app/src/dates.py", line 41, in parse_date', [],
+                     ["src/dates.py:41"], id="python-frame"),
+        pytest.param('  File "/usr/lib/python3.11/json/decoder.py", line 3, in x', [], [], id="library-frame"),
+        pytest.param("[ERROR] /w/src/A.java:[155,27] error: incompatible types", [], ["/w/src/A.java:155:27"],
+                     id="javac"),
+        pytest.param("./commands.go:395:20: undefined: parseFlags", [], ["./commands.go:395:20"], id="go-build"),
+        pytest.param("src/lib.rs:12:5: error[E0308]: mismatched types", [], ["src/lib.rs:12:5"], id="rust-build"),
+        pytest.param("\tat com.x.Foo.bar(Foo.java:12)", [], [], id="java-frame"),
+        pytest.param("Tests run: 12, Failures: 0, Errors: 0", [], [], id="no-failure"),
+    ],
+)
+def test_failing_tests_and_locations_are_extracted(line: str, tests: list[str], places: list[str]) -> None:
+    assert extract_facts([line]) == LogFacts(failing_tests=tests, locations=places)
+
+
+def test_the_header_is_read_back_from_an_excerpt() -> None:
+    header = facts_header(LogFacts(failing_tests=["a", "b"], locations=["x.py:1"]), 200)
+    assert header == "Failing tests: a, b\nError locations: x.py:1"
+    assert header_facts(header + "\n  12| some line\n") == header.splitlines()
+    assert header_facts("  12| Failing tests: no\n") == []
+    assert facts_header(LogFacts(), 200) is None
+
+
+def test_best_possible_shows_the_given_lines_as_far_as_they_fit() -> None:
+    log = "".join(f"line {i}\n" for i in range(1, 1001))
+    wanted = list(range(100, 1000, 3))
+    result = excerpt_of_lines(log, wanted, budget_tokens=300)
+    _assert_consistent(result, 300)
+    assert result.kept_line_numbers and set(result.kept_line_numbers) <= set(wanted)
+    assert len(result.kept_line_numbers) < len(wanted)

@@ -3,7 +3,6 @@ requests without a valid token, or for another host, never reach a tool."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -18,10 +17,10 @@ import anyio
 import httpx2
 import jwt
 import pytest
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from server_support import Harness, harness, result_text
+from server_support import Harness, harness, loopback_server, result_text
+from starlette.applications import Starlette
 
 from fixtures.forge import run_forge
 from mcp_server.auth import AUDIENCE, ISSUER, mint_token
@@ -61,34 +60,20 @@ def idle_seconds() -> float:
 async def served(tmp_path: Path, idle_seconds: float) -> AsyncIterator[Served]:
     async with run_forge(tmp_path / "forge", projects=["bug-lib", "stale-import"]) as forge:
         h = harness(forge, tmp_path, {"bug-lib": "auto_merge", "stale-import": "propose"})
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        sock.setblocking(False)
-        port = sock.getsockname()[1]
-        app = http_app(
-            h.factory,
-            mode=Mode.AGENT,
-            secret=SECRET,
-            projects=["bug-lib"],
-            host="127.0.0.1",
-            port=port,
-            idle_seconds=idle_seconds,
-        )
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            with anyio.fail_after(20):
-                while not server.started:
-                    if task.done():
-                        task.result()
-                    await asyncio.sleep(0.02)
+
+        def app(port: int) -> Starlette:
+            return http_app(
+                h.factory,
+                mode=Mode.AGENT,
+                secret=SECRET,
+                projects=["bug-lib"],
+                host="127.0.0.1",
+                port=port,
+                idle_seconds=idle_seconds,
+            )
+
+        async with loopback_server(app) as port:
             yield Served(url=f"http://127.0.0.1:{port}/mcp", port=port, h=h)
-        finally:
-            server.should_exit = True
-            with anyio.fail_after(20):
-                await task
-            sock.close()
 
 
 def _client(url: str, token: str) -> Client:
@@ -227,3 +212,5 @@ async def test_serve_http_command_needs_a_token_and_serves_with_one(tmp_path: Pa
         with anyio.fail_after(30):
             await process.wait()
         errlog.close()
+    announced = (tmp_path / "stderr.log").read_text(encoding="utf-8")
+    assert f"greenloop-mcp: serving MCP over streamable HTTP at {url}\n" in announced  # where to connect

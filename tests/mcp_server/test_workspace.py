@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from secret_shapes import assert_nothing_shown, secret_files
 
 from fixtures.forge.server import Forge, run_forge
+from mcp_server import workspace as workspace_module
 from mcp_server.errors import GitError, ToolRefused, WorkspaceError, WorkspaceRefused
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
@@ -628,3 +631,91 @@ async def test_a_resumed_attempt_pushes_its_own_earlier_commit_instead_of_refusi
         await resumed.commit_and_push("x", attempt_id=ATTEMPT, expected_branch=BRANCH)
     with pytest.raises(ToolRefused, match="Nothing to commit"):  # another attempt's commit is not its own
         await env.workspace().commit_and_push("x", attempt_id="other123", expected_branch=BRANCH)
+
+
+# ---------------------------------------------------------------------------------------------- windowed redaction
+
+
+@pytest.mark.anyio
+async def test_every_window_of_every_secret_shape_shows_no_secret(env: Env) -> None:
+    """Issue 12: a window starting inside a PEM block used to return its raw base64 lines."""
+    ws = await cloned(env)
+    for name, (text, pieces) in secret_files().items():
+        (ws.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws.root / name).write_text(text)
+        whole = await ws.read_file(name)
+        assert not whole.truncated
+        total = whole.total_lines
+        for start in range(1, total + 1):
+            for count in range(1, total - start + 2):
+                got = await ws.read_file(name, start_line=start, max_lines=count)
+                assert_nothing_shown(got.content, pieces, f"{name} lines {start}+{count}")
+                assert got.content.count("\n") == got.end_line - got.start_line + 1 or got.end_line == total
+        for budget in range(20, len(text) + 40, 37):
+            got = await ws.read_file(name, max_bytes=budget)
+            assert_nothing_shown(got.content, pieces, f"{name} first {budget} bytes")
+
+
+# ---------------------------------------------------------------------------------------------- filesystem errors
+
+
+@pytest.mark.anyio
+async def test_writing_or_reading_under_a_file_is_refused_naming_that_file(env: Env) -> None:
+    """Issue 12: 'README.md/x' raised NotADirectoryError, which reached the model as "Internal error"."""
+    ws = await on_fix_branch(env)
+    (ws.root / "docs").mkdir(exist_ok=True)
+    (ws.root / "docs" / "guide.md").write_text("guide\n")
+    for path in ("docs/guide.md/x", "docs/guide.md/deeper/x.txt"):
+        with pytest.raises(ToolRefused) as write:
+            await ws.write_file(path, "x\n", **LIMITS)
+        assert "'docs/guide.md' is a file, not a directory" in str(write.value)
+        with pytest.raises(ToolRefused) as read:
+            await ws.read_file(path)
+        assert str(read.value).startswith(("Read refused: 'docs/guide.md' is a file", "Not found"))
+    assert not (ws.root / "docs" / "guide.md").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("code", "named"),
+    [
+        pytest.param(errno.ENOTDIR, "a component of the path is not a directory", id="NotADirectoryError"),
+        pytest.param(errno.ENAMETOOLONG, "the name 'name.txt' is too long", id="name-too-long"),
+        pytest.param(errno.ELOOP, "too many symbolic links", id="too-many-symlink-levels"),
+        pytest.param(
+            errno.EACCES, "permission denied on 'deep/dir/name.txt' or its directory 'deep/dir'", id="PermissionError"
+        ),
+        pytest.param(
+            errno.EPERM,
+            "permission denied on 'deep/dir/name.txt' or its directory 'deep/dir'",
+            id="PermissionError-EPERM",
+        ),
+        pytest.param(errno.EROFS, "the workspace's filesystem is read-only", id="read-only-filesystem"),
+        pytest.param(errno.EISDIR, "'deep/dir/name.txt' is a directory", id="IsADirectoryError"),
+        pytest.param(errno.ENOSPC, "no space left", id="no-space"),
+        pytest.param(errno.EIO, "the filesystem refused 'deep/dir/name.txt'", id="other-OSError"),
+    ],
+)
+@pytest.mark.anyio
+async def test_every_os_error_of_a_write_or_read_is_a_clear_refusal(
+    env: Env, monkeypatch: pytest.MonkeyPatch, code: int, named: str
+) -> None:
+    ws = await on_fix_branch(env)
+    (ws.root / "deep" / "dir").mkdir(parents=True)
+    (ws.root / "deep" / "dir" / "name.txt").write_text("old\n")
+    host = str(ws.root / "deep" / "dir" / "name.txt")
+
+    def fail(*args: object) -> None:
+        raise OSError(code, os.strerror(code), host)  # OSError(...) builds the errno's subclass
+
+    monkeypatch.setattr(workspace_module, "_replace_file", fail)
+    monkeypatch.setattr(workspace_module, "_read_text", fail)
+    for action, call in (
+        ("Write", ws.write_file("deep/dir/name.txt", "new\n", **LIMITS)),
+        ("Read", ws.read_file("deep/dir/name.txt")),
+    ):
+        with pytest.raises(ToolRefused) as refused:
+            await call
+        message = str(refused.value)
+        assert message.startswith(f"{action} refused: ") and named in message, message
+        assert str(env.tmp) not in message  # never the host path the OS error carries
+    assert (ws.root / "deep" / "dir" / "name.txt").read_text() == "old\n"

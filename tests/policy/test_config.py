@@ -123,3 +123,48 @@ def test_env_ignores_unrelated_variables() -> None:
 def test_unknown_env_key_is_reported_like_a_file_key() -> None:
     with pytest.raises(ConfigError, match=r"server\.bogus: unknown key"):
         load_config_text("", env={"GREENLOOP_SERVER__BOGUS": "1"})
+
+
+def test_an_env_value_error_names_the_variable_not_the_file() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(GOOD, source="conf/greenloop.toml", env={"GREENLOOP_SERVER__HTTP_PORT": "eighty"})
+    message = str(info.value)
+    assert message.startswith("environment variable GREENLOOP_SERVER__HTTP_PORT: server.http_port: ")
+    assert "conf/greenloop.toml" not in message
+    # A problem in the file is still blamed on the file, even with unrelated variables set.
+    with pytest.raises(ConfigError, match=r"^conf/greenloop\.toml: server\.http_port"):
+        load_config_text(
+            "[server]\nhttp_port = 'x'\n", source="conf/greenloop.toml", env={"GREENLOOP_AGENT__MODEL": "m"}
+        )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://app:pw@db/greenloop", "unsupported database 'mysql'"),
+        ("mysql+pymysql://app@db/greenloop", "unsupported database 'mysql'"),
+        ("oracle://db/x", "unsupported database 'oracle'"),
+        ("greenloop.db", "unsupported database"),
+        ("postgresql+psycopg2://db/x", "unsupported driver 'psycopg2' for postgresql: use postgresql+asyncpg"),
+        ("sqlite+pysqlite:///x.db", "unsupported driver 'pysqlite' for sqlite: use sqlite+aiosqlite"),
+    ],
+)
+def test_only_sqlite_and_postgresql_database_urls_pass(url: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(f'[server]\ndatabase_url = "{url}"\n')
+    assert f"server.database_url: {expected}" in str(info.value)
+    assert "pw@" not in str(info.value)  # a password in the URL is never echoed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///g.db",
+        "sqlite+aiosqlite:///g.db",
+        "postgresql://u@h/db",
+        "postgres://u@h/db",
+        "postgresql+asyncpg://h/d",
+    ],
+)
+def test_sqlite_and_postgresql_urls_are_accepted(url: str) -> None:
+    assert load_config_text(f'[server]\ndatabase_url = "{url}"\n').server.database_url == url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from policy.config import WriteRules
 from policy.errors import PathRefused
 from policy.paths import (
+    MAX_PATH_BYTES,
     check_relative,
     check_write_allowed,
     confine,
@@ -368,6 +370,43 @@ def test_matches_glob(rel: str, pattern: str, matches: bool) -> None:
 def test_matches_glob_case_insensitive_on_request() -> None:
     assert not matches_glob(".GitHub/Workflows/a.yml", ".github/workflows/**")
     assert matches_glob(".GitHub/Workflows/a.yml", ".github/workflows/**", case_sensitive=False)
+
+
+# Per-match budget for the adversarial globs below: generous (a match takes milliseconds), while the old
+# backtracking matcher took ~17 s for `*a` x 10 on 40 characters and multiplied that with every extra `*a`.
+_MATCH_BUDGET_S = 1.0
+
+
+def _timed_match(rel: str, pattern: str, *, case_sensitive: bool = True) -> bool:
+    started = time.perf_counter()
+    got = matches_glob(rel, pattern, case_sensitive=case_sensitive)
+    took = time.perf_counter() - started
+    assert took < _MATCH_BUDGET_S, f"{pattern!r} on {len(rel)} characters took {took:.1f} s"
+    return got
+
+
+def test_the_issue_12_glob_answers_within_its_budget() -> None:
+    assert _timed_match("a" * 40, "*a" * 10 + "*b") is False
+    assert _timed_match("a" * 60, "*a" * 14 + "*b") is False
+    assert _timed_match("a" * 60, "*a" * 14 + "*") is True
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    unit=st.sampled_from(["*a", "*?", "**/a", "a*", "*[ab]", "**/*a", "?*", "*/a"]),
+    repeats=st.integers(min_value=1, max_value=60),
+    tail=st.sampled_from(["*b", "b", "**/b", "[!a]", "", "/**"]),
+    name_unit=st.sampled_from(["a", "a/", "aa/a", "A"]),
+    name_repeats=st.integers(min_value=1, max_value=2000),
+    case_sensitive=st.booleans(),
+)
+def test_adversarial_globs_match_within_the_budget(
+    unit: str, repeats: int, tail: str, name_unit: str, name_repeats: int, case_sensitive: bool
+) -> None:
+    pattern = (unit * repeats + tail)[:200]  # list_repo_files accepts globs of at most 200 characters
+    rel = (name_unit * name_repeats)[:MAX_PATH_BYTES]
+    _timed_match(rel, pattern, case_sensitive=case_sensitive)
+    _timed_match(rel + "b", pattern, case_sensitive=case_sensitive)
 
 
 def test_check_write_allowed_denied_wins_over_allowed() -> None:

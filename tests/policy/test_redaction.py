@@ -75,6 +75,12 @@ PEM_BODY = [
         pytest.param("https://api.example.com/v1?access_token=qwerty123456&page=2", "qwerty123456", "secret",
                      id="token-query-parameter"),
         pytest.param("docker login --password hunter22 registry", "hunter22", "secret", id="password-flag"),
+        pytest.param("HTTP Request: GET http://127.0.0.1:8/_forge/logs/jobs/7?expires=1790000000&signature=9f8e7d6c5b4a3928"
+                     ' "HTTP/1.1 200 OK"', "9f8e7d6c5b4a3928", "url_signature", id="signed-log-url"),
+        pytest.param("https://acct.blob.core.windows.net/logs/1.txt?sv=2021-08-06&se=2026-12-03&sig=AbC%2Bdef1234%3D&sp=r",
+                     "AbC%2Bdef1234%3D", "url_signature", id="azure-sas-sig"),
+        pytest.param("https://s3.example/x?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0123abcdef4567&X-Amz-Date=1",
+                     "0123abcdef4567", "url_signature", id="aws-presigned-signature"),
         pytest.param("curl -u admin:letmein123 https://host", "letmein123", "secret", id="curl-user"),
     ],
 )

@@ -30,7 +30,7 @@ from policy.types import AttemptStatus
 from reconciler.api import build_api
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
-from reconciler.reconcile import UnknownProjects, reconcile
+from reconciler.runner import UnknownProjects, reconcile
 from reconciler.store import attempts as attempt_store
 from reconciler.store import projects as project_store
 from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker
@@ -82,7 +82,7 @@ class FakeReconcile:
             raise
         if self.raises is not None:
             raise self.raises
-        names = list(repos or [])
+        names = list(repos) if repos else [p.name for p in ctx.config.projects]  # None: every project
         return RunSummary(
             trigger=trigger,
             dry_run=dry_run,
@@ -413,7 +413,6 @@ async def test_debug_reconcile_times_out_with_504_and_cancels_the_pass(
     ("content", "status", "field"),
     [
         pytest.param(b'{"repos": []}', 422, "repos", id="empty-list"),
-        pytest.param(b"{}", 422, "repos", id="missing-repos"),
         pytest.param(b'{"repos": "alpha"}', 422, "repos", id="string-not-list"),
         pytest.param(b'{"repos": [1]}', 422, "repos[0]", id="int-in-list"),
         pytest.param(b'{"repos": [""]}', 422, "repos[0]", id="empty-name"),
@@ -560,7 +559,9 @@ _FUTURE = (datetime.now(UTC) + timedelta(days=2)).isoformat()
         pytest.param({"status": "queued"}, "(body)", id="queued-with-conclusion"),
         pytest.param({"head_sha": "xyz"}, "head_sha", id="non-hex-sha"),
         pytest.param({"head_sha": "A" * 40}, "head_sha", id="uppercase-sha"),
-        pytest.param({"run_id": 1001}, "run_id", id="int-run-id"),
+        pytest.param({"run_id": -1}, "run_id", id="negative-int-run-id"),
+        pytest.param({"run_id": True}, "run_id", id="bool-run-id"),
+        pytest.param({"run_id": 1.5}, "run_id", id="float-run-id"),
         pytest.param({"run_id": "../1"}, "run_id", id="path-run-id"),
         pytest.param({"run_attempt": 0}, "run_attempt", id="zero-attempt"),
         pytest.param({"run_attempt": "2"}, "run_attempt", id="string-attempt"),
@@ -998,7 +999,7 @@ def test_fuzzed_bodies_never_cause_a_server_error(sqlite_db_url: str, case: tupl
 
 
 async def test_the_request_id_is_bound_to_every_event_of_the_request(ctx: ReconcilerContext) -> None:
-    from mcp_server.jsonlog import JsonFormatter, log_event
+    from infra.jsonlog import JsonFormatter, log_event
 
     lines: list[str] = []
 
