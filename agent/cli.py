@@ -101,7 +101,7 @@ async def _failing_run(session: ToolSession, job: str) -> dict[str, Any] | None:
     return None
 
 
-async def _check_run(session: ToolSession, job: str, run_id: int) -> None:
+async def _check_run(session: ToolSession, job: str, run_id: str) -> None:
     """Refuse a `--run-id` the forge does not know (for this job) before a single model token is spent."""
     result = await session.call_tool("get_job_logs", {"run_id": run_id})
     if result.is_error:
@@ -129,7 +129,7 @@ async def _attempt(
     config: GreenloopConfig,
     project: str,
     job: str,
-    run_id: int | None,
+    run_id: str | None,
     model_spec: str,
     api_key: str | None,
     out: TextIO,
@@ -141,7 +141,7 @@ async def _attempt(
         if run is None:
             print(f"nothing to fix: job {job!r} of {project!r} has no failed run newer than a green one", file=out)
             return None
-        run_id, head_sha = int(run["run_id"]), str(run.get("head_sha") or "unknown")
+        run_id, head_sha = str(run["run_id"]), str(run.get("head_sha") or "unknown")
     else:
         await _check_run(session, job, run_id)
     task = AttemptTask(project=project, job=job, failing_run_id=run_id, head_sha=head_sha)
@@ -160,7 +160,7 @@ async def agent_run_command(
     job: str,
     model_spec: str | None = None,
     *,
-    run_id: int | None = None,
+    run_id: str | None = None,
     attempt_id: str | None = None,
     transcript_path: Path | None = None,
     report_path: Path | None = None,

@@ -66,6 +66,7 @@ SECTIONS: list[tuple[str, Callable[[bool], str]]] = [
     ("4-6. Agent harness overhead, context cost, the whole demo", _demo),
     ("5b. Log excerpt recall vs. budget", _log_excerpt),
     ("7. Soak", _optional("soak")),
+    ("8. Time to notice: webhooks vs. polling", _optional("events")),
 ]
 
 

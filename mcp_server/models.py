@@ -97,9 +97,9 @@ class ProjectInfo(_Out):
 
 
 class JobRun(_Out):
-    """One run of one workflow job on the default branch."""
+    """One run of one job on the default branch: an Actions workflow job, or a run reported from outside."""
 
-    run_id: int
+    run_id: str
     job: str
     status: str
     conclusion: str | None
@@ -107,6 +107,7 @@ class JobRun(_Out):
     head_branch: str | None
     created_at: str | None
     url: str | None
+    source: Literal["actions", "reported"] = "actions"
 
 
 class JobRuns(_Out):
@@ -118,7 +119,7 @@ class JobRuns(_Out):
 class JobLogs(_Out):
     """A failure-focused excerpt of one run's job log."""
 
-    run_id: int
+    run_id: str
     job: str
     excerpt: str = Field(description="The excerpt, redacted; line numbers refer to the full log.")
     truncated: bool = Field(description="True when the budget cut the excerpt short.")

@@ -58,6 +58,7 @@ from mcp_server.models import (
     Pushed,
     WriteLimits,
 )
+from mcp_server.reported_runs import ReportedRunInfo
 from mcp_server.session import BindingFactory, Mode, SessionBinding, SessionGrant
 from mcp_server.workspace import Workspace
 from policy.errors import PolicyViolation
@@ -75,6 +76,8 @@ TOOL_NAMES = READ_TOOLS + WRITE_TOOLS
 _INTERNAL_ERROR = "Internal error: the tool failed unexpectedly; the details are in the server log."
 _INLINE_REDACT_CHARS = 16_000  # results with more text than this are redacted in a worker thread
 _AUDIT_STRING_CHARS = 2000  # longer argument strings (file contents) are stored as a head and a length
+# The run ids POST /runs accepts; Actions run ids are numbers.
+_RunIdText = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
 _PR_FOOTER = "\n\n---\nOpened by greenloop attempt `{attempt}` for the failing job `{job}`."
 
 
@@ -286,9 +289,35 @@ async def list_job_runs(
     """List the most recent job runs on the project's default branch, newest first, with their status and
     conclusion ('failure', 'success', ...). Use a run's `run_id` with get_job_logs.
 
-    Only the project's own workflow runs.
+    Only the project's own runs: its workflow runs and the runs reported from outside Actions (cron, ...).
     """
     s = _session()
+    p = s.project
+    runs: list[JobRun] = []
+    if s.reported is not None:
+        for r in await s.reported.list_runs(p.name, job=job, limit=limit):
+            if p.watches(r.job):
+                runs.append(_reported_job_run(s, r))
+    runs.extend(await _actions_job_runs(s, job, limit))
+    runs.sort(key=lambda r: r.created_at or "", reverse=True)
+    return JobRuns(runs=runs[:limit])
+
+
+def _reported_job_run(s: SessionBinding, r: ReportedRunInfo) -> JobRun:
+    return JobRun(
+        run_id=r.run_id,
+        job=s.redact(r.job),
+        status=r.status,
+        conclusion=r.conclusion,
+        head_sha=r.head_sha,
+        head_branch=None,
+        created_at=r.created_at.isoformat() if r.created_at is not None else None,
+        url=None,
+        source="reported",
+    )
+
+
+async def _actions_job_runs(s: SessionBinding, job: str | None, limit: int) -> list[JobRun]:
     p = s.project
     page = await s.forge.list_workflow_runs(p.repo, branch=p.default_branch)
     runs: list[JobRun] = []
@@ -300,7 +329,7 @@ async def list_job_runs(
                 continue
             runs.append(
                 JobRun(
-                    run_id=run.id,
+                    run_id=str(run.id),
                     job=s.redact(j.name),
                     status=j.status or "unknown",
                     conclusion=j.conclusion,
@@ -312,12 +341,16 @@ async def list_job_runs(
             )
             if len(runs) >= limit:
                 break
-    return JobRuns(runs=runs)
+    return runs
 
 
 @_tool(title="Read a job's log excerpt", write=False)
 async def get_job_logs(
-    run_id: Annotated[int, Field(ge=1, description="A run_id from list_job_runs.")],
+    run_id: Annotated[
+        Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
+        | Annotated[int, Field(ge=1)],
+        Field(description="A run_id from list_job_runs (a string; a number is accepted too)."),
+    ],
     job: Annotated[
         str | None,
         Field(min_length=1, max_length=200, description="Job name; null = this attempt's job or the failed one."),
@@ -334,9 +367,38 @@ async def get_job_logs(
     context) within `budget_tokens`; with `start_line`, consecutive lines from that line, and
     `next_start_line` says where the next page starts. Secrets are masked.
 
-    Only the project's own workflow runs.
+    Only the project's own runs: its workflow runs and the runs reported from outside Actions (cron, ...).
     """
     s = _session()
+    p = s.project
+    rid = str(run_id)
+    wanted = job or s.job
+    reported = await s.reported.get_run(p.name, rid, job=wanted) if s.reported is not None else None
+    if reported is not None and p.watches(reported.job):
+        if reported.log_text is None:
+            raise ToolRefused(f"Not found: run {rid!r} of job {reported.job!r} was reported without a log.")
+        name, text = reported.job, reported.log_text
+    elif rid.isdigit() and int(rid) >= 1:
+        name, text = await _actions_log(s, int(rid), job)
+    else:
+        raise ToolRefused(f"Not found: no run {rid!r}" + (f" of job {wanted!r}." if wanted else "."))
+    try:
+        got = await off_loop(
+            excerpt, text, budget_tokens=budget_tokens, start_line=start_line, extra_secrets=s.live_secrets()
+        )
+    except ValueError as exc:  # a start_line past the end of the log
+        raise ToolRefused(str(exc)) from None
+    return JobLogs(
+        run_id=rid,
+        job=s.redact(name),
+        excerpt=await off_loop(s.redact, got.rendered),
+        truncated=got.truncated,
+        next_start_line=got.next_start_line,
+    )
+
+
+async def _actions_log(s: SessionBinding, run_id: int, job: str | None) -> tuple[str, str]:
+    """(job name, whole log) of one job of an Actions run."""
     p = s.project
     jobs = await s.forge.list_run_jobs(p.repo, run_id)
     wanted = job or s.job
@@ -346,20 +408,7 @@ async def get_job_logs(
     if chosen is None:
         names = ", ".join(repr(j.name) for j in jobs) or "none"
         raise ToolRefused(f"Not found: run {run_id} has no job {wanted!r} (its jobs: {names}).")
-    text = await s.forge.download_job_logs(p.repo, chosen.id)
-    try:
-        got = await off_loop(
-            excerpt, text, budget_tokens=budget_tokens, start_line=start_line, extra_secrets=s.live_secrets()
-        )
-    except ValueError as exc:  # a start_line past the end of the log
-        raise ToolRefused(str(exc)) from None
-    return JobLogs(
-        run_id=run_id,
-        job=s.redact(chosen.name),
-        excerpt=await off_loop(s.redact, got.rendered),
-        truncated=got.truncated,
-        next_start_line=got.next_start_line,
-    )
+    return chosen.name, await s.forge.download_job_logs(p.repo, chosen.id)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -371,8 +420,7 @@ def _on_fix_branch(s: SessionBinding, ws: Workspace) -> str:
     current = ws.current_branch()
     if current != branch:
         raise ToolRefused(
-            f"Refused: the workspace is on branch {current!r}, not this attempt's fix branch; call create_branch "
-            "first."
+            f"Refused: the workspace is on branch {current!r}, not this attempt's fix branch; call create_branch first."
         )
     return branch
 
@@ -727,9 +775,7 @@ class _SessionMiddleware:
         return await _audited_call(self._sessions, ctx, call_next)
 
 
-async def _audited_call(
-    sessions: _Sessions, ctx: ServerRequestContext[Any, Any], call_next: CallNext
-) -> HandlerResult:
+async def _audited_call(sessions: _Sessions, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
     started = time.perf_counter()
     params = ctx.params or {}
     tool = str(params.get("name", ""))[:100]

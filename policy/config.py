@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from policy.errors import ConfigError
 from policy.types import Autonomy
@@ -149,6 +149,16 @@ class ForgeSettings(_Model):
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 20.0
     bot_login: str = "greenloop[bot]"
     bot_email: str = "greenloop[bot]@users.noreply.github.com"
+    # The GitHub App's webhook secret: `POST /webhooks/github` accepts only deliveries whose
+    # X-Hub-Signature-256 is the HMAC-SHA256 of the body with it (unset: the route refuses every delivery).
+    webhook_secret: SecretStr | None = None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("too short: use at least 16 random characters")
+        return value
 
 
 class AgentSettings(_Model):

@@ -45,6 +45,7 @@ __all__ = [
     "RunRecorded",
     "ToolCall",
     "TransitionRecord",
+    "WebhookAnswer",
     "openapi_document",
 ]
 
@@ -308,6 +309,16 @@ class ProjectList(_Response):
     projects: list[ProjectState]
 
 
+class WebhookAnswer(_Response):
+    """`POST /webhooks/github`: a delivery that was not refused, and the projects it woke (if any)."""
+
+    status: Literal["accepted", "ignored", "duplicate", "pong"]
+    event: str
+    delivery: str
+    projects: list[str] = []
+    reason: str | None = None
+
+
 class KillSwitchState(_Response):
     """`GET/POST /kill-switch`. `enabled` is the effective value: the configuration's or the run-time flag."""
 
@@ -335,6 +346,7 @@ _RESPONSES: Final[tuple[type[BaseModel], ...]] = (
     ProjectList,
     KillSwitchState,
     RunSummary,
+    WebhookAnswer,
 )
 
 
@@ -423,6 +435,24 @@ def openapi_document() -> dict[str, Any]:
                     "200": _json("RunRecorded", "This run was already recorded (its status and log are updated)."),
                     "201": _json("RunRecorded", "A new run was recorded."),
                     **_errors(400, 404, 413, 422),
+                },
+            }
+        },
+        "/webhooks/github": {
+            "post": {
+                "summary": "A GitHub App webhook delivery: wakes the projects of the repository it names. Signed "
+                "(X-Hub-Signature-256 with forge.webhook_secret) instead of the bearer token.",
+                "security": [],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "200": _json("WebhookAnswer", "A ping (pong) or a delivery already handled (duplicate)."),
+                    "202": _json("WebhookAnswer", "Accepted (projects enqueued) or ignored."),
+                    "400": _json("ErrorBody", "Not JSON, or X-GitHub-Event / X-GitHub-Delivery missing."),
+                    "401": _json("ErrorBody", "Unsigned, or the signature does not match the body."),
+                    "403": _json("ErrorBody", "Webhooks are off: forge.webhook_secret is not configured."),
+                    "413": _json("ErrorBody", "Body too large."),
+                    "422": _json("ErrorBody", "JSON of the wrong shape for its event."),
+                    "503": _json("ErrorBody", "The store is unavailable or busy."),
                 },
             }
         },

@@ -266,7 +266,7 @@ class AgentDispatcher:
         task = AttemptTask(
             project=attempt.project,
             job=attempt.job,
-            failing_run_id=int(attempt.run_id) if attempt.run_id.isdigit() else 0,
+            failing_run_id=attempt.run_id,
             head_sha=attempt.head_sha,
         )
         backend = self._backend_for(attempt, project)
