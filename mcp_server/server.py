@@ -44,6 +44,9 @@ from mcp_server.models import (
     MAX_PATH_CHARS,
     MAX_READ_LINES,
     MAX_RUNS_LIMIT,
+    READ_TOOLS,
+    TOOL_NAMES,
+    WRITE_TOOLS,
     BranchCreated,
     CommitInfo,
     FileListing,
@@ -69,9 +72,6 @@ __all__ = ["READ_TOOLS", "TOOL_NAMES", "WRITE_TOOLS", "build_server"]
 
 logger = logging.getLogger("greenloop.mcp.server")
 
-READ_TOOLS = ("read_repo_file", "list_repo_files", "get_project_info", "list_job_runs", "get_job_logs")
-WRITE_TOOLS = ("create_branch", "write_repo_file", "commit_and_push", "create_pull_request", "merge_pull_request")
-TOOL_NAMES = READ_TOOLS + WRITE_TOOLS
 
 _INTERNAL_ERROR = "Internal error: the tool failed unexpectedly; the details are in the server log."
 _INLINE_REDACT_CHARS = 16_000  # results with more text than this are redacted in a worker thread

@@ -34,6 +34,7 @@ from agent.types import AttemptTask, StopReason
 from infra.jsonlog import bind_context, log_event
 from mcp_server.errors import ForgeError
 from mcp_server.forge import ForgeClient, PullRequest
+from mcp_server.models import ToolName
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
@@ -67,7 +68,7 @@ SessionOpener = Callable[[Attempt], AbstractAsyncContextManager[ToolSession]]
 def tried_protected_path(outcome: AttemptOutcome, project: ProjectConfig) -> str | None:
     """The first denied path the agent tried to write during the run, if any."""
     for event in outcome.transcript:
-        if event.get("kind") != "tool_call" or event.get("name") != "write_repo_file":
+        if event.get("kind") != "tool_call" or event.get("name") != ToolName.WRITE_REPO_FILE:
             continue
         arguments = event.get("input")
         path = arguments.get("path") if isinstance(arguments, dict) else None
