@@ -70,6 +70,12 @@ _GIT_CONFIG: tuple[tuple[str, str], ...] = (
 )
 
 
+# Git commands that never change the working tree or which files it lists; any other drops the file index.
+_READ_ONLY_GIT = frozenset(
+    {"ls-files", "rev-parse", "log", "diff", "rev-list", "merge-base", "check-ignore", "hash-object", "cat-file"}
+)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -176,6 +182,9 @@ class Workspace:
         self._unpushed: str | None = None  # a commit made whose push failed; pushed by the next call
         self._pushed: str | None = None  # the last commit this object pushed (a resumed object has none)
         self._secrets: tuple[str, ...] = ()
+        # The listing index (`_file_index`): dropped whenever the tree may have changed.
+        self._index: tuple[tuple[str, str], ...] | None = None
+        self._tree_version = 0
 
     @property
     def root(self) -> Path:
@@ -348,16 +357,34 @@ class Workspace:
             WorkspaceRefused: `under` is refused.
             ToolRefused: `under` is not a directory.
         """
-        args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+        prefix = ""
         if under not in ("", ".", "./"):
             real = self.resolve_path(under, for_write=False)
             if not await off_loop(real.is_dir):
                 raise ToolRefused(f"Not a directory: {under!r}.")
-            args += ["--", f":(literal){self._relative(real)}/"]
-        result = await self._git(*args)
-        # Matching every path against the glob, and the existence checks, run off the event loop.
-        paths, total = await off_loop(_select_listed, self._root, result.stdout, glob, limit, redact_text)
+            prefix = f"{self._relative(real)}/"
+        index = await self._file_index()
+        # Matching every path against the glob runs off the event loop.
+        paths, total = await off_loop(_select_listed, index, prefix, glob, limit, redact_text)
         return FileListing(paths=paths, truncated=total > limit, total=total)
+
+    async def _file_index(self) -> tuple[tuple[str, str], ...]:
+        """Every listable file of the working tree as sorted (shown, git) path pairs: built with one
+        `git ls-files` and kept until the tree changes (any git command that may change it, any write)."""
+        index = self._index
+        if index is not None:
+            return index
+        version = self._tree_version
+        result = await self._git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        index = await off_loop(_build_index, self._root, result.stdout)
+        if version == self._tree_version:  # nothing changed the tree while it was listed
+            self._index = index
+        return index
+
+    def _tree_changed(self) -> None:
+        """Forget the file index: the next listing lists the tree again."""
+        self._tree_version += 1
+        self._index = None
 
     # ------------------------------------------------------------------------------------------ git state
 
@@ -468,9 +495,12 @@ class Workspace:
                     f"{requested!r}."
                 )
             try:
+                self._tree_changed()
                 await off_loop(_replace_file, real, data, mode)
             except OSError as exc:
                 raise self._os_refused(exc, requested, "Write") from exc
+            finally:
+                self._tree_changed()
             return WriteResult(
                 path=rel, bytes=len(data), created=info is None, lines_changed_total=lines, files_changed_total=files
             )
@@ -624,6 +654,18 @@ class Workspace:
 
     async def _spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, stdin: bytes | None) -> _GitResult:
         """Start one subprocess and wait for it, killing it at the timeout. The one place git is spawned."""
+        if argv[1] in _READ_ONLY_GIT:
+            return await self._spawn_process(argv, env, cwd, stdin)
+        # Before and after: a listing made while the tree changes is not kept (`_file_index`).
+        self._tree_changed()
+        try:
+            return await self._spawn_process(argv, env, cwd, stdin)
+        finally:
+            self._tree_changed()
+
+    async def _spawn_process(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, stdin: bytes | None
+    ) -> _GitResult:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -674,10 +716,17 @@ def _count_numstat(output: bytes) -> tuple[int, int]:
 
 
 def _select_listed(
-    root: Path, ls_files: bytes, glob: str | None, limit: int, redact_text: Callable[[str], str]
+    index: Sequence[tuple[str, str]], prefix: str, glob: str | None, limit: int, redact_text: Callable[[str], str]
 ) -> tuple[tuple[str, ...], int]:
-    """The first `limit` sorted paths (redacted) of `git ls-files -z` output that match `glob` and exist in
-    the working tree, and how many there are."""
+    """The first `limit` paths (redacted) of the file index under directory `prefix` ('' = all, else ending
+    in '/') that match `glob`, and how many there are."""
+    matched = [shown for shown, path in index if path.startswith(prefix) and (glob is None or matches_glob(path, glob))]
+    return tuple(redact_text(p) for p in matched[:limit]), len(matched)
+
+
+def _build_index(root: Path, ls_files: bytes) -> tuple[tuple[str, str], ...]:
+    """The listable files of `git ls-files -z` output that exist in the working tree, as (shown, git) path
+    pairs sorted by the shown path."""
     listed: set[str] = set()
     for raw in ls_files.split(b"\0"):
         if not raw:
@@ -686,14 +735,11 @@ def _select_listed(
         # Security: git never lists .git, but a nested repository's .git file is refused all the same.
         if any(is_git_component(part) for part in path.split("/")):
             continue
-        if glob is not None and not matches_glob(path, glob):
-            continue
         listed.add(path)
     # Tracked files deleted in the working tree are still listed by git: keep only those that exist. A file
     # name that is not UTF-8 is shown with U+FFFD in place of its bad bytes: JSON (and the model) can't carry
     # lone surrogates, and one such name must not break the whole listing.
-    paths = sorted(_printable(p) for p in listed if os.path.lexists(root / p))
-    return tuple(redact_text(p) for p in paths[:limit]), len(paths)
+    return tuple(sorted((_printable(p), p) for p in listed if os.path.lexists(root / p)))
 
 
 def _printable(path: str) -> str:
