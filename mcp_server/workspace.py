@@ -831,7 +831,8 @@ def _window(
                 raw = raw[:-1]  # don't cut a UTF-8 character in half
             if raw and raw[-1] >= 0xC0:
                 raw = raw[:-1]
-            line = raw.decode("utf-8", errors="surrogateescape")
+            # A cut line is no longer whole: redacted again, so the window stays clean text as it is.
+            line = redact_text(raw.decode("utf-8", errors="surrogateescape"))
             size = len(raw)
         selected.append(line)
         used += size

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Container, Iterator
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
@@ -439,17 +439,18 @@ def is_secret_key(key: str) -> bool:
     return len(words) >= 2 and (words[-2], words[-1]) in _KEY_PAIRS
 
 
-def redact_obj(obj: _T, *, extra_secrets: Collection[str] = ()) -> _T:
+def redact_obj(obj: _T, *, extra_secrets: Collection[str] = (), clean: Container[str] = ()) -> _T:
     """A copy of a JSON-like value with every string redacted and the values of secret-named keys blanked.
 
     Dicts, lists and tuples are copied (keys are redacted too); other values are returned as they are.
-    Structures nested deeper than 64 levels are replaced by `[REDACTED:too_deep]`.
+    Structures nested deeper than 64 levels are replaced by `[REDACTED:too_deep]`. Strings in `clean` (a
+    set: text this caller already redacted with the same secrets) are kept as they are, not redacted again.
     """
     secrets = tuple(sorted({s for s in extra_secrets if s}))
 
     def walk(value: Any, depth: int) -> Any:
         if isinstance(value, str):
-            return redact(value, extra_secrets=secrets)
+            return value if value in clean else redact(value, extra_secrets=secrets)
         if depth >= _MAX_DEPTH and isinstance(value, dict | list | tuple):
             return _tag("too_deep")
         if isinstance(value, dict):
