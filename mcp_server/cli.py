@@ -164,11 +164,12 @@ async def _audit_sink(stack: AsyncExitStack, url: str | None) -> AuditSink:
 async def _run_stdio(args: argparse.Namespace, config: GreenloopConfig, grant: SessionGrant) -> None:
     from mcp_server.server import build_server
     from mcp_server.session import config_binding_factory
+    from mcp_server.stdio import run_stdio
 
     async with AsyncExitStack() as stack:
         audit = await _audit_sink(stack, args.audit_db)
         server = build_server(config_binding_factory(config, audit=audit), mode=grant.mode, grant=grant)
-        await server.run_stdio_async()
+        await run_stdio(server)
 
 
 async def _run_http(args: argparse.Namespace, config: GreenloopConfig, secret: str) -> None:

@@ -50,6 +50,9 @@ __all__ = [
 
 ATTEMPT_TRAILER = "Greenloop-Attempt"
 MAX_READ_FILE_BYTES = 10_000_000  # larger files are refused: reading them would stall the session
+# Files up to this size are read and redacted on the event loop (well under a millisecond); larger ones in a
+# worker thread (mcp_server.deadline), so that one session's big file never stalls another session.
+_INLINE_READ_CHARS = 16_000
 _BINARY_PROBE_BYTES = 8000  # git's own heuristic: a NUL byte in the first 8000 bytes means binary
 _STDERR_CHARS = 1000
 # How git over HTTP reports credentials the forge refused (401): with prompts off it cannot ask for others.
@@ -311,7 +314,18 @@ class Workspace:
         real = self.resolve_path(requested, for_write=False)
         rel = self._relative(real)
         try:
-            lines, total = await off_loop(_read_window, real, requested, redact_text, start_line, max_lines, max_bytes)
+            if _small_file(real):
+                # Reading and redacting a few KB costs less than the thread hop: done here. A file that grew
+                # since the stat is windowed (and redacted) in a worker thread all the same.
+                text = _read_text(real, requested)
+                if len(text) <= _INLINE_READ_CHARS:
+                    lines, total = _window(text, redact_text, start_line, max_lines, max_bytes)
+                else:
+                    lines, total = await off_loop(_window, text, redact_text, start_line, max_lines, max_bytes)
+            else:
+                lines, total = await off_loop(
+                    _read_window, real, requested, redact_text, start_line, max_lines, max_bytes
+                )
         except OSError as exc:
             raise self._os_refused(exc, requested, "Read") from exc
         if total == 0:
@@ -360,7 +374,7 @@ class Workspace:
         prefix = ""
         if under not in ("", ".", "./"):
             real = self.resolve_path(under, for_write=False)
-            if not await off_loop(real.is_dir):
+            if not real.is_dir():  # one stat, as resolve_path's own: no thread hop
                 raise ToolRefused(f"Not a directory: {under!r}.")
             prefix = f"{self._relative(real)}/"
         index = await self._file_index()
@@ -786,6 +800,15 @@ def _read_window(
     """The window of a file's redacted text (see `_window`), read in one go off the event loop."""
     # Security: redact the whole text, then cut the window (a window alone can hide a secret's start).
     return _window(_read_text(real, requested), redact_text, start_line, max_lines, max_bytes)
+
+
+def _small_file(real: Path) -> bool:
+    """Whether `real` is a regular file small enough to read and redact on the event loop."""
+    try:
+        info = os.stat(real)
+    except OSError:
+        return False  # the worker thread's read says why
+    return stat.S_ISREG(info.st_mode) and info.st_size <= _INLINE_READ_CHARS
 
 
 def _read_text(real: Path, requested: str) -> str:

@@ -117,7 +117,7 @@ async def start_attempt(
     head_sha: str,
     trace_id: str | None = None,
 ) -> StartOutcome:
-    """Insert a `pending` attempt unless the database refuses it.
+    """Insert a `pending` attempt unless a rule refuses it: checked with a read first, enforced by the database.
 
     Returns `started`, `already_active` (the project has an active attempt), `already_handled` (an attempt
     for this fingerprint exists, whatever its state) or `busy` (the database stayed locked through every
@@ -127,8 +127,21 @@ async def start_attempt(
         UnknownProject: no `reconciler_project` row named `project`.
         StoreError: any other database failure (including a refusal by neither rule, tries after tries).
     """
+
+    async def refusal_now() -> StartOutcome | None:
+        try:
+            return await _refusal(session_factory, project=project, fingerprint=fingerprint)
+        except StoreBusy:
+            return None  # unknown: the insert below decides
+
     refused: ConstraintRefused | None = None
     for n in range(TRIES):
+        # Read first: most starts are refused (one attempt per project and per fingerprint), and a read takes no
+        # write lock. Only when no rule refuses now does the insert run; the unique indexes stay the wall for
+        # two starts racing past this read.
+        refusal = await refusal_now()
+        if refusal is not None:
+            return refusal
         attempt_id = new_attempt_id()
         try:
             async with translated(), session_factory() as session, session.begin():
@@ -161,10 +174,7 @@ async def start_attempt(
         except ConstraintRefused as exc:
             refused = exc
             # Which rule refused it? Ask the database, never the error text.
-            try:
-                refusal = await _refusal(session_factory, project=project, fingerprint=fingerprint)
-            except StoreBusy:
-                refusal = None
+            refusal = await refusal_now()
             if refusal is not None:
                 return refusal
             # Neither rule holds any more (the blocking attempt just finished) or an id collided: try again.
