@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from bench import bench_line
 from reconciler.demo import DemoResult, run_demo
 
 __all__ = ["main", "render_table", "run"]
@@ -110,6 +111,16 @@ def render_table(figures: dict[str, Any]) -> str:
         f"| fixture jobs on the forge before the first pass | {_median_spread(figures['forge_job_seconds'])} |",
         f"| everything else (forge start, passes, agents, merges, verification runs) | {_median_spread(greenloop)} |",
         f"| reconcile passes per demo | {_median_spread([float(p) for p in figures['passes']])} |",
+        "",
+        bench_line(
+            "demo",
+            {
+                "all_ok": figures["all_ok"],
+                "attempt_tool_ms": statistics.median(figures["attempt_tool_ms"]),
+                "demo_s": statistics.median(figures["demo_seconds"]),
+                "passes": statistics.median(figures["passes"]),
+            },
+        ),
     ]
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import bench_line
 from mcp_server.log_excerpt import excerpt, tail
 
 __all__ = ["DEFAULT_BUDGETS", "default_data_dir", "load_groundtruth", "main", "render_table", "run"]
@@ -103,7 +104,10 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {sum(1 for x in base if x >= 1.0)} | {statistics.mean(r['ours_ranges_hit'] for r in rs):.3f} "
             f"| {statistics.mean(r['baseline_ranges_hit'] for r in rs):.3f} | {max(r['ours_tokens'] for r in rs)} |"
         )
-    return "\n".join(out)
+    figures: dict[str, object] = {"cases": len({r["case"] for r in rows})}
+    for budget in sorted({r["budget"] for r in rows}):
+        figures[f"recall_{budget}"] = statistics.mean(r["ours_recall"] for r in rows if r["budget"] == budget)
+    return "\n".join([*out, "", bench_line("log_excerpt", figures)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
