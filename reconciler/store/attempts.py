@@ -128,9 +128,11 @@ async def start_attempt(
         StoreError: any other database failure (including a refusal by neither rule, tries after tries).
     """
 
-    async def refusal_now() -> StartOutcome | None:
+    async def refusal_now(*, check_project: bool) -> StartOutcome | None:
         try:
-            return await _refusal(session_factory, project=project, fingerprint=fingerprint)
+            return await _refusal(
+                session_factory, project=project, fingerprint=fingerprint, check_project=check_project
+            )
         except StoreBusy:
             return None  # unknown: the insert below decides
 
@@ -139,7 +141,7 @@ async def start_attempt(
         # Read first: most starts are refused (one attempt per project and per fingerprint), and a read takes no
         # write lock. Only when no rule refuses now does the insert run; the unique indexes stay the wall for
         # two starts racing past this read.
-        refusal = await refusal_now()
+        refusal = await refusal_now(check_project=False)  # a missing project: the insert's foreign key says so
         if refusal is not None:
             return refusal
         attempt_id = new_attempt_id()
@@ -174,7 +176,7 @@ async def start_attempt(
         except ConstraintRefused as exc:
             refused = exc
             # Which rule refused it? Ask the database, never the error text.
-            refusal = await refusal_now()
+            refusal = await refusal_now(check_project=True)
             if refusal is not None:
                 return refusal
             # Neither rule holds any more (the blocking attempt just finished) or an id collided: try again.
@@ -341,22 +343,32 @@ async def attempt_transitions(session_factory: SessionFactory, attempt_id: str) 
 # --- internals ---------------------------------------------------------------------------------------------
 
 
-async def _refusal(session_factory: SessionFactory, *, project: str, fingerprint: str) -> StartOutcome | None:
-    """After a refused INSERT: the rule that refused it, or None if neither holds now.
+async def _refusal(
+    session_factory: SessionFactory, *, project: str, fingerprint: str, check_project: bool = True
+) -> StartOutcome | None:
+    """The rule that refuses (or refused) starting this attempt, or None if neither holds now: one query for
+    both rules (the fingerprint's attempt first), then, with `check_project`, whether the project exists.
 
     Raises:
-        UnknownProject: the refusal was the foreign key to a missing project.
+        UnknownProject: `check_project` and no such project (what a refused foreign key meant).
     """
-    async with translated(), session_factory() as session:
-        handled = await session.scalar(sa.select(Attempt.id).where(Attempt.fingerprint == fingerprint))
-        if handled is not None:
-            return StartOutcome(False, handled, "already_handled")
-        active = await session.scalar(
-            sa.select(Attempt.id).where(Attempt.project == project, Attempt.status.in_(_values(ACTIVE_STATUSES)))
+    handled = (Attempt.fingerprint == fingerprint).label("handled")
+    query = (
+        sa.select(Attempt.id, handled)
+        .where(
+            sa.or_(
+                Attempt.fingerprint == fingerprint,
+                sa.and_(Attempt.project == project, Attempt.status.in_(_values(ACTIVE_STATUSES))),
+            )
         )
-        if active is not None:
-            return StartOutcome(False, active, "already_active")
-        if await session.get(Project, project) is None:
+        .order_by(handled.desc())
+        .limit(1)
+    )
+    async with translated(), session_factory() as session:
+        row = (await session.execute(query)).first()
+        if row is not None:
+            return StartOutcome(False, row.id, "already_handled" if row.handled else "already_active")
+        if check_project and await session.get(Project, project) is None:
             raise UnknownProject(f"Unknown project: no reconciler_project row: {project!r}.", project=project)
     return None
 
