@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import errno
 import os
@@ -53,6 +54,8 @@ MAX_READ_FILE_BYTES = 10_000_000  # larger files are refused: reading them would
 # Files up to this size are read and redacted on the event loop (well under a millisecond); larger ones in a
 # worker thread (mcp_server.deadline), so that one session's big file never stalls another session.
 _INLINE_READ_CHARS = 16_000
+# A listing of a directory holding at most this many files (and no glob) is made on the event loop too.
+_INLINE_LIST_ENTRIES = 200
 _BINARY_PROBE_BYTES = 8000  # git's own heuristic: a NUL byte in the first 8000 bytes means binary
 _STDERR_CHARS = 1000
 # How git over HTTP reports credentials the forge refused (401): with prompts off it cannot ask for others.
@@ -378,8 +381,13 @@ class Workspace:
                 raise ToolRefused(f"Not a directory: {under!r}.")
             prefix = f"{self._relative(real)}/"
         index = await self._file_index()
-        # Matching every path against the glob runs off the event loop.
-        paths, total = await off_loop(_select_listed, index, prefix, glob, limit, redact_text)
+        few = _few_under(index, prefix) if prefix and glob is None else None
+        if few is not None:
+            # A directory's few files, no glob: less work than a thread hop, done here.
+            paths, total = _select_listed(few, prefix, None, limit, redact_text)
+        else:
+            # Matching every path against the glob, and redacting many paths, run off the event loop.
+            paths, total = await off_loop(_select_listed, index, prefix, glob, limit, redact_text)
         return FileListing(paths=paths, truncated=total > limit, total=total)
 
     async def _file_index(self) -> tuple[tuple[str, str], ...]:
@@ -736,6 +744,21 @@ def _select_listed(
     in '/') that match `glob`, and how many there are."""
     matched = [shown for shown, path in index if path.startswith(prefix) and (glob is None or matches_glob(path, glob))]
     return tuple(redact_text(p) for p in matched[:limit]), len(matched)
+
+
+def _few_under(index: Sequence[tuple[str, str]], prefix: str) -> Sequence[tuple[str, str]] | None:
+    """The index entries shown under directory `prefix` (found by bisection), or None when there are more
+    than `_INLINE_LIST_ENTRIES` (or `prefix` is not valid text). A git path under a valid-text `prefix` is
+    shown under it too, so the shown order finds them all."""
+    if _printable(prefix) != prefix:
+        return None
+    start = bisect.bisect_left(index, (prefix, ""))
+    stop = start
+    while stop < len(index) and index[stop][0].startswith(prefix):
+        stop += 1
+        if stop - start > _INLINE_LIST_ENTRIES:
+            return None
+    return index[start:stop]
 
 
 def _build_index(root: Path, ls_files: bytes) -> tuple[tuple[str, str], ...]:
