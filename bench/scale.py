@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import event
 
+from bench import bench_line
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
 from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
@@ -431,6 +432,20 @@ def render_table(results: Sequence[ScaleResult]) -> str:
         "1 % of repos get a new failed run on a new commit; the dispatcher records calls and runs no agent.",
         "",
         *_goal_lines(results),
+        "",
+        bench_line(
+            "scale",
+            {
+                f"n{r.projects}_{key}": value
+                for r in results
+                for key, value in (
+                    ("cpu_us_per_project", r.client_cpu_seconds / r.projects * 1e6),
+                    ("pass_ms", r.pass_seconds * 1000),
+                    ("req_per_project", r.requests_per_project),
+                    ("rss_mib", r.rss_mb),
+                )
+            },
+        ),
     ]
     return "\n".join(rows + notes)
 

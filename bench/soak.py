@@ -46,6 +46,7 @@ from typing import Any, Final
 import httpx2
 import sqlalchemy as sa
 
+from bench import bench_line
 from infra.jsonlog import JsonFormatter
 from policy.config import Backoff, GreenloopConfig, ProjectConfig, ServerSettings
 from policy.gate import failure_fingerprint
@@ -672,6 +673,19 @@ def render(result: SoakResult) -> str:
     if result.problems:
         lines += ["Findings:", "", *(f"- {p}" for p in result.problems[:20]), ""]
     lines.append(f"`{result.counts_line}`")
+    lines += [
+        "",
+        bench_line(
+            "soak",
+            {
+                "passes": result.passes,
+                "duplicates": result.duplicates,
+                "lost": result.lost,
+                "leaked_secrets": result.leaked_secrets,
+                "rss_mb_last": result.rss_mb_last,
+            },
+        ),
+    ]
     return "\n".join(lines)
 
 

@@ -17,10 +17,11 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 import anyio
+import pydantic_core
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
@@ -65,7 +66,7 @@ from mcp_server.reported_runs import ReportedRunInfo
 from mcp_server.session import BindingFactory, Mode, SessionBinding, SessionGrant
 from mcp_server.workspace import Workspace
 from policy.errors import PolicyViolation
-from policy.redaction import redact, secret_variants
+from policy.redaction import redact, redact_obj, secret_variants
 from policy.types import Autonomy
 
 __all__ = ["READ_TOOLS", "TOOL_NAMES", "WRITE_TOOLS", "build_server"]
@@ -91,9 +92,27 @@ class _Call:
     deadline_seconds: float = DEFAULT_CALL_DEADLINE_SECONDS
     outcome: Outcome | None = None
     message: str | None = None
+    # Text this call's redaction produced (or cut at line breaks from it): shown as it is, never redacted twice.
+    clean: set[str] = field(default_factory=set)
+
+    def redact(self, text: str) -> str:
+        """`text` with the session's secrets masked, once per call: text it already redacted comes back as is.
+
+        Safe from a worker thread (one set insertion under the GIL)."""
+        if text in self.clean:
+            return text
+        shown = self.binding.redact(text)
+        self.clean.add(shown)
+        return shown
 
 
 _CURRENT: ContextVar[_Call | None] = ContextVar("greenloop_mcp_call", default=None)
+
+
+def _redactor(s: SessionBinding) -> Callable[[str], str]:
+    """The redaction for what `s`'s tools show: the current call's (each text redacted once), else the session's."""
+    call = _CURRENT.get()
+    return call.redact if call is not None and call.binding is s else s.redact
 
 
 def _session() -> SessionBinding:
@@ -175,7 +194,7 @@ def _crashed(call: _Call | None, tool: str, exc: BaseException) -> str:
 
 
 def _redact(call: _Call | None, text: str) -> str:
-    return call.binding.redact(text) if call is not None else redact(text)
+    return call.redact(text) if call is not None else redact(text)
 
 
 def _finish(call: _Call | None, outcome: Outcome, message: str) -> str:
@@ -207,8 +226,13 @@ async def read_repo_file(
     """
     s = _session()
     ws = await s.ready_workspace()
-    # Security: redacted as a whole file before the window is cut (workspace.read_file).
-    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines, redact_text=s.redact)
+    # Security: redacted as a whole file before the window is cut (workspace.read_file); the window, whole
+    # lines of the redacted text, is clean for this call's last gate.
+    shown = _redactor(s)
+    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines, redact_text=shown)
+    call = _CURRENT.get()
+    if call is not None and shown == call.redact:
+        call.clean.add(got.content)
     return FileSlice(
         path=got.path,
         start_line=got.start_line,
@@ -237,7 +261,7 @@ async def list_repo_files(
     """
     s = _session()
     ws = await s.ready_workspace()
-    got = await ws.list_files(under=under, glob=glob, limit=limit, redact_text=s.redact)
+    got = await ws.list_files(under=under, glob=glob, limit=limit, redact_text=_redactor(s))
     return FileListing(files=list(got.paths), truncated=got.truncated, total=got.total)
 
 
@@ -391,7 +415,7 @@ async def get_job_logs(
     return JobLogs(
         run_id=rid,
         job=s.redact(name),
-        excerpt=await off_loop(s.redact, got.rendered),
+        excerpt=await off_loop(_redactor(s), got.rendered),
         truncated=got.truncated,
         next_start_line=got.next_start_line,
     )
@@ -730,15 +754,46 @@ def _unknown_arguments(declared: frozenset[str] | None, arguments: Any) -> list[
     return sorted(str(k)[:64] for k in arguments if k not in declared)[:5]
 
 
-def _text_chars(value: Any) -> int:
-    """How many characters of text a JSON-like result holds (what redacting it costs)."""
+def _text_chars(value: Any, clean: set[str]) -> int:
+    """How many characters of text not yet redacted a JSON-like result holds (what redacting it costs)."""
     if isinstance(value, str):
-        return len(value)
+        return 0 if value in clean else len(value)
     if isinstance(value, Mapping):
-        return sum(_text_chars(v) for v in value.values())
+        return sum(_text_chars(v, clean) for v in value.values())
     if isinstance(value, list | tuple):
-        return sum(_text_chars(v) for v in value)
+        return sum(_text_chars(v, clean) for v in value)
     return 0
+
+
+def _json_text(structured: Any) -> str:
+    """The SDK's text block for a structured result: its JSON, indented by 2 (`func_metadata.convert_result`)."""
+    return pydantic_core.to_json(structured, fallback=str, indent=2).decode()
+
+
+def _to_mask(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """What of a result the gate redacts, and whether its one text block is the JSON of `structuredContent`
+    (then rebuilt from the redacted structure instead of being redacted a second time as text)."""
+    structured = data.get("structuredContent")
+    blocks = data.get("content")
+    if isinstance(structured, dict) and isinstance(blocks, list) and len(blocks) == 1:
+        block = blocks[0]
+        if (
+            isinstance(block, dict)
+            and block.keys() == {"type", "text"}
+            and block["type"] == "text"
+            and block["text"] == _json_text(structured)
+        ):
+            return {k: v for k, v in data.items() if k != "content"}, True
+    return data, False
+
+
+def _gate(call: _Call, data: dict[str, Any]) -> dict[str, Any]:
+    """The result with the session's secrets masked in every string (keys too), each string once."""
+    payload, rebuild = _to_mask(data)
+    gated: dict[str, Any] = redact_obj(payload, extra_secrets=call.binding.live_secrets(), clean=call.clean)
+    if rebuild:
+        gated["content"] = [{"type": "text", "text": _json_text(gated["structuredContent"])}]
+    return gated
 
 
 def _first_text(result: Mapping[str, Any]) -> str | None:
@@ -808,10 +863,10 @@ async def _audited_call(sessions: _Sessions, ctx: ServerRequestContext[Any, Any]
         if data is not None:
             # Security: the last gate before the model: nothing leaves without the live secrets masked. A large
             # result is redacted in a worker thread, so it holds up no other session.
-            if _text_chars(data) > _INLINE_REDACT_CHARS:
-                data = await off_loop(binding.redact_obj, data)
+            if _text_chars(_to_mask(data)[0], call.clean) > _INLINE_REDACT_CHARS:
+                data = await off_loop(_gate, call, data)
             else:
-                data = binding.redact_obj(data)
+                data = _gate(call, data)
         if call.outcome is None:
             if data is not None and data.get("isError"):
                 # The SDK refused the call before the tool ran: unknown tool or arguments outside the schema.
@@ -827,11 +882,11 @@ async def _audited_call(sessions: _Sessions, ctx: ServerRequestContext[Any, Any]
         _CURRENT.reset(token)
         event = AuditEvent(
             project=binding.project.name,
-            client=_client_name(grant, ctx),
-            tool=tool,
+            client=call.redact(_client_name(grant, ctx)),
+            tool=call.redact(tool),
             arguments=_audit_arguments(binding, arguments),
             outcome=call.outcome or "error",
-            message=binding.redact(call.message)[:2000] if call.message else None,
+            message=call.redact(call.message)[:2000] if call.message else None,
             result_bytes=len(json.dumps(data, separators=(",", ":"))) if data is not None else 0,
             duration_ms=(time.perf_counter() - started) * 1000.0,
             attempt_id=binding.attempt_id,
