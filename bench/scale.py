@@ -3,7 +3,8 @@
     python -m bench.scale [--quick] [--sizes 100,1000,10000] [--passes 5]
 
 For each size N (default 100, 1,000, 10,000; `--quick`: 100 and 1,000) a scale-mode forge
-(`fixtures/forge/scale.py`) runs as a separate process serving N synthetic repos over real loopback HTTP
+(`fixtures/forge/scale.py`) runs as a separate process serving N synthetic repos over real loopback HTTP,
+each with a realistic page (30 runs in GitHub's full field set, 4 jobs with steps per run)
 (uvicorn on 127.0.0.1), and a reconciler context is built as `reconciler/runtime.py` builds it: a temporary
 SQLite file, migrations, `ForgeClient(config.forge, GitHubApp.from_settings(config.forge))` with an RSA key
 generated for the run, and a dispatcher that only records `dispatch` calls (no agent ever runs).
@@ -58,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OWNER = "bench"
 CONCURRENCY = 32
 GOAL_SECONDS_AT_1000 = 2.0
+GOAL_RSS_MIB_AT_10000 = 1024
 
 
 class RecordingDispatcher:
@@ -365,6 +367,17 @@ def _goal_lines(results: Sequence[ScaleResult]) -> list[str]:
             f"**{'NOT met' if grows else 'met'}** ({lo.db_statements} at N={lo.projects:,}, "
             f"{hi.db_statements} at N={hi.projects:,})."
         )
+    for r in results:
+        if r.projects not in (1000, 10_000):
+            continue
+        line = (
+            f"- RSS at N={r.projects:,} (realistic pages: 30 runs in GitHub's full field set, 4 jobs each): "
+            f"{r.rss_mb:,.0f} MiB now, {r.max_rss_mb:,.0f} MiB high-water"
+        )
+        if r.projects == 10_000:
+            met = "met" if r.max_rss_mb < GOAL_RSS_MIB_AT_10000 else "NOT met"
+            line += f"; goal < {GOAL_RSS_MIB_AT_10000:,} MiB: **{met}**"
+        lines.append(line + ".")
     misses = [r for r in results if r.not_modified_share < 0.999]
     if misses:
         sizes = ", ".join(f"{r.projects:,} ({r.etag_entries:,} ETag entries)" for r in misses)

@@ -11,6 +11,11 @@ does not charge 304s against the rate limit, so an idle pass costs nothing). Rat
 - 5xx and transport errors are retried with exponential backoff and jitter, at most `max_retries` times, for
   idempotent methods; a POST is retried only when it was never sent (connect errors).
 
+Lists follow GitHub's `Link: <...>; rel="next"` (its URLs have the `/repositories/{id}/...` form) with
+`per_page=100`, up to a bounded number of pages; hitting the bound is logged (`forge_page_cap_hit`). A next
+link to another origin than the API's is refused: the token never leaves the API host.
+See https://docs.github.com/rest/using-the-rest-api/using-pagination-in-the-rest-api
+
 All `httpx2` exceptions are translated here; nothing above this module sees them. Error messages name the
 method, the API path and the status, never the token.
 """
@@ -18,18 +23,20 @@ method, the API path and the status, never the token.
 from __future__ import annotations
 
 import asyncio
+import json as json_module
+import logging
 import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from mcp_server.errors import (
     ForgeAuthError,
@@ -39,7 +46,8 @@ from mcp_server.errors import (
     ForgeRateLimited,
     ForgeUnavailable,
 )
-from mcp_server.github_app import TokenSource
+from mcp_server.github_app import API_VERSION, TokenSource
+from mcp_server.jsonlog import log_event
 from policy.config import ForgeSettings
 from policy.redaction import redact
 
@@ -61,11 +69,15 @@ __all__ = [
     "WorkflowRun",
 ]
 
-API_VERSION = "2022-11-28"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
 _SECONDARY_DEFAULT_WAIT = 60.0  # GitHub: without retry-after, wait at least a minute after a secondary limit
 _MAX_LOG_REDIRECTS = 3
+_PER_PAGE = 100  # GitHub's maximum page size for every list greenloop reads
+RUN_PAGES = 3  # newest 300 runs: a weekly job's latest run outlives a busy week of CI runs on the branch
+JOB_PAGES = 10  # 1,000 jobs: more than a matrix can produce (256 jobs per matrix)
+_LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="([^"]+)"')
+logger = logging.getLogger("greenloop.mcp.forge")
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -155,14 +167,6 @@ class WorkflowRun(_Model):
         return self.head_commit.message if self.head_commit is not None else None
 
 
-class RunsPage(_Model):
-    """A page of workflow runs, newest first. `not_modified` is True when the forge answered 304."""
-
-    runs: tuple[WorkflowRun, ...]
-    total_count: int
-    not_modified: bool = False
-
-
 class JobStep(_Model):
     """One step of a job."""
 
@@ -196,7 +200,11 @@ class PullRequestRef(_Model):
 
 
 class PullRequest(_Model):
-    """A pull request (`pulls/get`)."""
+    """A pull request (`pulls/get`, or an item of `pulls/list`).
+
+    Merged-ness is `merged_at`: GitHub's list items have no `merged` field at all (only the single-PR
+    endpoint has it, and it is true exactly when `merged_at` is set), so `merged` is derived, never read.
+    """
 
     number: int
     state: str
@@ -206,14 +214,55 @@ class PullRequest(_Model):
     head: PullRequestRef
     base: PullRequestRef
     draft: bool = False
-    merged: bool = False
     merged_at: datetime | None = None
     merge_commit_sha: str | None = None
+
+    @property
+    def merged(self) -> bool:
+        """Whether the pull request was merged (from `merged_at`, which list items carry too)."""
+        return self.merged_at is not None
 
 
 class _RunsBody(_Model):
     total_count: int = 0
     workflow_runs: tuple[WorkflowRun, ...] = ()
+
+
+class RunsPage(_Model):
+    """A page of workflow runs, newest first. `not_modified` is True when the forge answered 304.
+
+    An unchanged page is often not read at all (the pass reuses its previous observation), so the runs of
+    pages answered 304 are parsed from the cache only when `runs` or `total_count` is first read.
+    """
+
+    not_modified: bool = False
+    _pages: tuple[_RunsBody | str, ...] = PrivateAttr(default=())
+    _parsed: tuple[tuple[WorkflowRun, ...], int] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, pages: Sequence[_RunsBody | str], *, not_modified: bool = False) -> RunsPage:
+        """A page made of parsed bodies and/or cached JSON texts (parsed on first use)."""
+        page = cls(not_modified=not_modified)
+        page._pages = tuple(pages)
+        return page
+
+    def _parse(self) -> tuple[tuple[WorkflowRun, ...], int]:
+        if self._parsed is None:
+            bodies = [p if isinstance(p, _RunsBody) else _RunsBody.model_validate_json(p) for p in self._pages]
+            unique = {run.id: run for body in bodies for run in body.workflow_runs}  # a new run shifts pages
+            self._parsed = (tuple(unique.values()), bodies[-1].total_count if bodies else 0)
+            self._pages = ()
+        return self._parsed
+
+    @property
+    def runs(self) -> tuple[WorkflowRun, ...]:
+        """The runs, newest first."""
+        return self._parse()[0]
+
+    @property
+    def total_count(self) -> int:
+        """How many runs the forge has in all (not only on these pages)."""
+        return self._parse()[1]
 
 
 class _JobsBody(_Model):
@@ -256,12 +305,15 @@ class _Reply:
     status: int
     body: Any
     not_modified: bool
+    links: str | None = None
+    text: str | None = None  # a 304's cached body, unparsed (`lazy` requests)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _CacheEntry:
     etag: str
-    body: Any
+    text: str  # the body reduced to the fields the caller's model reads, as JSON
+    links: str | None = None
 
 
 class ForgeClient:
@@ -333,33 +385,55 @@ class ForgeClient:
 
     async def get_repo(self, repo: str) -> Repo:
         """The repository `owner/name`."""
-        reply = await self._json("GET", f"repos/{_repo(repo)}")
+        reply = await self._json("GET", f"repos/{_repo(repo)}", keep=Repo)
         return _parse(Repo, reply.body, f"repos/{repo}")
 
     async def list_commits(self, repo: str, *, sha: str, per_page: int = 30) -> list[Commit]:
         """The newest commits reachable from `sha` (a branch name or commit), newest first."""
-        reply = await self._json("GET", f"repos/{_repo(repo)}/commits", params={"sha": sha, "per_page": per_page})
+        reply = await self._json(
+            "GET", f"repos/{_repo(repo)}/commits", params={"sha": sha, "per_page": per_page}, keep=Commit
+        )
         return [_parse(Commit, item, f"repos/{repo}/commits") for item in _as_list(reply.body)]
 
-    async def list_workflow_runs(self, repo: str, *, branch: str | None = None, per_page: int = 30) -> RunsPage:
-        """The newest workflow runs (optionally of one branch). `not_modified` is set on a 304."""
+    async def list_workflow_runs(
+        self, repo: str, *, branch: str | None = None, per_page: int = _PER_PAGE, max_pages: int = RUN_PAGES
+    ) -> RunsPage:
+        """The newest workflow runs (optionally of one branch), following `Link: rel="next"` up to `max_pages`.
+
+        `not_modified` is set when the first page answered 304: nothing newer exists, so the older pages come
+        from the cache without a request (an idle pass costs one conditional request a project).
+        """
         params: dict[str, str | int] = {"per_page": per_page}
         if branch is not None:
             params["branch"] = branch
-        reply = await self._json("GET", f"repos/{_repo(repo)}/actions/runs", params=params)
-        body = _parse(_RunsBody, reply.body, f"repos/{repo}/actions/runs")
-        return RunsPage(runs=body.workflow_runs, total_count=body.total_count, not_modified=reply.not_modified)
+        path = f"repos/{_repo(repo)}/actions/runs"
+        pages: list[_RunsBody | str] = []
+        not_modified: bool | None = None
+        async for reply in self._pages(path, params, max_pages=max_pages, keep=_RunsBody, lazy=True):
+            if not_modified is None:
+                not_modified = reply.not_modified
+            pages.append(reply.text if reply.text is not None else _parse(_RunsBody, reply.body, path))
+        return RunsPage.of(pages, not_modified=bool(not_modified))
 
     async def get_workflow_run(self, repo: str, run_id: int) -> WorkflowRun:
         """One workflow run."""
-        reply = await self._json("GET", f"repos/{_repo(repo)}/actions/runs/{int(run_id)}")
+        reply = await self._json("GET", f"repos/{_repo(repo)}/actions/runs/{int(run_id)}", keep=WorkflowRun)
         return _parse(WorkflowRun, reply.body, f"repos/{repo}/actions/runs/{run_id}")
 
-    async def list_run_jobs(self, repo: str, run_id: int) -> list[Job]:
-        """The jobs of one workflow run (its latest attempt), at most 100."""
+    async def list_run_jobs(self, repo: str, run_id: int, *, max_pages: int = JOB_PAGES) -> list[Job]:
+        """The jobs of one workflow run (its latest attempt), every page up to `max_pages` of 100.
+
+        Only a listing with unfinished jobs is ETag-cached: a finished run's jobs never change (a re-run is a
+        new attempt the caller keys apart), so the next pass does not ask for them and they'd only evict the
+        run listings it does ask for.
+        """
         path = f"repos/{_repo(repo)}/actions/runs/{int(run_id)}/jobs"
-        reply = await self._json("GET", path, params={"per_page": 100})
-        return list(_parse(_JobsBody, reply.body, path).jobs)
+        jobs: dict[int, Job] = {}
+        pages = self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=_JobsBody, cache_if=_unfinished)
+        async for reply in pages:
+            for job in _parse(_JobsBody, reply.body, path).jobs:
+                jobs[job.id] = job
+        return list(jobs.values())
 
     async def download_job_logs(self, repo: str, job_id: int) -> str:
         """The plain-text log of one job, at most `max_log_bytes` (the tail is kept: failures are at the end).
@@ -381,7 +455,10 @@ class ForgeClient:
         name = _repo(repo)
         owner = name.split("/", 1)[0]
         reply = await self._json(
-            "GET", f"repos/{name}/pulls", params={"head": f"{owner}:{head_branch}", "state": state, "per_page": 10}
+            "GET",
+            f"repos/{name}/pulls",
+            params={"head": f"{owner}:{head_branch}", "state": state, "per_page": 10},
+            keep=PullRequest,
         )
         pulls = [_parse(PullRequest, item, f"repos/{repo}/pulls") for item in _as_list(reply.body)]
         # Security: only an exact head match counts, whatever the forge's filter did.
@@ -401,7 +478,7 @@ class ForgeClient:
 
     async def get_pull_request(self, repo: str, number: int) -> PullRequest:
         """One pull request."""
-        reply = await self._json("GET", f"repos/{_repo(repo)}/pulls/{int(number)}")
+        reply = await self._json("GET", f"repos/{_repo(repo)}/pulls/{int(number)}", keep=PullRequest)
         return _parse(PullRequest, reply.body, f"repos/{repo}/pulls/{number}")
 
     async def merge_pull_request(self, repo: str, number: int, *, sha: str, title: str, message: str) -> str:
@@ -428,6 +505,52 @@ class ForgeClient:
 
     # ------------------------------------------------------------------------------------------ core
 
+    async def _pages(
+        self,
+        path: str,
+        params: Mapping[str, str | int],
+        *,
+        max_pages: int,
+        keep: type[BaseModel],
+        cache_if: Callable[[Any], bool] | None = None,
+        lazy: bool = False,
+    ) -> AsyncIterator[_Reply]:
+        """GET `path` and each `rel="next"` page after it, at most `max_pages` (the cap hit is logged)."""
+        target: str | None = path
+        query: Mapping[str, str | int] | None = params
+        unchanged = False
+        for _ in range(max(1, max_pages)):
+            if target is None:
+                return
+            cached = self._etags.get(target) if unchanged else None
+            if cached is not None:  # page 1 unchanged: the older pages are the ones read last time
+                reply = _cached_reply(cached, lazy=lazy)
+            else:
+                reply = await self._json("GET", target, params=query, keep=keep, cache_if=cache_if, lazy=lazy)
+            if query is not None:  # the first page decides whether the others are read again
+                unchanged = reply.not_modified
+            yield reply
+            target, query = self._next_page(path, reply.links), None
+        if target is not None:
+            log_event(logger, "forge_page_cap_hit", level=logging.WARNING, path=path, max_pages=max_pages)
+
+    def _next_page(self, path: str, links: str | None) -> str | None:
+        """The API-relative path of the `rel="next"` link, or None on the last page.
+
+        Raises:
+            ForgeError: the link points outside the API root (the token is never sent elsewhere).
+        """
+        if not links:
+            return None
+        for url, rel in _LINK_RE.findall(links):
+            if "next" not in rel.split():
+                continue
+            base = str(self._http.base_url)
+            if not url.startswith(base):
+                raise ForgeError(f"Forge paginated outside its API root: GET /{path}: {url[:120]!r}.")
+            return str(url[len(base) :])
+        return None
+
     async def _json(
         self,
         method: str,
@@ -435,9 +558,18 @@ class ForgeClient:
         *,
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
+        keep: type[BaseModel] | None = None,
+        cache_if: Callable[[Any], bool] | None = None,
+        lazy: bool = False,
     ) -> _Reply:
-        """Send one API request and decode its JSON body; GETs use and fill the ETag cache."""
-        key = _cache_key(path, params) if method == "GET" else None
+        """Send one API request and decode its JSON body; GETs use and fill the ETag cache.
+
+        The cache holds the ETag and, of the body, only the fields of `keep` (the model the caller reads,
+        as compact JSON text): a page of 30 GitHub runs is ~600 KiB parsed, its `WorkflowRun` fields ~20 KiB.
+        A GET without `keep` is not cached, nor one whose body `cache_if` refuses. With `lazy`, a 304's
+        body is left as the cached text (`_Reply.text`) for the caller to parse if it needs it.
+        """
+        key = _cache_key(path, params) if method == "GET" and keep is not None else None
         cached = self._etags.get(key) if key is not None else None
         response = await self._send(
             method, path, params=params, json=json, if_none_match=cached.etag if cached else None
@@ -448,17 +580,19 @@ class ForgeClient:
             self._etags[key] = cached
             self._etags.move_to_end(key)
             self._evict()
-            return _Reply(status=304, body=cached.body, not_modified=True)
+            return _cached_reply(cached, lazy=lazy)
         try:
             body = response.json() if response.content else None
         except ValueError as exc:
             raise ForgeError(f"Forge returned a body that is not JSON: {method} /{path}.") from exc
         etag = response.headers.get("etag")
-        if key is not None and etag:
-            self._etags[key] = _CacheEntry(etag=etag, body=body)
+        links = response.headers.get("link")
+        if key is not None and etag and keep is not None and (cache_if is None or cache_if(body)):
+            text = json_module.dumps(_slim(body, keep), separators=(",", ":"))
+            self._etags[key] = _CacheEntry(etag=etag, text=text, links=links)
             self._etags.move_to_end(key)
             self._evict()
-        return _Reply(status=response.status_code, body=body, not_modified=False)
+        return _Reply(status=response.status_code, body=body, not_modified=False, links=links)
 
     def _evict(self) -> None:
         while len(self._etags) > self._etag_entries:
@@ -639,6 +773,29 @@ def _parse(model: type[_M], body: Any, what: str) -> _M:
         return model.model_validate(body)
     except ValidationError as exc:
         raise ForgeError(f"Forge returned an unexpected body: /{what}.") from exc
+
+
+def _cached_reply(entry: _CacheEntry, *, lazy: bool) -> _Reply:
+    """A 304 answered from the cache: the body parsed, or (`lazy`) its text."""
+    if lazy:
+        return _Reply(status=304, body=None, not_modified=True, links=entry.links, text=entry.text)
+    return _Reply(status=304, body=json_module.loads(entry.text), not_modified=True, links=entry.links)
+
+
+def _unfinished(body: Any) -> bool:
+    """Whether a jobs listing has a job that is not completed yet."""
+    jobs = body.get("jobs") if isinstance(body, dict) else None
+    return isinstance(jobs, list) and any(isinstance(j, dict) and j.get("status") != "completed" for j in jobs)
+
+
+def _slim(body: Any, keep: type[BaseModel]) -> Any:
+    """`body` (an object or a list of them) reduced to the fields of `keep`; unchanged if it doesn't fit."""
+    try:
+        if isinstance(body, list):
+            return [keep.model_validate(item).model_dump(mode="json", exclude_none=True) for item in body]
+        return keep.model_validate(body).model_dump(mode="json", exclude_none=True)
+    except ValidationError:
+        return body  # the caller's own parse reports it
 
 
 def _as_list(body: Any) -> list[Any]:

@@ -1,16 +1,17 @@
 """GitHub App authentication: an RS256 JWT exchanged for a cached, self-refreshing installation token.
 
 The private key is read once, from a path, when `GitHubApp` is built; it never leaves this object. The
-installation token is cached and refreshed five minutes before its `expires_at`, or at once after the
-forge answers 401 to it (`invalidate`). `secrets()` lists the credentials in circulation so that logs and
-tool output can be scrubbed of them.
+installation token (optionally scoped to some repositories and permissions, which GitHub then enforces) is
+cached and refreshed five minutes before its `expires_at`, or at once after the forge answers 401 to it
+(`invalidate`). `secrets()` lists the credentials in circulation so that logs and tool output can be
+scrubbed of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -24,8 +25,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mcp_server.errors import ForgeAuthError, ForgeError, ForgeNotFound, ForgeUnavailable
 from policy.config import ForgeSettings
+from policy.redaction import redact
 
 __all__ = [
+    "API_VERSION",
     "JWT_BACKDATE_SECONDS",
     "JWT_TTL_SECONDS",
     "REFRESH_MARGIN_SECONDS",
@@ -33,6 +36,7 @@ __all__ = [
     "TokenSource",
 ]
 
+API_VERSION = "2022-11-28"  # sent as X-GitHub-Api-Version on every request, the token exchange included
 # GitHub accepts App JWTs of at most ten minutes; backdating covers clock drift between us and the forge.
 JWT_BACKDATE_SECONDS = 60
 JWT_TTL_SECONDS = 540
@@ -95,6 +99,8 @@ class GitHubApp:
         transport: httpx2.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
         refresh_margin: float = REFRESH_MARGIN_SECONDS,
+        repositories: Sequence[str] | None = None,
+        permissions: Mapping[str, str] | None = None,
     ) -> None:
         if not str(installation_id).isdigit():
             raise ForgeAuthError(f"GitHub App: installation id must be a number: {installation_id!r}.")
@@ -105,13 +111,24 @@ class GitHubApp:
         self._key = _load_key(Path(private_key_path))
         self._clock = clock
         self._refresh_margin = refresh_margin
+        # Least privilege: GitHub scopes the token to these repositories (names without the owner) and
+        # permissions; None asks for everything the installation has.
+        self._scope: dict[str, Any] = {}
+        if repositories is not None:
+            self._scope["repositories"] = list(repositories)
+        if permissions is not None:
+            self._scope["permissions"] = dict(permissions)
         self._timeout = timeout
         self._http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(timeout),
             transport=transport,
             trust_env=False,
             follow_redirects=False,
-            headers={"Accept": "application/vnd.github+json", "User-Agent": "greenloop"},
+            headers={
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": API_VERSION,
+                "User-Agent": "greenloop",
+            },
         )
         self._lock = asyncio.Lock()
         self._token: str | None = None
@@ -191,12 +208,33 @@ class GitHubApp:
         jwts = [self._last_jwt] if self._last_jwt else []
         return tuple(live + self._old + jwts)
 
+    def _refusal(self, response: httpx2.Response) -> str:
+        """GitHub's own message (redacted) for an error answer, with the fix when it is the clock; "." if none."""
+        try:
+            body = response.json()
+        except ValueError:
+            return "."
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, str) or not message:
+            return "."
+        text = f": {redact(message[:300], extra_secrets=self.secrets())!r}"
+        if "('exp')" in message or "('iat')" in message:
+            # GitHub judges iat/exp by its own clock: a skewed clock here is the usual cause.
+            text += (
+                ". The JWT's time claims were refused: check this machine's clock (it must be within a minute of "
+                "GitHub's; run NTP)"
+            )
+        return text + "."
+
     async def _exchange(self) -> str:
         url = f"{self._api_url}/app/installations/{self._installation_id}/access_tokens"
         what = f"installation {self._installation_id!r}"
         try:
             response = await self._http.post(
-                url, headers={"Authorization": f"Bearer {self.jwt()}"}, timeout=self._timeout
+                url,
+                headers={"Authorization": f"Bearer {self.jwt()}"},
+                json=self._scope or None,
+                timeout=self._timeout,
             )
         except httpx2.TimeoutException as exc:
             raise ForgeUnavailable(f"Forge unavailable: token exchange timed out for {what}.") from exc
@@ -205,14 +243,17 @@ class GitHubApp:
                 f"Forge unavailable: token exchange failed for {what}: {exc.__class__.__name__}."
             ) from exc
         status = response.status_code
+        said = self._refusal(response)
         if status in (401, 403):
-            raise ForgeAuthError(f"Forge refused the GitHub App JWT for {what}: HTTP {status}.", status=status)
+            raise ForgeAuthError(f"Forge refused the GitHub App JWT for {what}: HTTP {status}{said}", status=status)
         if status == 404:
-            raise ForgeNotFound(f"Forge has no GitHub App installation: {self._installation_id!r}.", status=status)
+            raise ForgeNotFound(
+                f"Forge has no GitHub App installation: {self._installation_id!r}: HTTP 404{said}", status=status
+            )
         if status >= 500:
-            raise ForgeUnavailable(f"Forge unavailable: token exchange for {what}: HTTP {status}.", status=status)
+            raise ForgeUnavailable(f"Forge unavailable: token exchange for {what}: HTTP {status}{said}", status=status)
         if status != 201 and status != 200:
-            raise ForgeError(f"Forge token exchange failed for {what}: HTTP {status}.", status=status)
+            raise ForgeError(f"Forge token exchange failed for {what}: HTTP {status}{said}", status=status)
         try:
             parsed = _InstallationToken.model_validate_json(response.content)
         except ValidationError as exc:

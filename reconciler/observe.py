@@ -23,7 +23,7 @@ __all__ = ["GREEN", "ObservedRun", "ProjectObservation", "observe_actions", "obs
 GREEN = frozenset({"success", "skipped", "neutral"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedRun:
     """One job's run, whatever its source."""
 
@@ -112,7 +112,7 @@ async def observe_actions(
     Raises:
         ForgeError: the forge could not be read (the pass records it as this project's error).
     """
-    page = await forge.list_workflow_runs(project.repo, branch=project.default_branch, per_page=30)
+    page = await forge.list_workflow_runs(project.repo, branch=project.default_branch, per_page=30, max_pages=1)
     if page.not_modified and previous is not None:
         return previous, False
     obs = ProjectObservation()
@@ -130,11 +130,13 @@ async def _jobs_of(
 ) -> Sequence[Job]:
     key = (project.repo, run.id, run.run_attempt)
     cached = cache.get(key)
-    if isinstance(cached, tuple):
-        return cached
+    if isinstance(cached, tuple):  # (id, name, status, conclusion) per job: all a pass reads of a job
+        return tuple(Job.model_construct(id=i, run_id=run.id, name=n, status=s, conclusion=c) for i, n, s, c in cached)
     jobs = tuple(await forge.list_run_jobs(project.repo, run.id))
     if run.status == "completed":
-        cache[key] = jobs  # a completed run's jobs never change
+        # A completed run's jobs never change; only the few fields a pass reads are kept (a Job with its
+        # steps is ~4 KiB, and a project's page of 30 runs has 100+ jobs).
+        cache[key] = tuple((j.id, j.name, j.status, j.conclusion) for j in jobs)
     return jobs
 
 

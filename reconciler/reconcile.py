@@ -421,12 +421,12 @@ async def _advance(
         if _now() - beat < timedelta(seconds=ctx.config.server.attempt_timeout_seconds):
             return attempt  # another worker may still be on it
         # The worker died. If it got as far as a PR, carry on from there; otherwise close it with a reason.
-        # A PR it merged before dying counts too (the list endpoint gives `merged_at`, not `merged`): the
-        # PR_OPEN step then moves it to verifying, instead of failing an attempt whose fix has landed.
+        # A PR it merged before dying counts too (`merged` comes from `merged_at`, which list items carry):
+        # the PR_OPEN step then moves it to verifying, instead of failing an attempt whose fix has landed.
         pr = None
         if ctx.forge is not None and attempt.branch:
             pr = await ctx.forge.find_pull_request(project.repo, attempt.branch)
-        if pr is not None and (pr.state == "open" or pr.merged or pr.merged_at is not None):
+        if pr is not None and (pr.state == "open" or pr.merged):
             await _transition(
                 ctx,
                 attempt,

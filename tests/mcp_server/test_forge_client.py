@@ -377,6 +377,50 @@ async def test_find_pull_request_filters_by_owner_and_branch_and_returns_none_wh
 
 
 @pytest.mark.anyio
+async def test_the_etag_cache_keeps_only_the_fields_greenloop_reads_and_a_304_gives_the_same_runs() -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.headers.get("if-none-match") == '"v1"':
+            return httpx2.Response(304, headers={"etag": '"v1"'})
+        bulky = {**run_json(), "repository": {"full_name": REPO, "description": "x" * 5000}, "pull_requests": []}
+        return httpx2.Response(200, json={"total_count": 1, "workflow_runs": [bulky]}, headers={"etag": '"v1"'})
+
+    h = Harness(handler)
+    first = await h.client.list_workflow_runs(REPO, branch="main")
+    [entry] = h.client._etags.values()
+    assert "unknown_field" not in entry.text and "repository" not in entry.text and len(entry.text) < 1000
+    second = await h.client.list_workflow_runs(REPO, branch="main")
+    assert second.not_modified and second.runs == first.runs
+
+
+@pytest.mark.anyio
+async def test_a_next_page_link_to_another_host_is_refused_and_never_sent_the_token() -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        link = '<https://evil.example/repositories/1/actions/runs?page=2>; rel="next"'
+        return httpx2.Response(200, json={"total_count": 2, "workflow_runs": [run_json(1)]}, headers={"link": link})
+
+    h = Harness(handler)
+    with pytest.raises(ForgeError, match="outside its API root"):
+        await h.client.list_workflow_runs(REPO)
+    assert [r.url.host for r in h.requests] == ["forge.test"]
+
+
+@pytest.mark.anyio
+async def test_a_listed_pull_request_is_merged_when_it_has_merged_at_though_lists_carry_no_merged() -> None:
+    merged_item = {k: v for k, v in pr_json(4).items() if k != "merged"} | {
+        "state": "closed",
+        "merged_at": "2024-05-01T11:00:00Z",
+        "merge_commit_sha": "c" * 40,
+    }
+    h = Harness(lambda request: httpx2.Response(200, json=[merged_item]))
+    found = await h.client.find_pull_request(REPO, "greenloop/fix/ci-abc123")
+    assert found is not None and found.merged and found.merge_commit_sha == "c" * 40
+    closed = {**merged_item, "merged_at": None, "merge_commit_sha": None}
+    h = Harness(lambda request: httpx2.Response(200, json=[closed]))
+    found = await h.client.find_pull_request(REPO, "greenloop/fix/ci-abc123")
+    assert found is not None and found.state == "closed" and not found.merged
+
+
+@pytest.mark.anyio
 async def test_merge_pull_request_squashes_at_the_given_sha_and_returns_the_merge_sha() -> None:
     def handler(request: httpx2.Request) -> httpx2.Response:
         assert request.method == "PUT" and request.url.path.endswith("/pulls/7/merge")
@@ -471,6 +515,9 @@ async def test_local_forge_answers_a_repeated_query_with_304_and_the_cached_runs
         pytest.param(("500", "502"), None, id="500-then-502"),
         pytest.param(("429",), [2.0], id="429-retry-after"),
         pytest.param(("403_secondary",), [2.0], id="403-secondary"),
+        # GitHub: a secondary limit without retry-after means "wait at least a minute".
+        pytest.param(("429_bare",), [60.0], id="429-secondary-without-retry-after"),
+        pytest.param(("403_secondary_bare",), [60.0], id="403-secondary-without-retry-after"),
     ],
 )
 @pytest.mark.anyio
@@ -518,3 +565,28 @@ async def test_a_304_whose_cache_entry_was_evicted_in_flight_still_answers_from_
     assert len(pages) == len(repos)
     assert sum(p.not_modified for p in pages) == 1
     assert all(p.runs[0].conclusion == "failure" for p in pages)
+
+
+@pytest.mark.parametrize("kind", ["403_primary", "429_primary"])
+@pytest.mark.anyio
+async def test_local_forge_primary_limit_is_waited_out_until_its_reset(local_forge: Any, kind: str) -> None:
+    forge, client, sleeps = local_forge
+    forge.faults.add(path_regex=r"^/repos/acme/clean$", kind=kind, retry_after=2)
+    assert (await client.get_repo("acme/clean")).full_name == "acme/clean"
+    assert len(sleeps) == 1 and 1.0 <= sleeps[0] <= 2.0  # until x-ratelimit-reset, not a blind minute
+
+
+@pytest.mark.anyio
+async def test_local_forge_exhausted_budget_answered_429_is_not_retried_for_an_hour(local_forge: Any) -> None:
+    forge, client, sleeps = local_forge
+    await client.get_repo("acme/clean")
+    forge.limiter.reset(1, exhausted_status=429)
+    # Another worker of the same installation spends the last request of the hour.
+    other = forge.auth.issue_installation_token(permissions=None, repositories=None).token
+    async with httpx2.AsyncClient(base_url=forge.api_url) as http:
+        spent = await http.get("/repos/acme/clean", headers={"Authorization": f"Bearer {other}"})
+    assert spent.status_code == 200 and spent.headers["x-ratelimit-remaining"] == "0"
+    with pytest.raises(ForgeRateLimited) as info:
+        await client.get_repo("acme/clean")
+    assert info.value.status == 429 and info.value.retry_after is not None and info.value.retry_after > 3000
+    assert sleeps == []

@@ -215,7 +215,6 @@ def test_from_settings_reads_the_forge_section(key_path: Path) -> None:
     assert claims["iss"] == "9"
 
 
-
 # ---------------------------------------------------------------------------------------------- local forge
 
 
@@ -268,3 +267,78 @@ async def test_local_forge_rejects_a_jwt_signed_with_another_key(tmp_path: Path,
     ):
         with pytest.raises(ForgeAuthError, match="HTTP 401"):
             await app.token()
+
+
+@pytest.mark.anyio
+async def test_local_forge_token_exchange_carries_the_api_version_and_a_fast_clock_is_named(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from fixtures.forge.server import run_forge
+
+    async with run_forge(tmp_path / "forge", actions_enabled=False) as forge:
+        kwargs: dict[str, Any] = {
+            "api_url": forge.api_url,
+            "app_id": str(forge.app_id),
+            "installation_id": str(forge.installation_id),
+            "private_key_path": forge.private_key_path,
+        }
+        async with GitHubApp(**kwargs) as app:
+            await app.token()
+        [exchange] = [r for r in forge.stats.log if r["route"].endswith("/access_tokens")]
+        assert exchange["status"] == 201 and exchange["api_version"] == "2022-11-28"
+        # This machine's clock runs 90 s fast: GitHub finds exp more than 10 minutes ahead of its own clock.
+        async with GitHubApp(**kwargs, clock=lambda: time.time() + 90) as skewed:
+            with pytest.raises(ForgeAuthError) as info:
+                await skewed.token()
+    text = str(info.value)
+    assert "HTTP 401" in text and "'Expiration time' claim ('exp') is too far in the future" in text
+    assert "check this machine's clock" in text
+
+
+@pytest.mark.anyio
+async def test_a_refused_exchange_keeps_the_forge_message_but_never_the_jwt(
+    key_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    def echo(request: httpx2.Request) -> httpx2.Response:
+        bearer = request.headers["authorization"].removeprefix("Bearer ")
+        return httpx2.Response(401, json={"message": f"A JSON web token could not be decoded: {bearer}"})
+
+    async with GitHubApp(
+        api_url=API,
+        app_id="12345",
+        installation_id="77",
+        private_key_path=key_path,
+        transport=httpx2.MockTransport(echo),
+    ) as app:
+        with pytest.raises(ForgeAuthError) as info:
+            await app.token()
+    assert "A JSON web token could not be decoded" in str(info.value) and "eyJ" not in str(info.value)
+    assert "clock" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_token_scoped_to_one_repository_and_read_access_is_held_to_it_by_the_local_forge(
+    tmp_path: Path,
+) -> None:
+    from fixtures.forge.server import run_forge
+
+    async with (
+        run_forge(tmp_path / "forge", projects=["clean", "bug-lib"], actions_enabled=False) as forge,
+        GitHubApp(
+            api_url=forge.api_url,
+            app_id=str(forge.app_id),
+            installation_id=str(forge.installation_id),
+            private_key_path=forge.private_key_path,
+            repositories=["clean"],
+            permissions={"contents": "read", "actions": "read"},
+        ) as app,
+        ForgeClient(ForgeSettings(api_url=forge.api_url), app) as client,
+    ):
+        assert (await client.get_repo("acme/clean")).full_name == "acme/clean"
+        assert await client.list_commits("acme/clean", sha="main", per_page=1)
+        with pytest.raises(ForgeNotFound):
+            await client.get_repo("acme/bug-lib")
+        with pytest.raises(ForgeAuthError, match="Resource not accessible by integration"):
+            await client.find_pull_request("acme/clean", "greenloop/fix/x")

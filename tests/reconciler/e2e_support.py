@@ -349,3 +349,15 @@ class GitPusher:
         if response.status_code != 201:
             raise RuntimeError(f"could not open the pull request: {response.status_code} {response.text}")
         return int(response.json()["number"])
+
+    async def merge_pull(self, full_name: str, number: int) -> str:
+        """Merge a pull request over the REST API (as the holder of `token`); returns the merge commit's sha."""
+        async with httpx2.AsyncClient(base_url=self.forge.api_url, timeout=30) as http:
+            response = await http.put(
+                f"/repos/{full_name}/pulls/{number}/merge",
+                headers={"Authorization": f"token {self.token}", "Accept": "application/vnd.github+json"},
+                json={"merge_method": "merge"},
+            )
+        if response.status_code != 200:
+            raise RuntimeError(f"could not merge the pull request: {response.status_code} {response.text}")
+        return str(response.json()["sha"])

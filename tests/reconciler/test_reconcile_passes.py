@@ -34,9 +34,11 @@ from e2e_support import (
 from fixtures.forge import Forge
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig
+from policy.types import AttemptStatus
 from reconciler.reconcile import UnknownProjects, reconcile
 from reconciler.runtime import open_runtime
 from reconciler.service import leased_reconcile
+from reconciler.store import attempts as store
 
 pytestmark = pytest.mark.anyio
 
@@ -255,3 +257,40 @@ async def test_two_replicas_taking_the_pass_lease_run_one_pass_and_start_one_att
         again = await leased_reconcile(second)
         assert again.projects_scanned == len(PROJECTS) and again.attempts_started == []
         assert sorted(a.project for a in await attempts_of(first.sessions)) == sorted(RED)
+
+
+# A pull request merged while no number was recorded ------------------------------------------------------
+
+
+async def test_an_attempt_whose_unrecorded_pull_request_was_merged_moves_to_verifying_not_cancelled(
+    forge: Forge, tmp_path: Path
+) -> None:
+    """GitHub's PR list items carry `merged_at` but no `merged`: found by branch, a merged PR must count as merged."""
+    config = _config(forge, tmp_path, sqlite_url(tmp_path / "greenloop.db"))
+    async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
+        run_id, sha = _red_run(forge, "protected-workflow")
+        attempt = await insert_running_attempt(
+            ctx.sessions,
+            project="protected-workflow",
+            job="test",
+            run_id=run_id,
+            head_sha=sha,
+            heartbeat_at=datetime.now(UTC),
+        )
+        assert attempt.branch is not None
+        moved = await store.transition(
+            ctx.sessions, attempt.id, AttemptStatus.PR_OPEN, reason="pr_opened", expected=AttemptStatus.RUNNING
+        )
+        assert moved
+        # The PR is merged into a side branch, so main (shared by this module's tests) does not move.
+        pusher = GitPusher(forge, forge.admin_token, tmp_path)
+        await pusher.push("acme/protected-workflow", {"SIDE.md": "side\n"}, "side", branch="side-merge")
+        await pusher.push("acme/protected-workflow", {"NOTES.md": "fix\n"}, "fix", branch=attempt.branch)
+        number = await pusher.open_pull("acme/protected-workflow", head=attempt.branch, base="side-merge")
+        await pusher.merge_pull("acme/protected-workflow", number)
+
+        done = await reconcile(ctx, repos=["protected-workflow"])
+        assert [(t.from_status, t.to_status, t.reason) for t in done.transitions] == [
+            ("pr_open", "verifying", "pr_merged")
+        ]
+    await forge.wait_idle(60)

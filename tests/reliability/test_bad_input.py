@@ -511,7 +511,8 @@ def _binary() -> Iterator[bytes]:
 @asynccontextmanager
 async def _streamed_log(forge: Forge, job_id: int, body: Iterator[bytes]) -> AsyncIterator[None]:
     """Serve job `job_id`'s log as a stream from the forge's log host (the real one builds it in memory)."""
-    server = forge._server
+    server = forge._blob_server
+    assert server is not None
     app = server.config.app
     path = f"/_forge/logs/jobs/{job_id}"
 
