@@ -15,10 +15,10 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import anyio
 
@@ -28,12 +28,10 @@ from agent.models import AnthropicBackend, ModelBackend
 from agent.recording import RecordingBackend, ReplayBackend
 from agent.scripted import ScriptedBackend
 from agent.types import AttemptTask
+from mcp_server.in_process import open_in_process_session
 from policy.config import AgentSettings, GreenloopConfig
 
-if TYPE_CHECKING:
-    from mcp_server.audit import AuditSink
-
-__all__ = ["SessionOpener", "agent_run_command", "make_backend", "open_in_process_session"]
+__all__ = ["SessionOpener", "agent_run_command", "make_backend"]
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 
@@ -81,29 +79,6 @@ def make_backend(
     raise _UsageError(
         f"Model error: unknown model spec: {spec!r} (use scripted:FILE, replay:FILE, record:FILE or anthropic[:MODEL])."
     )
-
-
-def open_in_process_session(config: GreenloopConfig, *, audit: AuditSink | None = None) -> SessionOpener:
-    """Sessions on an in-process `mcp_server` bound to (project, job, attempt) in agent mode.
-
-    Tool calls are audited to `audit` (default: one JSON log line per call).
-    """
-
-    @asynccontextmanager
-    async def opener(project: str, job: str, attempt_id: str) -> AsyncIterator[ToolSession]:
-        from mcp import Client
-
-        from mcp_server.audit import JsonLogAuditSink
-        from mcp_server.server import build_server
-        from mcp_server.session import Mode, SessionGrant, config_binding_factory
-
-        grant = SessionGrant(project=project, mode=Mode.AGENT, attempt_id=attempt_id, job=job, client="cli")
-        sink = audit if audit is not None else JsonLogAuditSink()
-        server = build_server(config_binding_factory(config, audit=sink), mode=Mode.AGENT, grant=grant)
-        async with Client(server) as client:
-            yield client
-
-    return opener
 
 
 async def _failing_run(session: ToolSession, job: str) -> dict[str, Any] | None:

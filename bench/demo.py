@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from reconciler.demo import DemoResult, run_demo
+from fixtures.demo import DemoResult, run_demo
 
 __all__ = ["main", "render_table", "run"]
 

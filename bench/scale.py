@@ -47,7 +47,7 @@ from mcp_server.github_app import GitHubApp
 from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.runtime import forge_client
 from reconciler.store.engine import make_engine, make_sessionmaker
 from reconciler.store.migrate import upgrade_async

@@ -46,14 +46,14 @@ from typing import Any, Final
 import httpx2
 import sqlalchemy as sa
 
-from mcp_server.jsonlog import JsonFormatter
+from infra.jsonlog import JsonFormatter
 from policy.config import Backoff, GreenloopConfig, ProjectConfig, ServerSettings
 from policy.gate import failure_fingerprint
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, Autonomy
 from reconciler.api import build_api
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker
 from reconciler.store.migrate import upgrade_async

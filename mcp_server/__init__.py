@@ -2,6 +2,6 @@
 
 Entry points: `mcp_server.server.build_server` (the MCPServer), `mcp_server.session` (what a session is
 bound to), `mcp_server.auth` (HTTP bearer tokens), `mcp_server.audit` (the tool-call trail) and the
-`greenloop-mcp` command (`mcp_server.cli`). Nothing is re-exported here, so importing a light module
-(`mcp_server.settings`, `mcp_server.jsonlog`) doesn't load the MCP SDK.
+`greenloop-mcp` command (`mcp_server.cli`). Nothing is re-exported here, so importing a light module doesn't
+load the MCP SDK. Structured logs and configuration loading live below, in `infra`.
 """

@@ -4,8 +4,11 @@ The server builds an `AuditEvent` for every `tools/call` (including unknown tool
 with its arguments and message already redacted, and hands it to an `AuditSink`:
 
 - `JsonLogAuditSink` writes one JSON line per call to a logger;
-- `SqlAuditSink` inserts one row per call into the `mcp_tool_call` table (created by the reconciler's
-  migrations; `MCP_TOOL_CALL` below mirrors its columns for SQLAlchemy Core).
+- `FanOutAuditSink` hands each event to several sinks.
+
+The database sink lives with the table it writes, in the reconciler's store
+(`reconciler.store.audit.StoreAuditSink`): the MCP server never touches SQL, and whoever wires a server to a
+database passes that sink in.
 """
 
 from __future__ import annotations
@@ -17,43 +20,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-import anyio
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 
 __all__ = [
-    "MCP_TOOL_CALL",
     "AuditEvent",
     "AuditSink",
+    "ClosableAuditSink",
     "FanOutAuditSink",
     "JsonLogAuditSink",
     "Outcome",
-    "SqlAuditSink",
-    "metadata",
 ]
 
 Outcome = Literal["ok", "refused", "error"]
-
-metadata = sa.MetaData()
-
-# The reconciler's migrations own this table; this is a Core mirror of exactly its columns.
-MCP_TOOL_CALL = sa.Table(
-    "mcp_tool_call",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("attempt_id", sa.String(32), nullable=True, index=True),
-    sa.Column("project", sa.String(200), nullable=False),
-    sa.Column("client", sa.String(200), nullable=False),
-    sa.Column("tool", sa.String(64), nullable=False),
-    sa.Column("arguments", sa.Text, nullable=False),
-    sa.Column("outcome", sa.String(16), nullable=False),
-    sa.Column("message", sa.Text, nullable=True),
-    sa.Column("result_bytes", sa.Integer, nullable=False),
-    sa.Column("duration_ms", sa.Float, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -99,6 +77,14 @@ class AuditSink(Protocol):
         ...
 
 
+class ClosableAuditSink(AuditSink, Protocol):
+    """A sink that holds a resource (a database engine) released by `aclose`."""
+
+    async def aclose(self) -> None:
+        """Release what the sink holds."""
+        ...
+
+
 class JsonLogAuditSink:
     """Writes each event as one JSON object on one line to `logger` (default `greenloop.mcp.audit`)."""
 
@@ -110,55 +96,6 @@ class JsonLogAuditSink:
         """Log the event as one JSON line."""
         # The event's fields are the record's fields: the JSON formatter writes them once, not as a JSON string.
         log_event(self._logger, "mcp_tool_call", level=self._level, **event.as_dict())
-
-
-class SqlAuditSink:
-    """Inserts each event as one row of `mcp_tool_call` through SQLAlchemy Core (async).
-
-    Pass a database URL (the sink owns and disposes its engine) or an existing `AsyncEngine`.
-    """
-
-    def __init__(self, database_url: str | AsyncEngine, *, timeout_seconds: float = 10.0) -> None:
-        if isinstance(database_url, AsyncEngine):
-            self._engine = database_url
-            self._owns_engine = False
-        else:
-            self._engine = create_async_engine(database_url)
-            self._owns_engine = True
-        self._timeout = timeout_seconds
-        self._logger = logging.getLogger("greenloop.mcp.audit")
-
-    async def record(self, event: AuditEvent) -> None:
-        """Insert the event; a database failure is logged (without the row's contents), not raised."""
-        row = {
-            "attempt_id": event.attempt_id,
-            "project": event.project[:200],
-            "client": event.client[:200],
-            "tool": event.tool[:64],
-            "arguments": event.arguments_json(),
-            "outcome": event.outcome,
-            "message": event.message,
-            "result_bytes": event.result_bytes,
-            "duration_ms": event.duration_ms,
-            "created_at": event.created_at,
-        }
-        try:
-            with anyio.fail_after(self._timeout):
-                async with self._engine.begin() as conn:
-                    await conn.execute(MCP_TOOL_CALL.insert().values(**row))
-        except Exception as exc:  # top-level boundary: an audit store outage must not crash the tool call
-            log_event(
-                self._logger,
-                "mcp_audit_write_failed",
-                level=logging.ERROR,
-                tool=event.tool,
-                error=exc.__class__.__name__,
-            )
-
-    async def aclose(self) -> None:
-        """Dispose the engine when this sink created it."""
-        if self._owns_engine:
-            await self._engine.dispose()
 
 
 class FanOutAuditSink:

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mcp.server.transport_security import TransportSecuritySettings
     from starlette.applications import Starlette
 
-    from mcp_server.audit import AuditSink
+    from mcp_server.audit import AuditSink, ClosableAuditSink
     from mcp_server.session import BindingFactory, Mode, SessionGrant
 
 __all__ = ["TOKEN_SECRET_ENV", "build_parser", "http_app", "main", "transport_security"]
@@ -139,46 +139,57 @@ def http_app(
 
 
 def _configure_logging(level: str) -> None:
-    from mcp_server.jsonlog import configure_json_logging
+    from infra.jsonlog import configure_json_logging
 
     configure_json_logging(getattr(logging, level))
 
 
 def _load(path: str | None) -> GreenloopConfig:
-    from mcp_server.settings import load_config
+    from infra.settings import load_config
 
     return load_config(path)
 
 
-async def _audit_sink(stack: AsyncExitStack, url: str | None) -> AuditSink:
-    from mcp_server.audit import FanOutAuditSink, JsonLogAuditSink, SqlAuditSink
+# Builds the database audit sink for `--audit-db URL` (`reconciler.store.audit.StoreAuditSink`, passed in by
+# the `greenloop-mcp` entry point `reconciler.mcp_cli`: this package never touches SQL itself).
+DatabaseSinkFactory = Callable[[str], "ClosableAuditSink"]
+
+
+async def _audit_sink(stack: AsyncExitStack, url: str | None, database_sink: DatabaseSinkFactory | None) -> AuditSink:
+    from mcp_server.audit import FanOutAuditSink, JsonLogAuditSink
 
     sinks: list[AuditSink] = [JsonLogAuditSink()]
     if url:
-        sql = SqlAuditSink(url)
+        if database_sink is None:  # pragma: no cover - main() refuses this combination first
+            raise ConfigError("--audit-db: no database sink")
+        sql = database_sink(url)
         stack.push_async_callback(sql.aclose)
         sinks.append(sql)
     return FanOutAuditSink(sinks)
 
 
-async def _run_stdio(args: argparse.Namespace, config: GreenloopConfig, grant: SessionGrant) -> None:
+async def _run_stdio(
+    args: argparse.Namespace, config: GreenloopConfig, grant: SessionGrant, database_sink: DatabaseSinkFactory | None
+) -> None:
     from mcp_server.server import build_server
     from mcp_server.session import config_binding_factory
 
     async with AsyncExitStack() as stack:
-        audit = await _audit_sink(stack, args.audit_db)
+        audit = await _audit_sink(stack, args.audit_db, database_sink)
         server = build_server(config_binding_factory(config, audit=audit), mode=grant.mode, grant=grant)
         await server.run_stdio_async()
 
 
-async def _run_http(args: argparse.Namespace, config: GreenloopConfig, secret: str) -> None:
+async def _run_http(
+    args: argparse.Namespace, config: GreenloopConfig, secret: str, database_sink: DatabaseSinkFactory | None
+) -> None:
     import uvicorn
 
     from mcp_server.session import Mode, config_binding_factory
 
     projects = args.project or [p.name for p in config.projects]
     async with AsyncExitStack() as stack:
-        audit = await _audit_sink(stack, args.audit_db)
+        audit = await _audit_sink(stack, args.audit_db, database_sink)
         app = http_app(
             config_binding_factory(config, audit=audit),
             mode=Mode(args.mode),
@@ -229,8 +240,11 @@ def _check_binding(args: argparse.Namespace) -> None:
             raise ConfigError(str(exc)) from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run `greenloop-mcp`; returns the process exit code (2 for a configuration problem)."""
+def main(argv: Sequence[str] | None = None, *, database_sink: DatabaseSinkFactory | None = None) -> int:
+    """Run `greenloop-mcp`; returns the process exit code (2 for a configuration problem).
+
+    `database_sink` builds the sink of `--audit-db` (without one, `--audit-db` is a configuration error).
+    """
     arguments = list(sys.argv[1:] if argv is None else argv)
     stdio_parser, http_parser = build_parser()
     over_http = bool(arguments) and arguments[0] == "serve-http"
@@ -239,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _load(args.config)
         _check(args, config)
+        if args.audit_db and database_sink is None:
+            raise ConfigError("--audit-db: this entry point has no database sink (run the greenloop-mcp command)")
         if over_http:
             secret = os.environ.get(TOKEN_SECRET_ENV, "")
             if not secret:
@@ -256,14 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if over_http:
-            anyio.run(_run_http, args, config, secret)
+            anyio.run(_run_http, args, config, secret, database_sink)
         else:
             from mcp_server.session import Mode, SessionGrant
 
             grant = SessionGrant(
                 project=args.project, mode=Mode(args.mode), attempt_id=args.attempt, job=args.job, client="stdio"
             )
-            anyio.run(_run_stdio, args, config, grant)
+            anyio.run(_run_stdio, args, config, grant, database_sink)
     except KeyboardInterrupt:
         return 130
     return 0

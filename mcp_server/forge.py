@@ -48,7 +48,7 @@ from mcp_server.errors import (
 )
 from mcp_server.github_app import API_VERSION, TokenSource
 from mcp_server.jsonlog import log_event
-from policy.config import ForgeSettings
+from policy.config import REPO_NAME_RE, ForgeSettings
 from policy.redaction import redact
 
 __all__ = [
@@ -70,7 +70,6 @@ __all__ = [
 ]
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
 _SECONDARY_DEFAULT_WAIT = 60.0  # GitHub: without retry-after, wait at least a minute after a secondary limit
 _MAX_LOG_REDIRECTS = 3
 _PER_PAGE = 100  # GitHub's maximum page size for every list greenloop reads
@@ -763,7 +762,7 @@ class ForgeClient:
 
 def _repo(repo: str) -> str:
     # Security: the repository name becomes part of a URL path; refuse anything that could change the path.
-    if not _REPO_RE.match(repo) or any(part in (".", "..") for part in repo.split("/")):
+    if not REPO_NAME_RE.match(repo) or any(part in (".", "..") for part in repo.split("/")):
         raise ForgeError(f"Forge: not a repository name: {repo!r}.")
     return repo
 

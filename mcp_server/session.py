@@ -147,12 +147,28 @@ def _git_url(settings: ForgeSettings) -> str:
     return f"{parts.scheme}://{host}{path}"
 
 
-def config_binding_factory(config: GreenloopConfig, *, audit: AuditSink) -> BindingFactory:
+def config_binding_factory(
+    config: GreenloopConfig,
+    *,
+    audit: AuditSink,
+    app: GitHubApp | None = None,
+    forge: ForgeClient | None = None,
+) -> BindingFactory:
     """A `BindingFactory` building each binding from `greenloop.toml`: GitHub App, forge client, workspace.
+
+    `app` and `forge` (both or neither): the process's one GitHub App and forge client, shared by every
+    session (the process's owner opens and closes them), so one rate-limit view and one token cache see
+    all the traffic. Without them each session opens its own (a stdio or sidecar server serving alone).
 
     Agent sessions clone into `<workspace_dir>/attempt-<id>`; read-only sessions into a temporary directory
     removed when the session ends.
+
+    Raises:
+        ValueError: only one of `app` and `forge` was given.
     """
+    if (app is None) != (forge is None):
+        raise ValueError("config_binding_factory: pass both the shared GitHub App and its forge client, or neither")
+
     async def factory(grant: SessionGrant) -> SessionBinding:
         try:
             project = config.project(grant.project)
@@ -160,8 +176,11 @@ def config_binding_factory(config: GreenloopConfig, *, audit: AuditSink) -> Bind
             raise ToolRefused(f"Access denied: unknown project: {grant.project!r}.") from None
         stack = AsyncExitStack()
         try:
-            app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
-            forge = await stack.enter_async_context(ForgeClient(config.forge, app))
+            if app is not None and forge is not None:
+                session_app, session_forge = app, forge
+            else:
+                session_app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
+                session_forge = await stack.enter_async_context(ForgeClient(config.forge, session_app))
             if grant.attempt_id is not None:
                 root = Path(config.server.workspace_dir) / f"attempt-{grant.attempt_id}"
             else:
@@ -170,8 +189,8 @@ def config_binding_factory(config: GreenloopConfig, *, audit: AuditSink) -> Bind
                 root_dir=root,
                 project=project,
                 git_url=_git_url(config.forge),
-                token=app.token,
-                invalidate=app.invalidate,
+                token=session_app.token,
+                invalidate=session_app.invalidate,
                 bot_name=config.forge.bot_login,
                 bot_email=config.forge.bot_email,
             )
@@ -182,9 +201,9 @@ def config_binding_factory(config: GreenloopConfig, *, audit: AuditSink) -> Bind
             grant=grant,
             project=project,
             workspace=workspace,
-            forge=forge,
+            forge=session_forge,
             audit=audit,
-            secrets=app.secrets,
+            secrets=session_app.secrets,
             resources=stack,
         )
 

@@ -34,6 +34,7 @@ from mcp_server.errors import GitError, ToolRefused, WorkspaceError, WorkspaceRe
 from policy.branches import ATTEMPT_ID_RE, is_fix_branch
 from policy.config import ProjectConfig
 from policy.errors import PathRefused
+from policy.gate import ATTEMPT_TRAILER
 from policy.paths import check_relative, confine, is_git_component, matches_glob
 from policy.redaction import redact
 
@@ -48,7 +49,6 @@ __all__ = [
     "WriteResult",
 ]
 
-ATTEMPT_TRAILER = "Greenloop-Attempt"
 MAX_READ_FILE_BYTES = 10_000_000  # larger files are refused: reading them would stall the session
 _BINARY_PROBE_BYTES = 8000  # git's own heuristic: a NUL byte in the first 8000 bytes means binary
 _STDERR_CHARS = 1000

@@ -20,6 +20,7 @@ from policy.types import Autonomy
 __all__ = [
     "DEFAULT_DENIED_GLOBS",
     "ENV_PREFIX",
+    "REPO_NAME_RE",
     "AgentSettings",
     "Backoff",
     "Budgets",
@@ -50,7 +51,8 @@ DEFAULT_DENIED_GLOBS: tuple[str, ...] = (
     "**/*.pfx",
 )
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
+REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
+"""An `owner/name` repository (the shape GitHub allows); the one definition, used by the forge client too."""
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -120,7 +122,7 @@ class ProjectConfig(_Model):
     @field_validator("repo")
     @classmethod
     def _check_repo(cls, v: str) -> str:
-        if not _REPO_RE.match(v) or v.endswith(".git"):
+        if not REPO_NAME_RE.match(v) or v.endswith(".git"):
             raise ValueError("must look like 'owner/name'")
         return v
 

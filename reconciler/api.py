@@ -16,28 +16,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
-import sqlalchemy as sa
 from pydantic import BaseModel
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mcp_server.errors import ForgeError
-from mcp_server.forge import PullRequest
-from mcp_server.jsonlog import bind_context, log_event
+from infra.jsonlog import bind_context, log_event
 from policy.config import ProjectConfig
 from policy.errors import ConfigError
 from policy.redaction import redact
-from policy.types import TERMINAL_STATUSES, AttemptStatus
+from policy.types import AttemptStatus
+from reconciler import operations
 from reconciler.api_http import (
     ApiError,
     BearerGuard,
@@ -68,16 +64,15 @@ from reconciler.api_models import (
 )
 from reconciler.context import ReconcilerContext
 from reconciler.errors import StoreBusy, StoreError
-from reconciler.finish import attempt_finished
 from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from reconciler.reconcile import UnknownProjects, reconcile
+from reconciler.operations import OperationRefused, ProjectAction, find_attempt, find_project
+from reconciler.runner import UnknownProjects, reconcile
 from reconciler.store import attempts as attempt_store
 from reconciler.store import projects as project_store
-from reconciler.store.models import Attempt, JobRun, McpToolCall, utcnow
-from reconciler.store.runs import record_run
-from reconciler.store.state import kill_switch_enabled, set_kill_switch
-from reconciler.store.translate import fetch_all, with_retry
-from reconciler.store.upsert import insert_for
+from reconciler.store.audit import tool_calls
+from reconciler.store.models import Attempt, JobRun, Project, utcnow
+from reconciler.store.runs import record_reported_run
+from reconciler.store.state import kill_switch_enabled, ping, set_kill_switch
 from reconciler.store.views import stored_json
 from reconciler.summary import RunSummary, Trigger
 from reconciler.ui import ui_routes
@@ -90,15 +85,13 @@ MIN_TOKEN_LENGTH: Final = 16
 # A 1 MiB log can take up to six times that once JSON-escaped (\uXXXX); the decoded size is checked after.
 _RUN_BODY: Final = 8 * LOG_TEXT_LIMIT_BYTES
 _HEALTH_TIMEOUT_S: Final = 5.0
-_FORGE_TIMEOUT_S: Final = 15.0
 _MAX_ID_LEN: Final = 64
-_ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 _M = TypeVar("_M", bound=BaseModel)
 
 
 class ReconcileFn(Protocol):
-    """The pass the API runs for `POST /debug/reconcile` (`reconciler.reconcile.reconcile`)."""
+    """The pass the API runs for `POST /debug/reconcile` (`reconciler.runner.reconcile`)."""
 
     async def __call__(
         self,
@@ -121,24 +114,15 @@ class _Api:
     reconcile_fn: ReconcileFn
     debug_timeout: float
     request_timeout: float
-    synced: bool = False
 
     # -- helpers --
 
     def project(self, key: str) -> ProjectConfig:
-        for p in self.ctx.config.projects:
-            if key in (p.name, p.repo):
-                return p
-        raise ApiError(404, "unknown_project", f"Unknown project: {key!r}.", unknown=[key])
+        return find_project(self.ctx, key)
 
-    async def ensure_projects(self) -> None:
-        """Rows for every configured project (attempts, runs and flags reference them); once per app."""
-        if not self.synced:
-            await project_store.sync_projects(self.ctx.sessions, {p.name: p.repo for p in self.ctx.config.projects})
-            self.synced = True
-
-    async def project_state(self, project: ProjectConfig) -> ProjectState:
-        row = await project_store.get_project(self.ctx.sessions, project.name)
+    async def project_state(self, project: ProjectConfig, row: Project | None = None) -> ProjectState:
+        if row is None:
+            row = await project_store.get_project(self.ctx.sessions, project.name)
         active = await attempt_store.active_attempts(self.ctx.sessions, project.name)
         by_operator = bool(row.paused) if row is not None else False
         return ProjectState(
@@ -174,6 +158,11 @@ class _Api:
             try:
                 async with asyncio.timeout(limit):
                     response = await handler(request, fields)
+            except OperationRefused as exc:
+                exc_api = _refused(exc)
+                fields["error"] = exc_api.body.error
+                fields["detail"] = exc_api.body.detail
+                response = error_response(exc_api)
             except ApiError as exc:
                 fields["error"] = exc.body.error
                 fields["detail"] = exc.body.detail
@@ -220,9 +209,9 @@ class _Api:
 
     async def healthz(self, request: Request, fields: dict[str, Any]) -> Response:
         try:
-            async with asyncio.timeout(_HEALTH_TIMEOUT_S), self.ctx.sessions() as session:
-                await session.execute(sa.text("SELECT 1"))
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+                await ping(self.ctx.sessions)
+        except (StoreError, TimeoutError) as exc:
             fields["db_error"] = exc.__class__.__name__
             return json_response(Health(status="unavailable", detail="database unreachable"), 503)
         return json_response(Health(status="ok"))
@@ -277,7 +266,7 @@ class _Api:
                     "too_large",
                     f"Log too large: 'log_text' is {size} bytes; the limit is {LOG_TEXT_LIMIT_BYTES} (send 'log_url').",
                 )
-        await self.ensure_projects()
+        await self.ctx.ensure_projects()
         # Security: logs leave the job's sandbox here; secrets they print are redacted before they are stored.
         log_text = redact(body.log_text) if body.log_text is not None else None
         row, created = await _record_reported_run(self, project.name, body, log_text)
@@ -307,10 +296,7 @@ class _Api:
     async def get_attempt(self, request: Request, fields: dict[str, Any]) -> Response:
         attempt = await self.attempt(request, fields)
         transitions = await attempt_store.attempt_transitions(self.ctx.sessions, attempt.id)
-        calls = await fetch_all(
-            self.ctx.sessions,
-            sa.select(McpToolCall).where(McpToolCall.attempt_id == attempt.id).order_by(McpToolCall.id),
-        )
+        calls = await tool_calls(self.ctx.sessions, attempt_id=attempt.id)
         detail = AttemptDetail(
             **_summary(attempt).model_dump(),
             fingerprint=attempt.fingerprint,
@@ -343,97 +329,32 @@ class _Api:
 
     async def attempt(self, request: Request, fields: dict[str, Any]) -> Attempt:
         attempt_id = str(request.path_params["id"])
-        shown = attempt_id[:_MAX_ID_LEN]
-        fields["attempt_id"] = shown
-        # An id that cannot exist (attempt ids are short and alphanumeric) never reaches the database: NUL
-        # bytes and odd characters would be a driver error there, not a "not found".
-        found = await attempt_store.get_attempt(self.ctx.sessions, attempt_id) if _ID_RE.match(attempt_id) else None
-        if found is None:
-            raise ApiError(404, "unknown_attempt", f"Unknown attempt: {shown!r}.")
-        return found
+        fields["attempt_id"] = attempt_id[:_MAX_ID_LEN]
+        return await find_attempt(self.ctx, attempt_id)
 
     async def cancel_attempt(self, request: Request, fields: dict[str, Any]) -> Response:
         attempt = await self.attempt(request, fields)
         action = await parse_body(request, OperatorAction, optional=True)
         fields.update(project=attempt.project, reason=action.reason)
-        reason = "operator_cancel" + (f": {action.reason}" if action.reason else "")
-        for _ in range(len(AttemptStatus)):  # each lost race moves the attempt forward; the chain is finite
-            status = AttemptStatus(attempt.status)
-            if status in TERMINAL_STATUSES:
-                raise ApiError(409, "conflict", f"Attempt already finished: {status.value!r}: {attempt.id!r}.")
-            moved = await attempt_store.transition(
-                self.ctx.sessions,
-                attempt.id,
-                AttemptStatus.CANCELLED,
-                reason=reason,
-                expected=status,
-                stop_reason="cancelled",
-            )
-            refreshed = await attempt_store.get_attempt(self.ctx.sessions, attempt.id)
-            if refreshed is None:  # pragma: no cover - attempts are never deleted
-                raise ApiError(404, "unknown_attempt", f"Unknown attempt: {attempt.id!r}.")
-            attempt = refreshed
-            if moved:
-                fields["from_status"] = status.value
-                await attempt_finished(
-                    self.ctx.sessions,
-                    self.ctx.metrics,
-                    attempt_id=attempt.id,
-                    status=AttemptStatus.CANCELLED,
-                    webhook_url=self.ctx.config.server.slack_webhook_url,
-                )
-                # The database says cancelled first (a replica's heartbeat loop stops its agent from that);
-                # then the agent here stops at once, then its pull request is closed.
-                if self.ctx.dispatcher is not None:
-                    fields["agent_stopped"] = await self.ctx.dispatcher.cancel(attempt.id)
-                fields["pr_closed"] = await self.close_pull_request(attempt)
-                return json_response(_summary(attempt))
-        raise ApiError(409, "conflict", f"Attempt kept changing; try again: {attempt.id!r}.")
-
-    async def close_pull_request(self, attempt: Attempt) -> int | None:
-        """Close the open pull request of an attempt an operator cancelled; its number, or None.
-
-        Decision: an operator's cancel abandons the fix, so its pull request is closed unmerged (a human who
-        still wants it can reopen it). The PR is looked up by number or, when the agent opened it but had not
-        recorded it yet, by the attempt's fix branch. A merged or already closed PR is left alone. A forge
-        failure does not undo the cancel: it is logged, and the PR stays open for a human to close.
-        """
-        project = next((p for p in self.ctx.config.projects if p.name == attempt.project), None)
-        if self.ctx.forge is None or project is None or (attempt.pr_number is None and not attempt.branch):
-            return None
-        try:
-            async with asyncio.timeout(_FORGE_TIMEOUT_S):
-                pr: PullRequest | None
-                if attempt.pr_number is not None:
-                    pr = await self.ctx.forge.get_pull_request(project.repo, attempt.pr_number)
-                else:
-                    pr = await self.ctx.forge.find_pull_request(project.repo, attempt.branch or "", state="open")
-                if pr is None or pr.state != "open" or pr.merged:
-                    return None
-                await self.ctx.forge.close_pull_request(project.repo, pr.number)
-        except (ForgeError, TimeoutError) as exc:
-            log_event(logger, "cancel_pr_close_failed", level=logging.WARNING, attempt_id=attempt.id, error=str(exc))
-            return None
-        log_event(logger, "cancel_pr_closed", attempt_id=attempt.id, pr_number=pr.number)
-        return pr.number
+        done = await operations.cancel_attempt(self.ctx, attempt, reason=action.reason)
+        fields.update(from_status=done.from_status, pr_closed=done.pr_closed)
+        if done.agent_stopped is not None:
+            fields["agent_stopped"] = done.agent_stopped
+        return json_response(_summary(done.attempt))
 
     async def list_projects(self, request: Request, fields: dict[str, Any]) -> Response:
-        await self.ensure_projects()
+        await self.ctx.ensure_projects()
         states = [await self.project_state(p) for p in self.ctx.config.projects]
         fields["count"] = len(states)
         return json_response(ProjectList(projects=states))
 
-    def project_action(self, action_name: Literal["pause", "resume", "reset"]) -> Handler:
+    def project_action(self, action_name: ProjectAction) -> Handler:
         async def handle(request: Request, fields: dict[str, Any]) -> Response:
             project = self.project(str(request.path_params["name"]))
             action = await parse_body(request, OperatorAction, optional=True)
             fields.update(project=project.name, reason=action.reason)
-            await self.ensure_projects()
-            if action_name == "reset":
-                await project_store.reset_escalation(self.ctx.sessions, project.name)
-            else:
-                await project_store.set_paused(self.ctx.sessions, project.name, action_name == "pause")
-            return json_response(await self.project_state(project))
+            row = await operations.project_action(self.ctx, project, action_name)
+            return json_response(await self.project_state(project, row))
 
         return handle
 
@@ -448,6 +369,14 @@ class _Api:
         state = await self.kill_switch_state()
         fields.update(requested=body.enabled, enabled=state.enabled)
         return json_response(state)
+
+
+def _refused(exc: OperationRefused) -> ApiError:
+    if exc.kind == "conflict":
+        return ApiError(409, "conflict", str(exc))
+    if exc.kind == "unknown_project":
+        return ApiError(404, "unknown_project", str(exc), unknown=[exc.name])
+    return ApiError(404, "unknown_attempt", str(exc))
 
 
 def _summary(a: Attempt) -> AttemptSummary:
@@ -491,20 +420,7 @@ async def _record_reported_run(api: _Api, project: str, body: ReportedRun, log_t
         "run_attempt": body.run_attempt,
         "created_at": body.created_at or utcnow(),
     }
-
-    async def _insert() -> JobRun | None:
-        async with api.ctx.sessions() as session, session.begin():
-            stmt = insert_for(session, JobRun).values(**values, observed_at=utcnow())
-            stmt = stmt.on_conflict_do_nothing(
-                index_elements=[JobRun.project, JobRun.source, JobRun.run_id, JobRun.run_attempt]
-            )
-            inserted: JobRun | None = await session.scalar(stmt.returning(JobRun))
-            return inserted
-
-    new = await with_retry(_insert)
-    if new is not None:
-        return new, True
-    return await record_run(api.ctx.sessions, **values), False
+    return await record_reported_run(api.ctx.sessions, **values)
 
 
 def build_api(

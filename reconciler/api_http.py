@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from reconciler.api_models import ErrorBody, FieldError
 
 __all__ = [

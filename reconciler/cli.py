@@ -20,7 +20,7 @@ def _config_check(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from mcp_server.settings import CONFIG_ENV, load_config
+    from infra.settings import CONFIG_ENV, load_config
 
     config = load_config(args.config)
     if not args.config and not os.environ.get(CONFIG_ENV) and not Path("greenloop.toml").exists():
@@ -47,9 +47,19 @@ def _logs_excerpt(args: argparse.Namespace) -> int:
     return logs_excerpt_command(args.file, args.budget_tokens, args.json)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from reconciler.demo import demo_command
+DEMO_ENTRY_POINT = "demo"
+"""The `greenloop.commands` entry point of the demo (registered by the `fixtures` package the wheel ships)."""
 
+
+def _demo(args: argparse.Namespace) -> int:
+    # The demo drives the local forge and the fixture projects, which are not product code: it is found
+    # through its entry point instead of imported, so the product never depends on `fixtures`.
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="greenloop.commands", name=DEMO_ENTRY_POINT)
+    if not found:
+        raise ConfigError("demo: not installed (the greenloop.commands entry point 'demo' is missing)")
+    demo_command: Callable[..., int] = next(iter(found)).load()
     return demo_command(as_json=args.json, deadline_seconds=args.deadline, keep_dir=args.keep)
 
 
@@ -66,11 +76,23 @@ def _run(args: argparse.Namespace) -> int:
     return run_command(args.config)
 
 
+def _attempt_cancel(args: argparse.Namespace) -> int:
+    from reconciler.service import cancel_command
+
+    return cancel_command(args.config, args.id, reason=args.reason)
+
+
+def _project_action(args: argparse.Namespace) -> int:
+    from reconciler.service import project_command
+
+    return project_command(args.config, args.project_command, args.name)
+
+
 def _agent_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from agent.cli import agent_run_command
-    from mcp_server.settings import load_config
+    from infra.settings import load_config
     from reconciler.cli_attempts import active_attempt_refusal
 
     config = load_config(args.config)
@@ -112,6 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--model", default=None, help="scripted:FILE | replay:FILE | record:FILE | anthropic[:MODEL]")
     ar.add_argument("--run-id", type=int, default=None, help="the failing run (default: the latest failed run)")
     ar.set_defaults(func=_agent_run)
+
+    p = sub.add_parser("attempt", help="operator actions on attempts (as the HTTP API's)")
+    psub = p.add_subparsers(dest="attempt_command", required=True)
+    ac = psub.add_parser("cancel", help="cancel an active attempt: stop its agent, close its pull request")
+    ac.add_argument("id")
+    ac.add_argument("--reason", default=None, help="why (recorded with the transition)")
+    ac.set_defaults(func=_attempt_cancel)
+
+    p = sub.add_parser("project", help="operator actions on projects (as the HTTP API's)")
+    psub = p.add_subparsers(dest="project_command", required=True)
+    for verb, text in (
+        ("pause", "start no new attempts for the project"),
+        ("resume", "undo pause"),
+        ("reset", "forget earlier failures (after an escalation was dealt with)"),
+    ):
+        pp = psub.add_parser(verb, help=text)
+        pp.add_argument("name", help="project name or owner/name")
+        pp.set_defaults(func=_project_action)
 
     p = sub.add_parser("config", help="configuration commands")
     psub = p.add_subparsers(dest="config_command", required=True)

@@ -28,7 +28,7 @@ from typing import Any
 from agent.loop import AttemptOutcome, ToolSession, run_attempt
 from agent.models import ModelBackend
 from agent.types import AttemptTask, StopReason
-from mcp_server.jsonlog import bind_context, log_event
+from infra.jsonlog import bind_context, log_event
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob

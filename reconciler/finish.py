@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from policy.types import AttemptStatus
 from reconciler.metrics import Metrics
 from reconciler.notify import notify

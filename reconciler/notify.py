@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from policy.redaction import redact
 
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "NotifyEvent", "build_payload", "notify"]

@@ -11,12 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import sqlalchemy as sa
-
 from mcp_server.forge import ForgeClient, Job, WorkflowRun
 from policy.config import ProjectConfig
+from reconciler.context import JobFacts, JobKey
 from reconciler.store.engine import SessionFactory
-from reconciler.store.models import JobRun
+from reconciler.store.runs import latest_reported_runs
 
 __all__ = ["GREEN", "ObservedRun", "ProjectObservation", "observe_actions", "observe_reported"]
 
@@ -94,18 +93,12 @@ class ProjectObservation:
         return run.head_sha in self.green_shas.get(run.job, set())
 
 
-def _utc(value: datetime | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 async def observe_actions(
     forge: ForgeClient,
     project: ProjectConfig,
     *,
     previous: ProjectObservation | None,
-    job_cache: dict[tuple[str, int, int], object],
+    job_cache: dict[JobKey, JobFacts],
 ) -> tuple[ProjectObservation, bool]:
     """Observe the project's workflow runs on its default branch; returns (observation, changed).
 
@@ -126,11 +119,11 @@ async def observe_actions(
 
 
 async def _jobs_of(
-    forge: ForgeClient, project: ProjectConfig, run: WorkflowRun, cache: dict[tuple[str, int, int], object]
+    forge: ForgeClient, project: ProjectConfig, run: WorkflowRun, cache: dict[JobKey, JobFacts]
 ) -> Sequence[Job]:
     key = (project.repo, run.id, run.run_attempt)
     cached = cache.get(key)
-    if isinstance(cached, tuple):  # (id, name, status, conclusion) per job: all a pass reads of a job
+    if cached is not None:
         return tuple(Job.model_construct(id=i, run_id=run.id, name=n, status=s, conclusion=c) for i, n, s, c in cached)
     jobs = tuple(await forge.list_run_jobs(project.repo, run.id))
     if run.status == "completed":
@@ -164,7 +157,7 @@ def _from_actions(project: ProjectConfig, run: WorkflowRun, job: Job) -> Observe
         event=run.event,
         triggered_by=_producer(run),
         commit_message=run.head_commit_message,
-        created_at=_utc(run.created_at),
+        created_at=run.created_at or datetime.now(UTC),
         job_id=job.id,
     )
 
@@ -172,22 +165,15 @@ def _from_actions(project: ProjectConfig, run: WorkflowRun, job: Job) -> Observe
 async def observe_reported(
     sessions: SessionFactory, projects: Iterable[ProjectConfig]
 ) -> dict[str, ProjectObservation]:
-    """Latest reported runs per job for all `projects`, in one query (runs sent to `POST /runs`)."""
+    """Latest reported runs per job for all `projects`, in one query (runs sent to `POST /runs`).
+
+    Raises:
+        StoreError: the database failed.
+    """
     by_name = {p.name: p for p in projects}
     if not by_name:
         return {}
-    newest = (
-        sa.select(JobRun.project, JobRun.job, sa.func.max(JobRun.created_at).label("at"))
-        .where(JobRun.source == "reported", JobRun.project.in_(list(by_name)))
-        .group_by(JobRun.project, JobRun.job)
-        .subquery()
-    )
-    query = sa.select(JobRun).join(
-        newest,
-        sa.and_(JobRun.project == newest.c.project, JobRun.job == newest.c.job, JobRun.created_at == newest.c.at),
-    )
-    async with sessions() as session:
-        rows = list((await session.scalars(query)).all())
+    rows = await latest_reported_runs(sessions, list(by_name))
     out: dict[str, ProjectObservation] = {}
     for row in rows:
         project = by_name[row.project]
@@ -206,7 +192,7 @@ async def observe_reported(
                 event=row.event,
                 triggered_by=row.triggered_by,
                 commit_message=row.commit_message,
-                created_at=_utc(row.created_at),
+                created_at=row.created_at,
                 log_text=row.log_text,
             )
         )

@@ -7,81 +7,36 @@ everything on exit.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Final
 
-import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from agent.cli import open_in_process_session
 from agent.loop import ToolSession
 from agent.models import AnthropicBackend, ModelBackend
 from agent.scripted import ScriptedBackend
-from mcp_server.audit import FanOutAuditSink, SqlAuditSink
+from mcp_server.audit import FanOutAuditSink
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
-from mcp_server.jsonlog import log_event
+from mcp_server.in_process import open_in_process_session
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.errors import ConfigError
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import AgentDispatcher, BackendFactory
-from reconciler.errors import StoreError
 from reconciler.metrics import Metrics, MetricsAuditSink
-from reconciler.store.engine import make_engine, make_sessionmaker, redact_url
-from reconciler.store.migrate import upgrade_async
+from reconciler.store.audit import StoreAuditSink
+from reconciler.store.engine import make_engine, make_sessionmaker
+from reconciler.store.migrate import migrate_store
 from reconciler.store.models import Attempt
 
 __all__ = [
-    "MIGRATION_LOCK_KEY",
     "backend_from_env",
     "forge_client",
-    "migrate_store",
     "open_runtime",
     "scripted_backends",
 ]
 
 logger = logging.getLogger("greenloop.runtime")
-
-MIGRATION_LOCK_KEY: Final = 0x67726E6C6F6F70  # "grnloop": the PostgreSQL advisory lock key of migrations
-
-
-async def migrate_store(engine: AsyncEngine, *, timeout_seconds: float = 300.0) -> None:
-    """Apply pending migrations; on PostgreSQL under an advisory lock, so replicas starting together take turns.
-
-    The lock is a session lock (`pg_advisory_lock`) on a dedicated connection, held around `upgrade_async`:
-    the second replica waits, then finds the schema at head and does nothing. SQLite needs no lock (one
-    process owns the file, and its write lock serialises the rest). A replica that dies mid-migration
-    releases the lock with its connection.
-
-    Raises:
-        StoreError: the lock was not had within `timeout_seconds`, or the migration failed.
-    """
-    if engine.dialect.name != "postgresql":
-        await upgrade_async(engine)
-        return
-    key = {"key": MIGRATION_LOCK_KEY}
-    try:
-        async with engine.connect() as raw:
-            lock = await raw.execution_options(isolation_level="AUTOCOMMIT")  # no transaction held while waiting
-            async with asyncio.timeout(timeout_seconds):
-                await lock.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
-            try:
-                log_event(logger, "migration_lock_acquired")
-                await upgrade_async(engine)
-            finally:
-                await lock.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
-    except TimeoutError:
-        raise StoreError(
-            f"Store error: the migration lock was held by another replica for over {timeout_seconds:g} seconds: "
-            f"{redact_url(engine.url)!r}."
-        ) from None
-    except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"Store error: could not take the migration lock: {exc.__class__.__name__}.") from exc
 
 
 def scripted_backends(scripts_dir: str) -> BackendFactory:
@@ -168,6 +123,9 @@ async def open_runtime(
         await migrate_store(engine)
         sessions = make_sessionmaker(engine)
         metrics = Metrics()
+        # One GitHub App and one forge client per process: the pass and every in-process MCP session share
+        # them, so the rate-limit view and the token cache see all the traffic.
+        app: GitHubApp | None = None
         forge: ForgeClient | None = None
         if config.forge.app_id and config.forge.installation_id and config.forge.private_key_path:
             app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
@@ -182,8 +140,8 @@ async def open_runtime(
             if config.server.mcp_url:
                 opener = _http_opener(config)
             else:
-                audit = FanOutAuditSink([SqlAuditSink(engine), MetricsAuditSink(metrics)])
-                in_process = open_in_process_session(config, audit=audit)
+                audit = FanOutAuditSink([StoreAuditSink(engine), MetricsAuditSink(metrics)])
+                in_process = open_in_process_session(config, audit=audit, app=app, forge=forge)
 
                 def opener(attempt: Attempt) -> AbstractAsyncContextManager[ToolSession]:
                     return in_process(attempt.project, attempt.job, attempt.id)

@@ -28,13 +28,13 @@ import anyio
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from mcp_server.jsonlog import bind_context, log_event
+from infra.jsonlog import bind_context, log_event
 from policy.errors import ConfigError
 from reconciler.api import ReconcileFn, build_api
 from reconciler.api_http import is_loopback_host
 from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 
 __all__ = ["DEFAULT_GRACE_SECONDS", "run_service"]
 

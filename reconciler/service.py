@@ -10,21 +10,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from mcp_server.jsonlog import configure_json_logging, log_event
-from mcp_server.settings import load_config
+from infra.jsonlog import configure_json_logging, log_event
+from infra.settings import load_config
 from policy.config import GreenloopConfig
 from policy.errors import ConfigError
+from reconciler import operations
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import BackendFactory
-from reconciler.reconcile import UnknownProjects, reconcile
+from reconciler.errors import ReconcilerError
+from reconciler.operations import OperationRefused, ProjectAction
+from reconciler.runner import Runner, UnknownProjects, reconcile
 from reconciler.runtime import backend_from_env, open_runtime
 from reconciler.store.state import default_holder, pass_lease
 from reconciler.summary import RunSummary, Trigger
 
-__all__ = ["leased_reconcile", "print_summary", "reconcile_command", "run_command"]
+__all__ = [
+    "cancel_command",
+    "leased_reconcile",
+    "one_line",
+    "print_summary",
+    "project_command",
+    "reconcile_command",
+    "run_command",
+]
 
 logger = logging.getLogger("greenloop.service")
 
@@ -35,10 +46,13 @@ async def leased_reconcile(
     repos: Sequence[str] | None = None,
     trigger: Trigger = "schedule",
     dry_run: bool = False,
+    runner: Runner | None = None,
 ) -> RunSummary:
-    """`reconcile()`, under the pass lease when it is a scheduled pass; a replica without the lease skips."""
+    """A pass (by `runner`, default one of its own), under the pass lease when it is a scheduled pass; a
+    replica without the lease skips."""
+    runner = runner if runner is not None else Runner(ctx)
     if trigger != "schedule":
-        return await reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run)
+        return await runner.run_pass(repos=repos, trigger=trigger, dry_run=dry_run)
     ttl = max(30.0, ctx.config.server.interval_seconds * 2)
     async with pass_lease(ctx.sessions, holder=default_holder(), ttl_seconds=ttl) as acquired:
         if not acquired:
@@ -47,7 +61,12 @@ async def leased_reconcile(
             summary = RunSummary(trigger=trigger, dry_run=dry_run, started_at=datetime.now(UTC))
             summary.count_skip("lease_held_by_another_replica")
             return summary
-        return await reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run)
+        return await runner.run_pass(repos=repos, trigger=trigger, dry_run=dry_run)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as the one line a terminal shows (`greenloop: ...`): whitespace and newlines folded."""
+    return "greenloop: " + " ".join(str(exc).split())
 
 
 def print_summary(summary: RunSummary, *, as_json: bool) -> None:
@@ -97,8 +116,11 @@ def reconcile_command(
     try:
         summary = asyncio.run(main())
     except UnknownProjects as exc:
-        print(f"greenloop: {exc}", file=sys.stderr)
+        print(one_line(exc), file=sys.stderr)
         return 2
+    except ReconcilerError as exc:  # the store's errors (unreachable, locked, unwritable): one line, no traceback
+        print(one_line(exc), file=sys.stderr)
+        return 1
     print_summary(summary, as_json=as_json)
     return 1 if summary.errors else 0
 
@@ -112,15 +134,72 @@ def run_command(config_path: str | None) -> int:
     backend_for, secrets = _backend(config, required=True)
 
     async def main() -> None:
-        async with open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx:
+        async with open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx, Runner(ctx) as runner:
+            # One runner for the process: scheduled passes and enqueued keys share it (and its requeues).
+            async def scheduled(
+                ctx: ReconcilerContext,
+                *,
+                repos: Sequence[str] | None = None,
+                trigger: Trigger = "schedule",
+                dry_run: bool = False,
+            ) -> RunSummary:
+                return await leased_reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run, runner=runner)
+
             await run_service(
                 ctx,
                 interval_seconds=config.server.interval_seconds,
                 host=config.server.http_host,
                 port=config.server.http_port,
                 api_token=config.server.api_token,
-                reconcile_fn=leased_reconcile,
+                reconcile_fn=scheduled,
             )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ReconcilerError as exc:
+        print(one_line(exc), file=sys.stderr)
+        return 1
     return 0
+
+
+def _operate(config_path: str | None, action: Callable[[ReconcilerContext], Awaitable[str]]) -> int:
+    """Run one operator action (`reconciler.operations`) against the store and the forge; print its outcome."""
+    config = load_config(config_path)
+
+    async def main() -> str:
+        async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
+            return await action(ctx)
+
+    try:
+        print(asyncio.run(main()))
+    except OperationRefused as exc:
+        print(one_line(exc), file=sys.stderr)
+        return 1 if exc.kind == "conflict" else 2
+    except ReconcilerError as exc:
+        print(one_line(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cancel_command(config_path: str | None, attempt_id: str, *, reason: str | None) -> int:
+    """`greenloop attempt cancel ID`: what `POST /attempts/{id}/cancel` does (store, agent, pull request)."""
+
+    async def cancel(ctx: ReconcilerContext) -> str:
+        done = await operations.cancel_attempt(ctx, await operations.find_attempt(ctx, attempt_id), reason=reason)
+        closed = f", pull request #{done.pr_closed} closed" if done.pr_closed is not None else ""
+        return f"attempt {done.attempt.id}: {done.from_status} -> {done.attempt.status}{closed}"
+
+    return _operate(config_path, cancel)
+
+
+def project_command(config_path: str | None, action: ProjectAction, name: str) -> int:
+    """`greenloop project pause|resume|reset NAME`: what `POST /projects/{name}/{action}` does."""
+
+    async def act(ctx: ReconcilerContext) -> str:
+        project = operations.find_project(ctx, name)
+        row = await operations.project_action(ctx, project, action)
+        paused = project.paused or (row is not None and row.paused)
+        reset = row.escalation_reset_at.isoformat() if row is not None and row.escalation_reset_at else "never"
+        return f"project {project.name}: {action} done (paused: {'yes' if paused else 'no'}; escalation reset: {reset})"
+
+    return _operate(config_path, act)

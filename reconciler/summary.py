@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["RedJob", "RunSummary", "StartedAttempt", "TransitionNote", "Trigger"]
 
-Trigger = Literal["schedule", "debug", "cli", "demo"]
+Trigger = Literal["schedule", "debug", "cli", "demo", "event"]
 
 
 class _Model(BaseModel):

@@ -42,9 +42,9 @@ from reconciler.store.models import (
 from reconciler.store.passes import recent_passes, record_pass
 from reconciler.store.projects import (
     get_project,
+    get_projects,
     list_projects,
     reset_escalation,
-    save_observation,
     set_paused,
     sync_projects,
 )
@@ -92,6 +92,7 @@ __all__ = [
     "get_attempt",
     "get_flag",
     "get_project",
+    "get_projects",
     "head_revision",
     "heartbeat",
     "kill_switch_enabled",
@@ -109,7 +110,6 @@ __all__ = [
     "release_lease",
     "renew_lease",
     "reset_escalation",
-    "save_observation",
     "schema_diff",
     "set_flag",
     "set_kill_switch",

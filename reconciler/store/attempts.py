@@ -15,6 +15,7 @@ import asyncio
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 import sqlalchemy as sa
@@ -26,15 +27,20 @@ from reconciler.store.models import Attempt, Project, Transition, utcnow
 from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
 
 __all__ = [
+    "RESUMED",
     "SETTABLE_FIELDS",
+    "ResumeClaim",
     "StartOutcome",
     "StartReason",
     "active_attempts",
+    "active_by_project",
     "attempt_history",
     "attempt_transitions",
     "can_transition",
+    "claim_resume",
     "get_attempt",
     "heartbeat",
+    "last_failures",
     "list_attempts",
     "new_attempt_id",
     "start_attempt",
@@ -42,6 +48,10 @@ __all__ = [
 ]
 
 StartReason = Literal["started", "already_active", "already_handled", "busy"]
+ResumeClaim = Literal["resumed", "exhausted", "lost"]
+
+RESUMED: Final = "resumed_after_worker_died"
+"""The reason of the transition row (status unchanged) that records an attempt's one resume."""
 
 # Columns callers may set through `transition` / `heartbeat`; identity, status and timestamps are the store's.
 SETTABLE_FIELDS: Final[frozenset[str]] = frozenset(
@@ -72,6 +82,7 @@ _FORWARD: Final = (
     AttemptStatus.SUCCEEDED,
 )
 _ABORTS: Final = frozenset({AttemptStatus.FAILED, AttemptStatus.CANCELLED, AttemptStatus.ESCALATED})
+_FAILURES: Final = (AttemptStatus.FAILED, AttemptStatus.ESCALATED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +296,76 @@ async def active_attempts(session_factory: SessionFactory, project: str | None =
     if project is not None:
         query = query.where(Attempt.project == project)
     return await fetch_all(session_factory, query.order_by(Attempt.created_at, Attempt.id))
+
+
+async def active_by_project(session_factory: SessionFactory, projects: Iterable[str]) -> dict[str, Attempt]:
+    """The active attempt of each of `projects` that has one (the index allows at most one per project).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    names = list(projects)
+    query = sa.select(Attempt).where(Attempt.project.in_(names), Attempt.status.in_(_values(ACTIVE_STATUSES)))
+    return {a.project: a for a in await fetch_all(session_factory, query)}
+
+
+async def last_failures(session_factory: SessionFactory, projects: Iterable[str]) -> dict[str, datetime]:
+    """When each of `projects` last had an attempt end failed or escalated (projects without one are absent).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    names = list(projects)
+    query = (
+        sa.select(Attempt.project, sa.func.max(Attempt.finished_at))
+        .where(Attempt.project.in_(names), Attempt.status.in_(_values(_FAILURES)))
+        .group_by(Attempt.project)
+    )
+    async with translated(), session_factory() as session:
+        return {name: at for name, at in await session.execute(query) if at is not None}
+
+
+async def claim_resume(
+    session_factory: SessionFactory, attempt_id: str, status: AttemptStatus, *, timeout: timedelta
+) -> ResumeClaim:
+    """Claim a dead worker's attempt to run it again, at most once per attempt; the database decides.
+
+    One compare-and-set: the attempt is still in `status`, its last sign of life is still older than
+    `timeout`, and no earlier resume is recorded; it sets a fresh heartbeat and records a transition row
+    (`status -> status`, reason `RESUMED`). `exhausted`: it was resumed once already and is stale again;
+    `lost`: it changed since it was read (another replica's pass claimed it, or its worker beat again).
+
+    Raises:
+        StoreBusy, StoreError: the database stayed busy or failed.
+    """
+    earlier = sa.exists().where(Transition.attempt_id == attempt_id, Transition.reason == RESUMED)
+    last_sign = sa.func.coalesce(Attempt.heartbeat_at, Attempt.updated_at, Attempt.created_at)
+
+    async def _once() -> ResumeClaim:
+        now = utcnow()
+        async with session_factory() as session, session.begin():
+            # The write transaction starts with the UPDATE, so SQLite takes its write lock at once.
+            result = await session.execute(
+                sa.update(Attempt)
+                .where(Attempt.id == attempt_id, Attempt.status == status.value, last_sign < now - timeout, ~earlier)
+                .values(heartbeat_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if rowcount(result) == 1:
+                session.add(
+                    Transition(
+                        attempt_id=attempt_id, from_status=status.value, to_status=status.value, reason=RESUMED, at=now
+                    )
+                )
+                return "resumed"
+            still_stale = await session.scalar(
+                sa.select(sa.func.count())
+                .select_from(Attempt)
+                .where(Attempt.id == attempt_id, Attempt.status == status.value, last_sign < now - timeout, earlier)
+            )
+            return "exhausted" if still_stale else "lost"
+
+    return await with_retry(_once)
 
 
 async def attempt_history(session_factory: SessionFactory, project: str, *, limit: int = 50) -> list[Attempt]:

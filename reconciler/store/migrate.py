@@ -8,10 +8,12 @@ and from an installed wheel. For an ad-hoc Alembic command, use `alembic_config(
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -21,15 +23,18 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from infra.jsonlog import log_event
 from reconciler.errors import StoreError
 from reconciler.store.engine import normalize_url, redact_url
 from reconciler.store.models import Base
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "MIGRATION_LOCK_KEY",
     "alembic_config",
     "current_revision",
     "head_revision",
+    "migrate_store",
     "schema_diff",
     "upgrade",
     "upgrade_async",
@@ -38,6 +43,8 @@ __all__ = [
 MIGRATIONS_DIR: Path = Path(__file__).resolve().parent / "migrations"
 
 # Dated migration file names: 2026_11_25_1640-<rev>_<slug>.py
+logger = logging.getLogger("greenloop.store.migrate")
+
 _FILE_TEMPLATE = "%(year)d_%(month).2d_%(day).2d_%(hour).2d%(minute).2d-%(rev)s_%(slug)s"
 
 
@@ -82,8 +89,9 @@ def upgrade(url: str, revision: str = "head") -> None:
 def _describe(exc: BaseException) -> str:
     """The driver's own words for a failure (SQLAlchemy's wrapper adds a class name and a help link)."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
-    return str(exc) or type(exc).__name__
+        exc = exc.orig
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _loop_running() -> bool:
@@ -148,3 +156,42 @@ async def schema_diff(engine: AsyncEngine) -> list[Any]:
             return await connection.run_sync(_compare)
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"Store error: could not compare the schema: {_describe(exc)}") from exc
+
+
+MIGRATION_LOCK_KEY: Final = 0x67726E6C6F6F70  # "grnloop": the PostgreSQL advisory lock key of migrations
+
+
+async def migrate_store(engine: AsyncEngine, *, timeout_seconds: float = 300.0) -> None:
+    """Apply pending migrations; on PostgreSQL under an advisory lock, so replicas starting together take turns.
+
+    The lock is a session lock (`pg_advisory_lock`) on a dedicated connection, held around `upgrade_async`:
+    the second replica waits, then finds the schema at head and does nothing. SQLite needs no lock (one
+    process owns the file, and its write lock serialises the rest). A replica that dies mid-migration
+    releases the lock with its connection.
+
+    Raises:
+        StoreError: the lock was not had within `timeout_seconds`, or the migration failed.
+    """
+    if engine.dialect.name != "postgresql":
+        await upgrade_async(engine)
+        return
+    key = {"key": MIGRATION_LOCK_KEY}
+    try:
+        async with engine.connect() as raw:
+            lock = await raw.execution_options(isolation_level="AUTOCOMMIT")  # no transaction held while waiting
+            async with asyncio.timeout(timeout_seconds):
+                await lock.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
+            try:
+                log_event(logger, "migration_lock_acquired")
+                await upgrade_async(engine)
+            finally:
+                await lock.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
+    except TimeoutError:
+        raise StoreError(
+            f"Store error: the migration lock was held by another replica for over {timeout_seconds:g} seconds: "
+            f"{redact_url(engine.url)!r}."
+        ) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(
+            f"Store error: could not take the migration lock on {redact_url(engine.url)!r}: {_describe(exc)}"
+        ) from exc

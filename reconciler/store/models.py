@@ -7,8 +7,8 @@ Two rules live in the schema rather than in code paths that could race:
 * **One attempt per failure fingerprint**: a unique constraint on `reconciler_attempt(fingerprint)`.
 
 Every timestamp is timezone-aware UTC on the way in and on the way out, on both backends.
-The `mcp_tool_call` table is shared with `mcp_server.audit`, which declares the same columns as a Core
-table; change one only together with the other (and with a migration).
+`McpToolCall` is the one definition of the `mcp_tool_call` audit table; `reconciler.store.audit` writes it
+for the MCP server (which never touches SQL).
 """
 
 from __future__ import annotations
@@ -108,9 +108,6 @@ class Project(Base):
     paused: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # Consecutive-failure counting starts after this instant (set when an operator resets an escalation).
     escalation_reset_at: Mapped[datetime | None]
-    # Observation cursor: the forge's ETag for the last runs listing and when it was taken.
-    observe_etag: Mapped[str | None] = mapped_column(sa.Text)
-    observed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -213,7 +210,7 @@ class Transition(Base):
 
 
 class McpToolCall(Base):
-    """Audit row of one MCP tool call (columns shared exactly with `mcp_server.audit`)."""
+    """Audit row of one MCP tool call (`mcp_server.audit.AuditEvent`, written by `reconciler.store.audit`)."""
 
     __tablename__ = "mcp_tool_call"
 

@@ -6,7 +6,7 @@ simply stops being reconciled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -19,9 +19,9 @@ from reconciler.store.upsert import insert_for
 
 __all__ = [
     "get_project",
+    "get_projects",
     "list_projects",
     "reset_escalation",
-    "save_observation",
     "set_paused",
     "sync_projects",
 ]
@@ -64,6 +64,16 @@ async def get_project(session_factory: SessionFactory, name: str) -> Project | N
         return await session.get(Project, name)
 
 
+async def get_projects(session_factory: SessionFactory, names: Iterable[str]) -> dict[str, Project]:
+    """The rows of `names` that exist, by name.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    rows = await fetch_all(session_factory, sa.select(Project).where(Project.name.in_(list(names))))
+    return {r.name: r for r in rows}
+
+
 async def list_projects(session_factory: SessionFactory) -> list[Project]:
     """Every project row, by name.
 
@@ -89,17 +99,6 @@ async def reset_escalation(session_factory: SessionFactory, name: str, *, at: da
         StoreBusy, StoreError: see `sync_projects`.
     """
     return await _update(session_factory, name, escalation_reset_at=at or utcnow())
-
-
-async def save_observation(
-    session_factory: SessionFactory, name: str, *, etag: str | None, observed_at: datetime | None = None
-) -> bool:
-    """Store the observation cursor (the forge's ETag and when it was taken); False when no such project.
-
-    Raises:
-        StoreBusy, StoreError: see `sync_projects`.
-    """
-    return await _update(session_factory, name, observe_etag=etag, observed_at=observed_at or utcnow())
 
 
 async def _update(session_factory: SessionFactory, name: str, **values: Any) -> bool:

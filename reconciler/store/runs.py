@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -12,7 +13,7 @@ from reconciler.store.models import JobRun, utcnow
 from reconciler.store.translate import fetch_all, with_retry
 from reconciler.store.upsert import insert_for
 
-__all__ = ["RunSource", "latest_runs", "record_run"]
+__all__ = ["RunSource", "latest_reported_runs", "latest_runs", "record_reported_run", "record_run"]
 
 RunSource = Literal["actions", "reported"]
 
@@ -98,4 +99,50 @@ async def latest_runs(
     if job is not None:
         query = query.where(JobRun.job == job)
     query = query.order_by(JobRun.created_at.desc(), JobRun.run_attempt.desc(), JobRun.id.desc()).limit(limit)
+    return await fetch_all(session_factory, query)
+
+
+async def record_reported_run(session_factory: SessionFactory, **values: Any) -> tuple[JobRun, bool]:
+    """Insert a reported run if it is new (True); else update its status and logs through `record_run` (False).
+
+    `values` are `record_run`'s keyword arguments (with `source="reported"`).
+
+    Raises:
+        StoreBusy, StoreError: see `record_run`.
+    """
+
+    async def _insert() -> JobRun | None:
+        async with session_factory() as session, session.begin():
+            stmt = insert_for(session, JobRun).values(**values, observed_at=utcnow())
+            stmt = stmt.on_conflict_do_nothing(
+                index_elements=[JobRun.project, JobRun.source, JobRun.run_id, JobRun.run_attempt]
+            )
+            inserted: JobRun | None = await session.scalar(stmt.returning(JobRun))
+            return inserted
+
+    new = await with_retry(_insert)
+    if new is not None:
+        return new, True
+    return await record_run(session_factory, **values), False
+
+
+async def latest_reported_runs(session_factory: SessionFactory, projects: Iterable[str]) -> list[JobRun]:
+    """The newest reported run of every job of `projects` (runs sent to `POST /runs`), in one query.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    names = list(projects)
+    if not names:
+        return []
+    newest = (
+        sa.select(JobRun.project, JobRun.job, sa.func.max(JobRun.created_at).label("at"))
+        .where(JobRun.source == "reported", JobRun.project.in_(names))
+        .group_by(JobRun.project, JobRun.job)
+        .subquery()
+    )
+    query = sa.select(JobRun).join(
+        newest,
+        sa.and_(JobRun.project == newest.c.project, JobRun.job == newest.c.job, JobRun.created_at == newest.c.at),
+    )
     return await fetch_all(session_factory, query)

@@ -50,7 +50,7 @@ from typing import Final
 
 import sqlalchemy as sa
 
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from reconciler.errors import StoreError
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Flag, Lease, UTCDateTime, utcnow
@@ -66,6 +66,7 @@ __all__ = [
     "get_flag",
     "kill_switch_enabled",
     "pass_lease",
+    "ping",
     "release_lease",
     "renew_lease",
     "set_flag",
@@ -85,6 +86,16 @@ _MIN_RENEW_INTERVAL_S: Final = 0.05
 
 
 # --- flags -------------------------------------------------------------------------------------------------
+
+
+async def ping(session_factory: SessionFactory) -> None:
+    """Ask the database for one trivial row (the health check).
+
+    Raises:
+        StoreError: the database is unreachable or failed.
+    """
+    async with translated(), session_factory() as session:
+        await session.execute(sa.text("SELECT 1"))
 
 
 async def get_flag(session_factory: SessionFactory, key: str) -> str | None:

@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from mcp import Client
 from server_support import Harness, Symlink, harness, human_push, result_text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from fixtures.forge import Forge, run_forge
-from mcp_server.audit import MCP_TOOL_CALL, SqlAuditSink
 from mcp_server.server import READ_TOOLS, TOOL_NAMES, build_server
 from mcp_server.session import Mode, SessionBinding, SessionGrant
 from mcp_server.workspace import Workspace
@@ -568,7 +566,11 @@ async def test_unexpected_errors_reach_the_model_as_a_generic_message(
             bot_email="bot@example.test",
         )
         return SessionBinding(
-            grant=grant, project=project, workspace=workspace, forge=ExplodingForge(), audit=sink  # type: ignore[arg-type]
+            grant=grant,
+            project=project,
+            workspace=workspace,
+            forge=ExplodingForge(),
+            audit=sink,  # type: ignore[arg-type]
         )
 
     server = build_server(factory, mode=Mode.READ_ONLY, grant=SessionGrant(project="bug-lib"))
@@ -592,13 +594,15 @@ async def _no_token() -> str:
 
 
 async def test_sql_audit_sink_writes_redacted_rows_into_the_migrated_table(shared: Shared, tmp_path: Path) -> None:
+    from reconciler.store.audit import StoreAuditSink, tool_calls
+    from reconciler.store.engine import make_sessionmaker
     from reconciler.store.migrate import upgrade_async
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
     engine = create_async_engine(url)
     try:
         await upgrade_async(engine)
-        sink = SqlAuditSink(engine)
+        sink = StoreAuditSink(engine)
         grant = SessionGrant(project="bug-lib", mode=Mode.AGENT, attempt_id="audit0001", job="test")
         inner = shared.h.factory
 
@@ -614,8 +618,10 @@ async def test_sql_audit_sink_writes_redacted_rows_into_the_migrated_table(share
             await refused(client, "read_repo_file", {"path": "../etc/passwd"})
             await refused(client, "write_repo_file", {"path": "x.txt", "content": f"token={pat}"})
             await ok(client, "list_job_runs", {"job": pat, "limit": 1})
-        async with engine.connect() as conn:
-            rows = (await conn.execute(sa.select(MCP_TOOL_CALL).order_by(MCP_TOOL_CALL.c.id))).mappings().all()
+        rows = [
+            {c.name: getattr(row, c.name) for c in row.__table__.columns}
+            for row in await tool_calls(make_sessionmaker(engine))
+        ]
     finally:
         await engine.dispose()
     assert [(r["tool"], r["outcome"]) for r in rows] == [

@@ -4,7 +4,7 @@ Every end-to-end test runs the real reconciler against the local forge (fixtures
 a real store (SQLite file, or a throwaway PostgreSQL database) and, where an agent runs, the scripted model
 replaying `fixtures/scripts/<project>.json` (or a test's own scripts directory).
 
-The config mirrors `reconciler.demo`: one `ProjectConfig` per fixture project with its autonomy, jobs and
+The config mirrors `fixtures.demo`: one `ProjectConfig` per fixture project with its autonomy, jobs and
 flaky jobs; the forge's App gets `actions: write` so the reconciler can re-run a flaky job.
 """
 
@@ -34,7 +34,7 @@ from policy.config import AgentSettings, GreenloopConfig, ProjectConfig, ServerS
 from policy.gate import failure_fingerprint
 from policy.types import AttemptStatus
 from reconciler.context import ReconcilerContext
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory, make_engine
 from reconciler.store.models import Attempt, ReconcilePass, Transition

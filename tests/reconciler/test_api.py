@@ -30,7 +30,7 @@ from policy.types import AttemptStatus
 from reconciler.api import build_api
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
-from reconciler.reconcile import UnknownProjects, reconcile
+from reconciler.runner import UnknownProjects, reconcile
 from reconciler.store import attempts as attempt_store
 from reconciler.store import projects as project_store
 from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker
@@ -993,7 +993,7 @@ def test_fuzzed_bodies_never_cause_a_server_error(sqlite_db_url: str, case: tupl
 
 
 async def test_the_request_id_is_bound_to_every_event_of_the_request(ctx: ReconcilerContext) -> None:
-    from mcp_server.jsonlog import JsonFormatter, log_event
+    from infra.jsonlog import JsonFormatter, log_event
 
     lines: list[str] = []
 

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
+from fixtures.demo import DemoResult, ProjectResult, _first_clause, render_result
 from reconciler.cli import main
-from reconciler.demo import DemoResult, ProjectResult, _first_clause, render_result
 
 
 def _result(model: str, *, kept: str | None = None) -> DemoResult:

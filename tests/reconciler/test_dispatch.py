@@ -42,15 +42,16 @@ from fixtures.forge import Forge
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.types import AttemptStatus
+from reconciler.advance import RESUMED, claim_resume
 from reconciler.api import build_api
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import AgentDispatcher, BackendFactory
 from reconciler.errors import StoreError
-from reconciler.reconcile import RESUMED, claim_resume, reconcile
-from reconciler.runtime import MIGRATION_LOCK_KEY, migrate_store, open_runtime
+from reconciler.runner import reconcile
+from reconciler.runtime import open_runtime
 from reconciler.store import attempts as store
 from reconciler.store.engine import make_engine
-from reconciler.store.migrate import current_revision, head_revision, schema_diff
+from reconciler.store.migrate import MIGRATION_LOCK_KEY, current_revision, head_revision, migrate_store, schema_diff
 from reconciler.store.models import Attempt
 
 pytestmark = pytest.mark.anyio

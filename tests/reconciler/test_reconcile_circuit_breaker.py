@@ -26,7 +26,7 @@ from e2e_support import (
 )
 
 from fixtures.forge import Forge
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime, scripted_backends
 
 pytestmark = pytest.mark.anyio

@@ -25,7 +25,7 @@ from e2e_support import (
 from fixtures.forge import Forge
 from fixtures.projects.catalog import list_projects
 from reconciler.context import ReconcilerContext
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime, scripted_backends
 from reconciler.summary import RunSummary
 

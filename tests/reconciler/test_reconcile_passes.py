@@ -35,7 +35,7 @@ from fixtures.forge import Forge
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig
 from policy.types import AttemptStatus
-from reconciler.reconcile import UnknownProjects, reconcile
+from reconciler.runner import UnknownProjects, reconcile
 from reconciler.runtime import open_runtime
 from reconciler.service import leased_reconcile
 from reconciler.store import attempts as store

@@ -8,7 +8,7 @@ import pytest
 from e2e_support import APP_PERMISSIONS, e2e_config, sqlite_url
 
 from fixtures.forge import run_forge
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime
 
 pytestmark = pytest.mark.anyio

@@ -266,7 +266,7 @@ _CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from datetime import UTC, datetime
-    from mcp_server.jsonlog import configure_json_logging
+    from infra.jsonlog import configure_json_logging
     from policy.config import GreenloopConfig, ProjectConfig
     from reconciler.context import ReconcilerContext
     from reconciler.metrics import Metrics

@@ -144,14 +144,3 @@ def test_upgrade_of_an_unreachable_database_raises_store_error() -> None:
     with pytest.raises(StoreError, match="could not apply migrations") as info:
         upgrade("postgresql+asyncpg://greenloop:hunter2@127.0.0.1:1/none")
     assert "hunter2" not in str(info.value)
-
-
-def test_mcp_server_audit_mirror_matches_the_tool_call_table() -> None:
-    from mcp_server.audit import MCP_TOOL_CALL
-
-    ours = Base.metadata.tables["mcp_tool_call"]
-    assert [c.name for c in MCP_TOOL_CALL.columns] == [c.name for c in ours.columns]
-    for mirror, column in zip(MCP_TOOL_CALL.columns, ours.columns, strict=True):
-        assert mirror.nullable == column.nullable, column.name
-        assert mirror.primary_key == column.primary_key, column.name
-        assert mirror.type._type_affinity is column.type._type_affinity, column.name

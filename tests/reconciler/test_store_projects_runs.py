@@ -11,13 +11,13 @@ from reconciler.errors import StoreError
 from reconciler.store import (
     JobRun,
     get_project,
+    get_projects,
     latest_runs,
     list_projects,
     recent_passes,
     record_pass,
     record_run,
     reset_escalation,
-    save_observation,
     set_paused,
     sync_projects,
 )
@@ -51,13 +51,12 @@ async def test_concurrent_project_syncs_do_not_conflict(sessions: SessionFactory
 async def test_project_state_updates(sessions: SessionFactory, project: str) -> None:
     assert await set_paused(sessions, project, True)
     assert await reset_escalation(sessions, project, at=T0)
-    assert await save_observation(sessions, project, etag='W/"abc"', observed_at=T0 + timedelta(minutes=1))
 
     row = await get_project(sessions, project)
     assert row is not None
     assert row.paused is True
     assert row.escalation_reset_at == T0
-    assert (row.observe_etag, row.observed_at) == ('W/"abc"', T0 + timedelta(minutes=1))
+    assert list(await get_projects(sessions, [project, "ghost"])) == [project]
     assert not await set_paused(sessions, "ghost", True)
     assert await get_project(sessions, "ghost") is None
 

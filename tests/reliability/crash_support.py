@@ -65,7 +65,7 @@ async def _child(mode: str, config_path: str) -> int:
     import sqlalchemy as sa
 
     from policy.config import GreenloopConfig
-    from reconciler.reconcile import reconcile
+    from reconciler.runner import reconcile
     from reconciler.runtime import open_runtime, scripted_backends
     from reconciler.store.models import Attempt
 
@@ -193,7 +193,7 @@ class Child:
 
 
 def _zygote() -> int:
-    import reconciler.reconcile
+    import reconciler.runner
     import reconciler.runtime  # noqa: F401
 
     print("ready", flush=True)

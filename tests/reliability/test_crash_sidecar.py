@@ -72,7 +72,7 @@ async def _sidecar(config_toml: Path, port: int, db_url: str, log: Path) -> asyn
     argv = ["serve-http", "--config", str(config_toml), "--port", str(port), "--mode", "agent", "--audit-db", db_url]
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mcp_server.cli", *argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=out
+            sys.executable, "-m", "reconciler.mcp_cli", *argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=out
         )
     ends = time.monotonic() + 90
     while time.monotonic() < ends:

@@ -37,7 +37,7 @@ from e2e_support import (  # isort: skip
 from fixtures.forge import Forge
 from reconciler.context import ReconcilerContext
 from reconciler.errors import StoreBusy, StoreError
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime
 from reconciler.store.engine import make_engine, make_sessionmaker
 

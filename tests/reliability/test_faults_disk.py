@@ -22,7 +22,7 @@ from fixtures.forge import Forge
 from policy.config import GreenloopConfig, ProjectConfig
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import AgentDispatcher, BackendFactory
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime
 from reconciler.store.models import Attempt
 

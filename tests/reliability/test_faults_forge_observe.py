@@ -27,7 +27,8 @@ from e2e_support import (  # isort: skip
 )
 from fixtures.forge import Forge
 from policy.config import GreenloopConfig
-from reconciler.reconcile import RATE_LIMIT_LOW, reconcile
+from reconciler.reconcile import RATE_LIMIT_LOW
+from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime
 
 pytestmark = pytest.mark.anyio

@@ -23,7 +23,7 @@ from e2e_support import attempts_of, e2e_config, forge_for, pulls_of, sqlite_url
 from fixtures.fake_anthropic import FakeAnthropic, run_fake_anthropic
 from fixtures.forge import Forge
 from policy.config import AgentSettings, ProjectConfig
-from reconciler.reconcile import reconcile
+from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime
 from reconciler.store.models import Attempt
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import bench.soak as soak
-from reconciler.reconcile import reconcile as real_reconcile
+from reconciler.runner import reconcile as real_reconcile
 from reconciler.summary import RunSummary
 
 

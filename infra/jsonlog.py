@@ -1,0 +1,76 @@
+"""Structured logs: one JSON object per event, carrying attempt and trace ids when there are any.
+
+Every package above `policy` logs through `log_event`; `configure_json_logging` installs the formatter on
+the root logger (the CLI entry points call it). Values are redacted before they are written.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from policy.redaction import redact_obj
+
+__all__ = ["QUIET_HTTP_LOGGERS", "JsonFormatter", "bind_context", "configure_json_logging", "log_event"]
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("greenloop_log_context", default={})  # noqa: B039
+
+
+@contextmanager
+def bind_context(**fields: Any) -> Iterator[None]:
+    """Add fields (e.g. attempt_id, trace_id, project) to every event logged inside the block."""
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def log_event(logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one structured event: `event` names it, `fields` carry its data."""
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"greenloop_fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats every record as one JSON line: ts, level, logger, event, context fields, event fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        payload.update(_context.get())
+        payload.update(getattr(record, "greenloop_fields", {}))
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(redact_obj(payload), default=str, separators=(",", ":"))
+
+
+# HTTP client libraries log every request at INFO with its full URL, and a URL can be a credential (the
+# signed, short-lived URL a job log is downloaded from). Their INFO and DEBUG lines are never wanted.
+QUIET_HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+
+
+def configure_json_logging(level: int = logging.INFO, *, stream: TextIO | None = None) -> None:
+    """Send every log record to `stream` (stderr) as one JSON object a line, redacted.
+
+    The HTTP client libraries' loggers are set to WARNING whatever `level` is; what they still log goes
+    through the same redacting formatter.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in QUIET_HTTP_LOGGERS:
+        # Security: request lines carry URLs, and a signed URL is a bearer credential until it expires.
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

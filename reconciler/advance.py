@@ -1,0 +1,181 @@
+"""The status table: how a pass moves an active attempt along, one small function per status.
+
+`ADVANCE[status]` reads what the forge and the runs say now and makes at most one transition; it returns
+the attempt while it is still active, None once it ended. Statuses without an entry (the terminal ones)
+are never active. Every step is idempotent: a pass that dies halfway, or two replicas running the same
+step, end in the same state (transitions are compare-and-set in the store).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Final
+
+from infra.jsonlog import log_event
+from policy.config import ProjectConfig
+from policy.types import TERMINAL_STATUSES, AttemptStatus
+from reconciler.context import ReconcilerContext
+from reconciler.finish import attempt_finished
+from reconciler.observe import ProjectObservation
+from reconciler.store import attempts as store
+from reconciler.store.attempts import RESUMED, ResumeClaim
+from reconciler.store.models import Attempt
+from reconciler.summary import RunSummary, TransitionNote
+
+__all__ = ["ADVANCE", "RESUMED", "Step", "StepInput", "advance", "claim_resume", "note_transition"]
+
+logger = logging.getLogger("greenloop.reconcile")
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """What a step sees: the project, its active attempt, this pass's observation, where to note changes."""
+
+    ctx: ReconcilerContext
+    project: ProjectConfig
+    attempt: Attempt
+    obs: ProjectObservation
+    summary: RunSummary
+
+
+Step = Callable[[StepInput], Awaitable[Attempt | None]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def note_transition(summary: RunSummary, attempt: Attempt, from_status: str, to_status: str, reason: str) -> None:
+    """Record a state change the pass made: in the summary and as one structured event."""
+    summary.transitions.append(
+        TransitionNote(
+            attempt_id=attempt.id, project=attempt.project, from_status=from_status, to_status=to_status, reason=reason
+        )
+    )
+    log_event(logger, "attempt_transition", attempt_id=attempt.id, to=to_status, reason=reason)
+
+
+async def _transition(step: StepInput, to: AttemptStatus, *, reason: str, **fields: object) -> bool:
+    ctx, attempt = step.ctx, step.attempt
+    moved = await store.transition(
+        ctx.sessions, attempt.id, to, reason=reason, expected=AttemptStatus(attempt.status), **fields
+    )
+    if moved:
+        note_transition(step.summary, attempt, attempt.status, to.value, reason)
+        if to in TERMINAL_STATUSES:
+            await attempt_finished(
+                ctx.sessions,
+                ctx.metrics,
+                attempt_id=attempt.id,
+                status=to,
+                webhook_url=ctx.config.server.slack_webhook_url,
+            )
+    return moved
+
+
+async def claim_resume(ctx: ReconcilerContext, attempt: Attempt, status: AttemptStatus) -> ResumeClaim:
+    """Claim a dead worker's attempt to run it again, at most once (see `store.attempts.claim_resume`)."""
+    timeout = timedelta(seconds=ctx.config.server.attempt_timeout_seconds)
+    return await store.claim_resume(ctx.sessions, attempt.id, status, timeout=timeout)
+
+
+async def _worker(step: StepInput) -> Attempt | None:
+    """`pending`/`running`: nothing to do while a worker is alive; a dead worker's attempt is carried on."""
+    ctx, project, attempt = step.ctx, step.project, step.attempt
+    status = AttemptStatus(attempt.status)
+    if ctx.dispatcher is not None and ctx.dispatcher.is_running(attempt.id):
+        return attempt
+    beat = attempt.heartbeat_at or attempt.updated_at or attempt.created_at or _now()
+    if _now() - beat < timedelta(seconds=ctx.config.server.attempt_timeout_seconds):
+        return attempt  # another worker may still be on it
+    # The worker died. If it got as far as a PR, carry on from there; otherwise close it with a reason.
+    # A PR it merged before dying counts too (the list endpoint gives `merged_at`, not `merged`): the
+    # PR_OPEN step then moves it to verifying, instead of failing an attempt whose fix has landed.
+    pr = None
+    if ctx.forge is not None and attempt.branch:
+        pr = await ctx.forge.find_pull_request(project.repo, attempt.branch)
+    if pr is not None and (pr.state == "open" or pr.merged or pr.merged_at is not None):
+        await _transition(
+            step,
+            AttemptStatus.PR_OPEN,
+            reason="worker_died_after_pr",
+            pr_number=pr.number,
+            pr_url=pr.html_url,
+            pushed_sha=pr.head.sha,
+        )
+        return attempt
+    # No PR: run the same attempt again, once (the tools are idempotent: no second branch or PR). A
+    # process without a dispatcher cannot run it, and a second death means it won't get further: fail it.
+    if ctx.dispatcher is not None:
+        claim = await claim_resume(ctx, attempt, status)
+        if claim == "lost":
+            return attempt  # it beat again or moved on since it was read: someone else has it
+        if claim == "resumed":
+            resumed = await store.get_attempt(ctx.sessions, attempt.id)
+            if resumed is not None:
+                note_transition(step.summary, attempt, status.value, status.value, RESUMED)
+                ctx.dispatcher.dispatch(resumed)
+            return resumed
+    await _transition(step, AttemptStatus.FAILED, reason="worker_died", stop_reason="worker_died")
+    return None
+
+
+async def _pr_open(step: StepInput) -> Attempt | None:
+    """`pr_open`: merged -> verifying; closed unmerged -> cancelled; else wait."""
+    ctx, project, attempt = step.ctx, step.project, step.attempt
+    if ctx.forge is None:
+        return attempt
+    pr = None
+    if attempt.pr_number is not None:
+        pr = await ctx.forge.get_pull_request(project.repo, attempt.pr_number)
+    elif attempt.branch:
+        pr = await ctx.forge.find_pull_request(project.repo, attempt.branch)
+    if pr is None:
+        return attempt
+    if pr.merged:
+        await _transition(step, AttemptStatus.VERIFYING, reason="pr_merged", merged_sha=pr.merge_commit_sha)
+        return attempt
+    if pr.state == "closed":
+        await _transition(step, AttemptStatus.CANCELLED, reason="pr_closed_unmerged")
+        return None
+    return attempt
+
+
+async def _verifying(step: StepInput) -> Attempt | None:
+    """`verifying`: the job's first completed run on a commit containing the fix decides."""
+    attempt, obs = step.attempt, step.obs
+    run = obs.latest.get(attempt.job)
+    since = attempt.updated_at or attempt.created_at or _now()
+    if run is None or attempt.job in obs.in_progress:
+        return attempt
+    if run.head_sha != attempt.merged_sha and run.created_at < since:
+        return attempt  # no run yet on a commit containing the fix
+    if run.green:
+        await _transition(step, AttemptStatus.SUCCEEDED, reason="job_green")
+    else:
+        # Security: the circuit breaker. This failure came from the agent's own change; the gate will
+        # refuse to remediate it (OWN_CHANGE) and a human is told.
+        await _transition(
+            step, AttemptStatus.ESCALATED, reason="fix_did_not_turn_green", stop_reason="fix_did_not_turn_green"
+        )
+    return None
+
+
+ADVANCE: Final[Mapping[AttemptStatus, Step]] = MappingProxyType(
+    {
+        AttemptStatus.PENDING: _worker,
+        AttemptStatus.RUNNING: _worker,
+        AttemptStatus.PR_OPEN: _pr_open,
+        AttemptStatus.VERIFYING: _verifying,
+    }
+)
+
+
+async def advance(step: StepInput) -> Attempt | None:
+    """Run the step of the attempt's status; returns it if still active."""
+    handler = ADVANCE.get(AttemptStatus(step.attempt.status))
+    return step.attempt if handler is None else await handler(step)
