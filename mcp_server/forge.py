@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx2
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
@@ -54,9 +55,11 @@ from policy.redaction import redact
 __all__ = [
     "API_VERSION",
     "Actor",
+    "CheckRun",
     "Commit",
     "CommitAuthor",
     "CommitDetail",
+    "CommitStatus",
     "ForgeClient",
     "ForgeStats",
     "HeadCommit",
@@ -267,6 +270,53 @@ class RunsPage(_Model):
 class _JobsBody(_Model):
     total_count: int = 0
     jobs: tuple[Job, ...] = ()
+
+
+class CheckRun(_Model):
+    """One check run on a commit (`checks/list-for-ref`); every Actions job is one."""
+
+    id: int
+    name: str
+    status: str
+    conclusion: str | None = None
+    head_sha: str | None = None
+    html_url: str | None = None
+    details_url: str | None = None
+
+
+class CommitStatus(_Model):
+    """One commit status (the newest of its context, as the combined status lists them)."""
+
+    context: str
+    state: str
+    target_url: str | None = None
+    description: str | None = None
+
+
+class _CheckRunsBody(_Model):
+    total_count: int = 0
+    check_runs: tuple[CheckRun, ...] = ()
+
+
+class _CombinedStatusBody(_Model):
+    state: str | None = None
+    total_count: int = 0
+    statuses: tuple[CommitStatus, ...] = ()
+
+
+class _RequiredStatusChecks(_Model):
+    contexts: tuple[str, ...] = ()
+
+
+class _Protection(_Model):
+    enabled: bool = False
+    required_status_checks: _RequiredStatusChecks | None = None
+
+
+class _BranchBody(_Model):
+    name: str
+    protected: bool = False
+    protection: _Protection | None = None
 
 
 class _MergeBody(_Model):
@@ -496,6 +546,36 @@ class ForgeClient:
         if not result.merged or not result.sha:
             raise ForgeConflict(f"Forge did not merge the pull request: PUT /{path}: {result.message or ''!r}.")
         return result.sha
+
+    async def list_check_runs(self, repo: str, ref: str, *, max_pages: int = JOB_PAGES) -> list[CheckRun]:
+        """The latest check run of each name on `ref` (a SHA or branch), newest first, every page."""
+        path = f"repos/{_repo(repo)}/commits/{quote(ref, safe='')}/check-runs"
+        runs: list[CheckRun] = []
+        pages = self._pages(path, {"per_page": _PER_PAGE, "filter": "latest"}, max_pages=max_pages, keep=_CheckRunsBody)
+        async for reply in pages:
+            runs.extend(_parse(_CheckRunsBody, reply.body, path).check_runs)
+        return runs
+
+    async def list_commit_statuses(self, repo: str, ref: str) -> list[CommitStatus]:
+        """The newest commit status of each context on `ref` (`repos/get-combined-status-for-ref`)."""
+        path = f"repos/{_repo(repo)}/commits/{quote(ref, safe='')}/status"
+        statuses: list[CommitStatus] = []
+        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=JOB_PAGES, keep=_CombinedStatusBody):
+            statuses.extend(_parse(_CombinedStatusBody, reply.body, path).statuses)
+        return statuses
+
+    async def required_status_checks(self, repo: str, branch: str) -> tuple[str, ...]:
+        """The contexts branch protection requires on `branch` before a merge (empty when it requires none).
+
+        Read from `repos/get-branch` (contents:read), whose `protection` carries them; the protection
+        endpoints themselves need administration rights the App does not have.
+        """
+        path = f"repos/{_repo(repo)}/branches/{quote(branch, safe='')}"
+        body = _parse(_BranchBody, (await self._json("GET", path, keep=_BranchBody)).body, path)
+        protection = body.protection
+        if not body.protected or protection is None or protection.required_status_checks is None:
+            return ()
+        return protection.required_status_checks.contexts
 
     async def close_pull_request(self, repo: str, number: int) -> PullRequest:
         """Close a pull request without merging it."""

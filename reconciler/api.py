@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from infra.jsonlog import bind_context, log_event
+from policy.checks import CheckState
 from policy.config import ProjectConfig
 from policy.errors import ConfigError
 from policy.redaction import redact
@@ -391,6 +392,8 @@ def _summary(a: Attempt) -> AttemptSummary:
         pr_number=a.pr_number,
         pr_url=a.pr_url,
         stop_reason=a.stop_reason,
+        checks=CheckState(a.checks) if a.checks else None,
+        failure_class=a.failure_class,
         input_tokens=a.input_tokens,
         output_tokens=a.output_tokens,
         cache_tokens=a.cache_tokens,

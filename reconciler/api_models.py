@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic.json_schema import models_json_schema
 
+from policy.checks import CheckState
 from policy.types import AttemptStatus
 from reconciler.summary import RunSummary
 
@@ -235,6 +236,12 @@ class AttemptSummary(_Response):
     pr_number: int | None
     pr_url: str | None
     stop_reason: str | None
+    checks: CheckState | None = Field(
+        description="The fix PR head's checks as the reconciler last read them (null before a PR)."
+    )
+    failure_class: str | None = Field(
+        description="transient (the outside stopped it) or permanent; null unless failed."
+    )
     input_tokens: int
     output_tokens: int
     cache_tokens: int
