@@ -30,7 +30,7 @@ from agent.prompt_cache import with_breakpoints
 from agent.report import WriteAttempt, render_report
 from agent.transcript import Transcript
 from agent.types import AttemptTask, StopReason
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from policy.config import AgentSettings, Budgets
 from policy.redaction import redact
 
@@ -418,6 +418,8 @@ class _Run:
             merged = data.get("merged")
             self.merged = merged if isinstance(merged, bool) else True
             self.pr_opened = True
+            # The merge names its pull request: recorded even when create_pull_request's reply was lost.
+            self.pr_number = _first_int(data, ("number", "pr_number")) or self.pr_number
 
     # -- the outcome ---------------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+from infra.jsonlog import log_event
 from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS
-from mcp_server.jsonlog import log_event
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig
 from policy.errors import ConfigError

@@ -39,6 +39,7 @@ from urllib.parse import quote
 import httpx2
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
+from infra.jsonlog import log_event
 from mcp_server.errors import (
     ForgeAuthError,
     ForgeConflict,
@@ -48,7 +49,7 @@ from mcp_server.errors import (
     ForgeUnavailable,
 )
 from mcp_server.github_app import API_VERSION, TokenSource
-from mcp_server.jsonlog import log_event
+from policy.branches import is_fix_branch
 from policy.config import REPO_NAME_RE, ForgeSettings
 from policy.redaction import redact
 
@@ -313,8 +314,13 @@ class _Protection(_Model):
     required_status_checks: _RequiredStatusChecks | None = None
 
 
+class _BranchCommit(_Model):
+    sha: str
+
+
 class _BranchBody(_Model):
     name: str
+    commit: _BranchCommit
     protected: bool = False
     protection: _Protection | None = None
 
@@ -582,6 +588,25 @@ class ForgeClient:
         reply = await self._json("PATCH", f"repos/{_repo(repo)}/pulls/{int(number)}", json={"state": "closed"})
         return _parse(PullRequest, reply.body, f"repos/{repo}/pulls/{number}")
 
+    async def branch_head(self, repo: str, branch: str) -> str | None:
+        """The commit a branch points at, or None when the forge has no such branch."""
+        path = f"repos/{_repo(repo)}/branches/{_fix_branch(branch)}"
+        try:
+            reply = await self._json("GET", path)
+        except ForgeNotFound:
+            return None
+        return _parse(_BranchBody, reply.body, path).commit.sha
+
+    async def delete_branch(self, repo: str, branch: str) -> bool:
+        """Delete a fix branch (its open pull requests close with it); False when it was already gone."""
+        try:
+            await self._json("DELETE", f"repos/{_repo(repo)}/git/refs/heads/{_fix_branch(branch)}")
+        except ForgeConflict as exc:
+            if exc.status == 422:  # GitHub: "Reference does not exist"
+                return False
+            raise
+        return True
+
     # ------------------------------------------------------------------------------------------ core
 
     async def _pages(
@@ -845,6 +870,13 @@ def _repo(repo: str) -> str:
     if not REPO_NAME_RE.match(repo) or any(part in (".", "..") for part in repo.split("/")):
         raise ForgeError(f"Forge: not a repository name: {repo!r}.")
     return repo
+
+
+def _fix_branch(branch: str) -> str:
+    # Security: branches are read and deleted only when they are greenloop fix branches (never the default).
+    if not is_fix_branch(branch):
+        raise ForgeError(f"Forge: not a fix branch: {branch!r}.")
+    return branch
 
 
 def _parse(model: type[_M], body: Any, what: str) -> _M:

@@ -35,7 +35,7 @@ from mcp_server.audit import AuditEvent, Outcome
 from mcp_server.auth import grant_from_access_token
 from mcp_server.checks import head_checks
 from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS, call_deadline, off_loop
-from mcp_server.errors import McpServerError, ToolRefused
+from mcp_server.errors import ForgeError, McpServerError, ToolRefused
 from mcp_server.forge import PullRequest
 from mcp_server.log_excerpt import MIN_BUDGET_TOKENS, excerpt
 from mcp_server.models import (
@@ -452,7 +452,7 @@ def _pr_info(s: SessionBinding, pr: PullRequest, *, created: bool) -> PullReques
     return PullRequestInfo(
         number=pr.number,
         url=pr.html_url or "",
-        state="merged" if pr.merged else pr.state,
+        state="merged" if _is_merged(pr) else pr.state,
         head_branch=pr.head.ref,
         head_sha=pr.head.sha,
         base_branch=pr.base.ref,
@@ -476,7 +476,7 @@ async def create_pull_request(
     p = s.project
     existing = await s.forge.find_pull_request(p.repo, branch)
     if existing is not None:
-        if existing.state != "open" and not existing.merged:
+        if existing.state != "open" and not _is_merged(existing):
             raise ToolRefused(
                 f"Refused: pull request #{existing.number} of the fix branch was closed without merging; a human "
                 "declined this fix. Stop here."
@@ -484,14 +484,39 @@ async def create_pull_request(
         return _pr_info(s, existing, created=False)
     if s.pushed_sha is None:
         raise ToolRefused("Refused: nothing pushed yet; call commit_and_push before create_pull_request.")
-    pr = await s.forge.create_pull_request(
-        p.repo,
-        head=branch,
-        base=p.default_branch,
-        title=s.redact(title),
-        body=s.redact(body) + _PR_FOOTER.format(attempt=attempt_id, job=job),
-    )
+    try:
+        pr = await s.forge.create_pull_request(
+            p.repo,
+            head=branch,
+            base=p.default_branch,
+            title=s.redact(title),
+            body=s.redact(body) + _PR_FOOTER.format(attempt=attempt_id, job=job),
+        )
+    except ForgeError as exc:
+        # The request may have reached the forge (its reply lost): the forge says whether the PR exists.
+        found = await _read_back(exc, s.forge.find_pull_request(p.repo, branch))
+        if found is None or not (found.state == "open" or _is_merged(found)):
+            raise ForgeError(f"{exc} Read back: the fix branch has no open pull request.", status=exc.status) from exc
+        return _pr_info(s, found, created=True)
     return _pr_info(s, pr, created=True)
+
+
+async def _read_back(failed: ForgeError, reading: Awaitable[PullRequest | None]) -> PullRequest | None:
+    """What the forge shows after a write failed; a read-back that fails too raises the write's error."""
+    try:
+        return await reading
+    except ForgeError as exc:
+        raise ForgeError(f"{failed} Read back failed too: {exc}", status=failed.status) from failed
+
+
+def _is_merged(pr: PullRequest) -> bool:
+    """Whether the forge merged `pr` (list items carry `merged_at`, not `merged`)."""
+    return pr.merged or pr.merged_at is not None
+
+
+def _merged_at(pr: PullRequest, sha: str) -> bool:
+    """Whether `pr` is merged with its head at `sha`."""
+    return _is_merged(pr) and pr.head.sha == sha
 
 
 @_tool(title="Merge the pull request", write=True, destructive=True, idempotent=False)
@@ -514,8 +539,10 @@ async def merge_pull_request() -> PullRequestMerged:
     pushed = s.pushed_sha
     if pushed is None:
         raise ToolRefused("Merge refused: this session has not pushed a commit; call commit_and_push first.")
-    pr = await s.forge.find_pull_request(p.repo, branch, state="open")
-    if pr is None:
+    pr = await s.forge.find_pull_request(p.repo, branch)
+    if pr is not None and _merged_at(pr, pushed):  # merged already (an earlier call's reply was lost)
+        return PullRequestMerged(number=pr.number, merged=True, sha=pr.merge_commit_sha)
+    if pr is None or pr.state != "open":
         raise ToolRefused("Merge refused: the fix branch has no open pull request; call create_pull_request.")
     # Security: merge only what this session pushed; a head moved by anyone else needs a human.
     if pr.head.sha != pushed:
@@ -532,13 +559,21 @@ async def merge_pull_request() -> PullRequestMerged:
             f"Merge refused: {checks.reason()}. The pull request stays open; greenloop merges it once its "
             "checks pass. Stop here."
         )
-    merge_sha = await s.forge.merge_pull_request(
-        p.repo,
-        pr.number,
-        sha=pushed,
-        title=s.redact(pr.title),
-        message=f"greenloop attempt {attempt_id} for job {job}",
-    )
+    try:
+        merge_sha = await s.forge.merge_pull_request(
+            p.repo,
+            pr.number,
+            sha=pushed,
+            title=s.redact(pr.title),
+            message=f"greenloop attempt {attempt_id} for job {job}",
+        )
+    except ForgeError as exc:
+        # A lost reply, or a re-sent PUT told "not mergeable" because the first one merged: read it back.
+        now = await _read_back(exc, s.forge.get_pull_request(p.repo, pr.number))
+        if now is not None and _merged_at(now, pushed):
+            return PullRequestMerged(number=now.number, merged=True, sha=now.merge_commit_sha)
+        saw = f"#{pr.number} is {now.state if now else 'gone'}, not merged at {pushed[:12]}"
+        raise ForgeError(f"{exc} Read back: pull request {saw}.", status=exc.status) from exc
     return PullRequestMerged(number=pr.number, merged=True, sha=merge_sha)
 
 

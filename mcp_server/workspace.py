@@ -544,10 +544,35 @@ class Workspace:
                 head = await self._rev_parse("HEAD")
                 self._unpushed = head
             # Security: a plain refspec, no '+' and no --force: the forge refuses anything but a fast-forward.
-            await self._git("push", "--porcelain", "--no-verify", "origin", f"HEAD:refs/heads/{branch}", network=True)
+            push = await self._git(
+                "push", "--porcelain", "--no-verify", "origin", f"HEAD:refs/heads/{branch}", network=True, check=False
+            )  # fmt: skip
+            if push.returncode != 0:
+                await self._settle_push(branch, head, push.stderr)
             self._unpushed = None
             self._pushed = head
             return PushResult(sha=head, branch=branch)
+
+    async def _settle_push(self, branch: str, head: str, stderr: str) -> None:
+        """A failed push may have landed all the same (its reply was lost, or git re-sent it and was told
+        ``cannot lock ref ... reference already exists``): the forge is the truth. Its fix branch at `head`
+        means pushed; anything else raises, saying what the forge showed.
+
+        Raises:
+            GitError: the forge's fix branch is not at `head` (or could not be read back).
+        """
+        seen = await self._git("ls-remote", "--refs", "origin", f"refs/heads/{branch}", network=True, check=False)
+        words = seen.stdout.decode("ascii", "replace").split()
+        remote = words[0] if seen.returncode == 0 and words else None
+        if remote == head:
+            return
+        if seen.returncode != 0:
+            saw = f"the forge's branch could not be read back: {self._scrub(seen.stderr)}"
+        elif remote is None:
+            saw = "the forge has no such branch"
+        else:
+            saw = f"the forge's branch is at {remote[:12]}, not {head[:12]}"
+        raise GitError(f"Git failed: git push: {self._scrub(stderr)} (read back: {saw})")
 
     async def _is_own_commit(self, sha: str, attempt_id: str) -> bool:
         """Whether `sha` is ahead of the default branch and carries this attempt's trailer."""

@@ -76,18 +76,6 @@ def _run(args: argparse.Namespace) -> int:
     return run_command(args.config)
 
 
-def _attempt_cancel(args: argparse.Namespace) -> int:
-    from reconciler.service import cancel_command
-
-    return cancel_command(args.config, args.id, reason=args.reason)
-
-
-def _project_action(args: argparse.Namespace) -> int:
-    from reconciler.service import project_command
-
-    return project_command(args.config, args.project_command, args.name)
-
-
 def _agent_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -134,24 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--model", default=None, help="scripted:FILE | replay:FILE | record:FILE | anthropic[:MODEL]")
     ar.add_argument("--run-id", type=int, default=None, help="the failing run (default: the latest failed run)")
     ar.set_defaults(func=_agent_run)
-
-    p = sub.add_parser("attempt", help="operator actions on attempts (as the HTTP API's)")
-    psub = p.add_subparsers(dest="attempt_command", required=True)
-    ac = psub.add_parser("cancel", help="cancel an active attempt: stop its agent, close its pull request")
-    ac.add_argument("id")
-    ac.add_argument("--reason", default=None, help="why (recorded with the transition)")
-    ac.set_defaults(func=_attempt_cancel)
-
-    p = sub.add_parser("project", help="operator actions on projects (as the HTTP API's)")
-    psub = p.add_subparsers(dest="project_command", required=True)
-    for verb, text in (
-        ("pause", "start no new attempts for the project"),
-        ("resume", "undo pause"),
-        ("reset", "forget earlier failures (after an escalation was dealt with)"),
-    ):
-        pp = psub.add_parser(verb, help=text)
-        pp.add_argument("name", help="project name or owner/name")
-        pp.set_defaults(func=_project_action)
 
     p = sub.add_parser("config", help="configuration commands")
     psub = p.add_subparsers(dest="config_command", required=True)
@@ -208,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `greenloop`; returns the process exit code."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    from mcp_server.jsonlog import configure_json_logging
+    from infra.jsonlog import configure_json_logging
 
     # Warnings and errors as redacted JSON lines on stderr, HTTP libraries quiet (`greenloop run` then logs
     # from INFO up, the same way).

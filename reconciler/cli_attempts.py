@@ -38,7 +38,14 @@ _PROBE_TIMEOUT_S: Final = 3.0
 
 
 class OperatorError(Exception):
-    """A verb that could not be done; the message is one line for the operator."""
+    """A verb that could not be done; the message is one line for the operator.
+
+    `exit_code` is 2 when what was named does not exist (an unknown attempt or project), 1 otherwise.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # --- where the API is -------------------------------------------------------------------------------------
@@ -51,7 +58,7 @@ class _Target:
 
 
 def _load_config(path: str | None) -> GreenloopConfig:
-    from mcp_server.settings import load_config
+    from infra.settings import load_config
 
     return load_config(path)
 
@@ -123,7 +130,7 @@ async def _call(target: _Target, method: str, path: str, *, body: dict[str, Any]
             detail = f"HTTP {answer.status_code}"
         if answer.status_code == 401:
             detail += f" (set {TOKEN_ENVS[0]} to the server's api_token)"
-        raise OperatorError(detail)
+        raise OperatorError(detail, exit_code=2 if answer.status_code == 404 else 1)
     return answer.json()
 
 
@@ -316,7 +323,7 @@ def _run(verb: Any, args: argparse.Namespace, out: TextIO | None = None, err: Te
         asyncio.run(verb(args, out, err))
     except OperatorError as exc:
         print(f"greenloop: {exc}", file=err)
-        return 1
+        return exc.exit_code
     except (httpx2.TimeoutException, httpx2.TransportError) as exc:
         print(f"greenloop: the server did not answer: {exc.__class__.__name__}", file=err)
         return 1
@@ -324,7 +331,8 @@ def _run(verb: Any, args: argparse.Namespace, out: TextIO | None = None, err: Te
 
 
 def attempts_command(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """`greenloop attempts ...`; returns the exit code (1 when the server or the store refused)."""
+    """`greenloop attempts ...`; returns the exit code (2: no such attempt; 1: the server or the store refused,
+    e.g. the attempt already finished)."""
     return _run(_attempts, args, out, err)
 
 
@@ -344,9 +352,9 @@ async def active_attempt_refusal(config: GreenloopConfig, project: str) -> str |
     """
     from reconciler.errors import StoreError
     from reconciler.store import attempts as attempt_store
-    from reconciler.store.engine import make_engine, make_sessionmaker
+    from reconciler.store.engine import make_engine, make_sessionmaker, sqlite_file_missing
 
-    if config.server.database_url.startswith("sqlite") and _missing_sqlite_file(config.server.database_url):
+    if sqlite_file_missing(config.server.database_url):
         return None
     engine = make_engine(config.server.database_url)
     try:
@@ -364,15 +372,6 @@ async def active_attempt_refusal(config: GreenloopConfig, project: str) -> str |
         f"project {project!r} has an active attempt {a.id} ({a.status}, job {a.job!r}); "
         f"wait for it or cancel it first: greenloop attempts cancel {a.id}"
     )
-
-
-def _missing_sqlite_file(url: str) -> bool:
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    return bool(database) and database != ":memory:" and not Path(str(database)).exists()
 
 
 # --- the parser -------------------------------------------------------------------------------------------

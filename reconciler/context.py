@@ -56,6 +56,8 @@ class PassCaches:
     reruns_requested: set[tuple[str, str]] = field(default_factory=set)
     # Whether every configured project has its store row (synced once per process).
     projects_synced: bool = False
+    # Ended attempts this process found in line with their fix branch on the forge (see `reconciler.repair`).
+    repair_checked: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)

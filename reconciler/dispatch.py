@@ -3,8 +3,11 @@
 The dispatcher owns retries of nothing: it runs what it is given. It marks the attempt `running`, keeps its
 heartbeat fresh while the agent works, and records the outcome: a pull request -> `pr_open` (later passes
 advance it); no fix after trying a protected path -> `escalated` (only a human can make that change); any
-other stop -> `failed` with the guard's reason. A worker that dies leaves a stale heartbeat; a later pass
-carries on from its PR (`pr_open`), or re-dispatches the same attempt once (`running`, resumed: the tools are
+other stop -> `failed` with the guard's reason. The outcome is read back, not remembered: however the agent
+stopped (even crashed), the forge is asked for the fix branch's pull request first, and one that exists
+makes the attempt `pr_open` (merged: `verifying`) with its number, whatever the model said (a reply lost
+after the forge acted leaves the model believing it failed). A worker that dies leaves a stale heartbeat; a
+later pass carries on from its PR (`pr_open`), or re-dispatches the same attempt once (`running`, resumed: the tools are
 idempotent), and fails it (`worker_died`) if the resumed worker dies too.
 
 The database is the source of truth for whether an attempt may still run: the heartbeat loop re-reads its
@@ -29,6 +32,8 @@ from agent.loop import AttemptOutcome, ToolSession, run_attempt
 from agent.models import ModelBackend
 from agent.types import AttemptTask, StopReason
 from infra.jsonlog import bind_context, log_event
+from mcp_server.errors import ForgeError
+from mcp_server.forge import ForgeClient, PullRequest
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
@@ -40,7 +45,15 @@ from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt
 
-__all__ = ["AgentDispatcher", "BackendFactory", "SessionOpener", "tried_protected_path"]
+__all__ = [
+    "AgentDispatcher",
+    "BackendFactory",
+    "SessionOpener",
+    "fix_branch_pull_request",
+    "is_merged",
+    "pull_request_fields",
+    "tried_protected_path",
+]
 
 logger = logging.getLogger("greenloop.dispatch")
 
@@ -61,6 +74,35 @@ def tried_protected_path(outcome: AttemptOutcome, project: ProjectConfig) -> str
         if isinstance(path, str) and any(matches_glob(path, g) for g in project.write.effective_denied):
             return path
     return None
+
+
+async def fix_branch_pull_request(forge: ForgeClient | None, repo: str, branch: str) -> PullRequest | None:
+    """The fix branch's open or merged pull request as the forge shows it now: the attempt's outcome.
+
+    None when there is none (or only one closed unmerged), when there is no forge client, or when the forge
+    cannot answer: then the agent's word stands and a later pass reads the forge again.
+    """
+    if forge is None:
+        return None
+    try:
+        pr = await forge.find_pull_request(repo, branch)
+    except ForgeError as exc:
+        log_event(logger, "pull_request_read_back_failed", level=logging.WARNING, error=str(exc))
+        return None
+    return pr if pr is not None and (pr.state == "open" or is_merged(pr)) else None
+
+
+def is_merged(pr: PullRequest) -> bool:
+    """Whether the forge merged `pr` (list items carry `merged_at`, not `merged`)."""
+    return pr.merged or pr.merged_at is not None
+
+
+def pull_request_fields(pr: PullRequest) -> dict[str, Any]:
+    """What an attempt records from its pull request (with the merge commit once merged)."""
+    fields: dict[str, Any] = {"pr_number": pr.number, "pr_url": pr.html_url, "pushed_sha": pr.head.sha}
+    if is_merged(pr):
+        fields["merged_sha"] = pr.merge_commit_sha
+    return fields
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -85,8 +127,10 @@ class AgentDispatcher:
         metrics: Metrics,
         heartbeat_seconds: float = 5.0,
         secrets: tuple[str, ...] = (),
+        forge: ForgeClient | None = None,
     ) -> None:
         self._config = config
+        self._forge = forge  # to read each attempt's outcome back from the forge
         self._sessions = sessions
         self._open_session = open_session
         self._backend_for = backend_for
@@ -172,12 +216,13 @@ class AgentDispatcher:
                 except Exception as exc:  # the agent's crash is this attempt's failure, not the process's
                     logger.exception("attempt_crashed")
                     await self._remove_workspace(attempt.id)
-                    if await store.transition(
-                        self._sessions,
-                        attempt.id,
-                        AttemptStatus.FAILED,
-                        reason="runner_error",
-                        stop_reason=f"runner_error: {_root_cause(exc)}",
+                    crashed = f"runner_error: {_root_cause(exc)}"
+                    branch = fix_branch_name(attempt.job, attempt.id)
+                    pr = await fix_branch_pull_request(self._forge, project.repo, branch)
+                    if pr is not None:  # it crashed after opening its PR: carry on from the PR
+                        await self._pull_request_found(attempt.id, pr, stop_reason=crashed)
+                    elif await store.transition(
+                        self._sessions, attempt.id, AttemptStatus.FAILED, reason="runner_error", stop_reason=crashed
                     ):
                         await self._finished(attempt.id, AttemptStatus.FAILED)
                     return
@@ -225,11 +270,16 @@ class AgentDispatcher:
             head_sha=attempt.head_sha,
         )
         backend = self._backend_for(attempt, project)
-        # Wall-clock guard around the whole run; the loop enforces its own budget inside, this is the backstop.
-        async with asyncio.timeout(project.budgets.wall_seconds + 30), self._open_session(attempt) as session:
-            return await run_attempt(
-                backend, session, task, project.budgets, settings=self._config.agent, secrets=self._secrets
-            )
+        try:
+            # Wall-clock guard around the whole run; the loop enforces its own budget inside, this is the backstop.
+            async with asyncio.timeout(project.budgets.wall_seconds + 30), self._open_session(attempt) as session:
+                return await run_attempt(
+                    backend, session, task, project.budgets, settings=self._config.agent, secrets=self._secrets
+                )
+        finally:
+            close = getattr(backend, "aclose", None)
+            if close is not None:  # the model client's connections (e.g. AnthropicBackend's HTTP pool)
+                await close()
 
     async def _finished(self, attempt_id: str, status: AttemptStatus) -> None:
         await attempt_finished(
@@ -239,6 +289,23 @@ class AgentDispatcher:
             status=status,
             webhook_url=self._config.server.slack_webhook_url,
         )
+
+    async def _pull_request_found(self, attempt_id: str, pr: PullRequest, **fields: Any) -> None:
+        """Record the attempt's pull request as the forge shows it: `pr_open` with its number, then `verifying`
+        at once when it is merged already (the pass then waits for the job on the merge commit)."""
+        if not await store.transition(
+            self._sessions,
+            attempt_id,
+            AttemptStatus.PR_OPEN,
+            reason="pr_opened",
+            expected=AttemptStatus.RUNNING,
+            **{**fields, **pull_request_fields(pr)},
+        ):
+            return
+        if is_merged(pr):
+            await store.transition(
+                self._sessions, attempt_id, AttemptStatus.VERIFYING, reason="pr_merged", expected=AttemptStatus.PR_OPEN
+            )
 
     async def _heartbeat(self, attempt_id: str, runner: asyncio.Task[Any] | None) -> None:
         """Beat every `heartbeat_seconds`; cancel `runner` once the database says the attempt is over."""
@@ -272,7 +339,11 @@ class AgentDispatcher:
             "turns": outcome.turns,
             "transcript": json.dumps(outcome.transcript, ensure_ascii=False, default=str),
         }
-        if outcome.stop_reason is StopReason.SUCCEEDED_PR:
+        pr = await fix_branch_pull_request(self._forge, project.repo, fix_branch_name(attempt.job, attempt.id))
+        if pr is not None:  # the forge's word, whatever the model said
+            await self._pull_request_found(attempt.id, pr, **fields)
+            to = AttemptStatus.PR_OPEN
+        elif outcome.stop_reason is StopReason.SUCCEEDED_PR:
             fields.update(pr_number=outcome.pr_number, pr_url=outcome.pr_url, pushed_sha=outcome.pushed_sha)
             to, reason = AttemptStatus.PR_OPEN, "pr_opened"
         else:
@@ -282,11 +353,12 @@ class AgentDispatcher:
                 to, reason = AttemptStatus.ESCALATED, f"needs_human: fix is in a protected path ({protected})"
             else:
                 to, reason = AttemptStatus.FAILED, outcome.stop_reason.value
-        moved = await store.transition(
-            self._sessions, attempt.id, to, reason=reason, expected=AttemptStatus.RUNNING, **fields
-        )
-        if moved and to is not AttemptStatus.PR_OPEN:
-            await self._finished(attempt.id, to)
+        if pr is None:
+            moved = await store.transition(
+                self._sessions, attempt.id, to, reason=reason, expected=AttemptStatus.RUNNING, **fields
+            )
+            if moved and to is not AttemptStatus.PR_OPEN:
+                await self._finished(attempt.id, to)
         log_event(
             logger,
             "attempt_agent_finished",

@@ -1,8 +1,8 @@
 """Operator actions: cancel an attempt, pause/resume a project, reset its escalation, flip the kill switch.
 
-One implementation the HTTP API (`reconciler.api`) and the command line (`greenloop attempt cancel`,
-`greenloop project pause|resume|reset`) both call, so the two cannot drift. Errors are `OperationRefused`
-(with a `kind` the API maps to a status code) or the store's errors.
+One implementation the HTTP API (`reconciler.api`) calls, and through it the command line (`greenloop attempts
+cancel`, `greenloop projects pause|resume|reset`, over HTTP or in-process on the store), so the two cannot
+drift. Errors are `OperationRefused` (with a `kind` the API maps to a status code) or the store's errors.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from policy.config import ProjectConfig
 from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
 from reconciler.reconcile import PassScope, Result, load_scope, reconcile_project
+from reconciler.repair import repair_ended_attempts
 from reconciler.store.passes import record_pass
 from reconciler.summary import RunSummary, Trigger
 
@@ -102,6 +103,7 @@ class Runner:
                 self._note_result(project.name, result)
 
         await asyncio.gather(*(one(p) for p in projects))
+        await repair_ended_attempts(ctx, projects, summary=summary, dry_run=dry_run)
         summary.projects_scanned = len(projects)
         summary.projects_red = len({r.project for r in summary.red})
         summary.duration_ms = (time.perf_counter() - t0) * 1000

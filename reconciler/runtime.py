@@ -154,6 +154,7 @@ async def open_runtime(
                 metrics=metrics,
                 heartbeat_seconds=heartbeat_seconds,
                 secrets=secrets,
+                forge=forge,
             )
             stack.push_async_callback(dispatcher.aclose)
         yield ReconcilerContext(

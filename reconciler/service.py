@@ -10,29 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from infra.jsonlog import configure_json_logging, log_event
 from infra.settings import load_config
 from policy.config import GreenloopConfig
 from policy.errors import ConfigError
-from reconciler import operations
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import BackendFactory
 from reconciler.errors import ReconcilerError
-from reconciler.operations import OperationRefused, ProjectAction
 from reconciler.runner import Runner, UnknownProjects, reconcile
 from reconciler.runtime import backend_from_env, open_runtime
 from reconciler.store.state import default_holder, pass_lease
 from reconciler.summary import RunSummary, Trigger
 
 __all__ = [
-    "cancel_command",
     "leased_reconcile",
     "one_line",
     "print_summary",
-    "project_command",
     "reconcile_command",
     "run_command",
 ]
@@ -162,44 +158,3 @@ def run_command(config_path: str | None) -> int:
     return 0
 
 
-def _operate(config_path: str | None, action: Callable[[ReconcilerContext], Awaitable[str]]) -> int:
-    """Run one operator action (`reconciler.operations`) against the store and the forge; print its outcome."""
-    config = load_config(config_path)
-
-    async def main() -> str:
-        async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
-            return await action(ctx)
-
-    try:
-        print(asyncio.run(main()))
-    except OperationRefused as exc:
-        print(one_line(exc), file=sys.stderr)
-        return 1 if exc.kind == "conflict" else 2
-    except ReconcilerError as exc:
-        print(one_line(exc), file=sys.stderr)
-        return 1
-    return 0
-
-
-def cancel_command(config_path: str | None, attempt_id: str, *, reason: str | None) -> int:
-    """`greenloop attempt cancel ID`: what `POST /attempts/{id}/cancel` does (store, agent, pull request)."""
-
-    async def cancel(ctx: ReconcilerContext) -> str:
-        done = await operations.cancel_attempt(ctx, await operations.find_attempt(ctx, attempt_id), reason=reason)
-        closed = f", pull request #{done.pr_closed} closed" if done.pr_closed is not None else ""
-        return f"attempt {done.attempt.id}: {done.from_status} -> {done.attempt.status}{closed}"
-
-    return _operate(config_path, cancel)
-
-
-def project_command(config_path: str | None, action: ProjectAction, name: str) -> int:
-    """`greenloop project pause|resume|reset NAME`: what `POST /projects/{name}/{action}` does."""
-
-    async def act(ctx: ReconcilerContext) -> str:
-        project = operations.find_project(ctx, name)
-        row = await operations.project_action(ctx, project, action)
-        paused = project.paused or (row is not None and row.paused)
-        reset = row.escalation_reset_at.isoformat() if row is not None and row.escalation_reset_at else "never"
-        return f"project {project.name}: {action} done (paused: {'yes' if paused else 'no'}; escalation reset: {reset})"
-
-    return _operate(config_path, act)

@@ -43,6 +43,7 @@ __all__ = [
     "last_failures",
     "list_attempts",
     "new_attempt_id",
+    "reopen_from_forge",
     "start_attempt",
     "transition",
 ]
@@ -254,6 +255,58 @@ async def transition(
     return await with_retry(_once)
 
 
+async def reopen_from_forge(
+    session_factory: SessionFactory,
+    attempt_id: str,
+    to: AttemptStatus,
+    *,
+    expected: AttemptStatus,
+    reason: str,
+    **fields: Any,
+) -> bool:
+    """Move a final attempt back to `pr_open` or `verifying` because the forge shows its pull request open or
+    merged: the one way out of a terminal state, for an end recorded wrongly (a reply lost after the forge
+    acted). A compare-and-set on `expected`; `finished_at` is cleared and a transition row recorded.
+
+    Returns False, changing nothing, when the attempt changed since it was read, or when the project has
+    another active attempt (the one-active-attempt index refuses: a later pass tries again).
+
+    Raises:
+        ValueError: `to` is not `pr_open`/`verifying`, or `expected` is not terminal.
+        TypeError: a name in `fields` that is not in `SETTABLE_FIELDS`.
+        StoreBusy: the database stayed locked through every bounded retry.
+        StoreError: any other database failure.
+    """
+    _check_fields(fields)
+    to, expected = AttemptStatus(to), AttemptStatus(expected)
+    if to not in (AttemptStatus.PR_OPEN, AttemptStatus.VERIFYING) or expected not in TERMINAL_STATUSES:
+        raise ValueError(f"Invalid reopen: {expected.value!r} -> {to.value!r}.")
+
+    async def _once() -> bool:
+        now = utcnow()
+        values: dict[str, Any] = {**fields, "status": to.value, "updated_at": now, "finished_at": None}
+        try:
+            async with translated(), session_factory() as session, session.begin():
+                result = await session.execute(
+                    sa.update(Attempt)
+                    .where(Attempt.id == attempt_id, Attempt.status == expected.value)
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+                if rowcount(result) != 1:
+                    return False
+                session.add(
+                    Transition(
+                        attempt_id=attempt_id, from_status=expected.value, to_status=to.value, reason=reason, at=now
+                    )
+                )
+        except ConstraintRefused:
+            return False
+        return True
+
+    return await with_retry(_once)
+
+
 async def heartbeat(session_factory: SessionFactory, attempt_id: str, **fields: Any) -> bool:
     """Refresh `heartbeat_at` (and optionally progress `fields`) of an active attempt.
 
@@ -327,6 +380,26 @@ async def last_failures(session_factory: SessionFactory, projects: Iterable[str]
     )
     async with translated(), session_factory() as session:
         return {name: at for name, at in await session.execute(query) if at is not None}
+
+
+async def ended_without_pull_request(
+    session_factory: SessionFactory, projects: Iterable[str], *, since: datetime, limit: int
+) -> list[Attempt]:
+    """The projects' attempts that ended since `since` naming a fix branch but no pull request, newest first
+    (at most `limit`): one statement, whatever the number of projects."""
+    query = (
+        sa.select(Attempt)
+        .where(
+            Attempt.project.in_(list(projects)),
+            Attempt.status.in_(_values(TERMINAL_STATUSES)),
+            Attempt.pr_number.is_(None),
+            Attempt.branch.is_not(None),
+            Attempt.finished_at >= since,
+        )
+        .order_by(Attempt.finished_at.desc())
+        .limit(limit)
+    )
+    return await fetch_all(session_factory, query)
 
 
 async def claim_resume(

@@ -23,6 +23,7 @@ __all__ = [
     "make_sessionmaker",
     "normalize_url",
     "redact_url",
+    "sqlite_file_missing",
 ]
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -96,6 +97,15 @@ def make_engine(url: str | URL, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_M
     if parsed.get_backend_name() == "sqlite":
         _install_sqlite_hooks(engine, busy_timeout_ms=busy_timeout_ms, memory=memory)
     return engine
+
+
+def sqlite_file_missing(url: str | URL) -> bool:
+    """True when `url` names a SQLite file that does not exist yet (so it holds nothing to read)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if not parsed.drivername.startswith("sqlite"):
+        return False
+    database = parsed.database
+    return bool(database) and database != ":memory:" and not Path(str(database)).exists()
 
 
 def make_sessionmaker(engine: AsyncEngine) -> SessionFactory:

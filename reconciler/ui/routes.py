@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mcp_server.jsonlog import log_event
+from infra.jsonlog import log_event
 from policy.types import AttemptStatus
 from reconciler.api_http import ApiError, read_body
 from reconciler.context import ReconcilerContext

@@ -52,6 +52,7 @@ class StandInRepo:
     merged: bool = False
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     allow_merge: bool = True
+    lose_pr_reply: bool = False  # the PR is opened, then the tool fails (its reply was lost)
 
 
 def build_standin(repo: StandInRepo) -> MCPServer:
@@ -140,6 +141,8 @@ def build_standin(repo: StandInRepo) -> MCPServer:
         if not repo.commits:
             raise ToolError("Refused: push a commit first.")
         repo.pr = 7
+        if repo.lose_pr_reply:
+            raise ToolError("Forge unavailable: POST /repos/acme/calc/pulls: RemoteProtocolError.")
         return {"number": 7, "url": "http://forge.test/acme/calc/pull/7", "created": True}
 
     @srv.tool()
@@ -151,7 +154,7 @@ def build_standin(repo: StandInRepo) -> MCPServer:
         if repo.pr is None:
             raise ToolError("Refused: no pull request.")
         repo.merged = True
-        return {"merged": True, "sha": "f" * 40}
+        return {"number": repo.pr, "merged": True, "sha": "f" * 40}
 
     return srv
 

@@ -260,6 +260,18 @@ async def test_merge_after_the_pull_request_is_recorded(
     assert outcome.stop_detail == "pull request opened and merged"
 
 
+@pytest.mark.anyio
+async def test_a_merge_records_its_pull_request_number_when_the_create_reply_was_lost(
+    standin: Callable[[], Any], repo: StandInRepo, task: AttemptTask, settings: AgentSettings
+) -> None:
+    repo.lose_pr_reply = True
+    merge = {"tool_use": {"name": "merge_pull_request", "input": {}}}
+    outcome, _ = await _run([*GOOD_STEPS[:6], merge, {"text": "Merged."}], standin, task, Budgets(), settings)
+
+    assert outcome.merged is True and repo.merged is True
+    assert outcome.pr_number == 7, "the merge result names the pull request"
+
+
 # -- the rules themselves -------------------------------------------------------------------------------
 
 

@@ -590,3 +590,31 @@ async def test_local_forge_exhausted_budget_answered_429_is_not_retried_for_an_h
         await client.get_repo("acme/clean")
     assert info.value.status == 429 and info.value.retry_after is not None and info.value.retry_after > 3000
     assert sleeps == []
+
+
+@pytest.mark.anyio
+async def test_branch_head_and_delete_branch_touch_fix_branches_only() -> None:
+    branches = {"greenloop/fix/ci-abc123": "d" * 40}
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if request.method == "GET" and "/branches/" in path:
+            name = path.split("/branches/", 1)[1]
+            if name not in branches:
+                return httpx2.Response(404, json={"message": "Branch not found"})
+            return httpx2.Response(200, json={"name": name, "commit": {"sha": branches[name]}})
+        assert request.method == "DELETE" and "/git/refs/heads/" in path
+        if branches.pop(path.split("/git/refs/heads/", 1)[1], None) is None:
+            return httpx2.Response(422, json={"message": "Reference does not exist"})
+        return httpx2.Response(204)
+
+    h = Harness(handler)
+    assert await h.client.branch_head(REPO, "greenloop/fix/ci-abc123") == "d" * 40
+    assert await h.client.delete_branch(REPO, "greenloop/fix/ci-abc123") is True
+    assert await h.client.branch_head(REPO, "greenloop/fix/ci-abc123") is None
+    assert await h.client.delete_branch(REPO, "greenloop/fix/ci-abc123") is False, "already gone"
+    sent = len(h.requests)
+    for name in ("main", "greenloop/fix/../../main"):
+        with pytest.raises(ForgeError, match="not a fix branch"):
+            await h.client.delete_branch(REPO, name)
+    assert len(h.requests) == sent, "a branch that is not a fix branch is never sent"

@@ -14,7 +14,7 @@ from server_support import config_text
 
 from agent.cli import agent_run_command
 from fixtures.forge.server import run_forge
-from mcp_server.jsonlog import QUIET_HTTP_LOGGERS, configure_json_logging
+from infra.jsonlog import QUIET_HTTP_LOGGERS, configure_json_logging
 from policy.config import load_config_text
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

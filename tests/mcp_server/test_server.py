@@ -461,13 +461,13 @@ async def test_agent_fixes_bug_lib_and_merges_what_it_pushed(tmp_path: Path) -> 
             await forge.wait_idle()  # the PR's own CI (push and pull_request runs of job `test`) has passed
             merged = await ok(client, "merge_pull_request")
             assert merged["merged"] is True and merged["number"] == pr["number"]
-            again = await refused(client, "merge_pull_request")
-            assert "no open pull request" in again
+            again = await ok(client, "merge_pull_request")  # read back: merged already, nothing merged twice
+            assert again == merged
             # GitHub's list items carry `merged_at`, never `merged`: the merged PR is not "closed without merging".
             found = await ok(client, "create_pull_request", {"title": "Fix page_bounds", "body": "again"})
             assert (found["created"], found["state"], found["number"]) == (False, "merged", pr["number"])
         outcomes = [(e.tool, e.outcome) for e in h.audit.events]
-        assert ("merge_pull_request", "ok") in outcomes and ("merge_pull_request", "refused") in outcomes
+        assert outcomes.count(("merge_pull_request", "ok")) == 2
         assert all(e.attempt_id == "merge0001" and e.project == "bug-lib" for e in h.audit.events)
 
 

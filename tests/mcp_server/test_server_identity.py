@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from mcp.client import Client
 
+from infra.jsonlog import JsonFormatter
 from mcp_server.audit import AuditEvent, JsonLogAuditSink
-from mcp_server.jsonlog import JsonFormatter
 from mcp_server.server import build_server
 from mcp_server.session import Mode, SessionGrant
 

@@ -135,9 +135,9 @@ def test_without_a_server_the_verbs_use_the_database(config_file: Path, store: t
     code, out, _ = run("projects", "resume", "docs-site", "--config", str(config_file))
     assert code == 0 and getattr(_db(url, "project", "docs-site"), "paused") is False  # noqa: B009
     code, _, err = run("projects", "reset", "nope", "--config", str(config_file))
-    assert code == 1 and "Unknown project: 'nope'" in err
+    assert code == 2 and "Unknown project: 'nope'" in err
     code, _, err = run("attempts", "show", "zzz", "--config", str(config_file))
-    assert code == 1 and "Unknown attempt: 'zzz'" in err
+    assert code == 2 and "Unknown attempt: 'zzz'" in err
 
 
 @pytest.fixture

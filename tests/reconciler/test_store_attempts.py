@@ -23,6 +23,7 @@ from reconciler.store import (
     start_attempt,
     transition,
 )
+from reconciler.store.attempts import reopen_from_forge
 from reconciler.store.engine import SessionFactory
 
 pytestmark = pytest.mark.anyio
@@ -344,3 +345,28 @@ async def test_a_refusal_by_neither_rule_raises_instead_of_reporting_busy(
             head_sha="a" * 40,
         )
     assert await list_attempts(sessions) == []
+
+
+async def test_reopen_from_forge_is_the_one_way_out_of_a_terminal_state_and_waits_for_the_active_attempt(
+    sessions: SessionFactory, project: str
+) -> None:
+    first = await _start(sessions, project, "fp-reopen-1")
+    assert first.attempt_id is not None
+    assert await transition(sessions, first.attempt_id, S.FAILED, reason="no_fix")
+    second = await _start(sessions, project, "fp-reopen-2")
+    assert second.attempt_id is not None
+
+    found = {"expected": S.FAILED, "reason": "pull_request_found_on_forge", "pr_number": 9}
+    assert not await reopen_from_forge(sessions, first.attempt_id, S.PR_OPEN, **found), "one active attempt"
+    assert await transition(sessions, second.attempt_id, S.CANCELLED, reason="test")
+    assert await reopen_from_forge(sessions, first.attempt_id, S.PR_OPEN, **found)
+    reopened = await get_attempt(sessions, first.attempt_id)
+    assert reopened is not None
+    assert (reopened.status, reopened.pr_number, reopened.finished_at) == ("pr_open", 9, None)
+    steps = [(t.from_status, t.to_status, t.reason) for t in await attempt_transitions(sessions, first.attempt_id)]
+    assert steps[-1] == ("failed", "pr_open", "pull_request_found_on_forge")
+    assert not await reopen_from_forge(sessions, first.attempt_id, S.PR_OPEN, **found), "no longer failed"
+    with pytest.raises(ValueError, match="Invalid reopen"):
+        await reopen_from_forge(sessions, first.attempt_id, S.RUNNING, expected=S.FAILED, reason="x")
+    with pytest.raises(ValueError, match="Invalid reopen"):
+        await reopen_from_forge(sessions, first.attempt_id, S.VERIFYING, expected=S.PR_OPEN, reason="x")

@@ -21,15 +21,28 @@ _RECONCILER_TESTS = str(Path(__file__).resolve().parents[1] / "reconciler")
 if _RECONCILER_TESTS not in sys.path:
     sys.path.insert(0, _RECONCILER_TESTS)
 
+from e2e_support import attempts_of, e2e_config, sqlite_url  # noqa: E402
+
+from agent.scripted import ScriptedBackend  # noqa: E402
 from fixtures.forge import Forge  # noqa: E402
+from policy.config import GreenloopConfig, ProjectConfig  # noqa: E402
+from reconciler.context import ReconcilerContext  # noqa: E402
+from reconciler.dispatch import BackendFactory  # noqa: E402
+from reconciler.runner import reconcile  # noqa: E402
+from reconciler.store.models import Attempt  # noqa: E402
 
 __all__ = [
     "HookedBackend",
     "SeverableProxy",
     "arm_fault",
+    "branch_commits",
+    "config_for",
     "forge_control",
     "forge_requests",
+    "one_attempt",
+    "scripted",
     "severable_proxy",
+    "twice",
     "write_script",
 ]
 
@@ -80,6 +93,63 @@ def write_script(source: Path, target_dir: Path, edit: Callable[[dict[str, Any]]
     out = target_dir / source.name
     out.write_text(json.dumps(script, indent=2), encoding="utf-8")
     return out
+
+
+def config_for(forge: Forge, tmp_path: Path, names: list[str], autonomy: str = "propose") -> GreenloopConfig:
+    """A config watching the fixture projects `names` on `forge` with `autonomy`, its store under `tmp_path`."""
+    return e2e_config(
+        forge,
+        names,
+        database_url=sqlite_url(tmp_path / "greenloop.db"),
+        workspace_dir=tmp_path / "workspaces",
+        projects={name: {"autonomy": autonomy} for name in names},
+    )
+
+
+def twice(tool: str) -> Callable[[dict[str, Any]], None]:
+    """A script edit: call `tool` a second time right after the first (as a model does after an error)."""
+
+    def edit(script: dict[str, Any]) -> None:
+        steps = script["steps"]
+        i = next(i for i, s in enumerate(steps) if s["tool"] == tool)
+        steps.insert(i + 1, dict(steps[i]))
+
+    return edit
+
+
+def scripted(script: Path, hook: Callable[[int], Awaitable[None]] | None = None) -> BackendFactory:
+    """A back-end factory replaying `script` (hooked by `hook` before each model turn, when given)."""
+
+    def make(attempt: Attempt, _project: ProjectConfig) -> Any:
+        backend = ScriptedBackend(script, substitutions={"FAILING_RUN_ID": attempt.run_id})
+        return backend if hook is None else HookedBackend(backend, hook)
+
+    return make
+
+
+async def one_attempt(ctx: ReconcilerContext, project: str) -> Attempt:
+    """Start `project`'s attempt with one pass and wait for its agent to finish; returns the attempt."""
+    summary = await reconcile(ctx, trigger="cli")
+    assert summary.errors == {}
+    assert [a.project for a in summary.attempts_started] == [project]
+    assert ctx.dispatcher is not None
+    await ctx.dispatcher.wait_idle(120)
+    (attempt,) = await attempts_of(ctx.sessions, project)
+    return attempt
+
+
+async def branch_commits(forge: Forge, repo: str, branch: str, base: str = "main") -> list[str]:
+    """The commits on `branch` that are not on `base`, in the forge's bare repository of `repo`."""
+    owner, name = repo.split("/")
+    bare = forge.state.repo(owner, name)
+    assert bare is not None
+    proc = await asyncio.create_subprocess_exec(
+        "git", "--git-dir", str(bare.git_dir), "rev-list", f"{base}..{branch}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    return out.decode().split()
 
 
 class HookedBackend:

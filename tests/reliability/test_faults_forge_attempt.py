@@ -9,24 +9,29 @@ into the copy.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_support import HookedBackend, arm_fault, forge_control, forge_requests, write_script
+from fault_support import (
+    arm_fault,
+    branch_commits,
+    config_for,
+    forge_control,
+    forge_requests,
+    one_attempt,
+    scripted,
+    twice,
+    write_script,
+)
 
-from agent.scripted import ScriptedBackend
-
-from e2e_support import SCRIPTS_DIR, attempts_of, e2e_config, forge_for, pulls_on_branch, sqlite_url  # isort: skip
+from e2e_support import SCRIPTS_DIR, forge_for, pulls_on_branch  # isort: skip
 from fixtures.forge import Forge
-from policy.config import GreenloopConfig, ProjectConfig
+from policy.config import GreenloopConfig
 from reconciler.context import ReconcilerContext
-from reconciler.dispatch import BackendFactory
-from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime
 from reconciler.store.models import Attempt
 
@@ -60,48 +65,16 @@ async def disarmed(forge: Forge) -> AsyncIterator[None]:
 
 
 def _config(forge: Forge, tmp_path: Path) -> GreenloopConfig:
-    return e2e_config(
-        forge,
-        [PROJECT],
-        database_url=sqlite_url(tmp_path / "greenloop.db"),
-        workspace_dir=tmp_path / "workspaces",
-        projects={PROJECT: {"autonomy": "propose"}},
-    )
-
-
-def _scripted(script: Path, hook: Callable[[int], Awaitable[None]] | None = None) -> BackendFactory:
-    def make(attempt: Attempt, _project: ProjectConfig) -> Any:
-        backend = ScriptedBackend(script, substitutions={"FAILING_RUN_ID": attempt.run_id})
-        return backend if hook is None else HookedBackend(backend, hook)
-
-    return make
+    return config_for(forge, tmp_path, [PROJECT])
 
 
 async def _one_attempt(ctx: ReconcilerContext) -> Attempt:
-    """Start the project's attempt with one pass and wait for its agent to finish; returns the attempt."""
-    summary = await reconcile(ctx, trigger="cli")
-    assert summary.errors == {}
-    assert [a.project for a in summary.attempts_started] == [PROJECT]
-    assert ctx.dispatcher is not None
-    await ctx.dispatcher.wait_idle(120)
-    (attempt,) = await attempts_of(ctx.sessions, PROJECT)
-    return attempt
+    return await one_attempt(ctx, PROJECT)
 
 
 def _step_index(script: Path, tool: str) -> int:
     steps = json.loads(script.read_text(encoding="utf-8"))["steps"]
     return next(i for i, s in enumerate(steps) if s["tool"] == tool)
-
-
-def _twice(tool: str) -> Callable[[dict[str, Any]], None]:
-    """A script edit: call `tool` a second time right after the first (as a model does after an error)."""
-
-    def edit(script: dict[str, Any]) -> None:
-        steps = script["steps"]
-        i = next(i for i, s in enumerate(steps) if s["tool"] == tool)
-        steps.insert(i + 1, dict(steps[i]))
-
-    return edit
 
 
 def _matching(rows: list[dict[str, Any]], pattern: str, method: str = "POST") -> list[dict[str, Any]]:
@@ -122,7 +95,7 @@ async def test_a_clone_cut_off_mid_reply_is_retried_by_the_next_tool_call_and_th
     forge: Forge, tmp_path: Path
 ) -> None:
     async with open_runtime(
-        _config(forge, tmp_path), backend_for=_scripted(SCRIPTS_DIR / f"{PROJECT}.json"), heartbeat_seconds=1.0
+        _config(forge, tmp_path), backend_for=scripted(SCRIPTS_DIR / f"{PROJECT}.json"), heartbeat_seconds=1.0
     ) as ctx:
         await arm_fault(forge, UPLOAD_PACK, "drop", count=1, method="POST")
         attempt = await _one_attempt(ctx)
@@ -144,8 +117,8 @@ async def test_a_write_the_forge_failed_is_done_once_by_the_next_call_without_a_
     forge: Forge, tmp_path: Path, path_regex: str, kind: str, tool: str
 ) -> None:
     # The model calls the failed tool again, as a model does after a tool error (the scripts never fail).
-    script = write_script(SCRIPTS_DIR / f"{PROJECT}.json", tmp_path / "scripts", _twice(tool))
-    async with open_runtime(_config(forge, tmp_path), backend_for=_scripted(script), heartbeat_seconds=1.0) as ctx:
+    script = write_script(SCRIPTS_DIR / f"{PROJECT}.json", tmp_path / "scripts", twice(tool))
+    async with open_runtime(_config(forge, tmp_path), backend_for=scripted(script), heartbeat_seconds=1.0) as ctx:
         await arm_fault(forge, path_regex, kind, count=1, method="POST")
         attempt = await _one_attempt(ctx)
 
@@ -153,21 +126,8 @@ async def test_a_write_the_forge_failed_is_done_once_by_the_next_call_without_a_
         assert len(faulted) == 1, "the write failed once"
         await _assert_one_pr_one_push(forge, attempt)
         assert attempt.branch is not None
-        commits = await _branch_commits(forge, attempt.branch)
+        commits = await branch_commits(forge, REPO, attempt.branch)
         assert len(commits) == 1, f"one fix commit on the branch: {commits!r}"
-
-
-async def _branch_commits(forge: Forge, branch: str) -> list[str]:
-    """The commits on `branch` that are not on main, in the forge's bare repository."""
-    repo = forge.state.repo("acme", PROJECT)
-    assert repo is not None
-    proc = await asyncio.create_subprocess_exec(
-        "git", "--git-dir", str(repo.git_dir), "rev-list", f"main..{branch}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err
-    return out.decode().split()
 
 
 @pytest.mark.parametrize(
@@ -190,7 +150,7 @@ async def test_the_installation_token_expiring_mid_attempt_is_refreshed_and_the_
             expired.append(answer["expired"])
 
     async with open_runtime(
-        _config(forge, tmp_path), backend_for=_scripted(script, expire_tokens), heartbeat_seconds=1.0
+        _config(forge, tmp_path), backend_for=scripted(script, expire_tokens), heartbeat_seconds=1.0
     ) as ctx:
         attempt = await _one_attempt(ctx)
 
