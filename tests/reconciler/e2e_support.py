@@ -74,6 +74,7 @@ APP_PERMISSIONS: Mapping[str, str] = {
     "actions": "write",
     "checks": "read",
     "statuses": "read",
+    "issues": "write",
     "metadata": "read",
 }
 
