@@ -64,6 +64,8 @@ __all__ = [
     "ForgeClient",
     "ForgeStats",
     "HeadCommit",
+    "Issue",
+    "IssueComment",
     "Job",
     "JobStep",
     "PullRequest",
@@ -325,6 +327,25 @@ class _BranchBody(_Model):
     protection: _Protection | None = None
 
 
+class Issue(_Model):
+    """An issue (`issues/get`); pull requests are issues too (`pull_request` is set on those)."""
+
+    number: int
+    title: str
+    state: str
+    body: str | None = None
+    html_url: str | None = None
+    pull_request: dict[str, Any] | None = None
+
+
+class IssueComment(_Model):
+    """A comment on an issue or a pull request's conversation."""
+
+    id: int
+    body: str | None = None
+    html_url: str | None = None
+
+
 class _MergeBody(_Model):
     sha: str | None = None
     merged: bool = False
@@ -582,6 +603,61 @@ class ForgeClient:
         if not body.protected or protection is None or protection.required_status_checks is None:
             return ()
         return protection.required_status_checks.contexts
+
+    async def open_issues(self, repo: str, *, max_pages: int = RUN_PAGES) -> list[Issue]:
+        """The repository's open issues (not pull requests), newest first, up to `max_pages` of 100."""
+        path = f"repos/{_repo(repo)}/issues"
+        found: list[Issue] = []
+        async for reply in self._pages(path, {"state": "open", "per_page": _PER_PAGE}, max_pages=max_pages, keep=Issue):
+            found += [_parse(Issue, item, path) for item in _as_list(reply.body)]
+        return [i for i in found if i.pull_request is None]
+
+    async def create_issue(self, repo: str, *, title: str, body: str, assignees: Sequence[str] = ()) -> Issue:
+        """Open an issue (logins that may not be assigned are dropped by the forge, not refused)."""
+        payload: dict[str, Any] = {"title": title, "body": body}
+        if assignees:
+            payload["assignees"] = list(assignees)
+        path = f"repos/{_repo(repo)}/issues"
+        return _parse(Issue, (await self._json("POST", path, json=payload)).body, path)
+
+    async def update_issue(self, repo: str, number: int, *, body: str, state: str | None = None) -> Issue:
+        """Replace an issue's body (and optionally open or close it)."""
+        payload: dict[str, Any] = {"body": body} if state is None else {"body": body, "state": state}
+        path = f"repos/{_repo(repo)}/issues/{int(number)}"
+        return _parse(Issue, (await self._json("PATCH", path, json=payload)).body, path)
+
+    async def issue_comments(self, repo: str, number: int, *, max_pages: int = RUN_PAGES) -> list[IssueComment]:
+        """The comments of an issue or a pull request's conversation, oldest first."""
+        path = f"repos/{_repo(repo)}/issues/{int(number)}/comments"
+        found: list[IssueComment] = []
+        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=IssueComment):
+            found += [_parse(IssueComment, item, path) for item in _as_list(reply.body)]
+        return found
+
+    async def comment(self, repo: str, number: int, body: str) -> IssueComment:
+        """Comment on an issue or a pull request."""
+        path = f"repos/{_repo(repo)}/issues/{int(number)}/comments"
+        return _parse(IssueComment, (await self._json("POST", path, json={"body": body})).body, path)
+
+    async def update_comment(self, repo: str, comment_id: int, body: str) -> IssueComment:
+        """Replace a comment's body."""
+        path = f"repos/{_repo(repo)}/issues/comments/{int(comment_id)}"
+        return _parse(IssueComment, (await self._json("PATCH", path, json={"body": body})).body, path)
+
+    async def add_assignees(self, repo: str, number: int, logins: Sequence[str]) -> None:
+        """Assign users to an issue or pull request (the forge drops those who may not be assigned)."""
+        await self._json(
+            "POST", f"repos/{_repo(repo)}/issues/{int(number)}/assignees", json={"assignees": list(logins)}
+        )
+
+    async def request_reviewers(self, repo: str, number: int, logins: Sequence[str]) -> None:
+        """Ask users to review a pull request.
+
+        Raises:
+            ForgeConflict: (422) a login has no push access to the repository, or wrote the pull request.
+        """
+        path = f"repos/{_repo(repo)}/pulls/{int(number)}/requested_reviewers"
+        await self._json("POST", path, json={"reviewers": list(logins)})
 
     async def close_pull_request(self, repo: str, number: int) -> PullRequest:
         """Close a pull request without merging it."""

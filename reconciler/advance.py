@@ -77,6 +77,8 @@ async def _transition(step: StepInput, to: AttemptStatus, *, reason: str, **fiel
                 attempt_id=attempt.id,
                 status=to,
                 webhook_url=ctx.config.server.slack_webhook_url,
+                project=step.project,
+                forge=ctx.forge,
             )
     return moved
 

@@ -133,6 +133,9 @@ class _Api:
             paused_by_config=project.paused,
             paused_by_operator=by_operator,
             escalation_reset_at=row.escalation_reset_at if row is not None else None,
+            escalated=_escalated(row),
+            escalation_reason=row.escalation_reason if _escalated(row) and row is not None else None,
+            escalation_url=row.escalation_url if _escalated(row) and row is not None else None,
             active_attempt_id=active[0].id if active else None,
         )
 
@@ -378,6 +381,13 @@ def _refused(exc: OperationRefused) -> ApiError:
     if exc.kind == "unknown_project":
         return ApiError(404, "unknown_project", str(exc), unknown=[exc.name])
     return ApiError(404, "unknown_attempt", str(exc))
+
+
+def _escalated(row: Project | None) -> bool:
+    """Whether the project's newest escalation came after its last reset."""
+    if row is None or row.escalated_at is None:
+        return False
+    return row.escalation_reset_at is None or row.escalated_at > row.escalation_reset_at
 
 
 def _summary(a: Attempt) -> AttemptSummary:

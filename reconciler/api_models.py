@@ -306,6 +306,9 @@ class ProjectState(_Response):
     paused_by_config: bool
     paused_by_operator: bool
     escalation_reset_at: datetime | None
+    escalated: bool = Field(description="A failure of this project is with a human (escalated after the last reset).")
+    escalation_reason: str | None
+    escalation_url: str | None = Field(description="The PR comment or issue holding the escalation report.")
     active_attempt_id: str | None
 
 

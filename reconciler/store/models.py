@@ -108,6 +108,10 @@ class Project(Base):
     paused: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # Consecutive-failure counting starts after this instant (set when an operator resets an escalation).
     escalation_reset_at: Mapped[datetime | None]
+    # The newest escalation that reached a human: when, why, and where the report is (PR comment or issue).
+    escalated_at: Mapped[datetime | None]
+    escalation_reason: Mapped[str | None] = mapped_column(sa.Text)
+    escalation_url: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -1,4 +1,4 @@
-"""attempts after the pull request: the PR head's checks, revision rounds, stale notice, failure class
+"""attempts after the pull request: PR head checks, revisions, stale notice, failure class; project escalations
 
 Revision ID: 0004
 Revises: 0003
@@ -26,10 +26,18 @@ def upgrade() -> None:
         batch.add_column(sa.Column("revisions", sa.Integer(), server_default=sa.text("0"), nullable=False))
         batch.add_column(sa.Column("stale_announced_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("failure_class", sa.String(length=16), nullable=True))
+    with op.batch_alter_table("reconciler_project") as batch:
+        batch.add_column(sa.Column("escalated_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("escalation_reason", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("escalation_url", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    with op.batch_alter_table("reconciler_project") as batch:
+        batch.drop_column("escalation_url")
+        batch.drop_column("escalation_reason")
+        batch.drop_column("escalated_at")
     with op.batch_alter_table("reconciler_attempt") as batch:
         batch.drop_column("failure_class")
         batch.drop_column("stale_announced_at")
