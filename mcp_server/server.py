@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.audit import AuditEvent, Outcome
 from mcp_server.auth import grant_from_access_token
+from mcp_server.checks import head_checks
 from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS, call_deadline, off_loop
 from mcp_server.errors import ForgeError, McpServerError, ToolRefused
 from mcp_server.forge import PullRequest
@@ -65,6 +66,7 @@ from mcp_server.models import (
 from mcp_server.reported_runs import ReportedRunInfo
 from mcp_server.session import BindingFactory, Mode, SessionBinding, SessionGrant
 from mcp_server.workspace import Workspace
+from policy.checks import CheckState
 from policy.errors import PolicyViolation
 from policy.redaction import redact, redact_obj, secret_variants
 from policy.types import Autonomy
@@ -622,6 +624,13 @@ async def merge_pull_request() -> PullRequestMerged:
         )
     if pr.base.ref != p.default_branch:
         raise ToolRefused(f"Merge refused: the pull request targets {pr.base.ref!r}, not the default branch.")
+    # Security: untested code never lands: the head's checks (the required ones, or all) must have passed.
+    checks = await head_checks(s.forge, p.repo, pushed, pr.base.ref)
+    if checks.state is not CheckState.PASSED:
+        raise ToolRefused(
+            f"Merge refused: {checks.reason()}. The pull request stays open; greenloop merges it once its "
+            "checks pass. Stop here."
+        )
     try:
         merge_sha = await s.forge.merge_pull_request(
             p.repo,

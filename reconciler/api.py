@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from infra.jsonlog import bind_context, log_event
+from policy.checks import CheckState
 from policy.config import ProjectConfig
 from policy.errors import ConfigError
 from policy.redaction import redact
@@ -136,6 +137,9 @@ class _Api:
             paused_by_config=project.paused,
             paused_by_operator=by_operator,
             escalation_reset_at=row.escalation_reset_at if row is not None else None,
+            escalated=_escalated(row),
+            escalation_reason=row.escalation_reason if _escalated(row) and row is not None else None,
+            escalation_url=row.escalation_url if _escalated(row) and row is not None else None,
             active_attempt_id=active[0].id if active else None,
         )
 
@@ -386,6 +390,13 @@ def _refused(exc: OperationRefused) -> ApiError:
     return ApiError(404, "unknown_attempt", str(exc))
 
 
+def _escalated(row: Project | None) -> bool:
+    """Whether the project's newest escalation came after its last reset."""
+    if row is None or row.escalated_at is None:
+        return False
+    return row.escalation_reset_at is None or row.escalated_at > row.escalation_reset_at
+
+
 def _summary(a: Attempt) -> AttemptSummary:
     return AttemptSummary(
         id=a.id,
@@ -398,6 +409,8 @@ def _summary(a: Attempt) -> AttemptSummary:
         pr_number=a.pr_number,
         pr_url=a.pr_url,
         stop_reason=a.stop_reason,
+        checks=CheckState(a.checks) if a.checks else None,
+        failure_class=a.failure_class,
         input_tokens=a.input_tokens,
         output_tokens=a.output_tokens,
         cache_tokens=a.cache_tokens,

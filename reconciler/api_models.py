@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic.json_schema import models_json_schema
 
+from policy.checks import CheckState
 from policy.types import AttemptStatus
 from reconciler.summary import RunSummary
 
@@ -236,6 +237,12 @@ class AttemptSummary(_Response):
     pr_number: int | None
     pr_url: str | None
     stop_reason: str | None
+    checks: CheckState | None = Field(
+        description="The fix PR head's checks as the reconciler last read them (null before a PR)."
+    )
+    failure_class: str | None = Field(
+        description="transient (the outside stopped it) or permanent; null unless failed."
+    )
     input_tokens: int
     output_tokens: int
     cache_tokens: int
@@ -300,6 +307,9 @@ class ProjectState(_Response):
     paused_by_config: bool
     paused_by_operator: bool
     escalation_reset_at: datetime | None
+    escalated: bool = Field(description="A failure of this project is with a human (escalated after the last reset).")
+    escalation_reason: str | None
+    escalation_url: str | None = Field(description="The PR comment or issue holding the escalation report.")
     active_attempt_id: str | None
 
 

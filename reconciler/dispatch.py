@@ -283,12 +283,16 @@ class AgentDispatcher:
                 await close()
 
     async def _finished(self, attempt_id: str, status: AttemptStatus) -> None:
+        attempt = await store.get_attempt(self._sessions, attempt_id)
+        project = next((p for p in self._config.projects if attempt is not None and p.name == attempt.project), None)
         await attempt_finished(
             self._sessions,
             self._metrics,
             attempt_id=attempt_id,
             status=status,
             webhook_url=self._config.server.slack_webhook_url,
+            project=project,
+            forge=self._forge,
         )
 
     async def _pull_request_found(self, attempt_id: str, pr: PullRequest, **fields: Any) -> None:

@@ -71,6 +71,10 @@ SETTABLE_FIELDS: Final[frozenset[str]] = frozenset(
         "turns",
         "transcript",
         "trace_id",
+        "checks",
+        "revisions",
+        "stale_announced_at",
+        "failure_class",
     }
 )
 
