@@ -393,15 +393,20 @@ class _Run:
             elif name == ToolName.COMMIT_AND_PUSH:
                 self.pushed_sha = Pushed.model_validate(data).sha or self.pushed_sha
             elif name == ToolName.CREATE_PULL_REQUEST:
+                self.pr_opened = True  # the tool succeeded; its reply says which pull request
                 pr = PullRequestInfo.model_validate(data)
-                self.pr_opened, self.pr_number, self.pr_url = True, pr.number, pr.url
+                self.pr_number, self.pr_url = pr.number, pr.url
             elif name == ToolName.MERGE_PULL_REQUEST:
+                self.pr_opened = self.merged = True  # the tool succeeded; its reply says which, and how
                 merge = PullRequestMerged.model_validate(data)
-                self.merged, self.pr_opened = merge.merged, True
+                self.merged = merge.merged
                 # The merge names its pull request: recorded even when create_pull_request's reply was lost.
                 self.pr_number = merge.number
-        except ValidationError as exc:  # a server that is not ours, or a changed schema: say so, learn nothing
-            log_event(logger, "agent.unexpected_tool_result", level=logging.WARNING, tool=name, error=str(exc)[:300])
+        except ValidationError as exc:  # a server that is not ours, or a changed schema: learn nothing more
+            if data:  # a structured reply of another shape is worth a line; plain text is not
+                log_event(
+                    logger, "agent.unexpected_tool_result", level=logging.WARNING, tool=name, error=str(exc)[:300]
+                )
 
     # -- the outcome ---------------------------------------------------------------------------------
 

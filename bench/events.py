@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import socket
@@ -155,8 +156,8 @@ async def _measure(samples: int) -> Measured:
             forge=forge.forge_settings().model_copy(update={"webhook_secret": SecretStr(SECRET)}),
             projects=(load_project(PROJECT).project_config(),),
         )
-        async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
-            ctx.dispatcher = RecordingDispatcher()
+        async with open_runtime(config, backend_for=None, with_dispatcher=False) as bare:
+            ctx = dataclasses.replace(bare, dispatcher=RecordingDispatcher())  # the context is frozen
             assert ctx.forge is not None
             repo = config.projects[0].repo
             page = await ctx.forge.list_workflow_runs(repo, branch=config.projects[0].default_branch)
