@@ -134,7 +134,8 @@ async def _pr_open(step: StepInput) -> Attempt | None:
     """`pr_open`: merged -> verifying; closed unmerged -> cancelled; open: its head's checks decide.
 
     Checks passed on an `auto_merge` project -> merged here (the MCP server's forge client and walls, never
-    the model) -> verifying; checks failing -> escalated (a human looks at the PR); pending -> wait.
+    the model) -> verifying; checks failing on an `auto_merge` project -> escalated (a human looks at the PR);
+    otherwise (pending, or `propose`) -> wait, with the checks' state recorded.
     """
     ctx, project, attempt = step.ctx, step.project, step.attempt
     if ctx.forge is None:
@@ -163,7 +164,9 @@ async def _open_pr(step: StepInput, forge: ForgeClient, pr: PullRequest) -> Atte
     if verdict.state.value != attempt.checks:
         await store.heartbeat(ctx.sessions, attempt.id, checks=verdict.state.value)
         log_event(logger, "pr_checks", attempt_id=attempt.id, checks=verdict.state.value, reason=verdict.reason())
-    if verdict.state is CheckState.FAILING:
+    if verdict.state is CheckState.FAILING and project.autonomy is Autonomy.AUTO_MERGE:
+        # greenloop would merge this PR, and its fix failed its own checks: a human is needed (revision rounds
+        # are not built yet). Under `propose` a human reviews the PR anyway: it waits with `checks: failing`.
         await _transition(
             step,
             AttemptStatus.ESCALATED,

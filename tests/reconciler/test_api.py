@@ -778,6 +778,9 @@ async def test_pause_resume_and_reset_change_the_project_state(
         "paused_by_operator": True,
         "escalation_reset_at": None,
         "active_attempt_id": None,
+        "escalated": False,
+        "escalation_reason": None,
+        "escalation_url": None,
     }
     row = await project_store.get_project(ctx.sessions, "alpha")
     assert row is not None and row.paused is True
