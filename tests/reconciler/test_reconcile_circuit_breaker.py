@@ -17,7 +17,6 @@ from e2e_support import (
     GitPusher,
     attempts_of,
     e2e_config,
-    failing_job_runs,
     forge_for,
     pulls_of,
     settle,

@@ -37,6 +37,18 @@ if str(REPO_ROOT) not in sys.path:  # the child runs this file as a script
 
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus  # noqa: E402
 
+# What greenloop's one App needs (docs/operations.md): checks and statuses to merge only on green checks,
+# issues to reach a human on escalation.
+APP_PERMISSIONS = {
+    "contents": "write",
+    "pull_requests": "write",
+    "actions": "write",
+    "checks": "read",
+    "statuses": "read",
+    "issues": "write",
+    "metadata": "read",
+}
+
 __all__ = [
     "REPO_ROOT",
     "SCRIPTS_DIR",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crash_support import Kill, Rebreaker, Zygote, check_store, forge_refs, kill_when
+from crash_support import APP_PERMISSIONS, Kill, Rebreaker, Zygote, check_store, forge_refs, kill_when
 
 from fixtures.forge import Forge, run_forge
 from fixtures.projects.catalog import load_project
@@ -35,7 +35,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 PROJECTS = ("bug-lib", "data-job")
 TOOLS_PER_ATTEMPT = 8  # fixtures/scripts/{bug-lib,data-job}.json: logs, 2 reads, branch, write, push, PR, merge
-APP_PERMISSIONS = {"contents": "write", "pull_requests": "write", "actions": "write", "metadata": "read"}
 FIX_PREFIX = "refs/heads/greenloop/fix/"
 ATTEMPT_TIMEOUT = 2.0
 DEAD_WORKER_REASONS = ("resumed_after_worker_died", "worker_died", "worker_died_after_pr")

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from crash_support import REPO_ROOT, Zygote, check_store, count_rows, forge_refs, to_toml
+from crash_support import APP_PERMISSIONS, REPO_ROOT, Zygote, check_store, count_rows, forge_refs, to_toml
 
 from fixtures.forge import Forge, run_forge
 from fixtures.projects.catalog import load_project
@@ -32,7 +32,6 @@ from reconciler.store.migrate import upgrade_async
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 SECRET = "crash-sidecar-secret-" + "s" * 32
-APP_PERMISSIONS = {"contents": "write", "pull_requests": "write", "actions": "write", "metadata": "read"}
 PROJECT = "bug-lib"  # the attempt whose sidecar dies
 CLEAN_RUN = "data-job"  # the attempt that runs through the sidecar undisturbed first
 
