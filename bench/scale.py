@@ -109,6 +109,9 @@ class ScaleResult:
     server_cpu_seconds: float  # median, the forge process, per unchanged pass
     etag_what_if: bool  # the ETag cache was resized (--etag-entries), unlike the runtime
     load_average: float  # 1-minute load average after the timed passes (the machine is shared)
+    first_pass_seconds: float = 0.0  # the cold first pass: wall
+    first_cpu_seconds: float = 0.0  # the cold first pass: this process's CPU
+    first_requests_per_project: float = 0.0  # the cold first pass: forge requests (runs page + job lists)
 
 
 def _free_port() -> int:
@@ -255,7 +258,9 @@ async def _measure_with(
             )
             # Warm-up: first observation of every repo (full bodies, job lists, project rows synced).
             statements = 0
+            c0, t0 = _cpu_seconds(), time.perf_counter()
             first = await reconcile(ctx, trigger="cli")
+            first_seconds, first_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
             db_first = statements
             errors: Counter[str] = Counter(_error_kind(m) for m in first.errors.values())
 
@@ -319,6 +324,9 @@ async def _measure_with(
         server_requests_per_project=statistics.median(server_reqs) / projects,
         db_statements=int(statistics.median(stmts)),
         db_statements_first=db_first,
+        first_pass_seconds=first_seconds,
+        first_cpu_seconds=first_cpu,
+        first_requests_per_project=first.forge_requests / projects,
         tracemalloc_peak_mb=peak / 2**20,
         rss_mb=rss,
         max_rss_mb=max_rss,
@@ -431,8 +439,22 @@ def render_table(results: Sequence[ScaleResult]) -> str:
         "1 % of repos get a new failed run on a new commit; the dispatcher records calls and runs no agent.",
         "",
         *_goal_lines(results),
+        "",
+        *(_bench_line(r) for r in results),
     ]
     return "\n".join(rows + notes)
+
+
+def _bench_line(r: ScaleResult) -> str:
+    """One `BENCH scale` line per size; CPU of the reconciler process is the headline (the machine is shared)."""
+    return (
+        f"BENCH scale n={r.projects} cpu_us_per_project={r.client_cpu_seconds / r.projects * 1e6:.0f} "
+        f"rss_mib={r.max_rss_mb:.0f} wall_s={r.pass_seconds:.3f} requests_per_project={r.requests_per_project:.2f} "
+        f"not_modified_share={r.not_modified_share:.3f} db_statements={r.db_statements} "
+        f"first_wall_s={r.first_pass_seconds:.1f} "
+        f"first_cpu_us_per_project={r.first_cpu_seconds / r.projects * 1e6:.0f} "
+        f"first_requests_per_project={r.first_requests_per_project:.2f} load_1m={r.load_average:.2f}"
+    )
 
 
 def section(*, quick: bool) -> str:
