@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+from pydantic import ValidationError
 
 from agent.errors import AgentError, ToolSessionError
 from agent.loop import AttemptOutcome, ToolSession, run_attempt
@@ -29,6 +30,7 @@ from agent.recording import RecordingBackend, ReplayBackend
 from agent.scripted import ScriptedBackend
 from agent.types import AttemptTask
 from mcp_server.in_process import open_in_process_session
+from mcp_server.models import JobRun, JobRuns, ToolName
 from policy.config import AgentSettings, GreenloopConfig
 
 __all__ = ["SessionOpener", "agent_run_command", "make_backend"]
@@ -81,29 +83,32 @@ def make_backend(
     )
 
 
-async def _failing_run(session: ToolSession, job: str) -> dict[str, Any] | None:
+async def _failing_run(session: ToolSession, job: str) -> JobRun | None:
     """The newest failed run of `job`, through the server's list_job_runs tool; None when it is not red."""
-    result = await session.call_tool("list_job_runs", {"job": job, "limit": 20})
+    result = await session.call_tool(ToolName.LIST_JOB_RUNS, {"job": job, "limit": 20})
     if result.is_error:
         text = " ".join(getattr(b, "text", "") for b in result.content)
         raise ToolSessionError(f"Tool session error: list_job_runs failed: {text}")
     data: Any = result.structured_content or {}
     if isinstance(data, dict) and set(data) == {"result"}:
         data = data["result"]
-    runs = data.get("runs", []) if isinstance(data, dict) else []
+    try:
+        runs = JobRuns.model_validate(data).runs
+    except ValidationError as exc:
+        raise ToolSessionError(f"Tool session error: list_job_runs answered an unexpected shape: {exc}") from None
     for run in runs:
-        if not isinstance(run, dict) or run.get("job") != job:
+        if run.job != job:
             continue
-        if run.get("conclusion") == "failure":
+        if run.conclusion == "failure":
             return run
-        if run.get("conclusion") == "success":
+        if run.conclusion == "success":
             return None  # the newest finished run is green: nothing to fix
     return None
 
 
-async def _check_run(session: ToolSession, job: str, run_id: int) -> None:
+async def _check_run(session: ToolSession, job: str, run_id: str) -> None:
     """Refuse a `--run-id` the forge does not know (for this job) before a single model token is spent."""
-    result = await session.call_tool("get_job_logs", {"run_id": run_id})
+    result = await session.call_tool(ToolName.GET_JOB_LOGS, {"run_id": run_id})
     if result.is_error:
         text = " ".join(getattr(b, "text", "") for b in result.content).strip()
         raise ToolSessionError(f"run {run_id} of job {job!r} cannot be read ({text}); no model call was made")
@@ -129,7 +134,7 @@ async def _attempt(
     config: GreenloopConfig,
     project: str,
     job: str,
-    run_id: int | None,
+    run_id: str | None,
     model_spec: str,
     api_key: str | None,
     out: TextIO,
@@ -141,7 +146,7 @@ async def _attempt(
         if run is None:
             print(f"nothing to fix: job {job!r} of {project!r} has no failed run newer than a green one", file=out)
             return None
-        run_id, head_sha = int(run["run_id"]), str(run.get("head_sha") or "unknown")
+        run_id, head_sha = run.run_id, run.head_sha or "unknown"
     else:
         await _check_run(session, job, run_id)
     task = AttemptTask(project=project, job=job, failing_run_id=run_id, head_sha=head_sha)
@@ -160,7 +165,7 @@ async def agent_run_command(
     job: str,
     model_spec: str | None = None,
     *,
-    run_id: int | None = None,
+    run_id: str | None = None,
     attempt_id: str | None = None,
     transcript_path: Path | None = None,
     report_path: Path | None = None,

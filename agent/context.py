@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.guards import canonical_call
+from mcp_server.models import READ_TOOLS, ToolName
 
 __all__ = ["ELIDE_BATCH_CHARS", "ELIDE_MIN_CHARS", "KEEP_RECENT_TURNS", "ContextKeeper", "ShownResult"]
 
 ELIDE_MIN_CHARS = 2_000
 KEEP_RECENT_TURNS = 3
 ELIDE_BATCH_CHARS = 48_000
-READ_ONLY_TOOLS = frozenset({"read_repo_file", "list_repo_files", "get_project_info", "list_job_runs", "get_job_logs"})
+READ_ONLY_TOOLS = frozenset(READ_TOOLS)
 
 
 @dataclass
@@ -76,7 +77,7 @@ class ContextKeeper:
             if shown.call == call and not shown.elided and shown.text == text:
                 more = (
                     " To see other lines of the log, call get_job_logs with start_line."
-                    if name == "get_job_logs"
+                    if name == ToolName.GET_JOB_LOGS
                     else ""
                 )
                 return (
@@ -119,7 +120,7 @@ class ContextKeeper:
         for r in candidates:
             how = (
                 "call get_job_logs again (use start_line to page)"
-                if r.name == "get_job_logs"
+                if r.name == ToolName.GET_JOB_LOGS
                 else f"call {r.name} again"
             )
             note = (

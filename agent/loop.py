@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import anyio
 from mcp import MCPError
 from mcp_types import CallToolResult, ListToolsResult, TextContent
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.accounting import ModelCall, UsageTotals, call_from_usage, total_of
 from agent.context import ContextKeeper
@@ -31,6 +31,7 @@ from agent.report import WriteAttempt, render_report
 from agent.transcript import Transcript
 from agent.types import AttemptTask, StopReason
 from infra.jsonlog import log_event
+from mcp_server.models import FileSlice, JobLogs, PullRequestInfo, PullRequestMerged, Pushed, ToolName
 from policy.config import AgentSettings, Budgets
 from policy.redaction import redact
 
@@ -40,12 +41,6 @@ logger = logging.getLogger("greenloop.agent")
 
 _T = TypeVar("_T")
 
-WRITE_TOOL = "write_repo_file"
-READ_TOOL = "read_repo_file"
-LOG_TOOL = "get_job_logs"
-PUSH_TOOL = "commit_and_push"
-PR_TOOL = "create_pull_request"
-MERGE_TOOL = "merge_pull_request"
 
 _CUT_OFF = (
     "Your last response was cut off at the output token limit, so this tool call was not run. "
@@ -104,22 +99,6 @@ def _structured(result: CallToolResult, text: str) -> dict[str, Any] | None:
     if isinstance(payload, dict) and set(payload) == {"result"} and isinstance(payload["result"], dict):
         payload = payload["result"]
     return payload if isinstance(payload, dict) else None
-
-
-def _first_str(data: dict[str, Any], keys: Iterable[str]) -> str | None:
-    for key in keys:
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def _first_int(data: dict[str, Any], keys: Iterable[str]) -> int | None:
-    for key in keys:
-        value = data.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
 
 
 def _render(result: CallToolResult) -> str:
@@ -346,7 +325,7 @@ class _Run:
                                  f"Invalid arguments: {name} is missing required field(s): {missing!r}.")
         path = arguments.get("path")
         content = arguments.get("content")
-        if name == WRITE_TOOL and isinstance(path, str) and isinstance(content, str):
+        if name == ToolName.WRITE_REPO_FILE and isinstance(path, str) and isinstance(content, str):
             try:
                 self.guards.before_write(path, content)
             except GuardStop as stop:
@@ -386,7 +365,7 @@ class _Run:
     ) -> None:
         """Update what the run knows from one tool result (writes, logs, PR, push, merge)."""
         path = arguments.get("path")
-        if name == WRITE_TOOL:
+        if name == ToolName.WRITE_REPO_FILE:
             content = arguments.get("content")
             shown = path if isinstance(path, str) else repr(path)
             if is_error:
@@ -400,26 +379,34 @@ class _Run:
         if is_error or result is None:
             return
         data = _structured(result, text) or {}
-        if name == LOG_TOOL and self.first_log is None:
-            self.first_log = _first_str(data, ("excerpt", "log", "text")) or text
-        elif name == READ_TOOL and isinstance(path, str):
-            # Only a whole-file read tells the file's content (the tool pages long files).
-            content = data.get("content")
-            whole = data.get("truncated") is not True and data.get("start_line", 1) == 1
-            if isinstance(content, str) and whole:
-                self.guards.seen_content(path, content)
-        elif name == PUSH_TOOL:
-            self.pushed_sha = _first_str(data, ("sha", "commit_sha", "pushed_sha", "head_sha")) or self.pushed_sha
-        elif name == PR_TOOL:
-            self.pr_opened = True
-            self.pr_number = _first_int(data, ("number", "pr_number")) or self.pr_number
-            self.pr_url = _first_str(data, ("url", "html_url", "pr_url")) or self.pr_url
-        elif name == MERGE_TOOL:
-            merged = data.get("merged")
-            self.merged = merged if isinstance(merged, bool) else True
-            self.pr_opened = True
-            # The merge names its pull request: recorded even when create_pull_request's reply was lost.
-            self.pr_number = _first_int(data, ("number", "pr_number")) or self.pr_number
+        if name == ToolName.GET_JOB_LOGS:
+            if self.first_log is None:  # our server's JobLogs; another server's plain text is the log itself
+                logs = JobLogs.model_validate(data) if set(data) >= set(JobLogs.model_fields) else None
+                self.first_log = logs.excerpt if logs is not None else text
+            return
+        try:
+            if name == ToolName.READ_REPO_FILE and isinstance(path, str):
+                # Only a whole-file read tells the file's content (the tool pages long files).
+                read = FileSlice.model_validate(data)
+                if not read.truncated and read.start_line == 1:
+                    self.guards.seen_content(path, read.content)
+            elif name == ToolName.COMMIT_AND_PUSH:
+                self.pushed_sha = Pushed.model_validate(data).sha or self.pushed_sha
+            elif name == ToolName.CREATE_PULL_REQUEST:
+                self.pr_opened = True  # the tool succeeded; its reply says which pull request
+                pr = PullRequestInfo.model_validate(data)
+                self.pr_number, self.pr_url = pr.number, pr.url
+            elif name == ToolName.MERGE_PULL_REQUEST:
+                self.pr_opened = self.merged = True  # the tool succeeded; its reply says which, and how
+                merge = PullRequestMerged.model_validate(data)
+                self.merged = merge.merged
+                # The merge names its pull request: recorded even when create_pull_request's reply was lost.
+                self.pr_number = merge.number
+        except ValidationError as exc:  # a server that is not ours, or a changed schema: learn nothing more
+            if data:  # a structured reply of another shape is worth a line; plain text is not
+                log_event(
+                    logger, "agent.unexpected_tool_result", level=logging.WARNING, tool=name, error=str(exc)[:300]
+                )
 
     # -- the outcome ---------------------------------------------------------------------------------
 

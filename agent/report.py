@@ -9,7 +9,7 @@ from agent.types import AttemptTask, StopReason
 from mcp_server.log_facts import header_facts
 from policy.redaction import redact
 
-__all__ = ["WriteAttempt", "render_report"]
+__all__ = ["AttemptChange", "WriteAttempt", "render_escalation", "render_report"]
 
 _WHY: dict[StopReason, str] = {
     StopReason.NO_FIX: "The model ended without opening a pull request.",
@@ -32,6 +32,17 @@ class WriteAttempt:
     path: str
     result: str
     refused: bool
+
+
+@dataclass(frozen=True)
+class AttemptChange:
+    """What one attempt on the failure did: its end, the files it wrote (with a short size note), its PR."""
+
+    attempt_id: str
+    status: str
+    stop_reason: str | None
+    files: tuple[str, ...]
+    pr_url: str | None
 
 
 def _cell(text: str, limit: int = 200) -> str:
@@ -105,4 +116,61 @@ def render_report(
         f"- Turns: {turns}; tokens: {tokens}; cost: ${cost_usd:.4f}",
         "",
     ]
+    return redact("\n".join(lines), extra_secrets=tuple(secrets))
+
+
+def render_escalation(
+    *,
+    project: str,
+    job: str,
+    run_id: str,
+    run_url: str | None,
+    head_sha: str,
+    why: str,
+    log: str | None,
+    attempts: Sequence[AttemptChange],
+    hypothesis: str | None,
+    links: Sequence[tuple[str, str]] = (),
+    secrets: Iterable[str] = (),
+) -> str:
+    """The report a human gets when greenloop stops on a failure, redacted; quoted text is shown as data.
+
+    Names the failing job and run (with its link), the failing tests or first errors the log names, what each
+    attempt changed, the hypothesis, why it stopped, and links.
+    """
+    run = f"[{_cell(run_id)}]({run_url})" if run_url else f"`{_cell(run_id)}`"
+    lines = [
+        f"# greenloop needs a human: `{_cell(project)}` / `{_cell(job)}`",
+        "",
+        f"**Why it stopped:** {_cell(why, 600)}",
+        "",
+        "## The failure",
+        "",
+        f"- Job: `{_cell(job)}`, failing run {run}, commit `{_cell(head_sha[:12])}`",
+    ]
+    facts = header_facts(log) if log else []
+    lines += [f"- {_cell(row, 600)}" for row in facts] or ["- The log names no failing test or error location."]
+    lines.append("")
+    if log:
+        lines += ["First errors (log excerpt):", "", "```text", _excerpt(log, lines=25, chars=2_500), "```", ""]
+    lines += ["## What each attempt changed", ""]
+    if attempts:
+        lines += ["| Attempt | Ended | Files changed | Pull request |", "|---|---|---|---|"]
+        for a in attempts:
+            ended = a.status + (f" ({a.stop_reason})" if a.stop_reason else "")
+            files = ", ".join(f"`{_cell(f, 120)}`" for f in a.files) or "none"
+            pr = f"[PR]({a.pr_url})" if a.pr_url else "none"
+            lines.append(f"| `{_cell(a.attempt_id)}` | {_cell(ended)} | {files} | {pr} |")
+        lines.append("")
+    else:
+        lines += ["No attempt ran on this failure.", ""]
+    lines += ["## Hypothesis", ""]
+    if hypothesis and hypothesis.strip():
+        lines += ["The agent's (unverified):", ""]
+        lines += ["> " + ln if ln else ">" for ln in hypothesis.strip().splitlines()[:30]]
+        lines.append("")
+    else:
+        lines += ["None recorded.", ""]
+    if links:
+        lines += ["## Links", "", *[f"- [{_cell(label)}]({url})" for label, url in links], ""]
     return redact("\n".join(lines), extra_secrets=tuple(secrets))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = ["AttemptTask", "StopReason"]
 
@@ -32,6 +32,11 @@ class AttemptTask(BaseModel):
 
     project: Annotated[str, Field(min_length=1, max_length=63)]
     job: Annotated[str, Field(min_length=1, max_length=200)]
-    failing_run_id: Annotated[int, Field(ge=0)]
+    # A string everywhere: Actions run ids are numbers, runs reported from outside Actions have any id.
+    failing_run_id: Annotated[
+        str,
+        BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
+        Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$"),
+    ]
     head_sha: Annotated[str, Field(min_length=1, max_length=64)]
     log_hint: Annotated[str | None, Field(max_length=4_000)] = None

@@ -3,7 +3,9 @@
     python -m bench --write    # full figures (several minutes), saved as docs/benchmarks.md
     python -m bench --quick    # every figure on small sizes, in under two minutes (CI runs this); prints only
 
-Figures are measured on this machine at run time, never typed in. Sections whose inputs are missing
+Figures are measured on this machine at run time, never typed in. Every section ends with one line
+`BENCH <section> key=value ...` holding its headline figures (or `status=not_measured` / `status=failed`), so
+that a script can compare runs. Sections whose inputs are missing
 (e.g. ../shared/ci-logs, PostgreSQL, Node) say so instead of printing a number.
 """
 
@@ -66,7 +68,23 @@ SECTIONS: list[tuple[str, Callable[[bool], str]]] = [
     ("4-6. Agent harness overhead, context cost, the whole demo", _demo),
     ("5b. Log excerpt recall vs. budget", _log_excerpt),
     ("7. Soak", _optional("soak")),
+    ("8. Time to notice: webhooks vs. polling", _optional("events")),
 ]
+
+
+# The name each section's last line carries: `BENCH <name> key=value ...`.
+_BENCH_NAMES = {"1": "scale", "2": "dedup", "3": "mcp", "4-6": "demo", "5b": "log_excerpt", "7": "soak"}
+
+
+def _with_bench_line(title: str, text: str, status: str) -> str:
+    """`text`, ending with its `BENCH` line; a section that measured nothing (skipped, failed) gets one saying
+    so, so that every section of every report ends with one line a script can read."""
+    lines = text.rstrip().splitlines()
+    if lines and lines[-1].startswith("BENCH "):
+        return text
+    number = title.split(".")[0]
+    name = _BENCH_NAMES.get(number) or "_".join(title.split()[1:]).lower() or number
+    return f"{text.rstrip()}\n\nBENCH {name} status={status}"
 
 
 def _commit() -> str:
@@ -111,11 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         print(f"bench: {title} ...", file=sys.stderr, flush=True)
         try:
-            text = section(args.quick)
+            text = _with_bench_line(title, section(args.quick), "not_measured")
         except Exception as exc:  # one broken figure must not hide the others
             failed = True
-            text = f"FAILED: {exc.__class__.__name__}: {exc}"
-        body += [f"## {title}", "", text, "", f"_section time: {time.perf_counter() - t0:.1f} s_", ""]
+            text = _with_bench_line(title, f"FAILED: {exc.__class__.__name__}: {exc}", "failed")
+        figures, _, bench = text.rpartition("\n")
+        body += [f"## {title}", "", figures.rstrip(), "", f"_section time: {time.perf_counter() - t0:.1f} s_", ""]
+        body += [bench, ""]
     report = "\n".join(header + body)
     print(report)
     if args.write:

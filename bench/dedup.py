@@ -45,12 +45,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench import bench_line
 from reconciler.errors import StoreError
 from reconciler.store import make_engine, make_sessionmaker, start_attempt, sync_projects, upgrade_async
 from reconciler.store.engine import SessionFactory, redact_url
 from reconciler.store.models import Attempt, Transition
 
-__all__ = ["POSTGRES_ENVS", "RunResult", "main", "postgres_url", "render_table", "run"]
+__all__ = ["POSTGRES_ENVS", "RunResult", "bench_figures", "main", "postgres_url", "render_table", "run"]
 
 POSTGRES_ENVS: tuple[str, ...] = ("GREENLOOP_BENCH_POSTGRES_URL", "GREENLOOP_TEST_POSTGRES_URL")
 VARIANTS: tuple[str, ...] = ("distinct", "shared")
@@ -372,10 +373,27 @@ def run(
 
 
 def render_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a Markdown table, columns in `COLUMNS` order."""
+    """The rows as a Markdown table, columns in `COLUMNS` order, then the `BENCH dedup ...` line."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines.extend("| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in rows)
-    return "\n".join(lines)
+    return "\n".join([*lines, "", bench_figures(rows)])
+
+
+def bench_figures(rows: Sequence[dict[str, Any]]) -> str:
+    """`BENCH dedup backend=sqlite p99_ms=... duplicates=...`: per backend, the worse of the two fingerprint
+    variants (PostgreSQL's figures prefixed `postgresql_` when it ran)."""
+    figures: dict[str, object] = {}
+    for backend in dict.fromkeys(row["backend"] for row in rows):
+        mine = [row for row in rows if row["backend"] == backend]
+        prefix = "" if backend == "sqlite" else f"{backend}_"
+        if not prefix:
+            figures["backend"] = backend
+        figures[f"{prefix}p99_ms"] = max(row["p99 call ms"] for row in mine)
+        figures[f"{prefix}duplicates"] = max(row["duplicates"] for row in mine)
+        figures[f"{prefix}calls_per_s"] = min(row["calls/s"] for row in mine)
+    if rows:
+        figures["projects"], figures["starters"] = rows[0]["projects"], rows[0]["starters"]
+    return bench_line("dedup", figures)
 
 
 def _environment() -> str:

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import event
 
+from bench import bench_line
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
 from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
@@ -440,21 +441,21 @@ def render_table(results: Sequence[ScaleResult]) -> str:
         "",
         *_goal_lines(results),
         "",
-        *(_bench_line(r) for r in results),
+        bench_line(
+            "scale",
+            {
+                f"n{r.projects}_{key}": value
+                for r in results
+                for key, value in (
+                    ("cpu_us_per_project", r.client_cpu_seconds / r.projects * 1e6),
+                    ("pass_ms", r.pass_seconds * 1000),
+                    ("req_per_project", r.requests_per_project),
+                    ("rss_mib", r.rss_mb),
+                )
+            },
+        ),
     ]
     return "\n".join(rows + notes)
-
-
-def _bench_line(r: ScaleResult) -> str:
-    """One `BENCH scale` line per size; CPU of the reconciler process is the headline (the machine is shared)."""
-    return (
-        f"BENCH scale n={r.projects} cpu_us_per_project={r.client_cpu_seconds / r.projects * 1e6:.0f} "
-        f"rss_mib={r.max_rss_mb:.0f} wall_s={r.pass_seconds:.3f} requests_per_project={r.requests_per_project:.2f} "
-        f"not_modified_share={r.not_modified_share:.3f} db_statements={r.db_statements} "
-        f"first_wall_s={r.first_pass_seconds:.1f} "
-        f"first_cpu_us_per_project={r.first_cpu_seconds / r.projects * 1e6:.0f} "
-        f"first_requests_per_project={r.first_requests_per_project:.2f} load_1m={r.load_average:.2f}"
-    )
 
 
 def section(*, quick: bool) -> str:

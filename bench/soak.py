@@ -46,6 +46,7 @@ from typing import Any, Final
 import httpx2
 import sqlalchemy as sa
 
+from bench import bench_line
 from infra.jsonlog import JsonFormatter
 from policy.config import Backoff, GreenloopConfig, ProjectConfig, ServerSettings
 from policy.gate import failure_fingerprint
@@ -466,7 +467,9 @@ async def _soak(
                     for n in names
                 ),
             )
-            app = build_api(ReconcilerContext(config, sessions, None, None, Metrics()), api_token=TOKEN)
+            # The soak drives every pass itself (and sabotages them in its tests): a reported run wakes nothing here.
+            api_ctx = ReconcilerContext(config, sessions, None, None, Metrics())
+            app = build_api(api_ctx, api_token=TOKEN, enqueue=lambda _key: None)
             transport = httpx2.ASGITransport(app=app, client=("127.0.0.1", 50000))
             async with httpx2.AsyncClient(
                 transport=transport, base_url="http://soak", headers={"Authorization": f"Bearer {TOKEN}"}
@@ -670,6 +673,19 @@ def render(result: SoakResult) -> str:
     if result.problems:
         lines += ["Findings:", "", *(f"- {p}" for p in result.problems[:20]), ""]
     lines.append(f"`{result.counts_line}`")
+    lines += [
+        "",
+        bench_line(
+            "soak",
+            {
+                "passes": result.passes,
+                "duplicates": result.duplicates,
+                "lost": result.lost,
+                "leaked_secrets": result.leaked_secrets,
+                "rss_mb_last": result.rss_mb_last,
+            },
+        ),
+    ]
     return "\n".join(lines)
 
 

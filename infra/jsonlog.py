@@ -32,10 +32,13 @@ def bind_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
-def log_event(logger: logging.Logger, event: str, *, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one structured event: `event` names it, `fields` carry its data."""
+def log_event(
+    logger: logging.Logger, event: str, *, level: int = logging.INFO, redacted: bool = False, **fields: Any
+) -> None:
+    """Log one structured event: `event` names it, `fields` carry its data. `redacted`: the fields were
+    redacted when the event was built (the MCP audit trail), so the formatter does not redact them again."""
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"greenloop_fields": fields})
+        logger.log(level, event, extra={"greenloop_fields": fields, "greenloop_redacted": redacted})
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,10 +52,16 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
         }
         payload.update(_context.get())
-        payload.update(getattr(record, "greenloop_fields", {}))
+        fields = getattr(record, "greenloop_fields", {})
+        payload.update(fields)
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(redact_obj(payload), default=str, separators=(",", ":"))
+        if not getattr(record, "greenloop_redacted", False):
+            return json.dumps(redact_obj(payload), default=str, separators=(",", ":"))
+        # The event's own fields were redacted as it was built (the audit trail): only the rest is, here.
+        kept = {k: v for k, v in fields.items() if payload.get(k) is v}
+        masked = redact_obj({k: v for k, v in payload.items() if k not in kept})
+        return json.dumps({**masked, **kept}, default=str, separators=(",", ":"))
 
 
 # HTTP client libraries log every request at INFO with its full URL, and a URL can be a credential (the

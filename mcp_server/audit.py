@@ -36,7 +36,8 @@ Outcome = Literal["ok", "refused", "error"]
 
 @dataclass(frozen=True)
 class AuditEvent:
-    """One tool call. `arguments` and `message` are already redacted when the event is built."""
+    """One tool call. Every text field (`client`, `tool`, `arguments`, `message`) is already redacted when the
+    event is built, so a sink writes it as it is (the JSON log formatter does not redact it again)."""
 
     project: str
     client: str
@@ -95,7 +96,7 @@ class JsonLogAuditSink:
     async def record(self, event: AuditEvent) -> None:
         """Log the event as one JSON line."""
         # The event's fields are the record's fields: the JSON formatter writes them once, not as a JSON string.
-        log_event(self._logger, "mcp_tool_call", level=self._level, **event.as_dict())
+        log_event(self._logger, "mcp_tool_call", level=self._level, redacted=True, **event.as_dict())
 
 
 class FanOutAuditSink:

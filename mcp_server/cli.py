@@ -173,11 +173,12 @@ async def _run_stdio(
 ) -> None:
     from mcp_server.server import build_server
     from mcp_server.session import config_binding_factory
+    from mcp_server.stdio import run_stdio
 
     async with AsyncExitStack() as stack:
         audit = await _audit_sink(stack, args.audit_db, database_sink)
         server = build_server(config_binding_factory(config, audit=audit), mode=grant.mode, grant=grant)
-        await server.run_stdio_async()
+        await run_stdio(server)
 
 
 async def _run_http(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx2
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
@@ -55,12 +56,16 @@ from policy.redaction import redact
 __all__ = [
     "API_VERSION",
     "Actor",
+    "CheckRun",
     "Commit",
     "CommitAuthor",
     "CommitDetail",
+    "CommitStatus",
     "ForgeClient",
     "ForgeStats",
     "HeadCommit",
+    "Issue",
+    "IssueComment",
     "Job",
     "JobStep",
     "PullRequest",
@@ -270,12 +275,75 @@ class _JobsBody(_Model):
     jobs: tuple[Job, ...] = ()
 
 
+class CheckRun(_Model):
+    """One check run on a commit (`checks/list-for-ref`); every Actions job is one."""
+
+    id: int
+    name: str
+    status: str
+    conclusion: str | None = None
+    head_sha: str | None = None
+    html_url: str | None = None
+    details_url: str | None = None
+
+
+class CommitStatus(_Model):
+    """One commit status (the newest of its context, as the combined status lists them)."""
+
+    context: str
+    state: str
+    target_url: str | None = None
+    description: str | None = None
+
+
+class _CheckRunsBody(_Model):
+    total_count: int = 0
+    check_runs: tuple[CheckRun, ...] = ()
+
+
+class _CombinedStatusBody(_Model):
+    state: str | None = None
+    total_count: int = 0
+    statuses: tuple[CommitStatus, ...] = ()
+
+
+class _RequiredStatusChecks(_Model):
+    contexts: tuple[str, ...] = ()
+
+
+class _Protection(_Model):
+    enabled: bool = False
+    required_status_checks: _RequiredStatusChecks | None = None
+
+
 class _BranchCommit(_Model):
     sha: str
 
 
 class _BranchBody(_Model):
+    name: str
     commit: _BranchCommit
+    protected: bool = False
+    protection: _Protection | None = None
+
+
+class Issue(_Model):
+    """An issue (`issues/get`); pull requests are issues too (`pull_request` is set on those)."""
+
+    number: int
+    title: str
+    state: str
+    body: str | None = None
+    html_url: str | None = None
+    pull_request: dict[str, Any] | None = None
+
+
+class IssueComment(_Model):
+    """A comment on an issue or a pull request's conversation."""
+
+    id: int
+    body: str | None = None
+    html_url: str | None = None
 
 
 class _MergeBody(_Model):
@@ -505,6 +573,91 @@ class ForgeClient:
         if not result.merged or not result.sha:
             raise ForgeConflict(f"Forge did not merge the pull request: PUT /{path}: {result.message or ''!r}.")
         return result.sha
+
+    async def list_check_runs(self, repo: str, ref: str, *, max_pages: int = JOB_PAGES) -> list[CheckRun]:
+        """The latest check run of each name on `ref` (a SHA or branch), newest first, every page."""
+        path = f"repos/{_repo(repo)}/commits/{quote(ref, safe='')}/check-runs"
+        runs: list[CheckRun] = []
+        pages = self._pages(path, {"per_page": _PER_PAGE, "filter": "latest"}, max_pages=max_pages, keep=_CheckRunsBody)
+        async for reply in pages:
+            runs.extend(_parse(_CheckRunsBody, reply.body, path).check_runs)
+        return runs
+
+    async def list_commit_statuses(self, repo: str, ref: str) -> list[CommitStatus]:
+        """The newest commit status of each context on `ref` (`repos/get-combined-status-for-ref`)."""
+        path = f"repos/{_repo(repo)}/commits/{quote(ref, safe='')}/status"
+        statuses: list[CommitStatus] = []
+        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=JOB_PAGES, keep=_CombinedStatusBody):
+            statuses.extend(_parse(_CombinedStatusBody, reply.body, path).statuses)
+        return statuses
+
+    async def required_status_checks(self, repo: str, branch: str) -> tuple[str, ...]:
+        """The contexts branch protection requires on `branch` before a merge (empty when it requires none).
+
+        Read from `repos/get-branch` (contents:read), whose `protection` carries them; the protection
+        endpoints themselves need administration rights the App does not have.
+        """
+        path = f"repos/{_repo(repo)}/branches/{quote(branch, safe='')}"
+        body = _parse(_BranchBody, (await self._json("GET", path, keep=_BranchBody)).body, path)
+        protection = body.protection
+        if not body.protected or protection is None or protection.required_status_checks is None:
+            return ()
+        return protection.required_status_checks.contexts
+
+    async def open_issues(self, repo: str, *, max_pages: int = RUN_PAGES) -> list[Issue]:
+        """The repository's open issues (not pull requests), newest first, up to `max_pages` of 100."""
+        path = f"repos/{_repo(repo)}/issues"
+        found: list[Issue] = []
+        async for reply in self._pages(path, {"state": "open", "per_page": _PER_PAGE}, max_pages=max_pages, keep=Issue):
+            found += [_parse(Issue, item, path) for item in _as_list(reply.body)]
+        return [i for i in found if i.pull_request is None]
+
+    async def create_issue(self, repo: str, *, title: str, body: str, assignees: Sequence[str] = ()) -> Issue:
+        """Open an issue (logins that may not be assigned are dropped by the forge, not refused)."""
+        payload: dict[str, Any] = {"title": title, "body": body}
+        if assignees:
+            payload["assignees"] = list(assignees)
+        path = f"repos/{_repo(repo)}/issues"
+        return _parse(Issue, (await self._json("POST", path, json=payload)).body, path)
+
+    async def update_issue(self, repo: str, number: int, *, body: str, state: str | None = None) -> Issue:
+        """Replace an issue's body (and optionally open or close it)."""
+        payload: dict[str, Any] = {"body": body} if state is None else {"body": body, "state": state}
+        path = f"repos/{_repo(repo)}/issues/{int(number)}"
+        return _parse(Issue, (await self._json("PATCH", path, json=payload)).body, path)
+
+    async def issue_comments(self, repo: str, number: int, *, max_pages: int = RUN_PAGES) -> list[IssueComment]:
+        """The comments of an issue or a pull request's conversation, oldest first."""
+        path = f"repos/{_repo(repo)}/issues/{int(number)}/comments"
+        found: list[IssueComment] = []
+        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=IssueComment):
+            found += [_parse(IssueComment, item, path) for item in _as_list(reply.body)]
+        return found
+
+    async def comment(self, repo: str, number: int, body: str) -> IssueComment:
+        """Comment on an issue or a pull request."""
+        path = f"repos/{_repo(repo)}/issues/{int(number)}/comments"
+        return _parse(IssueComment, (await self._json("POST", path, json={"body": body})).body, path)
+
+    async def update_comment(self, repo: str, comment_id: int, body: str) -> IssueComment:
+        """Replace a comment's body."""
+        path = f"repos/{_repo(repo)}/issues/comments/{int(comment_id)}"
+        return _parse(IssueComment, (await self._json("PATCH", path, json={"body": body})).body, path)
+
+    async def add_assignees(self, repo: str, number: int, logins: Sequence[str]) -> None:
+        """Assign users to an issue or pull request (the forge drops those who may not be assigned)."""
+        await self._json(
+            "POST", f"repos/{_repo(repo)}/issues/{int(number)}/assignees", json={"assignees": list(logins)}
+        )
+
+    async def request_reviewers(self, repo: str, number: int, logins: Sequence[str]) -> None:
+        """Ask users to review a pull request.
+
+        Raises:
+            ForgeConflict: (422) a login has no push access to the repository, or wrote the pull request.
+        """
+        path = f"repos/{_repo(repo)}/pulls/{int(number)}/requested_reviewers"
+        await self._json("POST", path, json={"reviewers": list(logins)})
 
     async def close_pull_request(self, repo: str, number: int) -> PullRequest:
         """Close a pull request without merging it."""

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from mcp_server.audit import AuditSink
     from mcp_server.forge import ForgeClient
     from mcp_server.github_app import GitHubApp
+    from mcp_server.reported_runs import ReportedRunSource
 
 __all__ = ["InProcessOpener", "open_in_process_session"]
 
@@ -31,12 +32,14 @@ def open_in_process_session(
     audit: AuditSink | None = None,
     app: GitHubApp | None = None,
     forge: ForgeClient | None = None,
+    reported: ReportedRunSource | None = None,
     client: str = "cli",
 ) -> InProcessOpener:
     """Sessions on an in-process `mcp_server` bound to (project, job, attempt) in agent mode.
 
     Tool calls are audited to `audit` (default: one JSON log line per call). `app` and `forge`: the
     process's shared GitHub App and forge client (see `config_binding_factory`); default, one per session.
+    `reported` serves the runs reported from outside Actions (with their logs) to the read tools.
     """
 
     @asynccontextmanager
@@ -49,9 +52,8 @@ def open_in_process_session(
 
         grant = SessionGrant(project=project, mode=Mode.AGENT, attempt_id=attempt_id, job=job, client=client)
         sink = audit if audit is not None else JsonLogAuditSink()
-        server = build_server(
-            config_binding_factory(config, audit=sink, app=app, forge=forge), mode=Mode.AGENT, grant=grant
-        )
+        factory = config_binding_factory(config, audit=sink, app=app, forge=forge, reported=reported)
+        server = build_server(factory, mode=Mode.AGENT, grant=grant)
         async with Client(server) as session:
             yield session
 

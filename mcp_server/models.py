@@ -6,6 +6,7 @@ before the model is built.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,9 @@ __all__ = [
     "MAX_PATH_CHARS",
     "MAX_READ_LINES",
     "MAX_RUNS_LIMIT",
+    "READ_TOOLS",
+    "TOOL_NAMES",
+    "WRITE_TOOLS",
     "BranchCreated",
     "CommitInfo",
     "FileListing",
@@ -29,8 +33,32 @@ __all__ = [
     "PullRequestInfo",
     "PullRequestMerged",
     "Pushed",
+    "ToolName",
     "WriteLimits",
 ]
+
+
+
+class ToolName(StrEnum):
+    """The ten tools, by the names the server registers and clients (the agent) call."""
+
+    READ_REPO_FILE = "read_repo_file"
+    LIST_REPO_FILES = "list_repo_files"
+    GET_PROJECT_INFO = "get_project_info"
+    LIST_JOB_RUNS = "list_job_runs"
+    GET_JOB_LOGS = "get_job_logs"
+    CREATE_BRANCH = "create_branch"
+    WRITE_REPO_FILE = "write_repo_file"
+    COMMIT_AND_PUSH = "commit_and_push"
+    CREATE_PULL_REQUEST = "create_pull_request"
+    MERGE_PULL_REQUEST = "merge_pull_request"
+
+
+READ_TOOLS: tuple[str, ...] = tuple(t.value for t in list(ToolName)[:5])
+"""The tools a read-only session gets."""
+WRITE_TOOLS: tuple[str, ...] = tuple(t.value for t in list(ToolName)[5:])
+"""The tools only an agent session gets."""
+TOOL_NAMES: tuple[str, ...] = READ_TOOLS + WRITE_TOOLS
 
 # Input bounds, shared by the tool signatures and their tests.
 MAX_PATH_CHARS = 1024
@@ -97,9 +125,9 @@ class ProjectInfo(_Out):
 
 
 class JobRun(_Out):
-    """One run of one workflow job on the default branch."""
+    """One run of one job on the default branch: an Actions workflow job, or a run reported from outside."""
 
-    run_id: int
+    run_id: str
     job: str
     status: str
     conclusion: str | None
@@ -107,6 +135,7 @@ class JobRun(_Out):
     head_branch: str | None
     created_at: str | None
     url: str | None
+    source: Literal["actions", "reported"] = "actions"
 
 
 class JobRuns(_Out):
@@ -118,7 +147,7 @@ class JobRuns(_Out):
 class JobLogs(_Out):
     """A failure-focused excerpt of one run's job log."""
 
-    run_id: int
+    run_id: str
     job: str
     excerpt: str = Field(description="The excerpt, redacted; line numbers refer to the full log.")
     truncated: bool = Field(description="True when the budget cut the excerpt short.")

@@ -17,10 +17,11 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 import anyio
+import pydantic_core
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
@@ -33,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.audit import AuditEvent, Outcome
 from mcp_server.auth import grant_from_access_token
+from mcp_server.checks import head_checks
 from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS, call_deadline, off_loop
 from mcp_server.errors import ForgeError, McpServerError, ToolRefused
 from mcp_server.forge import PullRequest
@@ -44,6 +46,9 @@ from mcp_server.models import (
     MAX_PATH_CHARS,
     MAX_READ_LINES,
     MAX_RUNS_LIMIT,
+    READ_TOOLS,
+    TOOL_NAMES,
+    WRITE_TOOLS,
     BranchCreated,
     CommitInfo,
     FileListing,
@@ -58,23 +63,24 @@ from mcp_server.models import (
     Pushed,
     WriteLimits,
 )
+from mcp_server.reported_runs import ReportedRunInfo
 from mcp_server.session import BindingFactory, Mode, SessionBinding, SessionGrant
 from mcp_server.workspace import Workspace
+from policy.checks import CheckState
 from policy.errors import PolicyViolation
-from policy.redaction import redact, secret_variants
+from policy.redaction import redact, redact_obj, secret_variants
 from policy.types import Autonomy
 
 __all__ = ["READ_TOOLS", "TOOL_NAMES", "WRITE_TOOLS", "build_server"]
 
 logger = logging.getLogger("greenloop.mcp.server")
 
-READ_TOOLS = ("read_repo_file", "list_repo_files", "get_project_info", "list_job_runs", "get_job_logs")
-WRITE_TOOLS = ("create_branch", "write_repo_file", "commit_and_push", "create_pull_request", "merge_pull_request")
-TOOL_NAMES = READ_TOOLS + WRITE_TOOLS
 
 _INTERNAL_ERROR = "Internal error: the tool failed unexpectedly; the details are in the server log."
 _INLINE_REDACT_CHARS = 16_000  # results with more text than this are redacted in a worker thread
 _AUDIT_STRING_CHARS = 2000  # longer argument strings (file contents) are stored as a head and a length
+# The run ids POST /runs accepts; Actions run ids are numbers.
+_RunIdText = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
 _PR_FOOTER = "\n\n---\nOpened by greenloop attempt `{attempt}` for the failing job `{job}`."
 
 
@@ -88,9 +94,27 @@ class _Call:
     deadline_seconds: float = DEFAULT_CALL_DEADLINE_SECONDS
     outcome: Outcome | None = None
     message: str | None = None
+    # Text this call's redaction produced (or cut at line breaks from it): shown as it is, never redacted twice.
+    clean: set[str] = field(default_factory=set)
+
+    def redact(self, text: str) -> str:
+        """`text` with the session's secrets masked, once per call: text it already redacted comes back as is.
+
+        Safe from a worker thread (one set insertion under the GIL)."""
+        if text in self.clean:
+            return text
+        shown = self.binding.redact(text)
+        self.clean.add(shown)
+        return shown
 
 
 _CURRENT: ContextVar[_Call | None] = ContextVar("greenloop_mcp_call", default=None)
+
+
+def _redactor(s: SessionBinding) -> Callable[[str], str]:
+    """The redaction for what `s`'s tools show: the current call's (each text redacted once), else the session's."""
+    call = _CURRENT.get()
+    return call.redact if call is not None and call.binding is s else s.redact
 
 
 def _session() -> SessionBinding:
@@ -172,7 +196,7 @@ def _crashed(call: _Call | None, tool: str, exc: BaseException) -> str:
 
 
 def _redact(call: _Call | None, text: str) -> str:
-    return call.binding.redact(text) if call is not None else redact(text)
+    return call.redact(text) if call is not None else redact(text)
 
 
 def _finish(call: _Call | None, outcome: Outcome, message: str) -> str:
@@ -204,8 +228,13 @@ async def read_repo_file(
     """
     s = _session()
     ws = await s.ready_workspace()
-    # Security: redacted as a whole file before the window is cut (workspace.read_file).
-    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines, redact_text=s.redact)
+    # Security: redacted as a whole file before the window is cut (workspace.read_file); the window, whole
+    # lines of the redacted text, is clean for this call's last gate.
+    shown = _redactor(s)
+    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines, redact_text=shown)
+    call = _CURRENT.get()
+    if call is not None and shown == call.redact:
+        call.clean.add(got.content)
     return FileSlice(
         path=got.path,
         start_line=got.start_line,
@@ -234,7 +263,7 @@ async def list_repo_files(
     """
     s = _session()
     ws = await s.ready_workspace()
-    got = await ws.list_files(under=under, glob=glob, limit=limit, redact_text=s.redact)
+    got = await ws.list_files(under=under, glob=glob, limit=limit, redact_text=_redactor(s))
     return FileListing(files=list(got.paths), truncated=got.truncated, total=got.total)
 
 
@@ -286,9 +315,35 @@ async def list_job_runs(
     """List the most recent job runs on the project's default branch, newest first, with their status and
     conclusion ('failure', 'success', ...). Use a run's `run_id` with get_job_logs.
 
-    Only the project's own workflow runs.
+    Only the project's own runs: its workflow runs and the runs reported from outside Actions (cron, ...).
     """
     s = _session()
+    p = s.project
+    runs: list[JobRun] = []
+    if s.reported is not None:
+        for r in await s.reported.list_runs(p.name, job=job, limit=limit):
+            if p.watches(r.job):
+                runs.append(_reported_job_run(s, r))
+    runs.extend(await _actions_job_runs(s, job, limit))
+    runs.sort(key=lambda r: r.created_at or "", reverse=True)
+    return JobRuns(runs=runs[:limit])
+
+
+def _reported_job_run(s: SessionBinding, r: ReportedRunInfo) -> JobRun:
+    return JobRun(
+        run_id=r.run_id,
+        job=s.redact(r.job),
+        status=r.status,
+        conclusion=r.conclusion,
+        head_sha=r.head_sha,
+        head_branch=None,
+        created_at=r.created_at.isoformat() if r.created_at is not None else None,
+        url=None,
+        source="reported",
+    )
+
+
+async def _actions_job_runs(s: SessionBinding, job: str | None, limit: int) -> list[JobRun]:
     p = s.project
     page = await s.forge.list_workflow_runs(p.repo, branch=p.default_branch)
     runs: list[JobRun] = []
@@ -300,7 +355,7 @@ async def list_job_runs(
                 continue
             runs.append(
                 JobRun(
-                    run_id=run.id,
+                    run_id=str(run.id),
                     job=s.redact(j.name),
                     status=j.status or "unknown",
                     conclusion=j.conclusion,
@@ -312,12 +367,16 @@ async def list_job_runs(
             )
             if len(runs) >= limit:
                 break
-    return JobRuns(runs=runs)
+    return runs
 
 
 @_tool(title="Read a job's log excerpt", write=False)
 async def get_job_logs(
-    run_id: Annotated[int, Field(ge=1, description="A run_id from list_job_runs.")],
+    run_id: Annotated[
+        Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
+        | Annotated[int, Field(ge=1)],
+        Field(description="A run_id from list_job_runs (a string; a number is accepted too)."),
+    ],
     job: Annotated[
         str | None,
         Field(min_length=1, max_length=200, description="Job name; null = this attempt's job or the failed one."),
@@ -334,9 +393,38 @@ async def get_job_logs(
     context) within `budget_tokens`; with `start_line`, consecutive lines from that line, and
     `next_start_line` says where the next page starts. Secrets are masked.
 
-    Only the project's own workflow runs.
+    Only the project's own runs: its workflow runs and the runs reported from outside Actions (cron, ...).
     """
     s = _session()
+    p = s.project
+    rid = str(run_id)
+    wanted = job or s.job
+    reported = await s.reported.get_run(p.name, rid, job=wanted) if s.reported is not None else None
+    if reported is not None and p.watches(reported.job):
+        if reported.log_text is None:
+            raise ToolRefused(f"Not found: run {rid!r} of job {reported.job!r} was reported without a log.")
+        name, text = reported.job, reported.log_text
+    elif rid.isdigit() and int(rid) >= 1:
+        name, text = await _actions_log(s, int(rid), job)
+    else:
+        raise ToolRefused(f"Not found: no run {rid!r}" + (f" of job {wanted!r}." if wanted else "."))
+    try:
+        got = await off_loop(
+            excerpt, text, budget_tokens=budget_tokens, start_line=start_line, extra_secrets=s.live_secrets()
+        )
+    except ValueError as exc:  # a start_line past the end of the log
+        raise ToolRefused(str(exc)) from None
+    return JobLogs(
+        run_id=rid,
+        job=s.redact(name),
+        excerpt=await off_loop(_redactor(s), got.rendered),
+        truncated=got.truncated,
+        next_start_line=got.next_start_line,
+    )
+
+
+async def _actions_log(s: SessionBinding, run_id: int, job: str | None) -> tuple[str, str]:
+    """(job name, whole log) of one job of an Actions run."""
     p = s.project
     jobs = await s.forge.list_run_jobs(p.repo, run_id)
     wanted = job or s.job
@@ -346,20 +434,7 @@ async def get_job_logs(
     if chosen is None:
         names = ", ".join(repr(j.name) for j in jobs) or "none"
         raise ToolRefused(f"Not found: run {run_id} has no job {wanted!r} (its jobs: {names}).")
-    text = await s.forge.download_job_logs(p.repo, chosen.id)
-    try:
-        got = await off_loop(
-            excerpt, text, budget_tokens=budget_tokens, start_line=start_line, extra_secrets=s.live_secrets()
-        )
-    except ValueError as exc:  # a start_line past the end of the log
-        raise ToolRefused(str(exc)) from None
-    return JobLogs(
-        run_id=run_id,
-        job=s.redact(chosen.name),
-        excerpt=await off_loop(s.redact, got.rendered),
-        truncated=got.truncated,
-        next_start_line=got.next_start_line,
-    )
+    return chosen.name, await s.forge.download_job_logs(p.repo, chosen.id)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -371,8 +446,7 @@ def _on_fix_branch(s: SessionBinding, ws: Workspace) -> str:
     current = ws.current_branch()
     if current != branch:
         raise ToolRefused(
-            f"Refused: the workspace is on branch {current!r}, not this attempt's fix branch; call create_branch "
-            "first."
+            f"Refused: the workspace is on branch {current!r}, not this attempt's fix branch; call create_branch first."
         )
     return branch
 
@@ -550,6 +624,13 @@ async def merge_pull_request() -> PullRequestMerged:
         )
     if pr.base.ref != p.default_branch:
         raise ToolRefused(f"Merge refused: the pull request targets {pr.base.ref!r}, not the default branch.")
+    # Security: untested code never lands: the head's checks (the required ones, or all) must have passed.
+    checks = await head_checks(s.forge, p.repo, pushed, pr.base.ref)
+    if checks.state is not CheckState.PASSED:
+        raise ToolRefused(
+            f"Merge refused: {checks.reason()}. The pull request stays open; greenloop merges it once its "
+            "checks pass. Stop here."
+        )
     try:
         merge_sha = await s.forge.merge_pull_request(
             p.repo,
@@ -682,15 +763,46 @@ def _unknown_arguments(declared: frozenset[str] | None, arguments: Any) -> list[
     return sorted(str(k)[:64] for k in arguments if k not in declared)[:5]
 
 
-def _text_chars(value: Any) -> int:
-    """How many characters of text a JSON-like result holds (what redacting it costs)."""
+def _text_chars(value: Any, clean: set[str]) -> int:
+    """How many characters of text not yet redacted a JSON-like result holds (what redacting it costs)."""
     if isinstance(value, str):
-        return len(value)
+        return 0 if value in clean else len(value)
     if isinstance(value, Mapping):
-        return sum(_text_chars(v) for v in value.values())
+        return sum(_text_chars(v, clean) for v in value.values())
     if isinstance(value, list | tuple):
-        return sum(_text_chars(v) for v in value)
+        return sum(_text_chars(v, clean) for v in value)
     return 0
+
+
+def _json_text(structured: Any) -> str:
+    """The SDK's text block for a structured result: its JSON, indented by 2 (`func_metadata.convert_result`)."""
+    return pydantic_core.to_json(structured, fallback=str, indent=2).decode()
+
+
+def _to_mask(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """What of a result the gate redacts, and whether its one text block is the JSON of `structuredContent`
+    (then rebuilt from the redacted structure instead of being redacted a second time as text)."""
+    structured = data.get("structuredContent")
+    blocks = data.get("content")
+    if isinstance(structured, dict) and isinstance(blocks, list) and len(blocks) == 1:
+        block = blocks[0]
+        if (
+            isinstance(block, dict)
+            and block.keys() == {"type", "text"}
+            and block["type"] == "text"
+            and block["text"] == _json_text(structured)
+        ):
+            return {k: v for k, v in data.items() if k != "content"}, True
+    return data, False
+
+
+def _gate(call: _Call, data: dict[str, Any]) -> dict[str, Any]:
+    """The result with the session's secrets masked in every string (keys too), each string once."""
+    payload, rebuild = _to_mask(data)
+    gated: dict[str, Any] = redact_obj(payload, extra_secrets=call.binding.live_secrets(), clean=call.clean)
+    if rebuild:
+        gated["content"] = [{"type": "text", "text": _json_text(gated["structuredContent"])}]
+    return gated
 
 
 def _first_text(result: Mapping[str, Any]) -> str | None:
@@ -727,9 +839,7 @@ class _SessionMiddleware:
         return await _audited_call(self._sessions, ctx, call_next)
 
 
-async def _audited_call(
-    sessions: _Sessions, ctx: ServerRequestContext[Any, Any], call_next: CallNext
-) -> HandlerResult:
+async def _audited_call(sessions: _Sessions, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
     started = time.perf_counter()
     params = ctx.params or {}
     tool = str(params.get("name", ""))[:100]
@@ -762,10 +872,10 @@ async def _audited_call(
         if data is not None:
             # Security: the last gate before the model: nothing leaves without the live secrets masked. A large
             # result is redacted in a worker thread, so it holds up no other session.
-            if _text_chars(data) > _INLINE_REDACT_CHARS:
-                data = await off_loop(binding.redact_obj, data)
+            if _text_chars(_to_mask(data)[0], call.clean) > _INLINE_REDACT_CHARS:
+                data = await off_loop(_gate, call, data)
             else:
-                data = binding.redact_obj(data)
+                data = _gate(call, data)
         if call.outcome is None:
             if data is not None and data.get("isError"):
                 # The SDK refused the call before the tool ran: unknown tool or arguments outside the schema.
@@ -781,11 +891,11 @@ async def _audited_call(
         _CURRENT.reset(token)
         event = AuditEvent(
             project=binding.project.name,
-            client=_client_name(grant, ctx),
-            tool=tool,
+            client=call.redact(_client_name(grant, ctx)),
+            tool=call.redact(tool),
             arguments=_audit_arguments(binding, arguments),
             outcome=call.outcome or "error",
-            message=binding.redact(call.message)[:2000] if call.message else None,
+            message=call.redact(call.message)[:2000] if call.message else None,
             result_bytes=len(json.dumps(data, separators=(",", ":"))) if data is not None else 0,
             duration_ms=(time.perf_counter() - started) * 1000.0,
             attempt_id=binding.attempt_id,

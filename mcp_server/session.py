@@ -23,6 +23,7 @@ from mcp_server.audit import AuditSink
 from mcp_server.errors import ToolRefused
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
+from mcp_server.reported_runs import ReportedRunSource
 from mcp_server.workspace import Workspace
 from policy.branches import fix_branch_name
 from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig
@@ -71,6 +72,8 @@ class SessionBinding:
     forge: ForgeClient
     audit: AuditSink
     secrets: Callable[[], Sequence[str]] = tuple
+    # Runs reported from outside Actions, with their logs (the reconciler's store); None: Actions only.
+    reported: ReportedRunSource | None = None
     pushed_sha: str | None = None
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
@@ -153,8 +156,10 @@ def config_binding_factory(
     audit: AuditSink,
     app: GitHubApp | None = None,
     forge: ForgeClient | None = None,
+    reported: ReportedRunSource | None = None,
 ) -> BindingFactory:
-    """A `BindingFactory` building each binding from `greenloop.toml`: GitHub App, forge client, workspace.
+    """A `BindingFactory` building each binding from `greenloop.toml`: GitHub App, forge client, workspace,
+    and `reported` (runs reported from outside Actions, when the caller has a store of them).
 
     `app` and `forge` (both or neither): the process's one GitHub App and forge client, shared by every
     session (the process's owner opens and closes them), so one rate-limit view and one token cache see
@@ -204,6 +209,7 @@ def config_binding_factory(
             forge=session_forge,
             audit=audit,
             secrets=session_app.secrets,
+            reported=reported,
             resources=stack,
         )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import errno
 import os
@@ -50,6 +51,11 @@ __all__ = [
 ]
 
 MAX_READ_FILE_BYTES = 10_000_000  # larger files are refused: reading them would stall the session
+# Files up to this size are read and redacted on the event loop (well under a millisecond); larger ones in a
+# worker thread (mcp_server.deadline), so that one session's big file never stalls another session.
+_INLINE_READ_CHARS = 16_000
+# A listing of a directory holding at most this many files (and no glob) is made on the event loop too.
+_INLINE_LIST_ENTRIES = 200
 _BINARY_PROBE_BYTES = 8000  # git's own heuristic: a NUL byte in the first 8000 bytes means binary
 _STDERR_CHARS = 1000
 # How git over HTTP reports credentials the forge refused (401): with prompts off it cannot ask for others.
@@ -67,6 +73,12 @@ _GIT_CONFIG: tuple[tuple[str, str], ...] = (
     ("http.followRedirects", "false"),
     ("credential.helper", ""),
     ("commit.gpgSign", "false"),
+)
+
+
+# Git commands that never change the working tree or which files it lists; any other drops the file index.
+_READ_ONLY_GIT = frozenset(
+    {"ls-files", "rev-parse", "log", "diff", "rev-list", "merge-base", "check-ignore", "hash-object", "cat-file"}
 )
 
 
@@ -176,6 +188,9 @@ class Workspace:
         self._unpushed: str | None = None  # a commit made whose push failed; pushed by the next call
         self._pushed: str | None = None  # the last commit this object pushed (a resumed object has none)
         self._secrets: tuple[str, ...] = ()
+        # The listing index (`_file_index`): dropped whenever the tree may have changed.
+        self._index: tuple[tuple[str, str], ...] | None = None
+        self._tree_version = 0
 
     @property
     def root(self) -> Path:
@@ -302,7 +317,18 @@ class Workspace:
         real = self.resolve_path(requested, for_write=False)
         rel = self._relative(real)
         try:
-            lines, total = await off_loop(_read_window, real, requested, redact_text, start_line, max_lines, max_bytes)
+            if _small_file(real):
+                # Reading and redacting a few KB costs less than the thread hop: done here. A file that grew
+                # since the stat is windowed (and redacted) in a worker thread all the same.
+                text = _read_text(real, requested)
+                if len(text) <= _INLINE_READ_CHARS:
+                    lines, total = _window(text, redact_text, start_line, max_lines, max_bytes)
+                else:
+                    lines, total = await off_loop(_window, text, redact_text, start_line, max_lines, max_bytes)
+            else:
+                lines, total = await off_loop(
+                    _read_window, real, requested, redact_text, start_line, max_lines, max_bytes
+                )
         except OSError as exc:
             raise self._os_refused(exc, requested, "Read") from exc
         if total == 0:
@@ -348,16 +374,39 @@ class Workspace:
             WorkspaceRefused: `under` is refused.
             ToolRefused: `under` is not a directory.
         """
-        args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+        prefix = ""
         if under not in ("", ".", "./"):
             real = self.resolve_path(under, for_write=False)
-            if not await off_loop(real.is_dir):
+            if not real.is_dir():  # one stat, as resolve_path's own: no thread hop
                 raise ToolRefused(f"Not a directory: {under!r}.")
-            args += ["--", f":(literal){self._relative(real)}/"]
-        result = await self._git(*args)
-        # Matching every path against the glob, and the existence checks, run off the event loop.
-        paths, total = await off_loop(_select_listed, self._root, result.stdout, glob, limit, redact_text)
+            prefix = f"{self._relative(real)}/"
+        index = await self._file_index()
+        few = _few_under(index, prefix) if prefix and glob is None else None
+        if few is not None:
+            # A directory's few files, no glob: less work than a thread hop, done here.
+            paths, total = _select_listed(few, prefix, None, limit, redact_text)
+        else:
+            # Matching every path against the glob, and redacting many paths, run off the event loop.
+            paths, total = await off_loop(_select_listed, index, prefix, glob, limit, redact_text)
         return FileListing(paths=paths, truncated=total > limit, total=total)
+
+    async def _file_index(self) -> tuple[tuple[str, str], ...]:
+        """Every listable file of the working tree as sorted (shown, git) path pairs: built with one
+        `git ls-files` and kept until the tree changes (any git command that may change it, any write)."""
+        index = self._index
+        if index is not None:
+            return index
+        version = self._tree_version
+        result = await self._git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        index = await off_loop(_build_index, self._root, result.stdout)
+        if version == self._tree_version:  # nothing changed the tree while it was listed
+            self._index = index
+        return index
+
+    def _tree_changed(self) -> None:
+        """Forget the file index: the next listing lists the tree again."""
+        self._tree_version += 1
+        self._index = None
 
     # ------------------------------------------------------------------------------------------ git state
 
@@ -468,9 +517,12 @@ class Workspace:
                     f"{requested!r}."
                 )
             try:
+                self._tree_changed()
                 await off_loop(_replace_file, real, data, mode)
             except OSError as exc:
                 raise self._os_refused(exc, requested, "Write") from exc
+            finally:
+                self._tree_changed()
             return WriteResult(
                 path=rel, bytes=len(data), created=info is None, lines_changed_total=lines, files_changed_total=files
             )
@@ -649,6 +701,18 @@ class Workspace:
 
     async def _spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, stdin: bytes | None) -> _GitResult:
         """Start one subprocess and wait for it, killing it at the timeout. The one place git is spawned."""
+        if argv[1] in _READ_ONLY_GIT:
+            return await self._spawn_process(argv, env, cwd, stdin)
+        # Before and after: a listing made while the tree changes is not kept (`_file_index`).
+        self._tree_changed()
+        try:
+            return await self._spawn_process(argv, env, cwd, stdin)
+        finally:
+            self._tree_changed()
+
+    async def _spawn_process(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, stdin: bytes | None
+    ) -> _GitResult:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -699,10 +763,32 @@ def _count_numstat(output: bytes) -> tuple[int, int]:
 
 
 def _select_listed(
-    root: Path, ls_files: bytes, glob: str | None, limit: int, redact_text: Callable[[str], str]
+    index: Sequence[tuple[str, str]], prefix: str, glob: str | None, limit: int, redact_text: Callable[[str], str]
 ) -> tuple[tuple[str, ...], int]:
-    """The first `limit` sorted paths (redacted) of `git ls-files -z` output that match `glob` and exist in
-    the working tree, and how many there are."""
+    """The first `limit` paths (redacted) of the file index under directory `prefix` ('' = all, else ending
+    in '/') that match `glob`, and how many there are."""
+    matched = [shown for shown, path in index if path.startswith(prefix) and (glob is None or matches_glob(path, glob))]
+    return tuple(redact_text(p) for p in matched[:limit]), len(matched)
+
+
+def _few_under(index: Sequence[tuple[str, str]], prefix: str) -> Sequence[tuple[str, str]] | None:
+    """The index entries shown under directory `prefix` (found by bisection), or None when there are more
+    than `_INLINE_LIST_ENTRIES` (or `prefix` is not valid text). A git path under a valid-text `prefix` is
+    shown under it too, so the shown order finds them all."""
+    if _printable(prefix) != prefix:
+        return None
+    start = bisect.bisect_left(index, (prefix, ""))
+    stop = start
+    while stop < len(index) and index[stop][0].startswith(prefix):
+        stop += 1
+        if stop - start > _INLINE_LIST_ENTRIES:
+            return None
+    return index[start:stop]
+
+
+def _build_index(root: Path, ls_files: bytes) -> tuple[tuple[str, str], ...]:
+    """The listable files of `git ls-files -z` output that exist in the working tree, as (shown, git) path
+    pairs sorted by the shown path."""
     listed: set[str] = set()
     for raw in ls_files.split(b"\0"):
         if not raw:
@@ -711,14 +797,11 @@ def _select_listed(
         # Security: git never lists .git, but a nested repository's .git file is refused all the same.
         if any(is_git_component(part) for part in path.split("/")):
             continue
-        if glob is not None and not matches_glob(path, glob):
-            continue
         listed.add(path)
     # Tracked files deleted in the working tree are still listed by git: keep only those that exist. A file
     # name that is not UTF-8 is shown with U+FFFD in place of its bad bytes: JSON (and the model) can't carry
     # lone surrogates, and one such name must not break the whole listing.
-    paths = sorted(_printable(p) for p in listed if os.path.lexists(root / p))
-    return tuple(redact_text(p) for p in paths[:limit]), len(paths)
+    return tuple(sorted((_printable(p), p) for p in listed if os.path.lexists(root / p)))
 
 
 def _printable(path: str) -> str:
@@ -767,6 +850,15 @@ def _read_window(
     return _window(_read_text(real, requested), redact_text, start_line, max_lines, max_bytes)
 
 
+def _small_file(real: Path) -> bool:
+    """Whether `real` is a regular file small enough to read and redact on the event loop."""
+    try:
+        info = os.stat(real)
+    except OSError:
+        return False  # the worker thread's read says why
+    return stat.S_ISREG(info.st_mode) and info.st_size <= _INLINE_READ_CHARS
+
+
 def _read_text(real: Path, requested: str) -> str:
     """The whole text of a regular file (bytes that aren't UTF-8 kept as lone surrogates), or a refusal."""
     try:
@@ -810,7 +902,8 @@ def _window(
                 raw = raw[:-1]  # don't cut a UTF-8 character in half
             if raw and raw[-1] >= 0xC0:
                 raw = raw[:-1]
-            line = raw.decode("utf-8", errors="surrogateescape")
+            # A cut line is no longer whole: redacted again, so the window stays clean text as it is.
+            line = redact_text(raw.decode("utf-8", errors="surrogateescape"))
             size = len(raw)
         selected.append(line)
         used += size

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from policy.errors import ConfigError
 from policy.types import Autonomy
@@ -54,6 +54,7 @@ DEFAULT_DENIED_GLOBS: tuple[str, ...] = (
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}$")
 """An `owner/name` repository (the shape GitHub allows); the one definition, used by the forge client too."""
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_LOGIN_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")  # GitHub login rules
 
 
 class _Model(BaseModel):
@@ -107,6 +108,9 @@ class ProjectConfig(_Model):
     budgets: Budgets = Budgets()
     max_consecutive_failures: Annotated[int, Field(ge=1, le=100)] = 3
     backoff: Backoff = Backoff()
+    # After the pull request: revision rounds when its checks fail, when an open PR counts as stale, how
+    # often a failure stopped by the outside (model API, forge) may start again, and who hears of escalations.
+    owners: tuple[str, ...] = ()  # GitHub logins requested as reviewers / assigned when a human is needed
     # Cost: a daily limit in USD (UTC day; None: none), and models overriding [agent] (policy/spend.py).
     daily_cost_usd: Annotated[float | None, Field(gt=0)] = None
     model: str | None = None
@@ -133,6 +137,14 @@ class ProjectConfig(_Model):
             raise ValueError("is not a valid branch name")
         return v
 
+    @field_validator("owners")
+    @classmethod
+    def _check_owners(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [o for o in v if not _LOGIN_RE.match(o)]
+        if bad:
+            raise ValueError(f"not GitHub logins: {', '.join(repr(b) for b in bad)}")
+        return tuple(dict.fromkeys(v))
+
     def watches(self, job: str) -> bool:
         """True when `job` is one of the jobs that matter for this project."""
         return not self.jobs or job in self.jobs
@@ -149,6 +161,16 @@ class ForgeSettings(_Model):
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 20.0
     bot_login: str = "greenloop[bot]"
     bot_email: str = "greenloop[bot]@users.noreply.github.com"
+    # The GitHub App's webhook secret: `POST /webhooks/github` accepts only deliveries whose
+    # X-Hub-Signature-256 is the HMAC-SHA256 of the body with it (unset: the route refuses every delivery).
+    webhook_secret: SecretStr | None = None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("too short: use at least 16 random characters")
+        return value
 
 
 class AgentSettings(_Model):

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Container, Iterator
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
@@ -173,6 +173,30 @@ _RULES: tuple[_Rule, ...] = (
 _RULES_CI: dict[re.Pattern[str], re.Pattern[str]] = {
     p: re.compile(p.pattern, re.IGNORECASE) for p, ci, _ in _RULES if ci
 }
+# A literal every match of each rule contains (on the lower-cased text for the case-insensitive rules): a rule
+# runs only on text holding one of its literals, so a text without any (most of them) costs a few `in` tests.
+_NEEDLES: tuple[tuple[str, ...], ...] = (
+    ("://",),
+    ("gh", "github_pat_"),
+    ("sk-",),
+    ("AKIA", "ASIA", "ABIA", "ACCA"),
+    ("xox", "xapp-"),
+    ("hooks.slack.com/services/",),
+    ("eyJ",),
+    ("aws",),
+    ("authorization",),
+    ("bearer",),
+    ("-password", "-passwd", "-token", "-secret", "-api", "-access-token", "-auth-token"),
+    ("-u",),
+    ("pass",),
+    ("secret",),
+    ("token",),
+    ("credential",),
+    ("key",),
+    ("sig",),
+)
+# Any literal of any rule, lower-cased: one search that rules out every rule at once for most short texts.
+_ANY_NEEDLE = re.compile("|".join(sorted({re.escape(n.lower()) for ns in _NEEDLES for n in ns}, key=len, reverse=True)))
 # Recognises a whole value as a specific kind, so `GITHUB_TOKEN=ghp_...` says github_token.
 _SPECIFIC = re.compile(
     r"(?P<github_token>g(?:h[pousr]|ithub_pat)_[A-Za-z0-9_]{20,})"
@@ -184,15 +208,26 @@ _SPECIFIC = re.compile(
 
 
 def _apply_rules(text: str) -> str:
-    for pattern, ci, handle in _RULES:
+    first = text.lower()
+    if len(first) == len(text) and _ANY_NEEDLE.search(first) is None:
+        return text
+    lowered: str | None = first
+    for (pattern, ci, handle), needles in zip(_RULES, _NEEDLES, strict=True):
         if ci:
-            lowered = text.lower()
-            if len(lowered) == len(text):
-                text = _sub_at(pattern, lowered, text, handle)
+            if lowered is None:
+                lowered = text.lower()
+            if len(lowered) != len(text):  # rare: matched case-insensitively on the text itself, no skipping
+                changed = _sub_at(_RULES_CI[pattern], text, text, handle)
+            elif any(n in lowered for n in needles):
+                changed = _sub_at(pattern, lowered, text, handle)
             else:
-                text = _sub_at(_RULES_CI[pattern], text, text, handle)
+                continue
         else:
-            text = _sub_at(pattern, text, text, handle)
+            if not any(n in text for n in needles):
+                continue
+            changed = _sub_at(pattern, text, text, handle)
+        if changed is not text:
+            text, lowered = changed, None
     return text
 
 
@@ -261,6 +296,20 @@ def _variants_sorted(secrets: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(forms, key=len, reverse=True))
 
 
+def _known(extra_secrets: Collection[str]) -> tuple[str, ...]:
+    """The variants of `extra_secrets`, longest first (cached per tuple as given, the usual case)."""
+    if not extra_secrets:
+        return ()
+    if isinstance(extra_secrets, tuple):
+        return _known_tuple(extra_secrets)
+    return _variants_sorted(tuple(sorted({s for s in extra_secrets if s})))
+
+
+@lru_cache(maxsize=32)
+def _known_tuple(extra_secrets: tuple[str, ...]) -> tuple[str, ...]:
+    return _variants_sorted(tuple(sorted({s for s in extra_secrets if s})))
+
+
 def _replace_known(text: str, variants: tuple[str, ...]) -> str:
     tag = _tag("known_secret")
     for form in variants:
@@ -277,7 +326,7 @@ class LineRedactor:
     """
 
     def __init__(self, *, extra_secrets: Collection[str] = ()) -> None:
-        self._known = _variants_sorted(tuple(sorted({s for s in extra_secrets if s})))
+        self._known = _known(extra_secrets)
         self.in_private_key = False
 
     def __call__(self, line: str) -> str:
@@ -345,7 +394,7 @@ def redact(text: str, *, extra_secrets: Collection[str] = ()) -> str:
     """`text` with every recognised secret replaced by `[REDACTED:<kind>]`; line breaks are kept as they are."""
     if not text:
         return text
-    known = _variants_sorted(tuple(sorted({s for s in extra_secrets if s})))
+    known = _known(extra_secrets)
     if len(text) <= _CHUNK_CHARS and "PRIVATE KEY" not in text:
         return _apply_rules(_replace_known(text, known))
     out: list[str] = []
@@ -376,6 +425,7 @@ def _line_start(text: str, lo: int, pos: int) -> int:
     return max(text.rfind("\n", lo, pos), text.rfind("\r", lo, pos), lo - 1) + 1
 
 
+@lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """Whether a mapping key names a secret: `password`, `api_key`, `accessToken`, `X-Api-Key`, ...
 
@@ -389,17 +439,18 @@ def is_secret_key(key: str) -> bool:
     return len(words) >= 2 and (words[-2], words[-1]) in _KEY_PAIRS
 
 
-def redact_obj(obj: _T, *, extra_secrets: Collection[str] = ()) -> _T:
+def redact_obj(obj: _T, *, extra_secrets: Collection[str] = (), clean: Container[str] = ()) -> _T:
     """A copy of a JSON-like value with every string redacted and the values of secret-named keys blanked.
 
     Dicts, lists and tuples are copied (keys are redacted too); other values are returned as they are.
-    Structures nested deeper than 64 levels are replaced by `[REDACTED:too_deep]`.
+    Structures nested deeper than 64 levels are replaced by `[REDACTED:too_deep]`. Strings in `clean` (a
+    set: text this caller already redacted with the same secrets) are kept as they are, not redacted again.
     """
     secrets = tuple(sorted({s for s in extra_secrets if s}))
 
     def walk(value: Any, depth: int) -> Any:
         if isinstance(value, str):
-            return redact(value, extra_secrets=secrets)
+            return value if value in clean else redact(value, extra_secrets=secrets)
         if depth >= _MAX_DEPTH and isinstance(value, dict | list | tuple):
             return _tag("too_deep")
         if isinstance(value, dict):

@@ -16,8 +16,12 @@ from types import MappingProxyType
 from typing import Final
 
 from infra.jsonlog import log_event
+from mcp_server.checks import head_checks, merge_when_green
+from mcp_server.errors import ToolRefused
+from mcp_server.forge import ForgeClient, PullRequest
+from policy.checks import CheckState
 from policy.config import ProjectConfig
-from policy.types import TERMINAL_STATUSES, AttemptStatus
+from policy.types import TERMINAL_STATUSES, AttemptStatus, Autonomy
 from reconciler.context import ReconcilerContext
 from reconciler.finish import attempt_finished
 from reconciler.observe import ProjectObservation
@@ -73,6 +77,8 @@ async def _transition(step: StepInput, to: AttemptStatus, *, reason: str, **fiel
                 attempt_id=attempt.id,
                 status=to,
                 webhook_url=ctx.config.server.slack_webhook_url,
+                project=step.project,
+                forge=ctx.forge,
             )
     return moved
 
@@ -125,7 +131,12 @@ async def _worker(step: StepInput) -> Attempt | None:
 
 
 async def _pr_open(step: StepInput) -> Attempt | None:
-    """`pr_open`: merged -> verifying; closed unmerged -> cancelled; else wait."""
+    """`pr_open`: merged -> verifying; closed unmerged -> cancelled; open: its head's checks decide.
+
+    Checks passed on an `auto_merge` project -> merged here (the MCP server's forge client and walls, never
+    the model) -> verifying; checks failing on an `auto_merge` project -> escalated (a human looks at the PR);
+    otherwise (pending, or `propose`) -> wait, with the checks' state recorded.
+    """
     ctx, project, attempt = step.ctx, step.project, step.attempt
     if ctx.forge is None:
         return attempt
@@ -142,6 +153,44 @@ async def _pr_open(step: StepInput) -> Attempt | None:
     if pr.state == "closed":
         await _transition(step, AttemptStatus.CANCELLED, reason="pr_closed_unmerged")
         return None
+    return await _open_pr(step, ctx.forge, pr)
+
+
+async def _open_pr(step: StepInput, forge: ForgeClient, pr: PullRequest) -> Attempt | None:
+    """An open fix PR: record what its head's checks say, and act on it."""
+    ctx, project, attempt = step.ctx, step.project, step.attempt
+    head = attempt.pushed_sha or pr.head.sha
+    verdict = await head_checks(forge, project.repo, head, pr.base.ref)
+    if verdict.state.value != attempt.checks:
+        await store.heartbeat(ctx.sessions, attempt.id, checks=verdict.state.value)
+        log_event(logger, "pr_checks", attempt_id=attempt.id, checks=verdict.state.value, reason=verdict.reason())
+    if verdict.state is CheckState.FAILING and project.autonomy is Autonomy.AUTO_MERGE:
+        # greenloop would merge this PR, and its fix failed its own checks: a human is needed (revision rounds
+        # are not built yet). Under `propose` a human reviews the PR anyway: it waits with `checks: failing`.
+        await _transition(
+            step,
+            AttemptStatus.ESCALATED,
+            reason=f"pr_checks_failing: {', '.join(verdict.failing)}",
+            stop_reason="pr_checks_failing",
+            checks=verdict.state.value,
+        )
+        return None
+    if verdict.state is CheckState.PASSED and project.autonomy is Autonomy.AUTO_MERGE and attempt.pushed_sha:
+        try:
+            merged = await merge_when_green(
+                forge,
+                project,
+                pr,
+                pushed_sha=attempt.pushed_sha,
+                title=pr.title,
+                message=f"greenloop attempt {attempt.id} for job {attempt.job}",
+            )
+        except ToolRefused as exc:  # the head moved, or a check changed since it was read: a later pass sees
+            log_event(logger, "merge_refused", level=logging.WARNING, attempt_id=attempt.id, reason=str(exc))
+            return attempt
+        await _transition(
+            step, AttemptStatus.VERIFYING, reason="merged_on_green_checks", merged_sha=merged, checks="passed"
+        )
     return attempt
 
 

@@ -1,9 +1,10 @@
 """The reconciler's HTTP API (Starlette): debug passes, reported runs, attempts, operator actions, health, metrics.
 
-Every route except `GET /healthz` needs `Authorization: Bearer <server.api_token>`, compared in constant
-time. Without a token `build_api` refuses to build, unless the caller passes `allow_no_token=True`: then
-the app answers loopback clients only (403 for anyone else) and `run_service` refuses to listen on a
-non-loopback address. That is for local development; production sets a token of at least 16 characters.
+Every route except `GET /healthz` and `POST /webhooks/github` (signed instead: `reconciler.webhooks`) needs
+`Authorization: Bearer <server.api_token>`, compared in constant time. Without a token `build_api` refuses
+to build, unless the caller passes `allow_no_token=True`: then the app answers loopback clients only (403 for
+anyone else) and `run_service` refuses to listen on a non-loopback address. That is for local development;
+production sets a token of at least 16 characters.
 
 Bad input is answered 400 (malformed JSON), 413 (too large) or 422 (a field missing, unknown, of the wrong
 type or out of range: named in `fields`), never 500. Every handler logs one structured event
@@ -29,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from infra.jsonlog import bind_context, log_event
+from policy.checks import CheckState
 from policy.config import ProjectConfig
 from policy.errors import ConfigError
 from policy.redaction import redact
@@ -76,6 +78,8 @@ from reconciler.store.state import kill_switch_enabled, ping, set_kill_switch
 from reconciler.store.views import stored_json
 from reconciler.summary import RunSummary, Trigger
 from reconciler.ui import ui_routes
+from reconciler.wake import BackgroundReconcile, Enqueue
+from reconciler.webhooks import WEBHOOK_PATH, GitHubWebhooks
 
 __all__ = ["MIN_TOKEN_LENGTH", "ReconcileFn", "build_api"]
 
@@ -114,6 +118,7 @@ class _Api:
     reconcile_fn: ReconcileFn
     debug_timeout: float
     request_timeout: float
+    enqueue: Enqueue
 
     # -- helpers --
 
@@ -132,6 +137,9 @@ class _Api:
             paused_by_config=project.paused,
             paused_by_operator=by_operator,
             escalation_reset_at=row.escalation_reset_at if row is not None else None,
+            escalated=_escalated(row),
+            escalation_reason=row.escalation_reason if _escalated(row) and row is not None else None,
+            escalation_url=row.escalation_url if _escalated(row) and row is not None else None,
             active_attempt_id=active[0].id if active else None,
         )
 
@@ -271,6 +279,9 @@ class _Api:
         log_text = redact(body.log_text) if body.log_text is not None else None
         row, created = await _record_reported_run(self, project.name, body, log_text)
         fields["created"] = created
+        if row.status == "completed":  # a finished run may be red: the loop looks at the project now
+            self.enqueue(project.name)
+            self.ctx.metrics.observe_wakeup("run")
         out = RunRecorded(
             id=row.id,
             project=row.project,
@@ -379,6 +390,13 @@ def _refused(exc: OperationRefused) -> ApiError:
     return ApiError(404, "unknown_attempt", str(exc))
 
 
+def _escalated(row: Project | None) -> bool:
+    """Whether the project's newest escalation came after its last reset."""
+    if row is None or row.escalated_at is None:
+        return False
+    return row.escalation_reset_at is None or row.escalated_at > row.escalation_reset_at
+
+
 def _summary(a: Attempt) -> AttemptSummary:
     return AttemptSummary(
         id=a.id,
@@ -391,6 +409,8 @@ def _summary(a: Attempt) -> AttemptSummary:
         pr_number=a.pr_number,
         pr_url=a.pr_url,
         stop_reason=a.stop_reason,
+        checks=CheckState(a.checks) if a.checks else None,
+        failure_class=a.failure_class,
         input_tokens=a.input_tokens,
         output_tokens=a.output_tokens,
         cache_tokens=a.cache_tokens,
@@ -431,8 +451,13 @@ def build_api(
     allow_no_token: bool = False,
     debug_timeout_seconds: float = 30.0,
     request_timeout_seconds: float = 30.0,
+    enqueue: Enqueue | None = None,
 ) -> Starlette:
     """The reconciler's HTTP API as a Starlette app (see the module docstring for the routes and rules).
+
+    `enqueue` wakes the loop for one project (webhooks, reported runs): `greenloop run` passes its runner's
+    `Runner.enqueue`; without one, a background pass of `reconcile_fn` for that project
+    (`reconciler.wake.BackgroundReconcile`). Kept in `app.state.enqueue`.
 
     Raises:
         ConfigError: no token and `allow_no_token` is False, or a token shorter than 16 characters.
@@ -445,9 +470,14 @@ def build_api(
         )
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(f"server.api_token: too short: use at least {MIN_TOKEN_LENGTH} random characters.")
+    wake: Enqueue = enqueue if enqueue is not None else BackgroundReconcile(ctx, reconcile_fn)
+    webhooks = GitHubWebhooks(
+        secret=ctx.config.forge.webhook_secret, projects=ctx.config.projects, enqueue=wake, metrics=ctx.metrics
+    )
     api = _Api(
         ctx=ctx,
         reconcile_fn=reconcile_fn,
+        enqueue=wake,
         debug_timeout=debug_timeout_seconds,
         # The debug pass has its own, more precise timeout message; the outer one is a backstop.
         request_timeout=request_timeout_seconds,
@@ -463,6 +493,7 @@ def build_api(
             methods=["POST"],
         ),
         Route("/runs", e("api_post_run", api.post_run), methods=["POST"]),
+        Route(WEBHOOK_PATH, e("api_webhook", webhooks.handle), methods=["POST"]),
         Route("/attempts", e("api_list_attempts", api.list_attempts), methods=["GET"]),
         Route("/attempts/{id}", e("api_get_attempt", api.get_attempt), methods=["GET"]),
         Route("/attempts/{id}/cancel", e("api_cancel_attempt", api.cancel_attempt), methods=["POST"]),
@@ -476,5 +507,8 @@ def build_api(
     ]
     ui = ui_routes(ctx, token=token.encode() if token is not None else None)  # the operators' pages at /ui
     app = Starlette(routes=[*routes, *ui], exception_handlers={404: not_found, 405: not_found})
-    app.add_middleware(BearerGuard, token=token.encode() if token is not None else None)
+    app.add_middleware(
+        BearerGuard, token=token.encode() if token is not None else None, exempt=frozenset({"/healthz", WEBHOOK_PATH})
+    )
+    app.state.enqueue = wake
     return app

@@ -28,6 +28,7 @@ __all__ = [
     "json_response",
     "not_found",
     "parse_body",
+    "parse_json",
     "parse_query",
     "read_body",
 ]
@@ -137,10 +138,19 @@ async def parse_body(request: Request, model: type[_M], *, limit: int = SMALL_BO
     body = await read_body(request, limit)
     if optional and not body.strip():
         return model()
+    return parse_json(body, model)
+
+
+def parse_json(body: bytes, model: type[_M], *, what: str = "request") -> _M:
+    """`body` (JSON text) as `model`.
+
+    Raises:
+        ApiError: 400 malformed JSON, 422 naming the first invalid field (all in `fields`).
+    """
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        raise _invalid(exc, "request") from None
+        raise _invalid(exc, what) from None
 
 
 def parse_query(request: Request, model: type[_M], *, lists: frozenset[str] = frozenset()) -> _M:
@@ -172,16 +182,17 @@ def parse_query(request: Request, model: type[_M], *, lists: frozenset[str] = fr
 
 
 class BearerGuard:
-    """ASGI middleware: bearer token on every route but /healthz; loopback-only when no token is set."""
+    """ASGI middleware: bearer token on every route but the `exempt` ones; loopback-only when no token is set."""
 
-    def __init__(self, app: ASGIApp, *, token: bytes | None) -> None:
+    def __init__(self, app: ASGIApp, *, token: bytes | None, exempt: frozenset[str] = frozenset({"/healthz"})) -> None:
         self.app = app
         self.token = token
+        self.exempt = exempt  # paths with their own authentication (or none needed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
         # The operators' pages (`reconciler.ui`) check their own session cookie, earned with the same token.
-        if scope["type"] != "http" or path == "/healthz" or path == "/ui" or path.startswith("/ui/"):
+        if scope["type"] != "http" or path in self.exempt or path == "/ui" or path.startswith("/ui/"):
             await self.app(scope, receive, send)
             return
         refusal = self._refusal(scope)

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic.json_schema import models_json_schema
 
+from policy.checks import CheckState
 from policy.types import AttemptStatus
 from reconciler.summary import RunSummary
 
@@ -45,6 +46,7 @@ __all__ = [
     "RunRecorded",
     "ToolCall",
     "TransitionRecord",
+    "WebhookAnswer",
     "openapi_document",
 ]
 
@@ -235,6 +237,12 @@ class AttemptSummary(_Response):
     pr_number: int | None
     pr_url: str | None
     stop_reason: str | None
+    checks: CheckState | None = Field(
+        description="The fix PR head's checks as the reconciler last read them (null before a PR)."
+    )
+    failure_class: str | None = Field(
+        description="transient (the outside stopped it) or permanent; null unless failed."
+    )
     input_tokens: int
     output_tokens: int
     cache_tokens: int
@@ -299,6 +307,9 @@ class ProjectState(_Response):
     paused_by_config: bool
     paused_by_operator: bool
     escalation_reset_at: datetime | None
+    escalated: bool = Field(description="A failure of this project is with a human (escalated after the last reset).")
+    escalation_reason: str | None
+    escalation_url: str | None = Field(description="The PR comment or issue holding the escalation report.")
     active_attempt_id: str | None
 
 
@@ -306,6 +317,16 @@ class ProjectList(_Response):
     """`GET /projects`: every configured project."""
 
     projects: list[ProjectState]
+
+
+class WebhookAnswer(_Response):
+    """`POST /webhooks/github`: a delivery that was not refused, and the projects it woke (if any)."""
+
+    status: Literal["accepted", "ignored", "duplicate", "pong"]
+    event: str
+    delivery: str
+    projects: list[str] = []
+    reason: str | None = None
 
 
 class KillSwitchState(_Response):
@@ -335,6 +356,7 @@ _RESPONSES: Final[tuple[type[BaseModel], ...]] = (
     ProjectList,
     KillSwitchState,
     RunSummary,
+    WebhookAnswer,
 )
 
 
@@ -423,6 +445,24 @@ def openapi_document() -> dict[str, Any]:
                     "200": _json("RunRecorded", "This run was already recorded (its status and log are updated)."),
                     "201": _json("RunRecorded", "A new run was recorded."),
                     **_errors(400, 404, 413, 422),
+                },
+            }
+        },
+        "/webhooks/github": {
+            "post": {
+                "summary": "A GitHub App webhook delivery: wakes the projects of the repository it names. Signed "
+                "(X-Hub-Signature-256 with forge.webhook_secret) instead of the bearer token.",
+                "security": [],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "200": _json("WebhookAnswer", "A ping (pong) or a delivery already handled (duplicate)."),
+                    "202": _json("WebhookAnswer", "Accepted (projects enqueued) or ignored."),
+                    "400": _json("ErrorBody", "Not JSON, or X-GitHub-Event / X-GitHub-Delivery missing."),
+                    "401": _json("ErrorBody", "Unsigned, or the signature does not match the body."),
+                    "403": _json("ErrorBody", "Webhooks are off: forge.webhook_secret is not configured."),
+                    "413": _json("ErrorBody", "Body too large."),
+                    "422": _json("ErrorBody", "JSON of the wrong shape for its event."),
+                    "503": _json("ErrorBody", "The store is unavailable or busy."),
                 },
             }
         },

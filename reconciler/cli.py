@@ -76,6 +76,12 @@ def _run(args: argparse.Namespace) -> int:
     return run_command(args.config)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from reconciler.report_cli import report_command
+
+    return report_command(args)
+
+
 def _agent_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -114,13 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the reconciler: scheduled passes plus the HTTP API")
     p.set_defaults(func=_run)
 
+    from reconciler.report_cli import add_report_parser
+
+    add_report_parser(sub).set_defaults(func=_report)
+
     p = sub.add_parser("agent", help="agent commands")
     psub = p.add_subparsers(dest="agent_command", required=True)
     ar = psub.add_parser("run", help="run one remediation attempt by hand and print its outcome")
     ar.add_argument("--project", required=True)
     ar.add_argument("--job", required=True)
     ar.add_argument("--model", default=None, help="scripted:FILE | replay:FILE | record:FILE | anthropic[:MODEL]")
-    ar.add_argument("--run-id", type=int, default=None, help="the failing run (default: the latest failed run)")
+    ar.add_argument("--run-id", default=None, help="the failing run's id (default: the latest failed run)")
     ar.set_defaults(func=_agent_run)
 
     p = sub.add_parser("config", help="configuration commands")

@@ -34,6 +34,7 @@ from agent.types import AttemptTask, StopReason
 from infra.jsonlog import bind_context, log_event
 from mcp_server.errors import ForgeError
 from mcp_server.forge import ForgeClient, PullRequest
+from mcp_server.models import ToolName
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
@@ -67,7 +68,7 @@ SessionOpener = Callable[[Attempt], AbstractAsyncContextManager[ToolSession]]
 def tried_protected_path(outcome: AttemptOutcome, project: ProjectConfig) -> str | None:
     """The first denied path the agent tried to write during the run, if any."""
     for event in outcome.transcript:
-        if event.get("kind") != "tool_call" or event.get("name") != "write_repo_file":
+        if event.get("kind") != "tool_call" or event.get("name") != ToolName.WRITE_REPO_FILE:
             continue
         arguments = event.get("input")
         path = arguments.get("path") if isinstance(arguments, dict) else None
@@ -266,7 +267,7 @@ class AgentDispatcher:
         task = AttemptTask(
             project=attempt.project,
             job=attempt.job,
-            failing_run_id=int(attempt.run_id) if attempt.run_id.isdigit() else 0,
+            failing_run_id=attempt.run_id,
             head_sha=attempt.head_sha,
         )
         backend = self._backend_for(attempt, project)
@@ -282,12 +283,16 @@ class AgentDispatcher:
                 await close()
 
     async def _finished(self, attempt_id: str, status: AttemptStatus) -> None:
+        attempt = await store.get_attempt(self._sessions, attempt_id)
+        project = next((p for p in self._config.projects if attempt is not None and p.name == attempt.project), None)
         await attempt_finished(
             self._sessions,
             self._metrics,
             attempt_id=attempt_id,
             status=status,
             webhook_url=self._config.server.slack_webhook_url,
+            project=project,
+            forge=self._forge,
         )
 
     async def _pull_request_found(self, attempt_id: str, pr: PullRequest, **fields: Any) -> None:

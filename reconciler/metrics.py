@@ -128,6 +128,9 @@ class Metrics:
         self._counter("greenloop_forge_not_modified_total", "Forge answers that were 304 Not Modified.")
         self._counter("greenloop_forge_retries_total", "Forge requests retried.")
         self._gauge("greenloop_forge_rate_limit_remaining", "The forge's last reported remaining request budget.")
+        self._counter("greenloop_webhook_deliveries_total", "Signed webhook deliveries received, by event and outcome.")
+        self._counter("greenloop_webhook_refused_total", "Webhook deliveries refused, by reason (nothing changed).")
+        self._counter("greenloop_reconcile_wakeups_total", "Project reconciles requested by an event, by source.")
         # Counters that exist without labels start at 0 so a scrape shows them before the first event.
         for name in (
             "greenloop_attempts_started_total",
@@ -182,6 +185,21 @@ class Metrics:
         """Count one MCP tool call (`outcome`: ok, refused or error)."""
         with self._lock:
             self._inc("greenloop_mcp_tool_calls_total", 1, tool=tool, outcome=outcome)
+
+    def observe_webhook(self, event: str, outcome: str) -> None:
+        """Count one signed delivery of `event` (`outcome`: accepted, ignored or duplicate)."""
+        with self._lock:
+            self._inc("greenloop_webhook_deliveries_total", 1, event=event, outcome=outcome)
+
+    def observe_webhook_refused(self, reason: str) -> None:
+        """Count one refused delivery (`reason`: unsigned, bad_signature, too_large, malformed, disabled)."""
+        with self._lock:
+            self._inc("greenloop_webhook_refused_total", 1, reason=reason)
+
+    def observe_wakeup(self, source: str) -> None:
+        """Count one project reconcile requested by an event (`source`: webhook or run)."""
+        with self._lock:
+            self._inc("greenloop_reconcile_wakeups_total", 1, source=source)
 
     def set_forge(self, stats: ForgeCounters) -> None:
         """Copy the forge client's cumulative counters (requests, 304s, retries, rate budget left)."""

@@ -28,6 +28,7 @@ from reconciler.store.audit import StoreAuditSink
 from reconciler.store.engine import make_engine, make_sessionmaker
 from reconciler.store.migrate import migrate_store
 from reconciler.store.models import Attempt
+from reconciler.store.runs import StoreReportedRuns
 
 __all__ = [
     "backend_from_env",
@@ -141,7 +142,9 @@ async def open_runtime(
                 opener = _http_opener(config)
             else:
                 audit = FanOutAuditSink([StoreAuditSink(engine), MetricsAuditSink(metrics)])
-                in_process = open_in_process_session(config, audit=audit, app=app, forge=forge)
+                in_process = open_in_process_session(
+                    config, audit=audit, app=app, forge=forge, reported=StoreReportedRuns(sessions)
+                )
 
                 def opener(attempt: Attempt) -> AbstractAsyncContextManager[ToolSession]:
                     return in_process(attempt.project, attempt.job, attempt.id)

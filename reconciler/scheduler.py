@@ -35,6 +35,7 @@ from reconciler.api_http import is_loopback_host
 from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
 from reconciler.runner import reconcile
+from reconciler.wake import Enqueue
 
 __all__ = ["DEFAULT_GRACE_SECONDS", "run_service"]
 
@@ -144,6 +145,7 @@ async def run_service(
     pass_timeout_seconds: float | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     on_listening: Callable[[str, int], None] | None = None,
+    enqueue: Enqueue | None = None,
 ) -> None:
     """Run scheduled passes every `interval_seconds` (the first at once) and serve the API on host:port.
 
@@ -168,7 +170,9 @@ async def run_service(
     timeout = pass_timeout_seconds if pass_timeout_seconds is not None else max(60.0, 10 * interval_seconds)
     if not timeout > 0:
         raise ConfigError(f"pass timeout: must be positive: {timeout!r}.")
-    app = build_api(ctx, api_token=api_token, reconcile_fn=reconcile_fn, allow_no_token=allow_no_token)
+    app = build_api(
+        ctx, api_token=api_token, reconcile_fn=reconcile_fn, allow_no_token=allow_no_token, enqueue=enqueue
+    )
 
     sock = _bind(host, port)
     bound_port = int(sock.getsockname()[1])

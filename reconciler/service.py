@@ -148,6 +148,7 @@ def run_command(config_path: str | None) -> int:
                 port=config.server.http_port,
                 api_token=config.server.api_token,
                 reconcile_fn=scheduled,
+                enqueue=runner.enqueue,  # webhooks and reported runs wake the same runner, coalesced
             )
 
     try:

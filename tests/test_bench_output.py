@@ -58,3 +58,37 @@ def test_the_soak_prints_progress_and_none_of_its_log_events(capsys: pytest.Capt
     assert any(" passes=" in line for line in lines)  # progress while it runs
     assert len(lines) < 20
     assert result.passes > 0 and result.leaked_secrets == 0
+
+
+def test_every_section_ends_with_its_bench_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(quick: bool) -> str:
+        raise RuntimeError("no forge")
+
+    monkeypatch.setattr(
+        bench_main,
+        "SECTIONS",
+        [
+            ("2. Dedup", lambda quick: "| table |\n\nBENCH dedup backend=sqlite p99_ms=12 duplicates=0"),
+            ("5b. Log excerpt", lambda quick: "skipped: labelled logs not found"),
+            ("3. MCP tool latency", broken),
+        ],
+    )
+    assert bench_main.main(["--quick"]) == 1
+    out = capsys.readouterr().out
+    sections = out.split("## ")[1:]
+    last = [[line for line in s.splitlines() if line][-1] for s in sections]
+    assert last == [
+        "BENCH dedup backend=sqlite p99_ms=12 duplicates=0",
+        "BENCH log_excerpt status=not_measured",
+        "BENCH mcp status=failed",
+    ]
+
+
+def test_bench_line_is_one_token_per_figure() -> None:
+    from bench import bench_line
+
+    assert bench_line("mcp", {"read_p50_ratio": 1.23456, "load": "6 of 2", "n": 3}) == (
+        "BENCH mcp read_p50_ratio=1.23 load=6_of_2 n=3"
+    )

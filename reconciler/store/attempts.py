@@ -71,6 +71,10 @@ SETTABLE_FIELDS: Final[frozenset[str]] = frozenset(
         "turns",
         "transcript",
         "trace_id",
+        "checks",
+        "revisions",
+        "stale_announced_at",
+        "failure_class",
     }
 )
 
@@ -129,7 +133,7 @@ async def start_attempt(
     head_sha: str,
     trace_id: str | None = None,
 ) -> StartOutcome:
-    """Insert a `pending` attempt unless the database refuses it.
+    """Insert a `pending` attempt unless a rule refuses it: checked with a read first, enforced by the database.
 
     Returns `started`, `already_active` (the project has an active attempt), `already_handled` (an attempt
     for this fingerprint exists, whatever its state) or `busy` (the database stayed locked through every
@@ -139,8 +143,23 @@ async def start_attempt(
         UnknownProject: no `reconciler_project` row named `project`.
         StoreError: any other database failure (including a refusal by neither rule, tries after tries).
     """
+
+    async def refusal_now(*, check_project: bool) -> StartOutcome | None:
+        try:
+            return await _refusal(
+                session_factory, project=project, fingerprint=fingerprint, check_project=check_project
+            )
+        except StoreBusy:
+            return None  # unknown: the insert below decides
+
     refused: ConstraintRefused | None = None
     for n in range(TRIES):
+        # Read first: most starts are refused (one attempt per project and per fingerprint), and a read takes no
+        # write lock. Only when no rule refuses now does the insert run; the unique indexes stay the wall for
+        # two starts racing past this read.
+        refusal = await refusal_now(check_project=False)  # a missing project: the insert's foreign key says so
+        if refusal is not None:
+            return refusal
         attempt_id = new_attempt_id()
         try:
             async with translated(), session_factory() as session, session.begin():
@@ -173,10 +192,7 @@ async def start_attempt(
         except ConstraintRefused as exc:
             refused = exc
             # Which rule refused it? Ask the database, never the error text.
-            try:
-                refusal = await _refusal(session_factory, project=project, fingerprint=fingerprint)
-            except StoreBusy:
-                refusal = None
+            refusal = await refusal_now(check_project=True)
             if refusal is not None:
                 return refusal
             # Neither rule holds any more (the blocking attempt just finished) or an id collided: try again.
@@ -485,22 +501,32 @@ async def attempt_transitions(session_factory: SessionFactory, attempt_id: str) 
 # --- internals ---------------------------------------------------------------------------------------------
 
 
-async def _refusal(session_factory: SessionFactory, *, project: str, fingerprint: str) -> StartOutcome | None:
-    """After a refused INSERT: the rule that refused it, or None if neither holds now.
+async def _refusal(
+    session_factory: SessionFactory, *, project: str, fingerprint: str, check_project: bool = True
+) -> StartOutcome | None:
+    """The rule that refuses (or refused) starting this attempt, or None if neither holds now: one query for
+    both rules (the fingerprint's attempt first), then, with `check_project`, whether the project exists.
 
     Raises:
-        UnknownProject: the refusal was the foreign key to a missing project.
+        UnknownProject: `check_project` and no such project (what a refused foreign key meant).
     """
-    async with translated(), session_factory() as session:
-        handled = await session.scalar(sa.select(Attempt.id).where(Attempt.fingerprint == fingerprint))
-        if handled is not None:
-            return StartOutcome(False, handled, "already_handled")
-        active = await session.scalar(
-            sa.select(Attempt.id).where(Attempt.project == project, Attempt.status.in_(_values(ACTIVE_STATUSES)))
+    handled = (Attempt.fingerprint == fingerprint).label("handled")
+    query = (
+        sa.select(Attempt.id, handled)
+        .where(
+            sa.or_(
+                Attempt.fingerprint == fingerprint,
+                sa.and_(Attempt.project == project, Attempt.status.in_(_values(ACTIVE_STATUSES))),
+            )
         )
-        if active is not None:
-            return StartOutcome(False, active, "already_active")
-        if await session.get(Project, project) is None:
+        .order_by(handled.desc())
+        .limit(1)
+    )
+    async with translated(), session_factory() as session:
+        row = (await session.execute(query)).first()
+        if row is not None:
+            return StartOutcome(False, row.id, "already_handled" if row.handled else "already_active")
+        if check_project and await session.get(Project, project) is None:
             raise UnknownProject(f"Unknown project: no reconciler_project row: {project!r}.", project=project)
     return None
 

@@ -108,6 +108,10 @@ class Project(Base):
     paused: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # Consecutive-failure counting starts after this instant (set when an operator resets an escalation).
     escalation_reset_at: Mapped[datetime | None]
+    # The newest escalation that reached a human: when, why, and where the report is (PR comment or issue).
+    escalated_at: Mapped[datetime | None]
+    escalation_reason: Mapped[str | None] = mapped_column(sa.Text)
+    escalation_url: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -183,6 +187,14 @@ class Attempt(Base):
     turns: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     transcript: Mapped[str | None] = mapped_column(sa.Text)  # JSON text, written by the agent runner
     trace_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # The fix PR head's checks as the last pass read them: pending | failing | passed (policy.checks).
+    checks: Mapped[str | None] = mapped_column(sa.String(16))
+    # Revision rounds: times the PR's checks failed and the same attempt went back to the agent.
+    revisions: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    # When a PR open longer than stale_pr_hours was announced (once).
+    stale_announced_at: Mapped[datetime | None]
+    # Why a failed attempt failed: transient (the outside: model API, forge) or permanent (policy.gate).
+    failure_class: Mapped[str | None] = mapped_column(sa.String(16))
 
     @property
     def attempt_status(self) -> AttemptStatus:

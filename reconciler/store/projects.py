@@ -101,6 +101,11 @@ async def reset_escalation(session_factory: SessionFactory, name: str, *, at: da
     return await _update(session_factory, name, escalation_reset_at=at or utcnow())
 
 
+async def record_escalation(session_factory: SessionFactory, name: str, *, reason: str, url: str | None) -> bool:
+    """Remember that the project's failure reached a human: why, and where the report is."""
+    return await _update(session_factory, name, escalated_at=utcnow(), escalation_reason=reason, escalation_url=url)
+
+
 async def _update(session_factory: SessionFactory, name: str, **values: Any) -> bool:
     async def _once() -> bool:
         async with session_factory() as session, session.begin():

@@ -8,12 +8,13 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from mcp_server.reported_runs import ReportedRunInfo
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import JobRun, utcnow
 from reconciler.store.translate import fetch_all, with_retry
 from reconciler.store.upsert import insert_for
 
-__all__ = ["RunSource", "latest_reported_runs", "latest_runs", "record_reported_run", "record_run"]
+__all__ = ["RunSource", "StoreReportedRuns", "latest_reported_runs", "latest_runs", "record_reported_run", "record_run"]
 
 RunSource = Literal["actions", "reported"]
 
@@ -100,6 +101,46 @@ async def latest_runs(
         query = query.where(JobRun.job == job)
     query = query.order_by(JobRun.created_at.desc(), JobRun.run_attempt.desc(), JobRun.id.desc()).limit(limit)
     return await fetch_all(session_factory, query)
+
+
+class StoreReportedRuns:
+    """`mcp_server.reported_runs.ReportedRunSource` on the store: the runs reported to `POST /runs`.
+
+    Their logs were redacted and capped when they were stored (`reconciler.api`); the MCP tools redact and
+    excerpt them again, exactly like Actions logs.
+    """
+
+    def __init__(self, session_factory: SessionFactory) -> None:
+        self._sessions = session_factory
+
+    def _query(self, project: str, job: str | None) -> sa.Select[JobRun]:
+        query = sa.select(JobRun).where(JobRun.project == project, JobRun.source == "reported")
+        if job is not None:
+            query = query.where(JobRun.job == job)
+        return query.order_by(JobRun.created_at.desc(), JobRun.run_attempt.desc(), JobRun.id.desc())
+
+    async def list_runs(self, project: str, *, job: str | None, limit: int) -> list[ReportedRunInfo]:
+        """The project's reported runs, newest first, without their logs."""
+        rows = await fetch_all(self._sessions, self._query(project, job).limit(limit))
+        return [_info(r, with_log=False) for r in rows]
+
+    async def get_run(self, project: str, run_id: str, *, job: str | None) -> ReportedRunInfo | None:
+        """The newest attempt of reported run `run_id` (of `job` when given), with its stored log."""
+        rows = await fetch_all(self._sessions, self._query(project, job).where(JobRun.run_id == run_id).limit(1))
+        return _info(rows[0], with_log=True) if rows else None
+
+
+def _info(row: JobRun, *, with_log: bool) -> ReportedRunInfo:
+    return ReportedRunInfo(
+        run_id=row.run_id,
+        job=row.job,
+        status=row.status,
+        conclusion=row.conclusion,
+        head_sha=row.head_sha,
+        created_at=row.created_at,
+        log_url=row.log_url,
+        log_text=row.log_text if with_log else None,
+    )
 
 
 async def record_reported_run(session_factory: SessionFactory, **values: Any) -> tuple[JobRun, bool]:

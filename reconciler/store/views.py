@@ -15,13 +15,12 @@ import sqlalchemy as sa
 
 from policy.types import AttemptStatus
 from reconciler.store.engine import SessionFactory
-from reconciler.store.models import Attempt, JobRun, McpToolCall, utcnow
+from reconciler.store.models import Attempt, JobRun, utcnow
 from reconciler.store.translate import fetch_all, translated
 
 __all__ = [
     "ProjectSpend",
     "SpendSummary",
-    "attempt_tool_calls",
     "latest_attempts",
     "latest_job_runs",
     "spend",
@@ -37,16 +36,6 @@ def stored_json(text: str | None) -> Any:
         return json.loads(text)
     except ValueError:
         return text
-
-
-async def attempt_tool_calls(session_factory: SessionFactory, attempt_id: str) -> list[McpToolCall]:
-    """The audit rows of one attempt's MCP tool calls, in the order they were made.
-
-    Raises:
-        StoreError: the database failed.
-    """
-    query = sa.select(McpToolCall).where(McpToolCall.attempt_id == attempt_id).order_by(McpToolCall.id)
-    return await fetch_all(session_factory, query)
 
 
 async def latest_job_runs(session_factory: SessionFactory) -> dict[tuple[str, str], JobRun]:

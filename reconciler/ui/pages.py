@@ -19,6 +19,7 @@ from reconciler.context import ReconcilerContext
 from reconciler.store import attempts as attempt_store
 from reconciler.store import projects as project_store
 from reconciler.store import views
+from reconciler.store.audit import tool_calls
 from reconciler.store.models import Attempt, JobRun, McpToolCall, Transition, utcnow
 from reconciler.store.state import kill_switch_enabled
 
@@ -211,7 +212,7 @@ class AttemptPage:
 async def attempt_page(ctx: ReconcilerContext, attempt: Attempt) -> AttemptPage:
     """The attempt page's content for `attempt`."""
     transitions = await attempt_store.attempt_transitions(ctx.sessions, attempt.id)
-    calls = await views.attempt_tool_calls(ctx.sessions, attempt.id)
+    calls = await tool_calls(ctx.sessions, attempt_id=attempt.id)
     rows = []
     written: list[str] = []
     for c in calls:

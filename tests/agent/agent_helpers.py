@@ -71,7 +71,17 @@ def build_standin(repo: StandInRepo) -> MCPServer:
         _check_path(path)
         if path not in repo.files:
             raise ToolError(f"Not found: no such file: {path!r}.")
-        return {"path": path, "content": repo.files[path]}
+        content = repo.files[path]
+        lines = len(content.splitlines())
+        return {  # the shape of mcp_server.models.FileSlice, which the agent parses
+            "path": path,
+            "start_line": 1,
+            "end_line": lines,
+            "total_lines": lines,
+            "content": content,
+            "truncated": False,
+            "next_start_line": None,
+        }
 
     @srv.tool()
     def list_repo_files(path: str = "") -> dict[str, Any]:
@@ -92,9 +102,11 @@ def build_standin(repo: StandInRepo) -> MCPServer:
         repo.calls.append(("list_job_runs", {"job": job}))
         if job == "slow":
             await anyio.sleep(30)
-        runs = [{"run_id": RUN_ID, "job": "test", "conclusion": "failure", "head_sha": "abc123"},
-                {"run_id": RUN_ID - 1, "job": "test", "conclusion": "success", "head_sha": "0ld"},
-                {"run_id": RUN_ID - 2, "job": "lint", "conclusion": "success", "head_sha": "0ld"}]
+        # The shape of mcp_server.models.JobRuns, which `greenloop agent run` parses.
+        common = {"status": "completed", "head_branch": "main", "created_at": None, "url": None}
+        runs = [{"run_id": str(RUN_ID), "job": "test", "conclusion": "failure", "head_sha": "abc123", **common},
+                {"run_id": str(RUN_ID - 1), "job": "test", "conclusion": "success", "head_sha": "0ld", **common},
+                {"run_id": str(RUN_ID - 2), "job": "lint", "conclusion": "success", "head_sha": "0ld", **common}]
         return {"runs": [r for r in runs if job is None or r["job"] == job]}
 
     @srv.tool()
@@ -143,7 +155,16 @@ def build_standin(repo: StandInRepo) -> MCPServer:
         repo.pr = 7
         if repo.lose_pr_reply:
             raise ToolError("Forge unavailable: POST /repos/acme/calc/pulls: RemoteProtocolError.")
-        return {"number": 7, "url": "http://forge.test/acme/calc/pull/7", "created": True}
+        return {  # the shape of mcp_server.models.PullRequestInfo, which the agent parses
+            "number": 7,
+            "url": "http://forge.test/acme/calc/pull/7",
+            "state": "open",
+            "head_branch": repo.branch,
+            "head_sha": repo.commits[-1],
+            "base_branch": "main",
+            "title": title,
+            "created": True,
+        }
 
     @srv.tool()
     def merge_pull_request() -> dict[str, Any]:

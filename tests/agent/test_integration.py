@@ -32,7 +32,9 @@ def _config(forge: Forge, tmp_path: Path, name: str, autonomy: str) -> Greenloop
     ("project", "autonomy", "code", "stop", "state"),
     [
         pytest.param("stale-import", "propose", 0, "succeeded_pr", "open", id="propose-opens-a-pr"),
-        pytest.param("bug-lib", "auto_merge", 0, "succeeded_pr", "merged", id="auto-merge-merges"),
+        # Merge only on green checks: the agent's merge meets the PR's pending run and is refused; the
+        # reconciler merges later (tests/reconciler/test_after_pr.py).
+        pytest.param("bug-lib", "auto_merge", 0, "succeeded_pr", "open", id="auto-merge-waits-for-checks"),
         pytest.param("protected-workflow", "auto_merge", 1, "no_fix", None, id="protected-path-escalates"),
     ],
 )

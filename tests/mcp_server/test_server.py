@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from mcp import Client
 from server_support import Harness, Symlink, harness, human_push, result_text
@@ -409,11 +410,55 @@ async def test_merge_is_refused_after_the_pull_request_head_moved(tmp_path: Path
             assert current.state == "open" and not current.merged
 
 
+async def _forge_control(forge: Forge, method: str, path: str, body: dict[str, Any]) -> None:
+    async with httpx2.AsyncClient(base_url=forge.api_url, headers={"Authorization": f"token {forge.admin_token}"}) as c:
+        response = await c.request(method, path, json=body)
+    assert response.status_code in (200, 201), response.text
+
+
+async def test_merge_is_refused_while_a_check_on_the_head_is_pending_or_failing(tmp_path: Path) -> None:
+    async with run_forge(tmp_path / "forge", projects=["bug-lib"]) as forge:
+        h = harness(forge, tmp_path, {"bug-lib": "auto_merge"})
+        async with session(h, attempt="checks001") as client:
+            pr = await _propose_fix(client)
+            await forge.wait_idle()  # job `test` passed on the head
+            sha, checks = pr["head_sha"], f"/_forge/repos/{REPO}/check-runs"
+            await _forge_control(forge, "POST", checks, {"sha": sha, "name": "lint", "status": "in_progress"})
+            pending = await refused(client, "merge_pull_request")
+            assert "checks not finished on the head commit: lint" in pending
+            lint_failed = {"sha": sha, "name": "lint", "status": "completed", "conclusion": "failure"}
+            await _forge_control(forge, "POST", checks, lint_failed)
+            failing = await refused(client, "merge_pull_request")
+            assert "checks failing on the head commit: lint" in failing
+            status = {"state": "pending", "context": "ci/external"}
+            await _forge_control(forge, "POST", f"/repos/{REPO}/statuses/{sha}", status)
+            # Branch protection requires `test` only: the failing `lint` and pending status no longer hold it.
+            await _forge_control(forge, "PUT", f"/_forge/repos/{REPO}/protection", {"required_status_checks": ["test"]})
+            merged = await ok(client, "merge_pull_request")
+            assert merged["merged"] is True
+            current = await h.bindings[0].forge.get_pull_request(REPO, pr["number"])
+            assert current.merged
+
+
+async def test_merge_is_refused_while_a_required_check_is_missing(tmp_path: Path) -> None:
+    async with run_forge(tmp_path / "forge", projects=["bug-lib"]) as forge:
+        h = harness(forge, tmp_path, {"bug-lib": "auto_merge"})
+        protection = {"required_status_checks": ["test", "ci/external"]}
+        await _forge_control(forge, "PUT", f"/_forge/repos/{REPO}/protection", protection)
+        async with session(h, attempt="checks002") as client:
+            pr = await _propose_fix(client)
+            await forge.wait_idle()
+            text = await refused(client, "merge_pull_request")
+            assert "required checks not finished on the head commit: ci/external" in text
+            assert not (await h.bindings[0].forge.get_pull_request(REPO, pr["number"])).merged
+
+
 async def test_agent_fixes_bug_lib_and_merges_what_it_pushed(tmp_path: Path) -> None:
     async with run_forge(tmp_path / "forge", projects=["bug-lib"]) as forge:
         h = harness(forge, tmp_path, {"bug-lib": "auto_merge"})
         async with session(h, attempt="merge0001") as client:
             pr = await _propose_fix(client)
+            await forge.wait_idle()  # the PR's own CI (push and pull_request runs of job `test`) has passed
             merged = await ok(client, "merge_pull_request")
             assert merged["merged"] is True and merged["number"] == pr["number"]
             again = await ok(client, "merge_pull_request")  # read back: merged already, nothing merged twice

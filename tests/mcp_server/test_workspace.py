@@ -719,3 +719,64 @@ async def test_every_os_error_of_a_write_or_read_is_a_clear_refusal(
         assert message.startswith(f"{action} refused: ") and named in message, message
         assert str(env.tmp) not in message  # never the host path the OS error carries
     assert (ws.root / "deep" / "dir" / "name.txt").read_text() == "old\n"
+
+
+# ---------------------------------------------------------------------------------------------- listing index
+
+
+def _ls_files_runs(ws: RecordingWorkspace) -> int:
+    return sum(1 for s in ws.spawned if s.argv[1] == "ls-files")
+
+
+@pytest.mark.anyio
+async def test_listing_comes_from_an_index_that_follows_every_change_of_the_tree(env: Env) -> None:
+    ws = await cloned(env)
+    (ws.root / "notes.log").write_text("scratch")
+    first = await ws.list_files()
+    assert "notes.log" in first.paths
+    again = await ws.list_files(under=".github")
+    assert again.paths == (".github/workflows/ci.yml",)
+    assert _ls_files_runs(ws) == 1  # the second listing (another directory) came from the index
+
+    # The forge's default branch moves: fetch + reset bring the new file, and the listing shows it.
+    await env.admin_commit("main", {"docs/added.md": "new\n"})
+    await ws.ensure_clone()
+    moved = await ws.list_files()
+    assert "docs/added.md" in moved.paths and "notes.log" not in moved.paths  # `git clean` removed it
+    (ws.root / "notes.log").write_text("scratch")  # an untracked file made by a build, listed too
+
+    # A branch is created and checked out, a file written, .gitignore changed by a write: all listed at once.
+    await ws.create_branch(BRANCH)
+    await ws.write_file("src/fresh.py", "x = 1\n", **LIMITS)
+    listed = await ws.list_files()
+    assert "src/fresh.py" in listed.paths and "notes.log" in listed.paths
+    await ws.write_file(".gitignore", "*.log\n", **LIMITS)
+    assert "notes.log" not in (await ws.list_files()).paths
+
+    # A commit (add -A) and push change nothing that is listed, and the listing stays right.
+    await ws.commit_and_push("fix: add fresh", attempt_id=ATTEMPT, expected_branch=BRANCH)
+    after = await ws.list_files()
+    assert {"src/fresh.py", ".gitignore", "docs/added.md"} <= set(after.paths) and "notes.log" not in after.paths
+    runs = _ls_files_runs(ws)
+    await ws.list_files(glob="**/*.py")
+    assert _ls_files_runs(ws) == runs  # unchanged tree: no new `git ls-files`
+
+
+@pytest.mark.anyio
+async def test_a_listing_made_while_the_tree_changed_is_not_kept(env: Env) -> None:
+    ws = await on_fix_branch(env)
+    real_spawn = Workspace._spawn_process
+
+    async def write_during_ls_files(
+        self: Workspace, argv: Sequence[str], env_: Mapping[str, str], cwd: Path, stdin: bytes | None
+    ) -> _GitResult:
+        result = await real_spawn(self, argv, env_, cwd, stdin)
+        if argv[1] == "ls-files" and not (self.root / "late.py").exists():
+            await self.write_file("late.py", "late = True\n", **LIMITS)  # lands after git listed the tree
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Workspace, "_spawn_process", write_during_ls_files)
+        stale = await ws.list_files()
+    assert "late.py" not in stale.paths  # this answer predates the write...
+    assert "late.py" in (await ws.list_files()).paths  # ...and was not kept as the index

@@ -72,6 +72,9 @@ APP_PERMISSIONS: Mapping[str, str] = {
     "contents": "write",
     "pull_requests": "write",
     "actions": "write",
+    "checks": "read",
+    "statuses": "read",
+    "issues": "write",
     "metadata": "read",
 }
 

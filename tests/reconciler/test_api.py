@@ -314,6 +314,7 @@ async def test_openapi_document_is_valid_and_lists_every_route(http: httpx2.Asyn
         "/projects/{name}/resume": {"post"},
         "/projects/{name}/reset": {"post"},
         "/kill-switch": {"get", "post"},
+        "/webhooks/github": {"post"},
     }
     assert {p: set(ops) for p, ops in doc["paths"].items()} == expected
 
@@ -777,6 +778,9 @@ async def test_pause_resume_and_reset_change_the_project_state(
         "paused_by_operator": True,
         "escalation_reset_at": None,
         "active_attempt_id": None,
+        "escalated": False,
+        "escalation_reason": None,
+        "escalation_url": None,
     }
     row = await project_store.get_project(ctx.sessions, "alpha")
     assert row is not None and row.paused is True
@@ -954,10 +958,9 @@ _VALID: dict[str, dict[str, Any]] = {
 }
 
 
-@st.composite
-def _mutated(draw: st.DrawFn) -> tuple[str, bytes]:
-    path = draw(st.sampled_from(_POSTS))
-    body = dict(_VALID[path])
+def mutate(draw: st.DrawFn, valid: dict[str, Any]) -> bytes:
+    """`valid` with one field replaced, dropped or added, or replaced whole by JSON or by bytes."""
+    body = dict(valid)
     how = draw(st.sampled_from(["replace", "drop", "add", "whole", "bytes"]))
     if how == "replace":
         body[draw(st.sampled_from(sorted(body)))] = draw(_JSON)
@@ -966,10 +969,16 @@ def _mutated(draw: st.DrawFn) -> tuple[str, bytes]:
     elif how == "add":
         body[draw(st.text(min_size=1, max_size=8))] = draw(_JSON)
     elif how == "whole":
-        return path, json.dumps(draw(_JSON)).encode()
+        return json.dumps(draw(_JSON)).encode()
     else:
-        return path, draw(st.binary(max_size=64))
-    return path, json.dumps(body).encode()
+        return draw(st.binary(max_size=64))
+    return json.dumps(body).encode()
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> tuple[str, bytes]:
+    path = draw(st.sampled_from(_POSTS))
+    return path, mutate(draw, _VALID[path])
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

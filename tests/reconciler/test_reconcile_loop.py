@@ -27,6 +27,7 @@ from fixtures.projects.catalog import list_projects
 from reconciler.context import ReconcilerContext
 from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime, scripted_backends
+from reconciler.store.projects import get_project
 from reconciler.summary import RunSummary
 
 pytestmark = pytest.mark.anyio
@@ -109,6 +110,19 @@ async def test_protected_workflow_fix_is_escalated_with_the_path_and_no_pull_req
     assert pulls_of(settled.forge, "acme/protected-workflow") == []
     # Later passes leave it to the human: the same failure is never picked up again.
     assert _red_notes(settled, "protected-workflow")[-1] == ("skip", "already_handled")
+
+
+async def test_an_escalation_without_a_pull_request_is_one_issue_with_the_report(settled: Settled) -> None:
+    repo = settled.forge.state.repo("acme", "protected-workflow")
+    assert repo is not None
+    [issue] = [i for i in repo.issues.values() if i.state == "open"]
+    body = issue.body or ""
+    assert "<!-- greenloop:escalation project=protected-workflow failure=test -->" in body
+    assert "protected path" in body and "## What each attempt changed" in body
+    assert ".github/workflows/ci.yml" in body, "the attempt's write is named"
+    assert "/actions/runs/" in body, "the failing run is linked"
+    row = await get_project(settled.ctx.sessions, "protected-workflow")
+    assert row is not None and row.escalation_url is not None and row.escalation_url.endswith(f"/issues/{issue.number}")
 
 
 async def test_auto_merge_fix_is_verified_green_and_propose_fix_waits_for_review(settled: Settled) -> None:

@@ -158,7 +158,16 @@ async def test_attempt_of_a_dead_worker_without_a_pull_request_fails_and_is_not_
 async def test_attempt_of_a_dead_worker_with_an_open_pull_request_carries_on_from_it(
     forge: Forge, tmp_path: Path
 ) -> None:
-    config = _config(forge, tmp_path, sqlite_url(tmp_path / "greenloop.db"), attempt_timeout_seconds=30)
+    # `propose`: the half fix's PR fails its own check; under `auto_merge` that escalates it (merge only on
+    # green checks), under `propose` it waits for its reviewer, which is what this test follows.
+    config = e2e_config(
+        forge,
+        PROJECTS,
+        database_url=sqlite_url(tmp_path / "greenloop.db"),
+        workspace_dir=tmp_path / "ws",
+        server={"attempt_timeout_seconds": 30},
+        projects={"data-job": {"autonomy": "propose"}},
+    )
     async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
         run_id, sha = _red_run(forge, "data-job")
         dead = await insert_running_attempt(

@@ -6,8 +6,11 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from policy.types import TERMINAL_STATUSES, AttemptStatus
 from reconciler.errors import StoreError, TransitionRefused, UnknownProject
@@ -370,3 +373,25 @@ async def test_reopen_from_forge_is_the_one_way_out_of_a_terminal_state_and_wait
         await reopen_from_forge(sessions, first.attempt_id, S.RUNNING, expected=S.FAILED, reason="x")
     with pytest.raises(ValueError, match="Invalid reopen"):
         await reopen_from_forge(sessions, first.attempt_id, S.VERIFYING, expected=S.PR_OPEN, reason="x")
+
+
+async def test_a_refused_start_is_decided_by_a_read_and_never_tries_to_write(
+    engine: AsyncEngine, sessions: SessionFactory, project: str
+) -> None:
+    # Issue 20: most starts are refused; an INSERT takes SQLite's write lock even when it is refused.
+    first = await _start(sessions, project, "fp-1")
+    writes: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            writes.append(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        active = await _start(sessions, project, "fp-2")
+        handled = await _start(sessions, project, "fp-1")
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert (active.reason, active.attempt_id) == ("already_active", first.attempt_id)
+    assert (handled.reason, handled.attempt_id) == ("already_handled", first.attempt_id)
+    assert writes == []
