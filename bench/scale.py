@@ -110,6 +110,9 @@ class ScaleResult:
     server_cpu_seconds: float  # median, the forge process, per unchanged pass
     etag_what_if: bool  # the ETag cache was resized (--etag-entries), unlike the runtime
     load_average: float  # 1-minute load average after the timed passes (the machine is shared)
+    first_pass_seconds: float = 0.0  # the cold first pass: wall
+    first_cpu_seconds: float = 0.0  # the cold first pass: this process's CPU
+    first_requests_per_project: float = 0.0  # the cold first pass: forge requests (runs page + job lists)
 
 
 def _free_port() -> int:
@@ -256,7 +259,9 @@ async def _measure_with(
             )
             # Warm-up: first observation of every repo (full bodies, job lists, project rows synced).
             statements = 0
+            c0, t0 = _cpu_seconds(), time.perf_counter()
             first = await reconcile(ctx, trigger="cli")
+            first_seconds, first_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
             db_first = statements
             errors: Counter[str] = Counter(_error_kind(m) for m in first.errors.values())
 
@@ -320,6 +325,9 @@ async def _measure_with(
         server_requests_per_project=statistics.median(server_reqs) / projects,
         db_statements=int(statistics.median(stmts)),
         db_statements_first=db_first,
+        first_pass_seconds=first_seconds,
+        first_cpu_seconds=first_cpu,
+        first_requests_per_project=first.forge_requests / projects,
         tracemalloc_peak_mb=peak / 2**20,
         rss_mb=rss,
         max_rss_mb=max_rss,

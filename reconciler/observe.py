@@ -2,7 +2,8 @@
 
 Both sources produce the same `ObservedRun`, so the pass treats them alike. Actions observation costs one
 conditional request per project when nothing changed: the runs listing is fetched with its ETag, and a
-304 reuses the previous observation. Job lists of completed runs never change, so they are fetched once.
+304 reuses the previous observation. Only the job lists that can change the answer are
+fetched (see `_runs_to_read`), and those of completed runs only once: they never change.
 """
 
 from __future__ import annotations
@@ -109,13 +110,51 @@ async def observe_actions(
     if page.not_modified and previous is not None:
         return previous, False
     obs = ProjectObservation()
-    for run in page.runs:
+    for run in _runs_to_read(page.runs):
         for job in await _jobs_of(forge, project, run, job_cache):
             if not project.watches(job.name):
                 continue
             obs.add(_from_actions(project, run, job))
     obs.finish()
     return obs, True
+
+
+def _run_order(run: WorkflowRun) -> tuple[datetime, int, int]:
+    """Newest-last sort key of a run, as `ObservedRun.order`."""
+    return (run.created_at or datetime.min.replace(tzinfo=UTC), run.id, run.run_attempt)
+
+
+def _runs_to_read(runs: Sequence[WorkflowRun]) -> list[WorkflowRun]:
+    """The runs whose job lists can change the observation, in page order.
+
+    Per workflow: its newest completed run (the latest of its jobs), the older completed runs on that run's
+    commit (`passed_before`, i.e. flaky detection, looks only at the latest run's SHA), and runs not yet
+    completed that are newer (they mark their jobs in progress). Older runs of a workflow are superseded, so
+    their job lists are not fetched: a page of 30 runs costs a handful of job-list requests, not 30. A run
+    whose workflow is unknown is always read.
+    """
+    groups: dict[int | str, list[WorkflowRun]] = {}
+    for run in runs:
+        key = run.workflow_id if run.workflow_id is not None else run.path
+        if key is not None:
+            groups.setdefault(key, []).append(run)
+    newest: dict[int | str, WorkflowRun] = {}
+    for key, group in groups.items():
+        done = [r for r in group if r.status == "completed"]
+        if done:
+            newest[key] = max(done, key=_run_order)
+    out: list[WorkflowRun] = []
+    for run in runs:
+        key = run.workflow_id if run.workflow_id is not None else run.path
+        top = newest.get(key) if key is not None else None
+        if (
+            top is None
+            or run is top
+            or (run.status == "completed" and run.head_sha == top.head_sha)
+            or (run.status != "completed" and _run_order(run) >= _run_order(top))
+        ):
+            out.append(run)
+    return out
 
 
 async def _jobs_of(

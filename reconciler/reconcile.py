@@ -217,6 +217,8 @@ async def _observe(
             job_cache=ctx.caches.jobs,
         )
         ctx.caches.observations[project.name] = actions
+        if reported is None:
+            return actions  # already finished; on a 304 it is the previous pass's object, not a rebuild
         for run in actions.runs:
             obs.add(run)
     if reported is not None:
