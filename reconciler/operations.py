@@ -94,8 +94,13 @@ async def find_attempt(ctx: ReconcilerContext, attempt_id: str) -> Attempt:
     return found
 
 
-async def cancel_attempt(ctx: ReconcilerContext, attempt: Attempt, *, reason: str | None = None) -> Cancelled:
+async def cancel_attempt(
+    ctx: ReconcilerContext, attempt: Attempt, *, reason: str | None = None, why: str | None = None
+) -> Cancelled:
     """Cancel an active attempt: the store first, then the agent here, then its pull request.
+
+    The transition's reason is `operator_cancel[: reason]`, or `why` as given (`interrupted: SIGINT` when
+    `greenloop reconcile` is stopped: `reconciler.interrupt`).
 
     The database says cancelled first (a replica's heartbeat loop stops its agent from that); then the agent
     in this process stops at once, then its pull request is closed (`close_pull_request`).
@@ -104,7 +109,7 @@ async def cancel_attempt(ctx: ReconcilerContext, attempt: Attempt, *, reason: st
         OperationRefused: `conflict` when the attempt already finished or kept changing under us.
         StoreError: the store failed.
     """
-    why = "operator_cancel" + (f": {reason}" if reason else "")
+    why = why or "operator_cancel" + (f": {reason}" if reason else "")
     for _ in range(len(AttemptStatus)):  # each lost race moves the attempt forward; the chain is finite
         status = AttemptStatus(attempt.status)
         if status in TERMINAL_STATUSES:

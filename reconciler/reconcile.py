@@ -31,12 +31,14 @@ from reconciler.store.projects import get_projects, reset_escalation
 from reconciler.store.state import kill_switch_enabled
 from reconciler.summary import RedJob, RunSummary, StartedAttempt, Trigger
 
-__all__ = ["RATE_LIMIT_LOW", "PassScope", "Result", "load_scope", "reconcile_project"]
+__all__ = ["RATE_LIMIT_LOW", "RERUN_IN_PROGRESS", "PassScope", "Result", "load_scope", "reconcile_project"]
 
 logger = logging.getLogger("greenloop.reconcile")
 
 RATE_LIMIT_LOW = "rate_limit_low"
 """Skip reason: the forge's request budget is nearly spent, so a project without an active attempt waits."""
+RERUN_IN_PROGRESS = "rerun_in_progress"
+"""Skip reason: the job's latest completed run is red and a newer run of it is still going."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,11 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
         active = await advance(StepInput(ctx=ctx, project=project, attempt=active, obs=obs, summary=summary))
 
     red = [run for job, run in sorted(obs.latest.items()) if not run.green and job not in obs.in_progress]
+    rerunning = _note_reruns_in_progress(project, obs, summary)
     reset_at = row.escalation_reset_at if row is not None else None
     if not red:
+        if rerunning:
+            return Result()  # still red until the newer run ends; no attempt while it runs
         last_failure = scope.last_failures.get(project.name)
         if (
             obs.latest
@@ -184,6 +189,31 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
         if not scope.dry_run:
             break  # one attempt per project at a time: the other red jobs wait for a later pass
     return Result(requeue_after=requeue)
+
+
+def _note_reruns_in_progress(project: ProjectConfig, obs: ProjectObservation, summary: RunSummary) -> int:
+    """Note each job whose latest completed run is red while a newer run of it is still going (a re-run, or
+    the next scheduled run): red in the summary with the reason `rerun_in_progress`, and no attempt is
+    started while it runs. Returns how many."""
+    noted = 0
+    for job, run in sorted(obs.latest.items()):
+        if run.green or job not in obs.in_progress:
+            continue
+        summary.red.append(
+            RedJob(
+                project=project.name,
+                job=job,
+                run_id=run.run_id,
+                head_sha=run.head_sha,
+                conclusion=run.conclusion or "failure",
+                decision="skip",
+                reason=RERUN_IN_PROGRESS,
+                detail="a newer run of the job is in progress; the next pass decides on its result",
+            )
+        )
+        summary.count_skip(RERUN_IN_PROGRESS)
+        noted += 1
+    return noted
 
 
 def _rate_limit_low(ctx: ReconcilerContext) -> bool:

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TextIO
 
 from infra.jsonlog import configure_json_logging, log_event
 from infra.settings import load_config
@@ -20,7 +21,9 @@ from policy.errors import ConfigError
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import BackendFactory
 from reconciler.errors import ReconcilerError
-from reconciler.runner import Runner, UnknownProjects, reconcile
+from reconciler.interrupt import SignalWatch, cancel_here, exit_code, until_signal
+from reconciler.progress import PassProgress
+from reconciler.runner import Runner, UnknownProjects, reconcile, select_projects
 from reconciler.runtime import backend_from_env, open_runtime
 from reconciler.store.state import default_holder, pass_lease
 from reconciler.summary import RunSummary, Trigger
@@ -65,25 +68,27 @@ def one_line(exc: BaseException) -> str:
     return "greenloop: " + " ".join(str(exc).split())
 
 
-def print_summary(summary: RunSummary, *, as_json: bool) -> None:
-    """Print a pass summary as JSON or as a short human report."""
+def print_summary(summary: RunSummary, *, as_json: bool, out: TextIO | None = None) -> None:
+    """Print a pass summary as JSON or as a short human report (on `out`, default stdout)."""
+    out = out if out is not None else sys.stdout
     if as_json:
-        print(summary.model_dump_json(indent=2))
+        print(summary.model_dump_json(indent=2), file=out)
         return
     head = "dry run: " if summary.dry_run else ""
     print(
         f"{head}{summary.projects_scanned} project(s) scanned, {summary.projects_red} red, "
         f"{len(summary.attempts_started)} attempt(s) {'would start' if summary.dry_run else 'started'}, "
         f"{summary.attempts_already_active} already active, {len(summary.reruns)} re-run(s), "
-        f"{summary.duration_ms:.0f} ms"
+        f"{summary.duration_ms:.0f} ms",
+        file=out,
     )
     for red in summary.red:
         why = f" ({red.reason}: {red.detail})" if red.reason else ""
-        print(f"  {red.project:<20} {red.job:<16} run {red.run_id:<12} {red.decision}{why}")
+        print(f"  {red.project:<20} {red.job:<16} run {red.run_id:<12} {red.decision}{why}", file=out)
     for t in summary.transitions:
-        print(f"  {t.project:<20} attempt {t.attempt_id}: {t.from_status} -> {t.to_status} ({t.reason})")
+        print(f"  {t.project:<20} attempt {t.attempt_id}: {t.from_status} -> {t.to_status} ({t.reason})", file=out)
     for project, error in summary.errors.items():
-        print(f"  {project:<20} error: {error}")
+        print(f"  {project:<20} error: {error}", file=out)
 
 
 def _backend(config: GreenloopConfig, *, required: bool) -> tuple[BackendFactory | None, tuple[str, ...]]:
@@ -96,17 +101,36 @@ def _backend(config: GreenloopConfig, *, required: bool) -> tuple[BackendFactory
 
 
 def reconcile_command(
-    config_path: str | None, *, repos: Sequence[str] | None, dry_run: bool, as_json: bool, wait_seconds: float = 900
+    config_path: str | None,
+    *,
+    repos: Sequence[str] | None,
+    dry_run: bool,
+    as_json: bool,
+    wait_seconds: float = 900,
+    out: TextIO | None = None,
 ) -> int:
-    """`greenloop reconcile`: one pass; started attempts are run to their end before the command exits."""
+    """`greenloop reconcile`: one pass; started attempts are run to their end before the command exits.
+
+    On a terminal it shows progress (`reconciler.progress`). SIGINT/SIGTERM cancel the attempts this process
+    runs, with the reason `interrupted: SIGINT` (`reconciler.interrupt`), and exit 130/143.
+    """
+    out = out if out is not None else sys.stdout
     config = load_config(config_path)
     backend_for, secrets = _backend(config, required=not dry_run)
+    signame: str | None = None
+    cancelled: list[str] = []
 
-    async def main() -> RunSummary:
+    async def main() -> RunSummary | None:
+        nonlocal signame
         async with open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx:
-            summary = await reconcile(ctx, repos=repos, trigger="cli", dry_run=dry_run)
-            if ctx.dispatcher is not None and summary.attempts_started:
-                await ctx.dispatcher.wait_idle(wait_seconds)
+            progress = PassProgress(ctx, out) if PassProgress.wanted(out, as_json=as_json) else None
+            with SignalWatch() as watch:
+                summary = await until_signal(_pass_and_agents(ctx, repos, dry_run, wait_seconds, progress), watch)
+                if summary is None:
+                    signame = watch.name or "signal"
+                    cancelled.extend(c.attempt.id for c in await cancel_here(ctx, signame))
+                    if progress is not None:
+                        await progress.final_table(cancelled)
             return summary
 
     try:
@@ -117,8 +141,40 @@ def reconcile_command(
     except ReconcilerError as exc:  # the store's errors (unreachable, locked, unwritable): one line, no traceback
         print(one_line(exc), file=sys.stderr)
         return 1
-    print_summary(summary, as_json=as_json)
+    if summary is None:
+        what = f"cancelled attempt(s) {', '.join(cancelled)}" if cancelled else "no attempt was running"
+        print(f"greenloop: interrupted by {signame}: {what}", file=sys.stderr)
+        return exit_code(signame or "SIGINT")
+    print_summary(summary, as_json=as_json, out=out)
     return 1 if summary.errors else 0
+
+
+async def _pass_and_agents(
+    ctx: ReconcilerContext,
+    repos: Sequence[str] | None,
+    dry_run: bool,
+    wait_seconds: float,
+    progress: PassProgress | None,
+) -> RunSummary:
+    """The pass, then its agents run to their end (shown as they go when `progress` is given)."""
+    if progress is not None:
+        progress.pass_started(len(select_projects(ctx, repos)), dry_run=dry_run)
+    summary = await reconcile(ctx, repos=repos, trigger="cli", dry_run=dry_run)
+    if ctx.dispatcher is None or not summary.attempts_started:
+        return summary
+    ids = [a.attempt_id for a in summary.attempts_started if a.attempt_id]
+    if progress is None:
+        await ctx.dispatcher.wait_idle(wait_seconds)
+        return summary
+    progress.pass_done(summary)
+    follow = asyncio.create_task(progress.follow(ids))
+    try:
+        await ctx.dispatcher.wait_idle(wait_seconds)
+    finally:
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
+    await progress.final_table(ids)
+    return summary
 
 
 def run_command(config_path: str | None) -> int:
