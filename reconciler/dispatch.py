@@ -156,10 +156,6 @@ class AgentDispatcher:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task.get_name().removeprefix("attempt-"), None)
 
-    def running_here(self) -> list[str]:
-        """The ids of the attempts this process is working on now."""
-        return list(self._tasks)
-
     def is_running(self, attempt_id: str) -> bool:
         """Whether this process is working on `attempt_id`."""
         return attempt_id in self._tasks

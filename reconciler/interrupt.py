@@ -89,24 +89,31 @@ async def until_signal(work: Awaitable[T], watch: SignalWatch, *, grace: float =
     return None
 
 
-async def cancel_here(ctx: ReconcilerContext, signame: str, attempt_ids: list[str] | None = None) -> list[Cancelled]:
-    """Cancel the attempts this process works on (and `attempt_ids`, the ones it started), reason `interrupted: SIG`.
+async def cancel_here(ctx: ReconcilerContext, signame: str) -> list[Cancelled]:
+    """Cancel the active attempts this process's dispatcher works on, with the reason `interrupted: SIG...`.
 
     An attempt that already finished or moved past its agent (`pr_open`: its pull request stands) is left as
     it is. A store failure is logged: the attempt's stale heartbeat then frees the project later.
     """
-    ids = list(dict.fromkeys([*(ctx.dispatcher.running_here() if ctx.dispatcher else []), *(attempt_ids or [])]))
+    dispatcher = ctx.dispatcher
+    if dispatcher is None:
+        return []
     done: list[Cancelled] = []
-    for attempt_id in ids:
+    try:
+        active = await attempt_store.active_attempts(ctx.sessions)
+    except ReconcilerError as exc:
+        log_event(logger, "interrupt_cancel_failed", level=logging.WARNING, error=str(exc))
+        return done
+    for attempt in active:
+        status = AttemptStatus(attempt.status)
+        if not dispatcher.is_running(attempt.id) or status not in (AttemptStatus.PENDING, AttemptStatus.RUNNING):
+            continue
         try:
-            attempt = await attempt_store.get_attempt(ctx.sessions, attempt_id)
-            if attempt is None or AttemptStatus(attempt.status) not in (AttemptStatus.PENDING, AttemptStatus.RUNNING):
-                continue
             done.append(await cancel_attempt(ctx, attempt, why=f"interrupted: {signame}"))
         except OperationRefused:
             continue  # it finished meanwhile
         except ReconcilerError as exc:
-            log_event(logger, "interrupt_cancel_failed", level=logging.WARNING, attempt_id=attempt_id, error=str(exc))
+            log_event(logger, "interrupt_cancel_failed", level=logging.WARNING, attempt_id=attempt.id, error=str(exc))
     log_event(logger, "interrupted", signal=signame, cancelled=[c.attempt.id for c in done])
     return done
 
