@@ -27,7 +27,7 @@ class PassProgress:
 
     def __init__(self, ctx: ReconcilerContext, out: TextIO, *, poll_seconds: float = 1.0) -> None:
         self._ctx = ctx
-        self._out = out
+        self.out = out
         self._poll_seconds = poll_seconds
         self._seen: dict[str, int] = {}  # attempt id -> transitions already shown
         self._t0 = time.monotonic()
@@ -39,7 +39,7 @@ class PassProgress:
         return not as_json and callable(isatty) and bool(isatty())
 
     def _say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self._t0:6.1f}s] {printable(text)}", file=self._out, flush=True)
+        print(f"[{time.monotonic() - self._t0:6.1f}s] {printable(text)}", file=self.out, flush=True)
 
     def pass_started(self, projects: int, *, dry_run: bool) -> None:
         """The pass is about to run."""
@@ -84,4 +84,4 @@ class PassProgress:
             rows.append((a.id, a.project, a.job, a.status, a.turns, tokens, f"${a.cost_usd:.4f}", a.pr_url))
         if rows:
             headers = ("ATTEMPT", "PROJECT", "JOB", "STATUS", "TURNS", "TOKENS", "COST", "PULL REQUEST")
-            print(printable(format_table(headers, rows)), file=self._out, flush=True)
+            print(printable(format_table(headers, rows)), file=self.out, flush=True)

@@ -119,11 +119,13 @@ def reconcile_command(
     backend_for, secrets = _backend(config, required=not dry_run)
     signame: str | None = None
     cancelled: list[str] = []
+    shown = False  # the summary was shown with the progress already
 
     async def main() -> RunSummary | None:
-        nonlocal signame
+        nonlocal signame, shown
         async with open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx:
             progress = PassProgress(ctx, out) if PassProgress.wanted(out, as_json=as_json) else None
+            shown = progress is not None
             with SignalWatch() as watch:
                 summary = await until_signal(_pass_and_agents(ctx, repos, dry_run, wait_seconds, progress), watch)
                 if summary is None:
@@ -145,7 +147,8 @@ def reconcile_command(
         what = f"cancelled attempt(s) {', '.join(cancelled)}" if cancelled else "no attempt was running"
         print(f"greenloop: interrupted by {signame}: {what}", file=sys.stderr)
         return exit_code(signame or "SIGINT")
-    print_summary(summary, as_json=as_json, out=out)
+    if not shown:
+        print_summary(summary, as_json=as_json, out=out)
     return 1 if summary.errors else 0
 
 
@@ -161,11 +164,14 @@ async def _pass_and_agents(
         progress.pass_started(len(select_projects(ctx, repos)), dry_run=dry_run)
     summary = await reconcile(ctx, repos=repos, trigger="cli", dry_run=dry_run)
     if ctx.dispatcher is None or not summary.attempts_started:
+        if progress is not None:
+            print_summary(summary, as_json=False, out=progress.out)
         return summary
     ids = [a.attempt_id for a in summary.attempts_started if a.attempt_id]
     if progress is None:
         await ctx.dispatcher.wait_idle(wait_seconds)
         return summary
+    print_summary(summary, as_json=False, out=progress.out)  # the pass first, then its agents as they go
     progress.pass_done(summary)
     follow = asyncio.create_task(progress.follow(ids))
     try:
