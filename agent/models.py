@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from agent.errors import ModelError
 from policy.config import AgentSettings
 
-__all__ = ["AnthropicBackend", "ModelBackend", "ModelRequest"]
+__all__ = ["AnthropicBackend", "ModelBackend", "ModelRequest", "check_model_access"]
 
 
 class ModelRequest(BaseModel):
@@ -101,3 +101,28 @@ class AnthropicBackend:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def check_model_access(
+    settings: AgentSettings, *, api_key: str, base_url: str | None = None, timeout_seconds: float = 15.0
+) -> None:
+    """Ask the Messages API whether `api_key` works, before any work is started on it.
+
+    One token count (free, no model output) with a single retry: a wrong key, a key without access or an
+    unreachable endpoint answers at once instead of after every attempt has failed on it.
+
+    Raises:
+        ModelError: the API refused the key (`kind` auth) or could not be reached (connection, timeout).
+    """
+    client = anthropic.AsyncAnthropic(
+        api_key=api_key,
+        base_url=base_url if base_url is not None else settings.base_url,
+        max_retries=1,
+        timeout=timeout_seconds,
+    )
+    try:
+        await client.messages.count_tokens(model=settings.model, messages=[{"role": "user", "content": "ping"}])
+    except anthropic.AnthropicError as exc:
+        raise _classify(exc) from exc
+    finally:
+        await client.close()
