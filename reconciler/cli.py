@@ -51,15 +51,28 @@ DEMO_ENTRY_POINT = "demo"
 """The `greenloop.commands` entry point of the demo (registered by the `fixtures` package the wheel ships)."""
 
 
-def _demo(args: argparse.Namespace) -> int:
-    # The demo drives the local forge and the fixture projects, which are not product code: it is found
-    # through its entry point instead of imported, so the product never depends on `fixtures`.
+DEV_ENTRY_POINT = "dev"
+"""The `greenloop.commands` entry point of `greenloop run --dev` (the fixture forge and the scripted model)."""
+
+
+def _entry_point(name: str, what: str) -> Callable[..., int]:
+    """The `greenloop.commands` entry point `name`.
+
+    The demo and the development mode drive the local forge and the fixture projects, which are not product
+    code: they are found through their entry points instead of imported, so the product never depends on
+    `fixtures`.
+    """
     from importlib.metadata import entry_points
 
-    found = entry_points(group="greenloop.commands", name=DEMO_ENTRY_POINT)
+    found = entry_points(group="greenloop.commands", name=name)
     if not found:
-        raise ConfigError("demo: not installed (the greenloop.commands entry point 'demo' is missing)")
-    demo_command: Callable[..., int] = next(iter(found)).load()
+        raise ConfigError(f"{what}: not installed (the greenloop.commands entry point {name!r} is missing)")
+    command: Callable[..., int] = next(iter(found)).load()
+    return command
+
+
+def _demo(args: argparse.Namespace) -> int:
+    demo_command = _entry_point(DEMO_ENTRY_POINT, "demo")
     return demo_command(as_json=args.json, deadline_seconds=args.deadline, keep_dir=args.keep)
 
 
@@ -71,6 +84,8 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.dev:
+        return _entry_point(DEV_ENTRY_POINT, "run --dev")(config_path=args.config)
     from reconciler.service import run_command
 
     return run_command(args.config)
@@ -118,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_reconcile)
 
     p = sub.add_parser("run", help="run the reconciler: scheduled passes plus the HTTP API")
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: loopback only, the local fixture forge, the scripted model, no API token",
+    )
     p.set_defaults(func=_run)
 
     from reconciler.report_cli import add_report_parser

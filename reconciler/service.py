@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -34,6 +34,7 @@ __all__ = [
     "print_summary",
     "reconcile_command",
     "run_command",
+    "serve",
 ]
 
 logger = logging.getLogger("greenloop.service")
@@ -183,41 +184,49 @@ async def _pass_and_agents(
     return summary
 
 
-def run_command(config_path: str | None) -> int:
-    """`greenloop run`: scheduled passes plus the HTTP API, until SIGTERM/SIGINT."""
+async def serve(
+    config: GreenloopConfig,
+    *,
+    backend_for: BackendFactory | None,
+    secrets: tuple[str, ...] = (),
+    allow_no_token: bool = False,
+    on_listening: Callable[[str, int], None] | None = None,
+) -> None:
+    """Scheduled passes plus the HTTP API on `config`, until SIGTERM/SIGINT (`greenloop run`, and `run --dev`)."""
     from reconciler.scheduler import run_service
 
+    async with open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx, Runner(ctx) as runner:
+        # One runner for the process: scheduled passes and enqueued keys share it (and its requeues).
+        async def scheduled(
+            ctx: ReconcilerContext,
+            *,
+            repos: Sequence[str] | None = None,
+            trigger: Trigger = "schedule",
+            dry_run: bool = False,
+        ) -> RunSummary:
+            return await leased_reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run, runner=runner)
+
+        await run_service(
+            ctx,
+            interval_seconds=config.server.interval_seconds,
+            host=config.server.http_host,
+            port=config.server.http_port,
+            api_token=config.server.api_token,
+            reconcile_fn=scheduled,
+            enqueue=runner.enqueue,  # webhooks and reported runs wake the same runner, coalesced
+            allow_no_token=allow_no_token,
+            on_listening=on_listening,
+        )
+
+
+def run_command(config_path: str | None) -> int:
+    """`greenloop run`: scheduled passes plus the HTTP API, until SIGTERM/SIGINT."""
     configure_json_logging()
     config = load_config(config_path)
     backend_for, secrets = _backend(config, required=True)
-
-    async def main() -> None:
-        async with open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx, Runner(ctx) as runner:
-            # One runner for the process: scheduled passes and enqueued keys share it (and its requeues).
-            async def scheduled(
-                ctx: ReconcilerContext,
-                *,
-                repos: Sequence[str] | None = None,
-                trigger: Trigger = "schedule",
-                dry_run: bool = False,
-            ) -> RunSummary:
-                return await leased_reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run, runner=runner)
-
-            await run_service(
-                ctx,
-                interval_seconds=config.server.interval_seconds,
-                host=config.server.http_host,
-                port=config.server.http_port,
-                api_token=config.server.api_token,
-                reconcile_fn=scheduled,
-                enqueue=runner.enqueue,  # webhooks and reported runs wake the same runner, coalesced
-            )
-
     try:
-        asyncio.run(main())
+        asyncio.run(serve(config, backend_for=backend_for, secrets=secrets))
     except ReconcilerError as exc:
         print(one_line(exc), file=sys.stderr)
         return 1
     return 0
-
-
