@@ -47,3 +47,30 @@ def test_both_commands_install_from_this_checkout() -> None:
     for command in (demo, tests):
         assert command.startswith("python3 -m venv .venv && .venv/bin/pip install ")
         assert " -e " in command
+
+
+def test_the_readme_command_runs_the_postgresql_tests_when_the_local_server_answers() -> None:
+    # Without GREENLOOP_TEST_POSTGRES_URL in the environment (as a newcomer pastes the README's command), the
+    # PostgreSQL-backed tests still run when the local server answers, as they do under .ci/run.
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("_tests_root_conftest", ROOT / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    if not root_conftest.local_postgres_answers():
+        import pytest
+
+        pytest.skip("no PostgreSQL answers on 127.0.0.1:5432 (then .ci/run skips those tests too)")
+    env = {k: v for k, v in os.environ.items() if k != root_conftest.POSTGRES_ENV}
+    one = (
+        "tests/reconciler/test_store_attempts.py::"
+        "test_start_attempt_inserts_a_pending_attempt_with_a_creation_transition"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", one],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "2 passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-3000:]  # sqlite and postgresql
