@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import anyio
 from pydantic import ValidationError
@@ -33,12 +33,29 @@ from mcp_server.in_process import open_in_process_session
 from mcp_server.models import JobRun, JobRuns, ToolName
 from policy.config import AgentSettings, GreenloopConfig
 
-__all__ = ["SessionOpener", "agent_run_command", "make_backend"]
+__all__ = ["RunRecorder", "SessionOpener", "agent_run_command", "make_backend"]
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 
 SessionOpener = Callable[[str, str, str], AbstractAsyncContextManager[ToolSession]]
 """Opens an MCP client session for (project, job, attempt id)."""
+
+
+class RunRecorder(Protocol):
+    """Records a manual run as an attempt (the reconciler's store), so a reconciler does not start a second one.
+
+    `started` is called once the failing run is known and before any model call; it raises `AgentError` to
+    refuse the run. `finished` is called exactly once after a `started` that returned: with the outcome, or
+    with None when the run did not end normally (an error, Ctrl-C).
+    """
+
+    async def started(self, task: AttemptTask) -> None:
+        """The run is about to start on `task`."""
+        ...
+
+    async def finished(self, outcome: AttemptOutcome | None) -> None:
+        """The run is over."""
+        ...
 
 
 class _UsageError(AgentError):
@@ -138,6 +155,7 @@ async def _attempt(
     model_spec: str,
     api_key: str | None,
     out: TextIO,
+    recorder: RunRecorder | None = None,
 ) -> AttemptOutcome | None:
     """Find the failed run (unless given), build the back-end and run the loop; None when nothing is red."""
     head_sha = "unknown"
@@ -154,9 +172,20 @@ async def _attempt(
         model_spec, config.agent, stack,
         substitutions={"FAILING_RUN_ID": run_id, "PROJECT": project, "JOB": job}, api_key=api_key,
     )
+    if recorder is not None:
+        await recorder.started(task)
     print(f"attempt on {project}/{job}, failing run {run_id}", file=out)
-    return await run_attempt(backend, session, task, config.project(project).budgets, settings=settings,
-                             secrets=[api_key] if api_key else ())
+    try:
+        outcome = await run_attempt(backend, session, task, config.project(project).budgets, settings=settings,
+                                    secrets=[api_key] if api_key else ())
+    except BaseException:
+        if recorder is not None:
+            with anyio.CancelScope(shield=True):  # recorded even on Ctrl-C
+                await recorder.finished(None)
+        raise
+    if recorder is not None:
+        await recorder.finished(outcome)
+    return outcome
 
 
 async def agent_run_command(
@@ -172,6 +201,7 @@ async def agent_run_command(
     open_session: SessionOpener | None = None,
     env: Mapping[str, str] | None = None,
     out: TextIO | None = None,
+    recorder: RunRecorder | None = None,
 ) -> int:
     """Run one attempt for `project`/`job` and print how it ended; returns the exit code (see module doc)."""
     out = out or sys.stdout
@@ -195,7 +225,7 @@ async def agent_run_command(
         # Errors are caught inside the session's block: the MCP client would wrap them in an ExceptionGroup.
         try:
             outcome = await _attempt(session, stack, config, project, job, run_id, model_spec or "anthropic", api_key,
-                                     out)
+                                     out, recorder)
         except AgentError as exc:
             failure = exc
     if failure is not None:

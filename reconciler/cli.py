@@ -100,16 +100,16 @@ def _report(args: argparse.Namespace) -> int:
 def _agent_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from agent.cli import agent_run_command
     from infra.settings import load_config
     from reconciler.cli_attempts import active_attempt_refusal
+    from reconciler.manual_run import manual_agent_run
 
     config = load_config(args.config)
     refusal = asyncio.run(active_attempt_refusal(config, args.project))
     if refusal is not None:
         print(f"greenloop: {refusal}", file=sys.stderr)
         return 2
-    return asyncio.run(agent_run_command(config, args.project, args.job, args.model, run_id=args.run_id))
+    return asyncio.run(manual_agent_run(config, args.project, args.job, args.model, run_id=args.run_id))
 
 
 def build_parser() -> argparse.ArgumentParser:

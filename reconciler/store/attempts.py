@@ -132,8 +132,12 @@ async def start_attempt(
     run_id: str,
     head_sha: str,
     trace_id: str | None = None,
+    attempt_id: str | None = None,
 ) -> StartOutcome:
     """Insert a `pending` attempt unless a rule refuses it: checked with a read first, enforced by the database.
+
+    `attempt_id` is the id to give it (a manual run has opened its MCP session with it already); default a
+    new one.
 
     Returns `started`, `already_active` (the project has an active attempt), `already_handled` (an attempt
     for this fingerprint exists, whatever its state) or `busy` (the database stayed locked through every
@@ -152,6 +156,7 @@ async def start_attempt(
         except StoreBusy:
             return None  # unknown: the insert below decides
 
+    chosen_id = attempt_id
     refused: ConstraintRefused | None = None
     for n in range(TRIES):
         # Read first: most starts are refused (one attempt per project and per fingerprint), and a read takes no
@@ -160,13 +165,13 @@ async def start_attempt(
         refusal = await refusal_now(check_project=False)  # a missing project: the insert's foreign key says so
         if refusal is not None:
             return refusal
-        attempt_id = new_attempt_id()
+        new_id = chosen_id or new_attempt_id()
         try:
             async with translated(), session_factory() as session, session.begin():
                 now = utcnow()
                 session.add(
                     Attempt(
-                        id=attempt_id,
+                        id=new_id,
                         project=project,
                         job=job,
                         fingerprint=fingerprint,
@@ -181,14 +186,14 @@ async def start_attempt(
                 await session.flush()  # the attempt row first: the transition row references it
                 session.add(
                     Transition(
-                        attempt_id=attempt_id,
+                        attempt_id=new_id,
                         from_status=None,
                         to_status=AttemptStatus.PENDING.value,
                         reason="started",
                         at=now,
                     )
                 )
-            return StartOutcome(True, attempt_id, "started")
+            return StartOutcome(True, new_id, "started")
         except ConstraintRefused as exc:
             refused = exc
             # Which rule refused it? Ask the database, never the error text.
