@@ -47,3 +47,22 @@ def test_an_unreachable_api_is_one_line_and_exit_code_2(
     assert len(err) == 1, err
     assert err[0].startswith("greenloop: demo: the model cannot be used with ANTHROPIC_API_KEY (")
     assert "could not connect" in err[0] and f"127.0.0.1:{port}" in err[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(300)
+async def test_a_model_api_failing_during_an_attempt_stops_the_demo_at_that_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The key passes the check (a token count), then the Messages API refuses every request.
+    fake = FakeAnthropic([{"error": 401}] * 20)
+    async with run_fake_anthropic(fake) as url:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", fake.api_key)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+        with pytest.raises(ConfigError) as info:
+            await run_demo(out=io.StringIO(), projects=["bug-lib"], deadline_seconds=240)
+    message = str(info.value)
+    assert message.startswith("demo: stopped: the model API failed for bug-lib (attempt ")
+    assert "model_error" in message
+    served = [r for r in fake.requests if r.path == "/v1/messages"]
+    assert served and len(served) <= 3  # one attempt (with the SDK's retries), not pass after pass
