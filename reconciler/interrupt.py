@@ -45,9 +45,15 @@ class SignalWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __enter__(self) -> SignalWatch:
-        self._loop = asyncio.get_running_loop()
-        for sig in SIGNALS:
-            self._loop.add_signal_handler(sig, self._catch, sig)
+        loop = asyncio.get_running_loop()
+        try:
+            for sig in SIGNALS:
+                loop.add_signal_handler(sig, self._catch, sig)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
+            for sig in SIGNALS:
+                loop.remove_signal_handler(sig)
+            return self
+        self._loop = loop
         return self
 
     def __exit__(

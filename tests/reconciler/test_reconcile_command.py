@@ -178,3 +178,44 @@ async def test_progress_on_a_terminal_and_the_summary_alone_when_piped(terminal:
     assert table[0].split() == ["ATTEMPT", "PROJECT", "JOB", "STATUS", "TURNS", "TOKENS", "COST", "PULL", "REQUEST"]
     assert table[1].split()[1:4] == [PROJECT, "test", "failed"], out
     print(out)  # shown with -s: what a person sees
+
+
+def test_until_signal_gives_the_work_its_grace_then_cancels_it() -> None:
+    from reconciler.interrupt import SignalWatch, exit_code, until_signal
+
+    cancelled: list[bool] = []
+
+    async def work() -> str:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return "done"
+
+    async def main() -> tuple[str | None, str | None]:
+        with SignalWatch() as watch:
+            asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+            result = await until_signal(work(), watch, grace=0.1)
+        return result, watch.name
+
+    assert asyncio.run(main()) == (None, "SIGTERM")
+    assert cancelled == [True]
+    assert exit_code("SIGTERM") == 143 and exit_code("SIGINT") == 130
+
+
+def test_a_signal_watch_outside_the_main_thread_watches_nothing() -> None:
+    import threading
+
+    from reconciler.interrupt import SignalWatch
+
+    seen: list[str | None] = []
+
+    async def main() -> None:
+        with SignalWatch() as watch:
+            seen.append(watch.name)
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()))
+    thread.start()
+    thread.join(30)
+    assert seen == [None]
