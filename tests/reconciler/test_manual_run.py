@@ -17,6 +17,7 @@ from e2e_support import SCRIPTS_DIR, attempts_of, e2e_config, forge_for, pulls_o
 from reconciler.manual_run import manual_agent_run
 from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime
+from reconciler.store.engine import SessionFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -58,3 +59,30 @@ async def test_a_manual_run_is_an_attempt_and_the_next_pass_starts_no_second_one
     assert refused == 2
     assert "manual run refused" in again.getvalue() or "has an active attempt" in again.getvalue()
     assert "attempt on bug-lib/test" not in again.getvalue()  # refused before the model was called
+
+
+async def test_a_manual_run_that_does_not_end_normally_is_failed_and_its_failure_is_then_handled(
+    sessions: SessionFactory,
+) -> None:
+    from agent.types import AttemptTask
+    from policy.config import GreenloopConfig, ProjectConfig
+    from reconciler.context import ReconcilerContext
+    from reconciler.manual_run import ManualRunRefused, StoreRecorder
+    from reconciler.metrics import Metrics
+    from reconciler.store.attempts import new_attempt_id
+
+    project = ProjectConfig(name="alpha", repo="acme/alpha")
+    ctx = ReconcilerContext(
+        config=GreenloopConfig(projects=(project,)), sessions=sessions, forge=None, dispatcher=None, metrics=Metrics()
+    )
+    task = AttemptTask(project="alpha", job="ci", failing_run_id="77", head_sha="c" * 40)
+    recorder = StoreRecorder(ctx, project, new_attempt_id())
+    await recorder.started(task)
+    [running] = await attempts_of(sessions, "alpha")
+    assert (running.id, running.status) == (recorder.attempt_id, "running")
+    await recorder.finished(None)  # e.g. Ctrl-C during the model call
+    trail = await transitions_of(sessions, recorder.attempt_id)
+    assert trail[-1] == ("running", "failed", "manual_run_interrupted")
+    # The same failure again: handled already, refused before any model call.
+    with pytest.raises(ManualRunRefused, match="already handled this failure"):
+        await StoreRecorder(ctx, project, new_attempt_id()).started(task)
