@@ -22,7 +22,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     """Upgrade schema."""
     with op.batch_alter_table("reconciler_attempt") as batch:
-        batch.add_column(sa.Column("agent_seconds", sa.Float(), server_default=sa.text("0"), nullable=False))
+        batch.add_column(sa.Column("agent_seconds", sa.Double(), server_default=sa.text("0"), nullable=False))
 
 
 def downgrade() -> None:
