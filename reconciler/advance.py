@@ -21,7 +21,7 @@ from mcp_server.errors import ToolRefused
 from mcp_server.forge import ForgeClient, PullRequest
 from policy.checks import CheckState, ChecksVerdict
 from policy.config import ProjectConfig
-from policy.rounds import next_round
+from policy.rounds import next_round, spent
 from policy.types import TERMINAL_STATUSES, AttemptStatus, Autonomy
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import budget_use
@@ -116,9 +116,10 @@ async def _worker(step: StepInput) -> Attempt | None:
             pushed_sha=pr.head.sha,
         )
         return attempt
-    # No PR: run the same attempt again, once (the tools are idempotent: no second branch or PR). A
-    # process without a dispatcher cannot run it, and a second death means it won't get further: fail it.
-    if ctx.dispatcher is not None:
+    # No PR: run the same attempt again, once (the tools are idempotent: no second branch or PR). A process
+    # without a dispatcher cannot run it, a second death means it won't get further, and a run that spent the
+    # attempt's budget before it died leaves nothing to resume with (budgets are per attempt): fail it.
+    if ctx.dispatcher is not None and spent(project.budgets, budget_use(attempt)) is None:
         claim = await claim_resume(ctx, attempt, status)
         if claim == "lost":
             return attempt  # it beat again or moved on since it was read: someone else has it

@@ -266,3 +266,33 @@ async def test_a_merged_fix_that_leaves_the_job_red_is_escalated_with_a_report_o
             row = await get_project(ctx.sessions, "bug-lib")
             assert row is not None and row.escalation_reason == "fix_did_not_turn_green"
             assert row.escalation_url is not None and f"/pull/{pull.number}#issuecomment-" in row.escalation_url
+
+
+async def test_a_dead_worker_that_spent_the_budget_is_not_resumed(tmp_path: Path) -> None:
+    async with forge_for(tmp_path / "forge", ["bug-lib"]) as forge:
+        config = e2e_config(
+            forge,
+            ["bug-lib"],
+            database_url=sqlite_url(tmp_path / "g.db"),
+            workspace_dir=tmp_path / "ws",
+            server={"attempt_timeout_seconds": 30},
+            projects={"bug-lib": {"budgets": Budgets(max_turns=10)}},
+        )
+        async with open_runtime(config, backend_for=scripted_backends(str(SCRIPTS_DIR)), heartbeat_seconds=1.0) as ctx:
+            red = failing_job_runs(forge, BUG_LIB, "test")[-1]
+            dead = await insert_running_attempt(
+                ctx.sessions,
+                project="bug-lib",
+                job="test",
+                run_id=str(red.id),
+                head_sha=red.head_sha,
+                heartbeat_at=datetime.now(UTC),
+            )
+            await store.heartbeat(ctx.sessions, dead.id, turns=10)  # its run used every turn, then died
+            await set_heartbeat(ctx.sessions, dead.id, datetime.now(UTC) - timedelta(minutes=10))
+
+            summary = await reconcile(ctx, repos=["bug-lib"])
+            assert [(t.from_status, t.to_status, t.reason) for t in summary.transitions] == [
+                ("running", "failed", "worker_died")
+            ]
+            assert ctx.dispatcher is not None and not ctx.dispatcher.is_running(dead.id)
