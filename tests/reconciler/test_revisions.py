@@ -11,6 +11,7 @@ the PR's own `test` check fails on `units/speed.py`; `units-lib.revision-1.json`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -34,13 +35,17 @@ from e2e_support import (
     transitions_of,
 )
 
+from agent.models import ModelBackend, ModelRequest
+from agent.scripted import ScriptedBackend
 from fixtures.forge import Forge
 from policy.config import Budgets
 from reconciler.advance import RESUMED
+from reconciler.dispatch import AgentDispatcher
 from reconciler.runner import reconcile
 from reconciler.runtime import open_runtime, scripted_backends
 from reconciler.store import attempts as store
 from reconciler.store.audit import tool_calls
+from reconciler.store.models import Attempt
 from reconciler.store.projects import get_project
 
 pytestmark = pytest.mark.anyio
@@ -296,3 +301,42 @@ async def test_a_dead_worker_that_spent_the_budget_is_not_resumed(tmp_path: Path
                 ("running", "failed", "worker_died")
             ]
             assert ctx.dispatcher is not None and not ctx.dispatcher.is_running(dead.id)
+
+
+class _Stalls:
+    """bug-lib's script, stalling for good once `at` model turns were answered (a worker that hangs, then dies)."""
+
+    def __init__(self, attempt: Attempt, at: int) -> None:
+        self.inner = ScriptedBackend(SCRIPTS_DIR / "bug-lib.json", substitutions={"FAILING_RUN_ID": attempt.run_id})
+        self.at = at
+
+    async def create(self, request: ModelRequest) -> Any:
+        if self.inner.turns_served >= self.at:
+            await asyncio.Event().wait()
+        return await self.inner.create(request)
+
+
+async def test_the_heartbeat_records_what_a_running_agent_has_used(tmp_path: Path) -> None:
+    """So a worker that dies mid-run leaves its usage on the attempt, and a resume gets only what is left."""
+
+    def backend_for(attempt: Attempt, _project: Any) -> ModelBackend:
+        return _Stalls(attempt, at=3)
+
+    async with forge_for(tmp_path / "forge", ["bug-lib"]) as forge:
+        config = e2e_config(
+            forge, ["bug-lib"], database_url=sqlite_url(tmp_path / "g.db"), workspace_dir=tmp_path / "ws"
+        )
+        async with open_runtime(config, backend_for=backend_for, heartbeat_seconds=0.2) as ctx:
+            [started] = (await reconcile(ctx, repos=["bug-lib"])).attempts_started
+            assert started.attempt_id is not None
+            attempt: Attempt | None = None
+            for _ in range(300):
+                attempt = await store.get_attempt(ctx.sessions, started.attempt_id)
+                if attempt is not None and attempt.turns == 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert attempt is not None and (attempt.status, attempt.turns) == ("running", 3)
+            assert attempt.cost_usd > 0 and attempt.agent_seconds > 0
+            assert attempt.input_tokens + attempt.output_tokens + attempt.cache_tokens > 0
+            assert isinstance(ctx.dispatcher, AgentDispatcher)
+            await ctx.dispatcher.aclose()
