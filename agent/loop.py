@@ -141,6 +141,7 @@ class _Run:
         secrets: Sequence[str],
         max_tool_result_chars: int,
         context: ContextKeeper | None = None,
+        calls: list[ModelCall] | None = None,
     ) -> None:
         self.backend = backend
         self.session = session
@@ -151,7 +152,7 @@ class _Run:
         self.guards = Guards(budgets)
         self.context = context if context is not None else ContextKeeper()
         self.transcript = Transcript(secrets=self.secrets)
-        self.calls: list[ModelCall] = []
+        self.calls: list[ModelCall] = calls if calls is not None else []
         self.turns = 0
         self.tool_calls = 0
         self.tool_errors = 0
@@ -450,15 +451,20 @@ async def run_attempt(
     secrets: Sequence[str] = (),
     max_tool_result_chars: int = 60_000,
     context: ContextKeeper | None = None,
+    calls: list[ModelCall] | None = None,
 ) -> AttemptOutcome:
     """Run one remediation attempt to its end.
 
     `secrets` are extra strings to redact from the transcript, report and tool results (e.g. the
     model API key). `settings` gives the model name, output limit and prices. `context` decides what of
     earlier tool results the conversation keeps (a fresh `ContextKeeper` with its defaults when None).
+    `calls`, when given, is the list the run appends each model call's accounting to as it goes (it must be
+    empty): the caller reads the usage so far from it while the run is under way (the dispatcher's heartbeat).
 
     Raises:
         ToolSessionError: the MCP session could not list its tools; nothing was attempted.
     """
-    run = _Run(backend, session, task, budgets, settings or AgentSettings(), secrets, max_tool_result_chars, context)
+    run = _Run(
+        backend, session, task, budgets, settings or AgentSettings(), secrets, max_tool_result_chars, context, calls
+    )
     return await run.execute()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-__all__ = ["AttemptTask", "StopReason"]
+__all__ = ["AttemptTask", "Revision", "StopReason"]
 
 
 class StopReason(StrEnum):
@@ -25,6 +25,20 @@ class StopReason(StrEnum):
     MAX_TOKENS_TRUNCATED = "max_tokens_truncated"  # output cut off twice at max_tokens
 
 
+class Revision(BaseModel):
+    """A revision round: the attempt's fix PR failed its checks, and the agent works on the same branch again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    round: Annotated[int, Field(ge=1, le=10)]
+    max_rounds: Annotated[int, Field(ge=1, le=10)]
+    branch: Annotated[str, Field(min_length=1, max_length=255)]
+    pr_number: int | None = None
+    failing_checks: tuple[str, ...] = ()
+    # The failing check's log excerpt (mcp_server.log_excerpt), redacted: untrusted data, never instructions.
+    log_excerpt: Annotated[str | None, Field(max_length=12_000)] = None
+
+
 class AttemptTask(BaseModel):
     """What one attempt is about: the failing job run the agent must make green."""
 
@@ -40,3 +54,4 @@ class AttemptTask(BaseModel):
     ]
     head_sha: Annotated[str, Field(min_length=1, max_length=64)]
     log_hint: Annotated[str | None, Field(max_length=4_000)] = None
+    revision: Revision | None = None  # set for a revision round (see Revision)

@@ -8,13 +8,29 @@ through here, with the MCP server's forge client and the same walls as the tool;
 
 from __future__ import annotations
 
-from mcp_server.errors import ToolRefused
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from mcp_server.errors import ForgeError, ToolRefused
 from mcp_server.forge import ForgeClient, PullRequest
-from policy.checks import CheckState, ChecksVerdict, ContextReport, checks_verdict
+from mcp_server.log_excerpt import excerpt
+from policy.checks import PASSING_CONCLUSIONS, CheckState, ChecksVerdict, ContextReport, checks_verdict
 from policy.config import ProjectConfig
 from policy.types import Autonomy
 
-__all__ = ["head_checks", "merge_when_green"]
+__all__ = ["FailedChecks", "failed_checks", "head_checks", "merge_when_green"]
+
+REVISION_EXCERPT_TOKENS = 1500
+"""How much of the failing check's log a revision round is given (about 5,000 characters)."""
+
+
+@dataclass(frozen=True)
+class FailedChecks:
+    """The check runs that failed on a head, and the log excerpt of the first one with a log (redacted)."""
+
+    names: tuple[str, ...]
+    excerpt: str | None = None
+    url: str | None = None
 
 
 async def head_checks(forge: ForgeClient, repo: str, sha: str, base: str) -> ChecksVerdict:
@@ -51,3 +67,25 @@ async def merge_when_green(
     if checks.state is not CheckState.PASSED:
         raise ToolRefused(f"Merge refused: {checks.reason()}.")
     return await forge.merge_pull_request(project.repo, pr.number, sha=pushed_sha, title=title, message=message)
+
+
+async def failed_checks(
+    forge: ForgeClient, repo: str, sha: str, *, extra_secrets: Collection[str] = ()
+) -> FailedChecks:
+    """The check runs that completed unsuccessfully on `sha`, with the log excerpt of the first whose job log
+    the forge serves (an Actions job is a check run with the same id; an outside check has no log there).
+
+    Raises:
+        ForgeError: the check runs could not be listed (a log that cannot be read is left out instead).
+    """
+    failing = [r for r in await forge.list_check_runs(repo, sha) if r.status == "completed"]
+    failing = [r for r in failing if r.conclusion not in PASSING_CONCLUSIONS]
+    names = tuple(dict.fromkeys(r.name for r in failing))
+    for run in failing:
+        try:
+            log = await forge.download_job_logs(repo, run.id)
+        except ForgeError:
+            continue  # an outside check run: no Actions log
+        shown = excerpt(log, budget_tokens=REVISION_EXCERPT_TOKENS, extra_secrets=extra_secrets)
+        return FailedChecks(names, shown.rendered, run.html_url or run.details_url)
+    return FailedChecks(names, None, failing[0].html_url if failing else None)

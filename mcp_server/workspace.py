@@ -447,7 +447,9 @@ class Workspace:
         """Create fix branch `name` at the default branch's head and check it out; returns its head sha.
 
         Idempotent: when `name` already exists and contains the default branch's head (it was created here
-        before, possibly with commits since), it is checked out again.
+        before, possibly with commits since), it is checked out again. When only the forge has it (a revision
+        round or a resume in a fresh working copy), it is fetched and checked out at the forge's head, so new
+        commits build on the pushed ones and the push stays a fast-forward.
 
         Raises:
             ToolRefused: `name` is not a fix branch name, or it exists but doesn't build on the default
@@ -460,8 +462,9 @@ class Workspace:
             base = await self._rev_parse(self._default_ref())
             existing = await self._rev_parse_optional(f"refs/heads/{name}")
             if existing is None:
-                await self._git("checkout", "--no-track", "-b", name, base)
-                return base
+                pushed = await self._forge_branch(name)
+                await self._git("checkout", "--no-track", "-b", name, pushed or base)
+                return pushed or base
             contains = await self._git("merge-base", "--is-ancestor", base, existing, check=False)
             if contains.returncode != 0:
                 raise ToolRefused(
@@ -470,6 +473,16 @@ class Workspace:
             if self.current_branch() != name:
                 await self._git("checkout", name)
             return existing
+
+    async def _forge_branch(self, name: str) -> str | None:
+        """The forge's head of fix branch `name`, fetched into `refs/remotes/origin/<name>`; None when the forge
+        has no such branch (or cannot be read: the branch is then created afresh, and a push that is not a
+        fast-forward is refused by the forge)."""
+        tracking = f"refs/remotes/origin/{name}"
+        fetched = await self._git(
+            "fetch", "--no-tags", "origin", f"+refs/heads/{name}:{tracking}", network=True, check=False
+        )
+        return await self._rev_parse_optional(tracking) if fetched.returncode == 0 else None
 
     # ------------------------------------------------------------------------------------------ write
 

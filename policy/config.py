@@ -111,6 +111,8 @@ class ProjectConfig(_Model):
     # After the pull request: revision rounds when its checks fail, when an open PR counts as stale, how
     # often a failure stopped by the outside (model API, forge) may start again, and who hears of escalations.
     owners: tuple[str, ...] = ()  # GitHub logins requested as reviewers / assigned when a human is needed
+    # Times a fix PR whose checks fail goes back to the agent (same attempt, same branch) before escalating.
+    max_revisions: Annotated[int, Field(ge=0, le=10)] = 2
     # Cost: a daily limit in USD (UTC day; None: none), and models overriding [agent] (policy/spend.py).
     daily_cost_usd: Annotated[float | None, Field(gt=0)] = None
     model: str | None = None

@@ -19,10 +19,12 @@ from infra.jsonlog import log_event
 from mcp_server.checks import head_checks, merge_when_green
 from mcp_server.errors import ToolRefused
 from mcp_server.forge import ForgeClient, PullRequest
-from policy.checks import CheckState
+from policy.checks import CheckState, ChecksVerdict
 from policy.config import ProjectConfig
+from policy.rounds import next_round, spent
 from policy.types import TERMINAL_STATUSES, AttemptStatus, Autonomy
 from reconciler.context import ReconcilerContext
+from reconciler.dispatch import budget_use
 from reconciler.finish import attempt_finished
 from reconciler.observe import ProjectObservation
 from reconciler.store import attempts as store
@@ -114,9 +116,10 @@ async def _worker(step: StepInput) -> Attempt | None:
             pushed_sha=pr.head.sha,
         )
         return attempt
-    # No PR: run the same attempt again, once (the tools are idempotent: no second branch or PR). A
-    # process without a dispatcher cannot run it, and a second death means it won't get further: fail it.
-    if ctx.dispatcher is not None:
+    # No PR: run the same attempt again, once (the tools are idempotent: no second branch or PR). A process
+    # without a dispatcher cannot run it, a second death means it won't get further, and a run that spent the
+    # attempt's budget before it died leaves nothing to resume with (budgets are per attempt): fail it.
+    if ctx.dispatcher is not None and spent(project.budgets, budget_use(attempt)) is None:
         claim = await claim_resume(ctx, attempt, status)
         if claim == "lost":
             return attempt  # it beat again or moved on since it was read: someone else has it
@@ -134,8 +137,9 @@ async def _pr_open(step: StepInput) -> Attempt | None:
     """`pr_open`: merged -> verifying; closed unmerged -> cancelled; open: its head's checks decide.
 
     Checks passed on an `auto_merge` project -> merged here (the MCP server's forge client and walls, never
-    the model) -> verifying; checks failing on an `auto_merge` project -> escalated (a human looks at the PR);
-    otherwise (pending, or `propose`) -> wait, with the checks' state recorded.
+    the model) -> verifying; checks failing (either autonomy) -> a revision round (`running`, the same attempt
+    and branch), or escalated once the rounds are used up; otherwise (pending, or passed under `propose`) ->
+    wait, with the checks' state recorded.
     """
     ctx, project, attempt = step.ctx, step.project, step.attempt
     if ctx.forge is None:
@@ -164,17 +168,8 @@ async def _open_pr(step: StepInput, forge: ForgeClient, pr: PullRequest) -> Atte
     if verdict.state.value != attempt.checks:
         await store.heartbeat(ctx.sessions, attempt.id, checks=verdict.state.value)
         log_event(logger, "pr_checks", attempt_id=attempt.id, checks=verdict.state.value, reason=verdict.reason())
-    if verdict.state is CheckState.FAILING and project.autonomy is Autonomy.AUTO_MERGE:
-        # greenloop would merge this PR, and its fix failed its own checks: a human is needed (revision rounds
-        # are not built yet). Under `propose` a human reviews the PR anyway: it waits with `checks: failing`.
-        await _transition(
-            step,
-            AttemptStatus.ESCALATED,
-            reason=f"pr_checks_failing: {', '.join(verdict.failing)}",
-            stop_reason="pr_checks_failing",
-            checks=verdict.state.value,
-        )
-        return None
+    if verdict.state is CheckState.FAILING:
+        return await _checks_failed(step, verdict)
     if verdict.state is CheckState.PASSED and project.autonomy is Autonomy.AUTO_MERGE and attempt.pushed_sha:
         try:
             merged = await merge_when_green(
@@ -192,6 +187,39 @@ async def _open_pr(step: StepInput, forge: ForgeClient, pr: PullRequest) -> Atte
             step, AttemptStatus.VERIFYING, reason="merged_on_green_checks", merged_sha=merged, checks="passed"
         )
     return attempt
+
+
+async def _checks_failed(step: StepInput, verdict: ChecksVerdict) -> Attempt | None:
+    """The fix PR's checks failed: the same attempt goes back to the agent (a revision round, on the same
+    branch: the PR updates) while `max_revisions` and the attempt's budgets allow; then a human is needed.
+
+    Both autonomy levels revise: a wrong fix is wrong whoever merges it. The round starts with a
+    compare-and-set `pr_open -> running`, so two replicas never start the same round twice.
+    """
+    ctx, project, attempt = step.ctx, step.project, step.attempt
+    failing = ", ".join(verdict.failing)
+    decision = next_round(project, attempt.revisions, budget_use(attempt))
+    if decision == "revise":
+        if ctx.dispatcher is None:
+            return attempt  # no agent runs in this process (e.g. `greenloop reconcile`): a later pass revises
+        if not await _transition(
+            step,
+            AttemptStatus.RUNNING,
+            reason=f"revision_round: {failing}",
+            revisions=attempt.revisions + 1,
+            checks=verdict.state.value,
+        ):
+            return attempt
+        revised = await store.get_attempt(ctx.sessions, attempt.id)
+        if revised is not None:
+            log_event(logger, "revision_round", attempt_id=attempt.id, round=revised.revisions, checks=failing)
+            ctx.dispatcher.dispatch(revised)
+        return revised
+    # No rounds left: a human looks at the PR. With no revision allowed at all, say only that the checks failed.
+    why = "pr_checks_failing" if project.max_revisions == 0 else "revisions_exhausted"
+    detail = f"{why}: {failing}" + (" (the attempt's budget is spent)" if decision == "budget_spent" else "")
+    await _transition(step, AttemptStatus.ESCALATED, reason=detail, stop_reason=why, checks=verdict.state.value)
+    return None
 
 
 async def _verifying(step: StepInput) -> Attempt | None:

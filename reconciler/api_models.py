@@ -243,11 +243,15 @@ class AttemptSummary(_Response):
     failure_class: str | None = Field(
         description="transient (the outside stopped it) or permanent; null unless failed."
     )
+    revisions: int = Field(
+        default=0, description="Revision rounds so far: times the fix PR's checks failed and the agent went back to it."
+    )
     input_tokens: int
     output_tokens: int
     cache_tokens: int
     cost_usd: float
     turns: int
+    agent_seconds: float = Field(default=0.0, description="Wall-clock seconds of every agent run of the attempt.")
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None

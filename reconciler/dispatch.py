@@ -8,7 +8,13 @@ stopped (even crashed), the forge is asked for the fix branch's pull request fir
 makes the attempt `pr_open` (merged: `verifying`) with its number, whatever the model said (a reply lost
 after the forge acted leaves the model believing it failed). A worker that dies leaves a stale heartbeat; a
 later pass carries on from its PR (`pr_open`), or re-dispatches the same attempt once (`running`, resumed: the tools are
-idempotent), and fails it (`worker_died`) if the resumed worker dies too.
+idempotent), and fails it (`worker_died`) if the resumed worker dies too. A pass also re-dispatches an attempt
+whose fix PR failed its checks (`pr_open -> running`, a revision round): the agent is told why (the failing
+check's log excerpt) and works on the same fix branch, so the PR updates.
+
+Budgets are per attempt: a resumed run and a revision round get what earlier runs of the attempt left
+(`policy.rounds.remaining`). Every heartbeat records what the run has used so far (turns, tokens, cost, wall
+seconds, added to what earlier runs used), so even a run whose worker dies is counted.
 
 The database is the source of truth for whether an attempt may still run: the heartbeat loop re-reads its
 status and cancels the agent once it is no longer `pending`/`running` (cancelled by an operator through
@@ -25,19 +31,23 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.accounting import ModelCall, total_of
 from agent.loop import AttemptOutcome, ToolSession, run_attempt
 from agent.models import ModelBackend
-from agent.types import AttemptTask, StopReason
+from agent.types import AttemptTask, Revision, StopReason
 from infra.jsonlog import bind_context, log_event
+from mcp_server.checks import failed_checks
 from mcp_server.errors import ForgeError
 from mcp_server.forge import ForgeClient, PullRequest
 from mcp_server.models import ToolName
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
+from policy.rounds import BudgetUse, remaining
 from policy.types import AttemptStatus
 from reconciler.errors import ReconcilerError
 from reconciler.finish import attempt_finished
@@ -50,6 +60,7 @@ __all__ = [
     "AgentDispatcher",
     "BackendFactory",
     "SessionOpener",
+    "budget_use",
     "fix_branch_pull_request",
     "is_merged",
     "pull_request_fields",
@@ -104,6 +115,37 @@ def pull_request_fields(pr: PullRequest) -> dict[str, Any]:
     if is_merged(pr):
         fields["merged_sha"] = pr.merge_commit_sha
     return fields
+
+
+def budget_use(attempt: Attempt) -> BudgetUse:
+    """What the attempt's earlier runs used, as its row records it."""
+    return BudgetUse(
+        turns=attempt.turns,
+        tokens=attempt.input_tokens + attempt.output_tokens + attempt.cache_tokens,
+        cost_usd=attempt.cost_usd,
+        wall_seconds=attempt.agent_seconds,
+    )
+
+
+@dataclass
+class _RunUse:
+    """One agent run's usage on top of what the attempt had used before it (its row when the run started)."""
+
+    before: Attempt
+    calls: list[ModelCall] = field(default_factory=list)  # appended to by the model loop as it goes
+    started: float = field(default_factory=time.monotonic)
+
+    def fields(self) -> dict[str, Any]:
+        """The attempt's usage columns, this run included so far."""
+        run, before = total_of(self.calls), self.before
+        return {
+            "input_tokens": before.input_tokens + run.input_tokens,
+            "output_tokens": before.output_tokens + run.output_tokens,
+            "cache_tokens": before.cache_tokens + run.cache_creation_input_tokens + run.cache_read_input_tokens,
+            "cost_usd": before.cost_usd + run.cost_usd,
+            "turns": before.turns + len(self.calls),
+            "agent_seconds": before.agent_seconds + (time.monotonic() - self.started),
+        }
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -208,10 +250,11 @@ class AgentDispatcher:
                         log_event(logger, "attempt_not_pending", level=logging.WARNING)
                         return
                 runner = asyncio.current_task()
-                beat = asyncio.create_task(self._heartbeat(attempt.id, runner))
+                use = _RunUse(attempt)
+                beat = asyncio.create_task(self._heartbeat(attempt.id, runner, use))
                 started = time.perf_counter()
                 try:
-                    outcome = await self._agent(attempt, project)
+                    outcome = await self._agent(attempt, project, use)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the agent's crash is this attempt's failure, not the process's
@@ -221,16 +264,21 @@ class AgentDispatcher:
                     branch = fix_branch_name(attempt.job, attempt.id)
                     pr = await fix_branch_pull_request(self._forge, project.repo, branch)
                     if pr is not None:  # it crashed after opening its PR: carry on from the PR
-                        await self._pull_request_found(attempt.id, pr, stop_reason=crashed)
+                        await self._pull_request_found(attempt.id, pr, stop_reason=crashed, **use.fields())
                     elif await store.transition(
-                        self._sessions, attempt.id, AttemptStatus.FAILED, reason="runner_error", stop_reason=crashed
+                        self._sessions,
+                        attempt.id,
+                        AttemptStatus.FAILED,
+                        reason="runner_error",
+                        stop_reason=crashed,
+                        **use.fields(),
                     ):
                         await self._finished(attempt.id, AttemptStatus.FAILED)
                     return
                 finally:
                     beat.cancel()
                 await self._remove_workspace(attempt.id)
-                await self._record(attempt, project, outcome, elapsed=time.perf_counter() - started)
+                await self._record(attempt, project, outcome, use, elapsed=time.perf_counter() - started)
 
     def _workspace(self, attempt_id: str) -> Path | None:
         """The attempt's working copy on this host (`<workspace_dir>/attempt-<id>`); None when a sidecar has it."""
@@ -263,24 +311,61 @@ class AgentDispatcher:
             errors=errors[:5],
         )
 
-    async def _agent(self, attempt: Attempt, project: ProjectConfig) -> AttemptOutcome:
+    async def _agent(self, attempt: Attempt, project: ProjectConfig, use: _RunUse) -> AttemptOutcome:
         task = AttemptTask(
             project=attempt.project,
             job=attempt.job,
             failing_run_id=attempt.run_id,
             head_sha=attempt.head_sha,
+            revision=await self._revision(attempt, project) if attempt.revisions > 0 else None,
+        )
+        # Budgets are per attempt: this run gets what earlier runs (resumes, revision rounds) left.
+        budgets = remaining(project.budgets, budget_use(attempt))
+        log_event(
+            logger,
+            "attempt_run_budgets",
+            revisions=attempt.revisions,
+            max_turns=budgets.max_turns,
+            max_tokens=budgets.max_tokens,
+            wall_seconds=round(budgets.wall_seconds, 3),
         )
         backend = self._backend_for(attempt, project)
         try:
             # Wall-clock guard around the whole run; the loop enforces its own budget inside, this is the backstop.
-            async with asyncio.timeout(project.budgets.wall_seconds + 30), self._open_session(attempt) as session:
+            async with asyncio.timeout(budgets.wall_seconds + 30), self._open_session(attempt) as session:
                 return await run_attempt(
-                    backend, session, task, project.budgets, settings=self._config.agent, secrets=self._secrets
+                    backend,
+                    session,
+                    task,
+                    budgets,
+                    settings=self._config.agent,
+                    secrets=self._secrets,
+                    calls=use.calls,
                 )
         finally:
             close = getattr(backend, "aclose", None)
             if close is not None:  # the model client's connections (e.g. AnthropicBackend's HTTP pool)
                 await close()
+
+    async def _revision(self, attempt: Attempt, project: ProjectConfig) -> Revision:
+        """What a revision round is told: which checks failed on the PR head, and the failing check's log excerpt
+        (read from the forge; without it the round still runs, told only that the checks failed)."""
+        names: tuple[str, ...] = ()
+        log: str | None = None
+        if self._forge is not None and attempt.pushed_sha:
+            try:
+                failed = await failed_checks(self._forge, project.repo, attempt.pushed_sha, extra_secrets=self._secrets)
+                names, log = failed.names, failed.excerpt
+            except ForgeError as exc:
+                log_event(logger, "revision_checks_unread", level=logging.WARNING, error=str(exc))
+        return Revision(
+            round=attempt.revisions,
+            max_rounds=max(project.max_revisions, attempt.revisions),
+            branch=fix_branch_name(attempt.job, attempt.id),
+            pr_number=attempt.pr_number,
+            failing_checks=names,
+            log_excerpt=log[:12_000] if log else None,
+        )
 
     async def _finished(self, attempt_id: str, status: AttemptStatus) -> None:
         attempt = await store.get_attempt(self._sessions, attempt_id)
@@ -312,15 +397,16 @@ class AgentDispatcher:
                 self._sessions, attempt_id, AttemptStatus.VERIFYING, reason="pr_merged", expected=AttemptStatus.PR_OPEN
             )
 
-    async def _heartbeat(self, attempt_id: str, runner: asyncio.Task[Any] | None) -> None:
-        """Beat every `heartbeat_seconds`; cancel `runner` once the database says the attempt is over."""
+    async def _heartbeat(self, attempt_id: str, runner: asyncio.Task[Any] | None, use: _RunUse) -> None:
+        """Beat every `heartbeat_seconds`, recording the attempt's usage so far (a run that dies is counted);
+        cancel `runner` once the database says the attempt is over."""
         while True:
             await asyncio.sleep(self._heartbeat_seconds)
             try:
                 current = await store.get_attempt(self._sessions, attempt_id)
                 status = AttemptStatus(current.status) if current is not None else None
                 if status in (AttemptStatus.PENDING, AttemptStatus.RUNNING) and await store.heartbeat(
-                    self._sessions, attempt_id
+                    self._sessions, attempt_id, **use.fields()
                 ):
                     continue
             except ReconcilerError as exc:  # a busy or unreachable store: try again on the next beat
@@ -333,16 +419,12 @@ class AgentDispatcher:
             return
 
     async def _record(
-        self, attempt: Attempt, project: ProjectConfig, outcome: AttemptOutcome, *, elapsed: float
+        self, attempt: Attempt, project: ProjectConfig, outcome: AttemptOutcome, use: _RunUse, *, elapsed: float
     ) -> None:
         fields: dict[str, Any] = {
             "stop_reason": outcome.stop_reason.value,
-            "input_tokens": outcome.usage.input_tokens,
-            "output_tokens": outcome.usage.output_tokens,
-            "cache_tokens": outcome.usage.cache_creation_input_tokens + outcome.usage.cache_read_input_tokens,
-            "cost_usd": outcome.cost_usd,
-            "turns": outcome.turns,
-            "transcript": json.dumps(outcome.transcript, ensure_ascii=False, default=str),
+            **use.fields(),  # every run of the attempt so far, this one included
+            "transcript": json.dumps(_earlier_events(attempt) + outcome.transcript, ensure_ascii=False, default=str),
         }
         pr = await fix_branch_pull_request(self._forge, project.repo, fix_branch_name(attempt.job, attempt.id))
         if pr is not None:  # the forge's word, whatever the model said
@@ -376,3 +458,14 @@ class AgentDispatcher:
             cost_usd=round(outcome.cost_usd, 6),
             seconds=round(elapsed, 3),
         )
+
+
+def _earlier_events(attempt: Attempt) -> list[Any]:
+    """The transcript events of the attempt's earlier runs (a revision round's transcript follows them)."""
+    if not attempt.transcript:
+        return []
+    try:
+        events = json.loads(attempt.transcript)
+    except ValueError:
+        return []
+    return events if isinstance(events, list) else []

@@ -41,12 +41,15 @@ logger = logging.getLogger("greenloop.runtime")
 
 
 def scripted_backends(scripts_dir: str) -> BackendFactory:
-    """Each attempt replays `<scripts_dir>/<project>.json` (the demo and tests; no API key needed)."""
+    """Each attempt replays `<scripts_dir>/<project>.json` (the demo and tests; no API key needed); revision
+    round n replays `<project>.revision-<n>.json` where that file exists."""
 
     def make(attempt: Attempt, project: ProjectConfig) -> ModelBackend:
-        return ScriptedBackend(
-            os.path.join(scripts_dir, f"{project.name}.json"), substitutions={"FAILING_RUN_ID": attempt.run_id}
-        )
+        path = os.path.join(scripts_dir, f"{project.name}.json")
+        revision = os.path.join(scripts_dir, f"{project.name}.revision-{attempt.revisions}.json")
+        if attempt.revisions > 0 and os.path.isfile(revision):
+            path = revision
+        return ScriptedBackend(path, substitutions={"FAILING_RUN_ID": attempt.run_id})
 
     return make
 

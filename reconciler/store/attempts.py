@@ -69,6 +69,7 @@ SETTABLE_FIELDS: Final[frozenset[str]] = frozenset(
         "cache_tokens",
         "cost_usd",
         "turns",
+        "agent_seconds",
         "transcript",
         "trace_id",
         "checks",
@@ -112,11 +113,15 @@ def can_transition(current: AttemptStatus, to: AttemptStatus) -> bool:
     """Whether the state machine allows `current -> to`.
 
     Forward along pending -> running -> pr_open -> verifying (steps may be skipped), `succeeded` only from
-    `verifying`, and `failed` / `cancelled` / `escalated` from any active state. Terminal states are final.
+    `verifying`, `failed` / `cancelled` / `escalated` from any active state, and one step back: `pr_open ->
+    running`, a revision round (the PR's checks failed; the agent works on the same branch again). Terminal
+    states are final.
     """
     if current in TERMINAL_STATUSES:
         return False
     if to in _ABORTS:
+        return True
+    if (current, to) == (AttemptStatus.PR_OPEN, AttemptStatus.RUNNING):
         return True
     if to is AttemptStatus.SUCCEEDED:
         return current is AttemptStatus.VERIFYING
@@ -254,6 +259,8 @@ async def transition(
         values: dict[str, Any] = {**fields, "status": to.value, "updated_at": now}
         if to in TERMINAL_STATUSES:
             values["finished_at"] = now
+        if to is AttemptStatus.RUNNING:
+            values["heartbeat_at"] = now  # a worker starts now: a pass must not take the last run's beat for it
         async with session_factory() as session, session.begin():
             # The write transaction starts with the UPDATE, so SQLite takes its write lock at once.
             result = await session.execute(

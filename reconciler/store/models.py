@@ -185,6 +185,8 @@ class Attempt(Base):
     cache_tokens: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     cost_usd: Mapped[float] = mapped_column(default=0.0, server_default=sa.text("0"))
     turns: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    # Wall-clock seconds of every agent run of this attempt so far (rounds and resumes share the budget).
+    agent_seconds: Mapped[float] = mapped_column(default=0.0, server_default=sa.text("0"))
     transcript: Mapped[str | None] = mapped_column(sa.Text)  # JSON text, written by the agent runner
     trace_id: Mapped[str | None] = mapped_column(sa.String(64))
     # The fix PR head's checks as the last pass read them: pending | failing | passed (policy.checks).

@@ -69,7 +69,7 @@ async def test_auto_merge_waits_for_the_checks_then_the_reconciler_merges(tmp_pa
             assert pulls_of(forge, REPO)[0].merged
 
 
-async def test_a_pull_request_whose_check_fails_is_escalated_with_a_comment_and_the_owners(tmp_path: Path) -> None:
+async def test_without_revisions_a_failing_check_is_escalated_with_a_comment_and_the_owners(tmp_path: Path) -> None:
     async with forge_for(tmp_path / "forge", ["bug-lib"]) as forge:
         await _protected_bug_lib(forge)
         config = e2e_config(
@@ -77,7 +77,7 @@ async def test_a_pull_request_whose_check_fails_is_escalated_with_a_comment_and_
             ["bug-lib"],
             database_url=sqlite_url(tmp_path / "g.db"),
             workspace_dir=tmp_path / "ws",
-            projects={"bug-lib": {"owners": ("maria",)}},
+            projects={"bug-lib": {"owners": ("maria",), "max_revisions": 0}},
         )
         async with open_runtime(config, backend_for=scripted_backends(str(SCRIPTS_DIR)), heartbeat_seconds=1.0) as ctx:
             await settle(ctx, forge, deadline_seconds=90)

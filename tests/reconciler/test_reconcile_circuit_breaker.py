@@ -101,7 +101,8 @@ async def test_a_wrong_fix_is_never_merged_its_pr_is_escalated_and_its_failure_n
     forge: Forge, tmp_path: Path
 ) -> None:
     """Merge only on green checks (issue 15): the wrong fix's own PR check fails, so greenloop never merges it
-    (before, it merged at once and the breaker caught the red job on the merged commit); the attempt is
+    (before, it merged at once and the breaker caught the red job on the merged commit); the attempt goes back
+    to the agent for its revision rounds (the script repeats the same wrong fix, on the same PR), is then
     escalated with the failing check named, and no second attempt starts on the same failure."""
     scripts = tmp_path / "scripts"
     scripts.mkdir()
@@ -114,9 +115,14 @@ async def test_a_wrong_fix_is_never_merged_its_pr_is_escalated_and_its_failure_n
         summaries.append(await reconcile(ctx))
 
         [attempt] = await attempts_of(ctx.sessions)
-        assert (attempt.status, attempt.stop_reason) == ("escalated", "pr_checks_failing")
+        assert (attempt.status, attempt.stop_reason, attempt.revisions) == ("escalated", "revisions_exhausted", 2)
         steps = await transitions_of(ctx.sessions, attempt.id)
-        assert [to for _from, to, _why in steps] == ["pending", "running", "pr_open", "escalated"]
+        assert [to for _from, to, _why in steps] == [
+            *("pending", "running", "pr_open"),
+            *("running", "pr_open") * 2,  # two revision rounds (max_revisions), each back to the same PR
+            "escalated",
+        ]
+        assert steps[-1][2] == "revisions_exhausted: test"
         [pull] = pulls_of(forge, "acme/bug-lib")
         assert not pull.merged and pull.merged_at is None, "a fix whose check fails never reaches main"
         escalated_at = next(
