@@ -66,9 +66,17 @@ def note_transition(summary: RunSummary, attempt: Attempt, from_status: str, to_
 
 
 async def _transition(step: StepInput, to: AttemptStatus, *, reason: str, **fields: object) -> bool:
+    """A compare-and-set on the status and revision round this pass read: a pass holding an older read of the
+    attempt changes nothing."""
     ctx, attempt = step.ctx, step.attempt
     moved = await store.transition(
-        ctx.sessions, attempt.id, to, reason=reason, expected=AttemptStatus(attempt.status), **fields
+        ctx.sessions,
+        attempt.id,
+        to,
+        reason=reason,
+        expected=AttemptStatus(attempt.status),
+        expected_revisions=attempt.revisions,
+        **fields,
     )
     if moved:
         note_transition(step.summary, attempt, attempt.status, to.value, reason)
@@ -166,7 +174,9 @@ async def _open_pr(step: StepInput, forge: ForgeClient, pr: PullRequest) -> Atte
     head = attempt.pushed_sha or pr.head.sha
     verdict = await head_checks(forge, project.repo, head, pr.base.ref)
     if verdict.state.value != attempt.checks:
-        await store.heartbeat(ctx.sessions, attempt.id, checks=verdict.state.value)
+        # Compare-and-set on `pr_open`: a pass that read the attempt before it merged (or before a revision
+        # round pushed a new head) must not write its stale verdict over the newer one.
+        await store.heartbeat(ctx.sessions, attempt.id, expected=AttemptStatus.PR_OPEN, checks=verdict.state.value)
         log_event(logger, "pr_checks", attempt_id=attempt.id, checks=verdict.state.value, reason=verdict.reason())
     if verdict.state is CheckState.FAILING:
         return await _checks_failed(step, verdict)

@@ -222,9 +222,11 @@ async def transition(
     *,
     reason: str | None,
     expected: AttemptStatus | None = None,
+    expected_revisions: int | None = None,
     **fields: Any,
 ) -> bool:
-    """Move an attempt to `to` if it is still in `expected` (default: the status read just before).
+    """Move an attempt to `to` if it is still in `expected` (default: the status read just before) and, with
+    `expected_revisions`, still in that revision round (a pass that read an earlier round starts no second one).
 
     A compare-and-set: returns False, changing nothing, when the attempt does not exist, is already terminal
     or was changed concurrently. On success it also sets `fields` (names in `SETTABLE_FIELDS`),
@@ -266,6 +268,7 @@ async def transition(
             result = await session.execute(
                 sa.update(Attempt)
                 .where(Attempt.id == attempt_id, Attempt.status == current.value)
+                .where(sa.true() if expected_revisions is None else Attempt.revisions == expected_revisions)
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
@@ -331,10 +334,14 @@ async def reopen_from_forge(
     return await with_retry(_once)
 
 
-async def heartbeat(session_factory: SessionFactory, attempt_id: str, **fields: Any) -> bool:
+async def heartbeat(
+    session_factory: SessionFactory, attempt_id: str, *, expected: AttemptStatus | None = None, **fields: Any
+) -> bool:
     """Refresh `heartbeat_at` (and optionally progress `fields`) of an active attempt.
 
-    Returns False when the attempt does not exist or is terminal.
+    With `expected`, only while the attempt is still in that status (a compare-and-set: a pass that read the
+    attempt before another moved it writes nothing). Returns False when the attempt does not exist, is
+    terminal, or is no longer `expected`.
 
     Raises:
         TypeError: a name in `fields` that is not in `SETTABLE_FIELDS`.
@@ -342,13 +349,14 @@ async def heartbeat(session_factory: SessionFactory, attempt_id: str, **fields: 
         StoreError: any other database failure.
     """
     _check_fields(fields)
+    statuses = _values(ACTIVE_STATUSES) if expected is None else [expected.value]
 
     async def _once() -> bool:
         now = utcnow()
         async with session_factory() as session, session.begin():
             result = await session.execute(
                 sa.update(Attempt)
-                .where(Attempt.id == attempt_id, Attempt.status.in_(_values(ACTIVE_STATUSES)))
+                .where(Attempt.id == attempt_id, Attempt.status.in_(statuses))
                 .values(**fields, heartbeat_at=now, updated_at=now)
                 .execution_options(synchronize_session=False)
             )

@@ -208,6 +208,35 @@ async def test_transition_is_compare_and_set_on_the_expected_status(sessions: Se
     assert [t.reason for t in await attempt_transitions(sessions, attempt_id)] == ["started", "first"]
 
 
+async def test_a_pass_holding_an_earlier_revision_round_starts_no_second_one_nor_overwrites_checks(
+    sessions: SessionFactory, project: str
+) -> None:
+    attempt_id = (await _start(sessions, project, "fp-round")).attempt_id
+    assert attempt_id is not None
+    assert await transition(sessions, attempt_id, S.RUNNING, reason="started", expected=S.PENDING)
+    assert await transition(sessions, attempt_id, S.PR_OPEN, reason="pr_opened", expected=S.RUNNING)
+    # Pass A reads round 0 and starts round 1; the round ends with the PR open again.
+    assert await transition(
+        sessions,
+        attempt_id,
+        S.RUNNING,
+        reason="revision_round",
+        expected=S.PR_OPEN,
+        expected_revisions=0,
+        revisions=1,
+    )
+    assert await transition(sessions, attempt_id, S.PR_OPEN, reason="pr_opened", expected=S.RUNNING)
+    # Pass B still holds its read of round 0 (checks failing on the old head): it starts nothing.
+    assert not await transition(
+        sessions, attempt_id, S.RUNNING, reason="stale", expected=S.PR_OPEN, expected_revisions=0, revisions=1
+    )
+    # Once merged (verifying), a stale `pr_open` verdict is not written over the newer one.
+    assert await transition(sessions, attempt_id, S.VERIFYING, reason="merged", checks="passed")
+    assert not await heartbeat(sessions, attempt_id, expected=S.PR_OPEN, checks="failing")
+    row = await get_attempt(sessions, attempt_id)
+    assert row is not None and (row.status, row.revisions, row.checks) == (S.VERIFYING, 1, "passed")
+
+
 async def test_concurrent_terminal_transitions_have_one_winner(sessions: SessionFactory, project: str) -> None:
     attempt_id = (await _start(sessions, project, "fp-race")).attempt_id
     assert attempt_id is not None
