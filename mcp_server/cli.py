@@ -31,6 +31,7 @@ from policy.errors import ConfigError
 if TYPE_CHECKING:
     from mcp.server.transport_security import TransportSecuritySettings
     from starlette.applications import Starlette
+    from starlette.routing import BaseRoute
 
     from mcp_server.audit import AuditSink, ClosableAuditSink
     from mcp_server.session import BindingFactory, Mode, SessionGrant
@@ -111,8 +112,12 @@ def http_app(
     path: str = "/mcp",
     idle_seconds: float = 3600.0,
     call_deadline_seconds: float = DEFAULT_CALL_DEADLINE_SECONDS,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The streamable-HTTP ASGI app: bearer tokens required (401 otherwise), Host/Origin headers pinned.
+
+    `extra_routes` (the operator routes, `mcp_server/operator_http.py`) are served next to the MCP endpoint;
+    they check their own bearer token and are not MCP tools.
 
     Raises:
         ValueError: the secret is too short or the port is out of range.
@@ -133,9 +138,11 @@ def http_app(
         idle_seconds=idle_seconds,
         call_deadline_seconds=call_deadline_seconds,
     )
-    return server.streamable_http_app(
+    app = server.streamable_http_app(
         streamable_http_path=path, transport_security=transport_security(host, port), host=host
     )
+    app.router.routes[:0] = list(extra_routes)
+    return app
 
 
 def _configure_logging(level: str) -> None:
@@ -186,19 +193,34 @@ async def _run_http(
 ) -> None:
     import uvicorn
 
+    from mcp_server.forge import ForgeClient
+    from mcp_server.github_app import GitHubApp
+    from mcp_server.operator import OperatorActions
+    from mcp_server.operator_http import operator_routes
+    from mcp_server.scopes import OBSERVER_PERMISSIONS, observer_repositories
     from mcp_server.session import Mode, config_binding_factory
 
     projects = args.project or [p.name for p in config.projects]
     async with AsyncExitStack() as stack:
         audit = await _audit_sink(stack, args.audit_db, database_sink)
+        # The one process that reads the App key: one App and one forge client for every session and for the
+        # reconciler's operator routes, each use with its own scoped token.
+        github = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
+        forge = await stack.enter_async_context(ForgeClient(config.forge, github))
+        watched = [p for p in config.projects if p.name in projects]
+        observer = github.scoped(
+            repositories=observer_repositories([p.repo for p in watched]), permissions=OBSERVER_PERMISSIONS
+        )
+        actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler")
         app = http_app(
-            config_binding_factory(config, audit=audit),
+            config_binding_factory(config, audit=audit, app=github, forge=forge),
             mode=Mode(args.mode),
             secret=secret,
             projects=projects,
             host=args.host,
             port=args.port,
             path=args.path,
+            extra_routes=operator_routes(actions, observer, secret=secret),
         )
         server = uvicorn.Server(
             uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -14,10 +14,12 @@ from typing import Final
 __all__ = [
     "APP_PERMISSIONS",
     "ATTEMPT_PERMISSIONS",
+    "MAX_TOKEN_REPOSITORIES",
     "OBSERVER_PERMISSIONS",
     "OPERATION_PERMISSIONS",
     "OPERATOR_PERMISSIONS",
     "READ_PERMISSIONS",
+    "observer_repositories",
     "repository_name",
 ]
 
@@ -85,3 +87,14 @@ APP_PERMISSIONS: Final[Mapping[str, str]] = MappingProxyType(
 def repository_name(repo: str) -> str:
     """The name the token exchange takes (`owner/name` -> `name`)."""
     return repo.rsplit("/", 1)[-1]
+
+
+MAX_TOKEN_REPOSITORIES: Final = 500
+"""GitHub's limit on the repositories one installation token may name."""
+
+
+def observer_repositories(repos: list[str] | tuple[str, ...]) -> list[str] | None:
+    """The repositories of the observation token: every watched one by name, or None (all the installation
+    covers, still read-only) beyond GitHub's limit of names per token."""
+    names = sorted({repository_name(r) for r in repos})
+    return names if len(names) <= MAX_TOKEN_REPOSITORIES else None
