@@ -1,12 +1,17 @@
 """`greenloop-mcp`: the MCP server over stdio (default) or streamable HTTP (`serve-http`).
 
+    greenloop-mcp --config greenloop.toml --project NAME [--token-env GITHUB_TOKEN]      (a person, read-only)
     greenloop-mcp --config greenloop.toml --project NAME [--mode read-only|agent] [--attempt ID --job JOB]
     greenloop-mcp serve-http --config greenloop.toml --host 127.0.0.1 --port 8765 [--mode agent] [--project NAME]
 
-stdio sessions are bound to the project (and attempt/job) on the command line. HTTP sessions are bound to
-the project, attempt, job and mode of their bearer token (see `mcp_server.auth`); the HMAC secret that
-verifies tokens is read from `$GREENLOOP_MCP_TOKEN_SECRET`, never from the command line. The mode given
-here is the most any session may get. Logs go to stderr as JSON lines; stdout carries only MCP messages.
+stdio sessions are bound to the project (and attempt/job) on the command line. A person runs it read-only
+with their own GitHub token (from `$GITHUB_TOKEN`, or the variable `--token-env` names): no App key, and the
+forge shows them what they may see. The App key path (`[forge] private_key_path`) is for service use.
+HTTP sessions are bound to the project, attempt, job and mode of their bearer token (see
+`mcp_server.auth`); the HMAC secret that verifies tokens is read from `$GREENLOOP_MCP_TOKEN_SECRET`, never
+from the command line. The mode given here is the most any session may get. The sidecar also serves the
+reconciler's operator routes (`mcp_server/operator_http.py`), which are not MCP tools.
+Logs go to stderr as JSON lines; stdout carries only MCP messages.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ if TYPE_CHECKING:
     from mcp_server.audit import AuditSink, ClosableAuditSink
     from mcp_server.session import BindingFactory, Mode, SessionGrant
 
-__all__ = ["TOKEN_SECRET_ENV", "build_parser", "http_app", "main", "transport_security"]
+__all__ = ["PERSONAL_TOKEN_ENV", "TOKEN_SECRET_ENV", "build_parser", "http_app", "main", "transport_security"]
 
 logger = logging.getLogger("greenloop.mcp.cli")
 TOKEN_SECRET_ENV = "GREENLOOP_MCP_TOKEN_SECRET"  # the same name as mcp_server.auth.TOKEN_SECRET_ENV
+PERSONAL_TOKEN_ENV = "GITHUB_TOKEN"  # where a person's own token is read from by default
 _MODES = ("read-only", "agent")  # mcp_server.session.Mode values
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -71,6 +77,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     stdio.add_argument("--project", required=True, help="the project (from greenloop.toml) to bind to")
     stdio.add_argument("--attempt", default=None, help="attempt id (agent mode)")
     stdio.add_argument("--job", default=None, help="the failing job the attempt is about (agent mode)")
+    stdio.add_argument(
+        "--token-env",
+        default=None,
+        metavar="NAME",
+        help=f"read-only: act with the personal GitHub token in ${{NAME}} instead of the GitHub App (default "
+        f"${PERSONAL_TOKEN_ENV} when [forge] has no private_key_path); no App key is read",
+    )
 
     http = argparse.ArgumentParser(
         prog="greenloop-mcp serve-http",
@@ -175,16 +188,38 @@ async def _audit_sink(stack: AsyncExitStack, url: str | None, database_sink: Dat
     return FanOutAuditSink(sinks)
 
 
+def personal_token_env(args: argparse.Namespace, config: GreenloopConfig) -> str | None:
+    """The variable holding the person's token for this stdio session, or None for the App (service use).
+
+    Raises:
+        ConfigError: a personal token asked for in agent mode, or its variable is empty.
+    """
+    name: str | None = args.token_env
+    if name is None and not config.forge.private_key_path:
+        name = PERSONAL_TOKEN_ENV
+    if name is None:
+        return None
+    if args.mode != "read-only":
+        raise ConfigError("--token-env: a personal token serves read-only sessions only (writes are the App's)")
+    if not os.environ.get(name, "").strip():
+        raise ConfigError(f"set ${name} to your GitHub token (a fine-grained, read-only token is enough)")
+    return name
+
+
 async def _run_stdio(
     args: argparse.Namespace, config: GreenloopConfig, grant: SessionGrant, database_sink: DatabaseSinkFactory | None
 ) -> None:
+    from mcp_server.github_app import StaticToken
     from mcp_server.server import build_server
     from mcp_server.session import config_binding_factory
     from mcp_server.stdio import run_stdio
 
     async with AsyncExitStack() as stack:
         audit = await _audit_sink(stack, args.audit_db, database_sink)
-        server = build_server(config_binding_factory(config, audit=audit), mode=grant.mode, grant=grant)
+        token_env = personal_token_env(args, config)
+        personal = StaticToken(os.environ[token_env]) if token_env else None
+        factory = config_binding_factory(config, audit=audit, personal_token=personal)
+        server = build_server(factory, mode=grant.mode, grant=grant)
         await run_stdio(server)
 
 
@@ -288,6 +323,7 @@ def main(argv: Sequence[str] | None = None, *, database_sink: DatabaseSinkFactor
                 raise ConfigError(f"serve-http: invalid port: {args.port!r}")
         else:
             _check_binding(args)
+            personal_token_env(args, config)
     except (ConfigError, ValueError) as exc:
         print(f"greenloop-mcp: {exc}", file=sys.stderr)
         return 2

@@ -40,21 +40,31 @@ class Operator(Protocol):
         """Re-run a known-flaky job's workflow run."""
         ...
 
-    async def merge_when_green(self, project: str, number: int, *, pushed_sha: str, title: str, message: str) -> str:
+    async def merge_when_green(
+        self, project: str, number: int, *, pushed_sha: str, title: str, message: str, attempt_id: str | None = None
+    ) -> str:
         """Squash-merge the attempt's PR at `pushed_sha` once its checks passed; the merge commit's sha."""
         ...
 
-    async def close_pull_request(self, project: str, number: int) -> None:
+    async def close_pull_request(self, project: str, number: int, *, attempt_id: str | None = None) -> None:
         """Close a cancelled attempt's pull request unmerged."""
         ...
 
     async def post_escalation(
-        self, project: str, *, marker: str, title: str, report: str, pr_number: int | None, owners: Sequence[str]
+        self,
+        project: str,
+        *,
+        marker: str,
+        title: str,
+        report: str,
+        pr_number: int | None,
+        owners: Sequence[str],
+        attempt_id: str | None = None,
     ) -> EscalationPosted:
         """Post (or update) an escalation report and bring the owners in."""
         ...
 
-    async def delete_branch(self, project: str, branch: str) -> bool:
+    async def delete_branch(self, project: str, branch: str, *, attempt_id: str | None = None) -> bool:
         """Delete an orphan fix branch; False when it was already gone."""
         ...
 
@@ -93,6 +103,7 @@ class OperatorActions:
         project: str,
         arguments: Mapping[str, Any],
         act: Callable[[ProjectConfig, ForgeClient], Awaitable[_T]],
+        attempt_id: str | None = None,
     ) -> _T:
         started = time.perf_counter()
         outcome: Outcome = "ok"
@@ -118,6 +129,7 @@ class OperatorActions:
                     message=redact(message, extra_secrets=secrets) if message else None,
                     result_bytes=0,
                     duration_ms=(time.perf_counter() - started) * 1000,
+                    attempt_id=attempt_id,
                 )
             )
 
@@ -129,7 +141,9 @@ class OperatorActions:
 
         await self._audited("rerun_workflow", project, {"run_id": run_id}, act)
 
-    async def merge_when_green(self, project: str, number: int, *, pushed_sha: str, title: str, message: str) -> str:
+    async def merge_when_green(
+        self, project: str, number: int, *, pushed_sha: str, title: str, message: str, attempt_id: str | None = None
+    ) -> str:
         """See `Operator.merge_when_green`: the PR is read again with this call's token, then the same walls
         as the merge tool (`mcp_server/checks.py::merge_when_green`)."""
 
@@ -138,19 +152,31 @@ class OperatorActions:
             return await merge_when_green(forge, config, pr, pushed_sha=pushed_sha, title=title, message=message)
 
         return await self._audited(
-            "merge_when_green", project, {"number": number, "pushed_sha": pushed_sha, "title": title}, act
+            "merge_when_green",
+            project,
+            {"number": number, "pushed_sha": pushed_sha, "title": title},
+            act,
+            attempt_id,
         )
 
-    async def close_pull_request(self, project: str, number: int) -> None:
+    async def close_pull_request(self, project: str, number: int, *, attempt_id: str | None = None) -> None:
         """See `Operator.close_pull_request`."""
 
         async def act(config: ProjectConfig, forge: ForgeClient) -> None:
             await forge.close_pull_request(config.repo, number)
 
-        await self._audited("close_pull_request", project, {"number": number}, act)
+        await self._audited("close_pull_request", project, {"number": number}, act, attempt_id)
 
     async def post_escalation(
-        self, project: str, *, marker: str, title: str, report: str, pr_number: int | None, owners: Sequence[str]
+        self,
+        project: str,
+        *,
+        marker: str,
+        title: str,
+        report: str,
+        pr_number: int | None,
+        owners: Sequence[str],
+        attempt_id: str | None = None,
     ) -> EscalationPosted:
         """See `Operator.post_escalation`."""
 
@@ -160,12 +186,12 @@ class OperatorActions:
             )
 
         arguments = {"title": title, "pr_number": pr_number, "owners": list(owners), "report_chars": len(report)}
-        return await self._audited("post_escalation", project, arguments, act)
+        return await self._audited("post_escalation", project, arguments, act, attempt_id)
 
-    async def delete_branch(self, project: str, branch: str) -> bool:
+    async def delete_branch(self, project: str, branch: str, *, attempt_id: str | None = None) -> bool:
         """See `Operator.delete_branch` (only fix branches: `ForgeClient.delete_branch` refuses others)."""
 
         async def act(config: ProjectConfig, forge: ForgeClient) -> bool:
             return await forge.delete_branch(config.repo, branch)
 
-        return await self._audited("delete_branch", project, {"branch": branch}, act)
+        return await self._audited("delete_branch", project, {"branch": branch}, act, attempt_id)

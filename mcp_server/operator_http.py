@@ -74,6 +74,9 @@ def _str(body: Mapping[str, Any], name: str) -> str:
 
 async def _call(actions: OperatorActions, operation: str, body: Mapping[str, Any]) -> Any:
     project = _str(body, "project")
+    attempt_id = body.get("attempt_id")
+    if attempt_id is not None and not isinstance(attempt_id, str):
+        raise ToolRefused("Invalid request: 'attempt_id' must be a string or null.")
     if operation == "rerun_workflow":
         await actions.rerun_workflow(project, _int(body, "run_id"))
         return None
@@ -84,9 +87,10 @@ async def _call(actions: OperatorActions, operation: str, body: Mapping[str, Any
             pushed_sha=_str(body, "pushed_sha"),
             title=_str(body, "title"),
             message=_str(body, "message"),
+            attempt_id=attempt_id,
         )
     if operation == "close_pull_request":
-        await actions.close_pull_request(project, _int(body, "number"))
+        await actions.close_pull_request(project, _int(body, "number"), attempt_id=attempt_id)
         return None
     if operation == "post_escalation":
         pr_number = body.get("pr_number")
@@ -102,10 +106,11 @@ async def _call(actions: OperatorActions, operation: str, body: Mapping[str, Any
             report=_str(body, "report"),
             pr_number=pr_number,
             owners=owners,
+            attempt_id=attempt_id,
         )
         return asdict(posted)
     if operation == "delete_branch":
-        return await actions.delete_branch(project, _str(body, "branch"))
+        return await actions.delete_branch(project, _str(body, "branch"), attempt_id=attempt_id)
     raise ToolRefused(f"Unknown operation: {operation!r}.")
 
 
@@ -215,29 +220,41 @@ class HttpOperator:
         """See `Operator.rerun_workflow`."""
         await self._post("rerun_workflow", {"project": project, "run_id": run_id})
 
-    async def merge_when_green(self, project: str, number: int, *, pushed_sha: str, title: str, message: str) -> str:
+    async def merge_when_green(
+        self, project: str, number: int, *, pushed_sha: str, title: str, message: str, attempt_id: str | None = None
+    ) -> str:
         """See `Operator.merge_when_green`."""
-        body = {"project": project, "number": number, "pushed_sha": pushed_sha, "title": title, "message": message}
+        body = {"project": project, "number": number, "pushed_sha": pushed_sha, "title": title, "message": message,
+                "attempt_id": attempt_id}  # fmt: skip
         return str((await self._post("merge_when_green", body))["result"])
 
-    async def close_pull_request(self, project: str, number: int) -> None:
+    async def close_pull_request(self, project: str, number: int, *, attempt_id: str | None = None) -> None:
         """See `Operator.close_pull_request`."""
-        await self._post("close_pull_request", {"project": project, "number": number})
+        await self._post("close_pull_request", {"project": project, "number": number, "attempt_id": attempt_id})
 
     async def post_escalation(
-        self, project: str, *, marker: str, title: str, report: str, pr_number: int | None, owners: Sequence[str]
+        self,
+        project: str,
+        *,
+        marker: str,
+        title: str,
+        report: str,
+        pr_number: int | None,
+        owners: Sequence[str],
+        attempt_id: str | None = None,
     ) -> EscalationPosted:
         """See `Operator.post_escalation`."""
         body = {"project": project, "marker": marker, "title": title, "report": report, "pr_number": pr_number,
-                "owners": list(owners)}  # fmt: skip
+                "owners": list(owners), "attempt_id": attempt_id}  # fmt: skip
         result = (await self._post("post_escalation", body))["result"]
         return EscalationPosted(
             kind=result["kind"], number=int(result["number"]), url=result.get("url"), created=bool(result["created"])
         )
 
-    async def delete_branch(self, project: str, branch: str) -> bool:
+    async def delete_branch(self, project: str, branch: str, *, attempt_id: str | None = None) -> bool:
         """See `Operator.delete_branch`."""
-        return bool((await self._post("delete_branch", {"project": project, "branch": branch}))["result"])
+        body = {"project": project, "branch": branch, "attempt_id": attempt_id}
+        return bool((await self._post("delete_branch", body))["result"])
 
 
 class RemoteTokens:

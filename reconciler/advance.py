@@ -189,6 +189,7 @@ async def _open_pr(step: StepInput, forge: ForgeClient, pr: PullRequest) -> Atte
                 pushed_sha=attempt.pushed_sha,
                 title=pr.title,
                 message=f"greenloop attempt {attempt.id} for job {attempt.job}",
+                attempt_id=attempt.id,
             )
         except ToolRefused as exc:  # the head moved, or a check changed since it was read: a later pass sees
             log_event(logger, "merge_refused", level=logging.WARNING, attempt_id=attempt.id, reason=str(exc))

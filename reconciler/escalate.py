@@ -128,6 +128,7 @@ async def escalate(
                 report=report,
                 pr_number=attempt.pr_number,
                 owners=project.owners,
+                attempt_id=attempt.id,
             )
         except ForgeError as exc:
             log_event(logger, "escalation_not_posted", level=logging.WARNING, attempt_id=attempt.id, reason=str(exc))

@@ -155,7 +155,7 @@ async def close_pull_request(ctx: ReconcilerContext, attempt: Attempt) -> int | 
                 pr = await ctx.forge.find_pull_request(project.repo, attempt.branch or "", state="open")
             if pr is None or pr.state != "open" or pr.merged:
                 return None
-            await ctx.operator.close_pull_request(project.name, pr.number)
+            await ctx.operator.close_pull_request(project.name, pr.number, attempt_id=attempt.id)
     except (ForgeError, TimeoutError) as exc:
         log_event(logger, "cancel_pr_close_failed", level=logging.WARNING, attempt_id=attempt.id, error=str(exc))
         return None

@@ -115,7 +115,7 @@ async def _repair_attempt(
     try:
         if ctx.operator is None:
             raise ForgeAuthError("no operator surface: this process cannot delete branches")
-        deleted = await ctx.operator.delete_branch(attempt.project, branch)
+        deleted = await ctx.operator.delete_branch(attempt.project, branch, attempt_id=attempt.id)
     except ForgeAuthError as exc:  # no operator, or the forge refused: reported, left for a human
         log_event(logger, "orphan_fix_branch_kept", level=logging.WARNING, attempt_id=attempt.id, error=str(exc))
         return
