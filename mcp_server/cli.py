@@ -41,7 +41,16 @@ if TYPE_CHECKING:
     from mcp_server.audit import AuditSink, ClosableAuditSink
     from mcp_server.session import BindingFactory, Mode, SessionGrant
 
-__all__ = ["PERSONAL_TOKEN_ENV", "TOKEN_SECRET_ENV", "build_parser", "http_app", "main", "transport_security"]
+__all__ = [
+    "PERSONAL_TOKEN_ENV",
+    "TOKEN_SECRET_ENV",
+    "build_parser",
+    "http_app",
+    "main",
+    "personal_token_env",
+    "sidecar_app",
+    "transport_security",
+]
 
 logger = logging.getLogger("greenloop.mcp.cli")
 TOKEN_SECRET_ENV = "GREENLOOP_MCP_TOKEN_SECRET"  # the same name as mcp_server.auth.TOKEN_SECRET_ENV
@@ -223,39 +232,69 @@ async def _run_stdio(
         await run_stdio(server)
 
 
-async def _run_http(
-    args: argparse.Namespace, config: GreenloopConfig, secret: str, database_sink: DatabaseSinkFactory | None
-) -> None:
-    import uvicorn
+async def sidecar_app(
+    config: GreenloopConfig,
+    stack: AsyncExitStack,
+    *,
+    audit: AuditSink,
+    mode: Mode,
+    secret: str,
+    projects: Sequence[str],
+    host: str,
+    port: int,
+    path: str = "/mcp",
+) -> Starlette:
+    """The sidecar's ASGI app: MCP over streamable HTTP plus the reconciler's operator routes.
 
+    The one process that reads the App key: one App and one forge client (opened in `stack`) serve every
+    session and the operator routes, each use with its own scoped token.
+    """
     from mcp_server.forge import ForgeClient
     from mcp_server.github_app import GitHubApp
     from mcp_server.operator import OperatorActions
     from mcp_server.operator_http import operator_routes
     from mcp_server.scopes import OBSERVER_PERMISSIONS, observer_repositories
-    from mcp_server.session import Mode, config_binding_factory
+    from mcp_server.session import config_binding_factory
+
+    github = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
+    forge = await stack.enter_async_context(ForgeClient(config.forge, github))
+    watched = [p for p in config.projects if p.name in projects]
+    observer = github.scoped(
+        repositories=observer_repositories([p.repo for p in watched]), permissions=OBSERVER_PERMISSIONS
+    )
+    actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler")
+    return http_app(
+        config_binding_factory(config, audit=audit, app=github, forge=forge),
+        mode=mode,
+        secret=secret,
+        projects=projects,
+        host=host,
+        port=port,
+        path=path,
+        extra_routes=operator_routes(actions, observer, secret=secret),
+    )
+
+
+async def _run_http(
+    args: argparse.Namespace, config: GreenloopConfig, secret: str, database_sink: DatabaseSinkFactory | None
+) -> None:
+    import uvicorn
+
+    from mcp_server.session import Mode
 
     projects = args.project or [p.name for p in config.projects]
     async with AsyncExitStack() as stack:
         audit = await _audit_sink(stack, args.audit_db, database_sink)
-        # The one process that reads the App key: one App and one forge client for every session and for the
-        # reconciler's operator routes, each use with its own scoped token.
-        github = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
-        forge = await stack.enter_async_context(ForgeClient(config.forge, github))
-        watched = [p for p in config.projects if p.name in projects]
-        observer = github.scoped(
-            repositories=observer_repositories([p.repo for p in watched]), permissions=OBSERVER_PERMISSIONS
-        )
-        actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler")
-        app = http_app(
-            config_binding_factory(config, audit=audit, app=github, forge=forge),
+        app = await sidecar_app(
+            config,
+            stack,
+            audit=audit,
             mode=Mode(args.mode),
             secret=secret,
             projects=projects,
             host=args.host,
             port=args.port,
             path=args.path,
-            extra_routes=operator_routes(actions, observer, secret=secret),
         )
         server = uvicorn.Server(
             uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)

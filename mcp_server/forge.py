@@ -447,6 +447,11 @@ class ForgeClient:
         self.stats = ForgeStats()
         self._owns_http = True
 
+    @property
+    def token_source(self) -> TokenSource:
+        """Where this client's bearer token comes from (what it may do is that token's scope)."""
+        return self._auth
+
     def with_auth(self, auth: TokenSource) -> ForgeClient:
         """A client acting with `auth` (a down-scoped token) that shares this one's connection pool and
         rate-limit stats: still one forge client per process for pool and budget, a token per purpose.
