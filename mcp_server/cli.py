@@ -262,7 +262,7 @@ async def sidecar_app(
     observer = github.scoped(
         repositories=observer_repositories([p.repo for p in watched]), permissions=OBSERVER_PERMISSIONS
     )
-    actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler")
+    actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler", projects=projects)
     return http_app(
         config_binding_factory(config, audit=audit, app=github, forge=forge),
         mode=mode,

@@ -12,7 +12,7 @@ each is audited like a tool call (an `AuditEvent` with the tool `operator.<name>
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from mcp_server.audit import AuditEvent, AuditSink, Outcome
@@ -72,20 +72,31 @@ class Operator(Protocol):
 class OperatorActions:
     """`Operator` where the App's key is: each call with its own scoped token, audited.
 
+    `projects` (default: every configured one) limits the projects it acts on (`serve-http --project`).
     `forge` is the process's one forge client: each call uses `forge.with_auth(<scoped token>)`, sharing its
     connection pool and rate-limit view.
     """
 
     def __init__(
-        self, config: GreenloopConfig, *, app: GitHubApp, forge: ForgeClient, audit: AuditSink, client: str
+        self,
+        config: GreenloopConfig,
+        *,
+        app: GitHubApp,
+        forge: ForgeClient,
+        audit: AuditSink,
+        client: str,
+        projects: Collection[str] | None = None,
     ) -> None:
         self._config = config
+        self._projects = frozenset(projects) if projects is not None else None
         self._app = app
         self._forge = forge
         self._audit = audit
         self._client = client
 
     def _project(self, name: str) -> ProjectConfig:
+        if self._projects is not None and name not in self._projects:
+            raise ToolRefused(f"Access denied: this server does not serve project {name!r}.")
         try:
             return self._config.project(name)
         except KeyError:
