@@ -250,7 +250,7 @@ async def sidecar_app(
     session and the operator routes, each use with its own scoped token.
     """
     from mcp_server.forge import ForgeClient
-    from mcp_server.github_app import GitHubApp
+    from mcp_server.github_app import GitHubApp, ObserverTokens
     from mcp_server.operator import OperatorActions
     from mcp_server.operator_http import operator_routes
     from mcp_server.scopes import OBSERVER_PERMISSIONS, observer_repositories
@@ -259,8 +259,8 @@ async def sidecar_app(
     github = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
     forge = await stack.enter_async_context(ForgeClient(config.forge, github))
     watched = [p for p in config.projects if p.name in projects]
-    observer = github.scoped(
-        repositories=observer_repositories([p.repo for p in watched]), permissions=OBSERVER_PERMISSIONS
+    observer = ObserverTokens(
+        github, repositories=observer_repositories([p.repo for p in watched]), permissions=OBSERVER_PERMISSIONS
     )
     actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler", projects=projects)
     return http_app(

@@ -12,6 +12,7 @@ so that logs and tool output can be scrubbed of them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from infra.jsonlog import log_event
 from mcp_server.errors import ForgeAuthError, ForgeError, ForgeNotFound, ForgeUnavailable
 from policy.config import ForgeSettings
 from policy.redaction import redact
@@ -35,6 +37,7 @@ __all__ = [
     "JWT_TTL_SECONDS",
     "REFRESH_MARGIN_SECONDS",
     "GitHubApp",
+    "ObserverTokens",
     "ScopedTokens",
     "StaticToken",
     "TokenSource",
@@ -45,7 +48,8 @@ API_VERSION = "2022-11-28"  # sent as X-GitHub-Api-Version on every request, the
 JWT_BACKDATE_SECONDS = 60
 JWT_TTL_SECONDS = 540
 REFRESH_MARGIN_SECONDS = 300.0
-_KEEP_OLD_TOKENS = 3  # tokens replaced recently may still sit in a log line being written
+_KEEP_OLD_TOKENS = 3
+logger = logging.getLogger("greenloop.github_app")  # tokens replaced recently may still sit in a log line being written
 
 
 class TokenSource(Protocol):
@@ -135,6 +139,49 @@ class ScopedTokens:
 
     def secrets(self) -> tuple[str, ...]:
         """Every credential of the App in circulation (all scopes), for redaction."""
+        return self._app.secrets()
+
+
+class ObserverTokens:
+    """The observation token: read-only over the named repositories, or, when the forge refuses that scope
+    (422: a configured repository is not in the installation), the same permissions over every repository
+    of the installation, so one misconfigured project does not blind the pass to all the others. Logged."""
+
+    def __init__(self, app: GitHubApp, *, repositories: Sequence[str] | None, permissions: Mapping[str, str]) -> None:
+        self._named = app.scoped(repositories=repositories, permissions=permissions)
+        self._wide = app.scoped(repositories=None, permissions=permissions)
+        self._current = self._named
+        self._app = app
+
+    @property
+    def expires_at(self) -> float:
+        """When the token `token()` last returned expires (epoch seconds)."""
+        return self._current.expires_at
+
+    async def token(self) -> str:
+        """The observation token."""
+        if self._current is self._named:
+            try:
+                return await self._named.token()
+            except ForgeError as exc:
+                if exc.status != 422:
+                    raise
+                log_event(
+                    logger,
+                    "observer_scope_refused",
+                    level=logging.WARNING,
+                    reason=str(exc),
+                    fallback="every repository of the installation, read-only",
+                )
+                self._current = self._wide
+        return await self._wide.token()
+
+    def invalidate(self, token: str) -> None:
+        """Forget `token` after a 401."""
+        self._app.invalidate(token)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential of the App in circulation, for redaction."""
         return self._app.secrets()
 
 

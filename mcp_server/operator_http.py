@@ -39,7 +39,7 @@ from mcp_server.errors import (
     ToolRefused,
 )
 from mcp_server.escalation import EscalationPosted
-from mcp_server.github_app import ScopedTokens
+from mcp_server.github_app import ObserverTokens
 from mcp_server.operator import OperatorActions
 
 __all__ = ["HttpOperator", "RemoteTokens", "operator_base_url", "operator_routes"]
@@ -114,7 +114,7 @@ async def _call(actions: OperatorActions, operation: str, body: Mapping[str, Any
     raise ToolRefused(f"Unknown operation: {operation!r}.")
 
 
-def operator_routes(actions: OperatorActions, observer: ScopedTokens, *, secret: str | bytes) -> list[Route]:
+def operator_routes(actions: OperatorActions, observer: ObserverTokens, *, secret: str | bytes) -> list[Route]:
     """The sidecar's operator routes (mounted next to the MCP endpoint)."""
 
     def authorized(request: Request) -> bool:

@@ -17,7 +17,7 @@ from agent.models import AnthropicBackend, ModelBackend
 from agent.scripted import ScriptedBackend
 from mcp_server.audit import FanOutAuditSink
 from mcp_server.forge import ForgeClient
-from mcp_server.github_app import GitHubApp, TokenSource
+from mcp_server.github_app import GitHubApp, ObserverTokens, TokenSource
 from mcp_server.in_process import open_in_process_session
 from mcp_server.operator import Operator, OperatorActions
 from mcp_server.operator_http import HttpOperator, RemoteTokens, operator_base_url
@@ -147,7 +147,8 @@ async def open_runtime(
         elif config.forge.app_id and config.forge.installation_id and config.forge.private_key_path:
             app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
             shared = await stack.enter_async_context(forge_client(config, app))
-            observer = app.scoped(
+            observer = ObserverTokens(
+                app,
                 repositories=observer_repositories([p.repo for p in config.projects]),
                 permissions=OBSERVER_PERMISSIONS,
             )

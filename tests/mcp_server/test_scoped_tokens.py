@@ -171,3 +171,32 @@ async def test_a_session_binding_uses_the_attempts_scoped_token(world: World) ->
         assert record is not None and record.repositories == frozenset({"acme/bug-lib"})
     finally:
         await binding.aclose()
+
+
+async def test_the_observation_token_is_read_only_and_survives_a_repository_outside_the_installation(
+    world: World,
+) -> None:
+    import httpx2
+
+    from mcp_server.github_app import ObserverTokens
+    from mcp_server.scopes import OBSERVER_PERMISSIONS
+
+    config = world.config
+    async with GitHubApp.from_settings(config.forge) as app:
+        named = ObserverTokens(app, repositories=["bug-lib", "stale-import"], permissions=OBSERVER_PERMISSIONS)
+        record = world.forge.auth.lookup(await named.token())
+        assert record is not None and record.repositories == frozenset({"acme/bug-lib", "acme/stale-import"})
+        assert set((record.permissions or {}).values()) == {"read"}
+        # A configured repository the App is not installed on: the named scope is refused (422), and the pass
+        # still observes the others with the same read-only permissions over the installation.
+        async with httpx2.AsyncClient(base_url=world.forge.api_url) as http:
+            created = await http.post(
+                "/_forge/repos",
+                json={"full_name": "acme/not-installed", "installed": False},
+                headers={"Authorization": f"token {world.forge.admin_token}"},
+            )
+        assert created.status_code == 201
+        wide = ObserverTokens(app, repositories=["bug-lib", "not-installed"], permissions=OBSERVER_PERMISSIONS)
+        record = world.forge.auth.lookup(await wide.token())
+        assert record is not None and record.repositories is None
+        assert set((record.permissions or {}).values()) == {"read"}
