@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from mcp_server.audit import AuditEvent, AuditSink, Outcome
 from mcp_server.checks import merge_when_green
-from mcp_server.errors import ForgeError, ToolRefused
+from mcp_server.errors import ForgeAuthError, ForgeError, ToolRefused
 from mcp_server.escalation import EscalationPosted, post_escalation
 from mcp_server.forge import ForgeClient
 from mcp_server.github_app import GitHubApp
@@ -95,12 +95,14 @@ class OperatorActions:
         self._client = client
 
     def _project(self, name: str) -> ProjectConfig:
+        # A project this server does not act for is refused like a forge 403, so every call site handles it
+        # as it handles the forge refusing a write (recorded, logged, left for a human), never as a crash.
         if self._projects is not None and name not in self._projects:
-            raise ToolRefused(f"Access denied: this server does not serve project {name!r}.")
+            raise ForgeAuthError(f"Operator refused: this MCP server does not serve project {name!r}.", status=403)
         try:
             return self._config.project(name)
         except KeyError:
-            raise ToolRefused(f"Access denied: unknown project: {name!r}.") from None
+            raise ForgeAuthError(f"Operator refused: unknown project: {name!r}.", status=403) from None
 
     def _scoped(self, project: ProjectConfig, operation: str) -> ForgeClient:
         tokens = self._app.scoped(

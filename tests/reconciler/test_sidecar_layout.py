@@ -22,6 +22,7 @@ from e2e_support import GitPusher, e2e_config, forge_for, insert_running_attempt
 from fixtures.forge import Forge
 from mcp_server.audit import AuditEvent
 from mcp_server.cli import sidecar_app
+from mcp_server.errors import ForgeAuthError
 from mcp_server.operator_http import HttpOperator, RemoteTokens
 from mcp_server.session import Mode
 from policy.config import ForgeSettings, GreenloopConfig
@@ -157,15 +158,23 @@ async def test_operator_routes_refuse_a_request_without_the_reconcilers_token(tm
 
     async with forge_for(tmp_path / "forge", ["flaky"]) as forge:
         config = e2e_config(forge, ["flaky"], database_url=sqlite_url(tmp_path / "s.db"), workspace_dir=tmp_path)
-        async with sidecar(config, Audit()) as port, httpx2.AsyncClient(timeout=30) as http:
+        audit = Audit()
+        async with sidecar(config, audit) as port, httpx2.AsyncClient(timeout=30) as http:
             url = f"http://127.0.0.1:{port}/operator/observer-token"
             assert (await http.post(url)).status_code == 401
             # An agent's MCP session token is not the reconciler's: a different audience.
             agent = mint_token(SECRET, project="flaky", attempt_id="a1b2c3", job="test", mode=Mode.AGENT)
             assert (await http.post(url, headers={"Authorization": f"Bearer {agent}"})).status_code == 401
             wrong = HttpOperator(f"http://127.0.0.1:{port}/operator", "x" * 40)
+            right = HttpOperator(f"http://127.0.0.1:{port}/operator", SECRET)
             try:
-                with pytest.raises(Exception, match="refused the operator token"):
+                with pytest.raises(ForgeAuthError, match="refused the operator token"):
                     await wrong.rerun_workflow("flaky", 1)
+                # The reconciler's own token, for a project the sidecar does not serve: refused like a 403.
+                with pytest.raises(ForgeAuthError, match="does not serve project") as refused:
+                    await right.rerun_workflow("nope", 1)
+                assert refused.value.status == 403
             finally:
                 await wrong.aclose()
+                await right.aclose()
+    assert [(e.tool, e.project, e.outcome) for e in audit.events] == [("operator.rerun_workflow", "nope", "error")]
