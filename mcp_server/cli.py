@@ -244,7 +244,8 @@ async def sidecar_app(
     port: int,
     path: str = "/mcp",
 ) -> Starlette:
-    """The sidecar's ASGI app: MCP over streamable HTTP plus the reconciler's operator routes.
+    """The sidecar's ASGI app: MCP over streamable HTTP plus the reconciler's operator routes (those only
+    with a GitHub App configured).
 
     The one process that reads the App key: one App and one forge client (opened in `stack`) serve every
     session and the operator routes, each use with its own scoped token.
@@ -256,6 +257,20 @@ async def sidecar_app(
     from mcp_server.scopes import OBSERVER_PERMISSIONS, observer_repositories
     from mcp_server.session import config_binding_factory
 
+    settings = config.forge
+    if not (settings.app_id and settings.installation_id and settings.private_key_path):
+        # No App here: sessions still open (their tools then say why the forge is unreachable), and there are
+        # no operator routes, so a reconciler pointed at this server gets a 404 rather than a key-less token.
+        log_event(logger, "mcp_http_no_github_app", level=logging.WARNING)
+        return http_app(
+            config_binding_factory(config, audit=audit),
+            mode=mode,
+            secret=secret,
+            projects=projects,
+            host=host,
+            port=port,
+            path=path,
+        )
     github = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
     forge = await stack.enter_async_context(ForgeClient(config.forge, github))
     watched = [p for p in config.projects if p.name in projects]
