@@ -178,3 +178,33 @@ async def test_operator_routes_refuse_a_request_without_the_reconcilers_token(tm
                 await wrong.aclose()
                 await right.aclose()
     assert [(e.tool, e.project, e.outcome) for e in audit.events] == [("operator.rerun_workflow", "nope", "error")]
+
+
+async def test_single_process_layout_closes_a_cancelled_attempts_pull_request_through_the_operator(
+    tmp_path: Path,
+) -> None:
+    from reconciler.store.audit import tool_calls
+
+    async with forge_for(tmp_path / "forge", ["bug-lib"]) as forge:
+        config = e2e_config(forge, ["bug-lib"], database_url=sqlite_url(tmp_path / "g.db"), workspace_dir=tmp_path)
+        job = config.projects[0].jobs[0]
+        async with open_runtime(config, backend_for=None) as ctx:
+            assert ctx.operator is not None and not isinstance(ctx.operator, HttpOperator)
+            attempt = await insert_running_attempt(
+                ctx.sessions, project="bug-lib", job=job, run_id="1", head_sha="0" * 40,
+                heartbeat_at=datetime.now(UTC),
+            )  # fmt: skip
+            assert attempt.branch
+            pusher = GitPusher(forge, forge.admin_token, tmp_path)
+            await pusher.push("acme/bug-lib", {"FIX.md": "a fix\n"}, "fix", branch=attempt.branch)
+            number = await pusher.open_pull("acme/bug-lib", head=attempt.branch)
+            cancelled = await cancel_attempt(ctx, attempt, reason="wrong approach")
+            rows = await tool_calls(ctx.sessions, attempt_id=attempt.id)
+            # The pass's own forge client observes read-only; the close went through the operator's scoped token.
+            assert ctx.forge is not None
+            observer = forge.auth.lookup(await ctx.forge.token_source.token())
+            assert observer is not None and set((observer.permissions or {}).values()) == {"read"}
+    assert cancelled.pr_closed == number
+    (pull,) = pulls_of(forge, "acme/bug-lib")
+    assert pull.state == "closed" and not pull.merged
+    assert [(r.tool, r.client, r.outcome) for r in rows] == [("operator.close_pull_request", "reconciler", "ok")]
