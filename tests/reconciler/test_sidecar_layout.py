@@ -2,7 +2,8 @@
 observation token it gets from the sidecar, and writes through the sidecar's operator routes.
 
 The sidecar is the real `greenloop-mcp serve-http` app (`mcp_server/cli.py::sidecar_app`) on a loopback port;
-the reconciler is `open_runtime` with `server.mcp_url` and a `[forge]` that names no App and no key.
+the reconciler is `open_runtime` with `server.mcp_url` and a `[forge]` that names no App and no key. The last
+test is the single-process layout: the same operator surface, in-process.
 """
 
 from __future__ import annotations
