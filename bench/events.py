@@ -45,6 +45,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from bench.scale import RecordingDispatcher
+from mcp_server.scopes import APP_PERMISSIONS
 from policy.config import GreenloopConfig, ServerSettings
 from reconciler.api import build_api
 from reconciler.context import ReconcilerContext
@@ -148,7 +149,7 @@ async def _measure(samples: int) -> Measured:
     from fixtures.projects.catalog import load_project
 
     work = Path(tempfile.mkdtemp(prefix="greenloop-bench-events-"))
-    permissions = {"contents": "write", "pull_requests": "write", "actions": "write", "metadata": "read"}
+    permissions = dict(APP_PERMISSIONS)
     async with run_forge(work / "forge", projects=[PROJECT], app_permissions=permissions) as forge:
         await forge.wait_idle(120)
         config = GreenloopConfig(

@@ -48,6 +48,7 @@ import sqlalchemy as sa
 
 from bench import bench_line
 from infra.jsonlog import JsonFormatter
+from mcp_server.scopes import APP_PERMISSIONS
 from policy.config import Backoff, GreenloopConfig, ProjectConfig, ServerSettings
 from policy.gate import failure_fingerprint
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, Autonomy
@@ -360,7 +361,7 @@ async def _real_runtime(
     async with run_forge(
         tmp / "forge",
         projects=[f.name for f in fixtures],
-        app_permissions={"contents": "write", "pull_requests": "write", "actions": "write", "metadata": "read"},
+        app_permissions=dict(APP_PERMISSIONS),
     ) as forge:
         await forge.wait_idle(120)
         config = GreenloopConfig(

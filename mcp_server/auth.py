@@ -26,15 +26,21 @@ __all__ = [
     "ISSUER",
     "MAX_TTL_SECONDS",
     "MIN_SECRET_BYTES",
+    "OPERATOR_AUDIENCE",
+    "OPERATOR_TTL_SECONDS",
     "TOKEN_SECRET_ENV",
     "JwtTokenVerifier",
     "TokenClaims",
     "grant_from_access_token",
+    "mint_operator_token",
     "mint_token",
+    "verify_operator_token",
 ]
 
 ISSUER = "greenloop"
 AUDIENCE = "greenloop-mcp"
+OPERATOR_AUDIENCE = "greenloop-operator"  # the sidecar's operator routes; never accepted as an MCP session
+OPERATOR_TTL_SECONDS = 300
 TOKEN_SECRET_ENV = "GREENLOOP_MCP_TOKEN_SECRET"
 # Security: HS256 keys shorter than the hash output are brute-forceable offline.
 MIN_SECRET_BYTES = 32
@@ -95,6 +101,35 @@ def mint_token(
         "mode": Mode(mode).value,
     }
     return jwt.encode(claims, _key(secret), algorithm=_ALGORITHM)
+
+
+def mint_operator_token(secret: str | bytes, *, ttl_seconds: int = OPERATOR_TTL_SECONDS) -> str:
+    """Sign the reconciler's short-lived bearer token for the sidecar's operator routes (not an MCP session).
+
+    Raises:
+        ValueError: the secret is too short.
+    """
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": OPERATOR_AUDIENCE, "sub": "reconciler", "iat": now, "nbf": now,
+              "exp": now + ttl_seconds, "jti": uuid.uuid4().hex}  # fmt: skip
+    return jwt.encode(claims, _key(secret), algorithm=_ALGORITHM)
+
+
+def verify_operator_token(secret: str | bytes, token: str) -> bool:
+    """Whether `token` is a valid, unexpired operator token (pinned algorithm, issuer, audience, TTL)."""
+    try:
+        raw: dict[str, Any] = jwt.decode(
+            token,
+            _key(secret),
+            algorithms=[_ALGORITHM],
+            audience=OPERATOR_AUDIENCE,
+            issuer=ISSUER,
+            leeway=_LEEWAY_SECONDS,
+            options={"require": ["exp", "iat", "aud", "iss", "sub", "jti"]},
+        )
+        return raw.get("sub") == "reconciler" and int(raw["exp"]) - int(raw["iat"]) <= OPERATOR_TTL_SECONDS
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        return False
 
 
 def _optional_str(claims: dict[str, Any], name: str) -> str | None:

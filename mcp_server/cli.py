@@ -1,12 +1,17 @@
 """`greenloop-mcp`: the MCP server over stdio (default) or streamable HTTP (`serve-http`).
 
+    greenloop-mcp --config greenloop.toml --project NAME [--token-env GITHUB_TOKEN]      (a person, read-only)
     greenloop-mcp --config greenloop.toml --project NAME [--mode read-only|agent] [--attempt ID --job JOB]
     greenloop-mcp serve-http --config greenloop.toml --host 127.0.0.1 --port 8765 [--mode agent] [--project NAME]
 
-stdio sessions are bound to the project (and attempt/job) on the command line. HTTP sessions are bound to
-the project, attempt, job and mode of their bearer token (see `mcp_server.auth`); the HMAC secret that
-verifies tokens is read from `$GREENLOOP_MCP_TOKEN_SECRET`, never from the command line. The mode given
-here is the most any session may get. Logs go to stderr as JSON lines; stdout carries only MCP messages.
+stdio sessions are bound to the project (and attempt/job) on the command line. A person runs it read-only
+with their own GitHub token (from `$GITHUB_TOKEN`, or the variable `--token-env` names): no App key, and the
+forge shows them what they may see. The App key path (`[forge] private_key_path`) is for service use.
+HTTP sessions are bound to the project, attempt, job and mode of their bearer token (see
+`mcp_server.auth`); the HMAC secret that verifies tokens is read from `$GREENLOOP_MCP_TOKEN_SECRET`, never
+from the command line. The mode given here is the most any session may get. The sidecar also serves the
+reconciler's operator routes (`mcp_server/operator_http.py`), which are not MCP tools.
+Logs go to stderr as JSON lines; stdout carries only MCP messages.
 """
 
 from __future__ import annotations
@@ -31,14 +36,25 @@ from policy.errors import ConfigError
 if TYPE_CHECKING:
     from mcp.server.transport_security import TransportSecuritySettings
     from starlette.applications import Starlette
+    from starlette.routing import BaseRoute
 
     from mcp_server.audit import AuditSink, ClosableAuditSink
     from mcp_server.session import BindingFactory, Mode, SessionGrant
 
-__all__ = ["TOKEN_SECRET_ENV", "build_parser", "http_app", "main", "transport_security"]
+__all__ = [
+    "PERSONAL_TOKEN_ENV",
+    "TOKEN_SECRET_ENV",
+    "build_parser",
+    "http_app",
+    "main",
+    "personal_token_env",
+    "sidecar_app",
+    "transport_security",
+]
 
 logger = logging.getLogger("greenloop.mcp.cli")
 TOKEN_SECRET_ENV = "GREENLOOP_MCP_TOKEN_SECRET"  # the same name as mcp_server.auth.TOKEN_SECRET_ENV
+PERSONAL_TOKEN_ENV = "GITHUB_TOKEN"  # where a person's own token is read from by default
 _MODES = ("read-only", "agent")  # mcp_server.session.Mode values
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -70,6 +86,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     stdio.add_argument("--project", required=True, help="the project (from greenloop.toml) to bind to")
     stdio.add_argument("--attempt", default=None, help="attempt id (agent mode)")
     stdio.add_argument("--job", default=None, help="the failing job the attempt is about (agent mode)")
+    stdio.add_argument(
+        "--token-env",
+        default=None,
+        metavar="NAME",
+        help=f"read-only: act with the personal GitHub token in ${{NAME}} instead of the GitHub App (default "
+        f"${PERSONAL_TOKEN_ENV} when [forge] has no private_key_path); no App key is read",
+    )
 
     http = argparse.ArgumentParser(
         prog="greenloop-mcp serve-http",
@@ -111,8 +134,12 @@ def http_app(
     path: str = "/mcp",
     idle_seconds: float = 3600.0,
     call_deadline_seconds: float = DEFAULT_CALL_DEADLINE_SECONDS,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The streamable-HTTP ASGI app: bearer tokens required (401 otherwise), Host/Origin headers pinned.
+
+    `extra_routes` (the operator routes, `mcp_server/operator_http.py`) are served next to the MCP endpoint;
+    they check their own bearer token and are not MCP tools.
 
     Raises:
         ValueError: the secret is too short or the port is out of range.
@@ -133,9 +160,11 @@ def http_app(
         idle_seconds=idle_seconds,
         call_deadline_seconds=call_deadline_seconds,
     )
-    return server.streamable_http_app(
+    app = server.streamable_http_app(
         streamable_http_path=path, transport_security=transport_security(host, port), host=host
     )
+    app.router.routes[:0] = list(extra_routes)
+    return app
 
 
 def _configure_logging(level: str) -> None:
@@ -168,17 +197,97 @@ async def _audit_sink(stack: AsyncExitStack, url: str | None, database_sink: Dat
     return FanOutAuditSink(sinks)
 
 
+def personal_token_env(args: argparse.Namespace, config: GreenloopConfig) -> str | None:
+    """The variable holding the person's token for this stdio session, or None for the App (service use).
+
+    Raises:
+        ConfigError: a personal token asked for in agent mode, or its variable is empty.
+    """
+    name: str | None = args.token_env
+    if name is None and not config.forge.private_key_path:
+        name = PERSONAL_TOKEN_ENV
+    if name is None:
+        return None
+    if args.mode != "read-only":
+        raise ConfigError("--token-env: a personal token serves read-only sessions only (writes are the App's)")
+    if not os.environ.get(name, "").strip():
+        raise ConfigError(f"set ${name} to your GitHub token (a fine-grained, read-only token is enough)")
+    return name
+
+
 async def _run_stdio(
     args: argparse.Namespace, config: GreenloopConfig, grant: SessionGrant, database_sink: DatabaseSinkFactory | None
 ) -> None:
+    from mcp_server.github_app import StaticToken
     from mcp_server.server import build_server
     from mcp_server.session import config_binding_factory
     from mcp_server.stdio import run_stdio
 
     async with AsyncExitStack() as stack:
         audit = await _audit_sink(stack, args.audit_db, database_sink)
-        server = build_server(config_binding_factory(config, audit=audit), mode=grant.mode, grant=grant)
+        token_env = personal_token_env(args, config)
+        personal = StaticToken(os.environ[token_env]) if token_env else None
+        factory = config_binding_factory(config, audit=audit, personal_token=personal)
+        server = build_server(factory, mode=grant.mode, grant=grant)
         await run_stdio(server)
+
+
+async def sidecar_app(
+    config: GreenloopConfig,
+    stack: AsyncExitStack,
+    *,
+    audit: AuditSink,
+    mode: Mode,
+    secret: str,
+    projects: Sequence[str],
+    host: str,
+    port: int,
+    path: str = "/mcp",
+) -> Starlette:
+    """The sidecar's ASGI app: MCP over streamable HTTP plus the reconciler's operator routes (those only
+    with a GitHub App configured).
+
+    The one process that reads the App key: one App and one forge client (opened in `stack`) serve every
+    session and the operator routes, each use with its own scoped token.
+    """
+    from mcp_server.forge import ForgeClient
+    from mcp_server.github_app import GitHubApp, ObserverTokens
+    from mcp_server.operator import OperatorActions
+    from mcp_server.operator_http import operator_routes
+    from mcp_server.scopes import OBSERVER_PERMISSIONS, observer_repositories
+    from mcp_server.session import config_binding_factory
+
+    settings = config.forge
+    if not (settings.app_id and settings.installation_id and settings.private_key_path):
+        # No App here: sessions still open (their tools then say why the forge is unreachable), and there are
+        # no operator routes, so a reconciler pointed at this server gets a 404 rather than a key-less token.
+        log_event(logger, "mcp_http_no_github_app", level=logging.WARNING)
+        return http_app(
+            config_binding_factory(config, audit=audit),
+            mode=mode,
+            secret=secret,
+            projects=projects,
+            host=host,
+            port=port,
+            path=path,
+        )
+    github = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
+    forge = await stack.enter_async_context(ForgeClient(config.forge, github))
+    watched = [p for p in config.projects if p.name in projects]
+    observer = ObserverTokens(
+        github, repositories=observer_repositories([p.repo for p in watched]), permissions=OBSERVER_PERMISSIONS
+    )
+    actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler", projects=projects)
+    return http_app(
+        config_binding_factory(config, audit=audit, app=github, forge=forge),
+        mode=mode,
+        secret=secret,
+        projects=projects,
+        host=host,
+        port=port,
+        path=path,
+        extra_routes=operator_routes(actions, observer, secret=secret),
+    )
 
 
 async def _run_http(
@@ -186,13 +295,15 @@ async def _run_http(
 ) -> None:
     import uvicorn
 
-    from mcp_server.session import Mode, config_binding_factory
+    from mcp_server.session import Mode
 
     projects = args.project or [p.name for p in config.projects]
     async with AsyncExitStack() as stack:
         audit = await _audit_sink(stack, args.audit_db, database_sink)
-        app = http_app(
-            config_binding_factory(config, audit=audit),
+        app = await sidecar_app(
+            config,
+            stack,
+            audit=audit,
             mode=Mode(args.mode),
             secret=secret,
             projects=projects,
@@ -266,6 +377,7 @@ def main(argv: Sequence[str] | None = None, *, database_sink: DatabaseSinkFactor
                 raise ConfigError(f"serve-http: invalid port: {args.port!r}")
         else:
             _check_binding(args)
+            personal_token_env(args, config)
     except (ConfigError, ValueError) as exc:
         print(f"greenloop-mcp: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ method, the API path and the status, never the token.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json as json_module
 import logging
 import random
@@ -444,6 +445,24 @@ class ForgeClient:
         self._etag_entries = etag_entries
         self._etags: OrderedDict[str, _CacheEntry] = OrderedDict()
         self.stats = ForgeStats()
+        self._owns_http = True
+
+    @property
+    def token_source(self) -> TokenSource:
+        """Where this client's bearer token comes from (what it may do is that token's scope)."""
+        return self._auth
+
+    def with_auth(self, auth: TokenSource) -> ForgeClient:
+        """A client acting with `auth` (a down-scoped token) that shares this one's connection pool and
+        rate-limit stats: still one forge client per process for pool and budget, a token per purpose.
+
+        It has its own ETag cache (GitHub's ETags vary with the token), and closing it leaves the pool open.
+        """
+        scoped = copy.copy(self)
+        scoped._auth = auth
+        scoped._etags = OrderedDict()
+        scoped._owns_http = False
+        return scoped
 
     async def __aenter__(self) -> ForgeClient:
         return self
@@ -454,8 +473,9 @@ class ForgeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the underlying HTTP client."""
-        await self._http.aclose()
+        """Close the underlying HTTP client (a `with_auth` client leaves the shared one open)."""
+        if self._owns_http:
+            await self._http.aclose()
 
     # ------------------------------------------------------------------------------------------ API
 

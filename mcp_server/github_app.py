@@ -3,13 +3,16 @@
 The private key is read once, from a path, when `GitHubApp` is built; it never leaves this object. The
 installation token (optionally scoped to some repositories and permissions, which GitHub then enforces) is
 cached and refreshed five minutes before its `expires_at`, or at once after the forge answers 401 to it
-(`invalidate`). `secrets()` lists the credentials in circulation so that logs and tool output can be
-scrubbed of them.
+(`invalidate`). `GitHubApp.scoped(repositories, permissions)` is a `TokenSource` for a down-scoped token
+(the body of the exchange names the repositories and permissions), cached per scope and refreshed the same
+way: one App, one key, a token per purpose. `secrets()` lists every credential in circulation (every scope's)
+so that logs and tool output can be scrubbed of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -23,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from infra.jsonlog import log_event
 from mcp_server.errors import ForgeAuthError, ForgeError, ForgeNotFound, ForgeUnavailable
 from policy.config import ForgeSettings
 from policy.redaction import redact
@@ -33,6 +37,9 @@ __all__ = [
     "JWT_TTL_SECONDS",
     "REFRESH_MARGIN_SECONDS",
     "GitHubApp",
+    "ObserverTokens",
+    "ScopedTokens",
+    "StaticToken",
     "TokenSource",
 ]
 
@@ -41,7 +48,8 @@ API_VERSION = "2022-11-28"  # sent as X-GitHub-Api-Version on every request, the
 JWT_BACKDATE_SECONDS = 60
 JWT_TTL_SECONDS = 540
 REFRESH_MARGIN_SECONDS = 300.0
-_KEEP_OLD_TOKENS = 3  # tokens replaced recently may still sit in a log line being written
+_KEEP_OLD_TOKENS = 3
+logger = logging.getLogger("greenloop.github_app")  # tokens replaced recently may still sit in a log line being written
 
 
 class TokenSource(Protocol):
@@ -58,6 +66,123 @@ class TokenSource(Protocol):
     def secrets(self) -> tuple[str, ...]:
         """Every credential in circulation, for redaction."""
         ...
+
+
+class StaticToken:
+    """A token given from outside (a person's own GitHub token): never refreshed, never exchanged.
+
+    The forge judges it as that person: they see what they may see. A 401 leaves nothing to refresh.
+    """
+
+    def __init__(self, token: str) -> None:
+        if not token.strip():
+            raise ForgeAuthError("GitHub token: the token is empty.")
+        self._token = token.strip()
+
+    async def token(self) -> str:
+        """The token as given."""
+        return self._token
+
+    def invalidate(self, token: str) -> None:
+        """Nothing to refresh: the next request fails the same way and says so."""
+
+    def secrets(self) -> tuple[str, ...]:
+        """The token, for redaction."""
+        return (self._token,)
+
+
+def scope_key(repositories: Sequence[str] | None, permissions: Mapping[str, str] | None) -> str:
+    """A stable key for a token scope (sorted repository names and permissions)."""
+    repos = "*" if repositories is None else ",".join(sorted(r.lower() for r in repositories))
+    perms = "*" if permissions is None else ",".join(f"{k}:{permissions[k]}" for k in sorted(permissions))
+    return f"{repos}|{perms}"
+
+
+class _TokenCache:
+    """One scope's installation token: the request body that asks for it, the live token, its expiry."""
+
+    def __init__(self, repositories: Sequence[str] | None, permissions: Mapping[str, str] | None) -> None:
+        self.body: dict[str, Any] = {}
+        if repositories is not None:
+            self.body["repositories"] = sorted(repositories)
+        if permissions is not None:
+            self.body["permissions"] = dict(permissions)
+        self.lock = asyncio.Lock()
+        self.token: str | None = None
+        self.expires_at = 0.0
+
+
+class ScopedTokens:
+    """A `TokenSource` for one scope of a `GitHubApp` (same key, same HTTP client, its own cached token)."""
+
+    def __init__(self, app: GitHubApp, cache: _TokenCache) -> None:
+        self._app = app
+        self._cache = cache
+
+    @property
+    def scope(self) -> Mapping[str, Any]:
+        """The exchange body: {"repositories": [...], "permissions": {...}}."""
+        return self._cache.body
+
+    @property
+    def expires_at(self) -> float:
+        """When the token `token()` last returned expires (epoch seconds; 0 before the first)."""
+        return self._cache.expires_at
+
+    async def token(self) -> str:
+        """This scope's installation token, fetched or refreshed before it expires."""
+        return await self._app._cached(self._cache)
+
+    def invalidate(self, token: str) -> None:
+        """Forget `token` after the forge answered 401 to it."""
+        self._app.invalidate(token)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential of the App in circulation (all scopes), for redaction."""
+        return self._app.secrets()
+
+
+class ObserverTokens:
+    """The observation token: read-only over the named repositories, or, when the forge refuses that scope
+    (422: a configured repository is not in the installation), the same permissions over every repository
+    of the installation, so one misconfigured project does not blind the pass to all the others. Logged."""
+
+    def __init__(self, app: GitHubApp, *, repositories: Sequence[str] | None, permissions: Mapping[str, str]) -> None:
+        self._named = app.scoped(repositories=repositories, permissions=permissions)
+        self._wide = app.scoped(repositories=None, permissions=permissions)
+        self._current = self._named
+        self._app = app
+
+    @property
+    def expires_at(self) -> float:
+        """When the token `token()` last returned expires (epoch seconds)."""
+        return self._current.expires_at
+
+    async def token(self) -> str:
+        """The observation token."""
+        if self._current is self._named:
+            try:
+                return await self._named.token()
+            except ForgeError as exc:
+                if exc.status != 422:
+                    raise
+                log_event(
+                    logger,
+                    "observer_scope_refused",
+                    level=logging.WARNING,
+                    reason=str(exc),
+                    fallback="every repository of the installation, read-only",
+                )
+                self._current = self._wide
+        return await self._wide.token()
+
+    def invalidate(self, token: str) -> None:
+        """Forget `token` after a 401."""
+        self._app.invalidate(token)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential of the App in circulation, for redaction."""
+        return self._app.secrets()
 
 
 class _InstallationToken(BaseModel):
@@ -112,12 +237,9 @@ class GitHubApp:
         self._clock = clock
         self._refresh_margin = refresh_margin
         # Least privilege: GitHub scopes the token to these repositories (names without the owner) and
-        # permissions; None asks for everything the installation has.
-        self._scope: dict[str, Any] = {}
-        if repositories is not None:
-            self._scope["repositories"] = list(repositories)
-        if permissions is not None:
-            self._scope["permissions"] = dict(permissions)
+        # permissions; None asks for everything the installation has. `scoped()` asks for narrower ones.
+        self._default = _TokenCache(repositories, permissions)
+        self._caches: dict[str, _TokenCache] = {}
         self._timeout = timeout
         self._http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(timeout),
@@ -130,9 +252,6 @@ class GitHubApp:
                 "User-Agent": "greenloop",
             },
         )
-        self._lock = asyncio.Lock()
-        self._token: str | None = None
-        self._expires_at = 0.0
         self._old: list[str] = []
         self._last_jwt: str | None = None
         self.exchanges = 0  # how many installation tokens were fetched (observable in tests and metrics)
@@ -189,22 +308,41 @@ class GitHubApp:
             ForgeNotFound: no such installation.
             ForgeUnavailable: the forge could not be reached or failed.
         """
-        async with self._lock:
-            token = self._token
-            if token is None or self._clock() >= self._expires_at - self._refresh_margin:
-                token = await self._exchange()
+        return await self._cached(self._default)
+
+    def scoped(self, *, repositories: Sequence[str] | None, permissions: Mapping[str, str]) -> ScopedTokens:
+        """A token source for exactly these repositories (names without the owner; None: every repository of
+        the installation) and permissions.
+
+        Sources of the same scope share one cached token; the forge refuses a scope beyond the installation's.
+        """
+        key = scope_key(repositories, permissions)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = _TokenCache(repositories, permissions)
+        return ScopedTokens(self, cache)
+
+    async def _cached(self, cache: _TokenCache) -> str:
+        async with cache.lock:
+            token = cache.token
+            if token is None or self._clock() >= cache.expires_at - self._refresh_margin:
+                token = await self._exchange(cache)
             return token
 
+    def _all_caches(self) -> list[_TokenCache]:
+        return [self._default, *self._caches.values()]
+
     def invalidate(self, token: str) -> None:
-        """Forget `token` after the forge answered 401 to it; the next `token()` fetches a new one."""
-        if token == self._token:
-            self._old = [token, *self._old][:_KEEP_OLD_TOKENS]
-            self._token = None
-            self._expires_at = 0.0
+        """Forget `token` after the forge answered 401 to it; the next `token()` of its scope fetches a new one."""
+        for cache in self._all_caches():
+            if token == cache.token:
+                self._old = [token, *self._old][:_KEEP_OLD_TOKENS]
+                cache.token = None
+                cache.expires_at = 0.0
 
     def secrets(self) -> tuple[str, ...]:
-        """The live installation token, recently replaced ones and the last JWT, for redaction."""
-        live = [self._token] if self._token else []
+        """Every scope's live installation token, recently replaced ones and the last JWT, for redaction."""
+        live = [c.token for c in self._all_caches() if c.token]
         jwts = [self._last_jwt] if self._last_jwt else []
         return tuple(live + self._old + jwts)
 
@@ -226,14 +364,14 @@ class GitHubApp:
             )
         return text + "."
 
-    async def _exchange(self) -> str:
+    async def _exchange(self, cache: _TokenCache) -> str:
         url = f"{self._api_url}/app/installations/{self._installation_id}/access_tokens"
         what = f"installation {self._installation_id!r}"
         try:
             response = await self._http.post(
                 url,
                 headers={"Authorization": f"Bearer {self.jwt()}"},
-                json=self._scope or None,
+                json=cache.body or None,
                 timeout=self._timeout,
             )
         except httpx2.TimeoutException as exc:
@@ -258,9 +396,9 @@ class GitHubApp:
             parsed = _InstallationToken.model_validate_json(response.content)
         except ValidationError as exc:
             raise ForgeError(f"Forge token exchange returned an unexpected body for {what}.") from exc
-        if self._token is not None and self._token != parsed.token:
-            self._old = [self._token, *self._old][:_KEEP_OLD_TOKENS]
-        self._token = parsed.token
-        self._expires_at = parsed.expires_at.timestamp()
+        if cache.token is not None and cache.token != parsed.token:
+            self._old = [cache.token, *self._old][:_KEEP_OLD_TOKENS]
+        cache.token = parsed.token
+        cache.expires_at = parsed.expires_at.timestamp()
         self.exchanges += 1
         return parsed.token

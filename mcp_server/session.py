@@ -22,8 +22,9 @@ import anyio
 from mcp_server.audit import AuditSink
 from mcp_server.errors import ToolRefused
 from mcp_server.forge import ForgeClient
-from mcp_server.github_app import GitHubApp
+from mcp_server.github_app import GitHubApp, StaticToken, TokenSource
 from mcp_server.reported_runs import ReportedRunSource
+from mcp_server.scopes import ATTEMPT_PERMISSIONS, READ_PERMISSIONS, repository_name
 from mcp_server.workspace import Workspace
 from policy.branches import fix_branch_name
 from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig
@@ -35,6 +36,7 @@ __all__ = [
     "SessionBinding",
     "SessionGrant",
     "config_binding_factory",
+    "session_tokens",
 ]
 
 
@@ -150,6 +152,13 @@ def _git_url(settings: ForgeSettings) -> str:
     return f"{parts.scheme}://{host}{path}"
 
 
+def session_tokens(app: GitHubApp, grant: SessionGrant, project: ProjectConfig) -> TokenSource:
+    """The token a session acts with: exactly the project's repository, with the permissions of its mode
+    (an attempt: `ATTEMPT_PERMISSIONS`; read-only: `READ_PERMISSIONS`). Cached per scope by the App."""
+    permissions = ATTEMPT_PERMISSIONS if grant.mode is Mode.AGENT else READ_PERMISSIONS
+    return app.scoped(repositories=[repository_name(project.repo)], permissions=permissions)
+
+
 def config_binding_factory(
     config: GreenloopConfig,
     *,
@@ -157,13 +166,18 @@ def config_binding_factory(
     app: GitHubApp | None = None,
     forge: ForgeClient | None = None,
     reported: ReportedRunSource | None = None,
+    personal_token: StaticToken | None = None,
 ) -> BindingFactory:
     """A `BindingFactory` building each binding from `greenloop.toml`: GitHub App, forge client, workspace,
     and `reported` (runs reported from outside Actions, when the caller has a store of them).
 
     `app` and `forge` (both or neither): the process's one GitHub App and forge client, shared by every
     session (the process's owner opens and closes them), so one rate-limit view and one token cache see
-    all the traffic. Without them each session opens its own (a stdio or sidecar server serving alone).
+    all the traffic. Without them each session opens its own (a stdio server serving alone). Either way a
+    session's forge client and git push use a token scoped to its one repository (`session_tokens`).
+
+    `personal_token`: a person's own GitHub token (`greenloop-mcp --token-env`): no App key is read, and the
+    forge judges every request as that person (read-only sessions only).
 
     Agent sessions clone into `<workspace_dir>/attempt-<id>`; read-only sessions into a temporary directory
     removed when the session ends.
@@ -173,6 +187,8 @@ def config_binding_factory(
     """
     if (app is None) != (forge is None):
         raise ValueError("config_binding_factory: pass both the shared GitHub App and its forge client, or neither")
+    if personal_token is not None and app is not None:
+        raise ValueError("config_binding_factory: a personal token or the GitHub App, not both")
 
     async def factory(grant: SessionGrant) -> SessionBinding:
         try:
@@ -181,11 +197,20 @@ def config_binding_factory(
             raise ToolRefused(f"Access denied: unknown project: {grant.project!r}.") from None
         stack = AsyncExitStack()
         try:
-            if app is not None and forge is not None:
-                session_app, session_forge = app, forge
+            tokens: TokenSource
+            if personal_token is not None:
+                if grant.mode is not Mode.READ_ONLY:
+                    raise ToolRefused("Access denied: a personal token serves read-only sessions only.")
+                tokens = personal_token
+                session_forge = await stack.enter_async_context(ForgeClient(config.forge, tokens))
             else:
-                session_app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
-                session_forge = await stack.enter_async_context(ForgeClient(config.forge, session_app))
+                if app is not None and forge is not None:
+                    shared_app, shared_forge = app, forge
+                else:
+                    shared_app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
+                    shared_forge = await stack.enter_async_context(ForgeClient(config.forge, shared_app))
+                tokens = session_tokens(shared_app, grant, project)
+                session_forge = shared_forge.with_auth(tokens)
             if grant.attempt_id is not None:
                 root = Path(config.server.workspace_dir) / f"attempt-{grant.attempt_id}"
             else:
@@ -194,8 +219,8 @@ def config_binding_factory(
                 root_dir=root,
                 project=project,
                 git_url=_git_url(config.forge),
-                token=session_app.token,
-                invalidate=session_app.invalidate,
+                token=tokens.token,
+                invalidate=tokens.invalidate,
                 bot_name=config.forge.bot_login,
                 bot_email=config.forge.bot_email,
             )
@@ -208,7 +233,7 @@ def config_binding_factory(
             workspace=workspace,
             forge=session_forge,
             audit=audit,
-            secrets=session_app.secrets,
+            secrets=tokens.secrets,
             reported=reported,
             resources=stack,
         )

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Final
 
 from infra.jsonlog import log_event
-from mcp_server.checks import head_checks, merge_when_green
+from mcp_server.checks import head_checks
 from mcp_server.errors import ToolRefused
 from mcp_server.forge import ForgeClient, PullRequest
 from policy.checks import CheckState, ChecksVerdict
@@ -89,6 +89,7 @@ async def _transition(step: StepInput, to: AttemptStatus, *, reason: str, **fiel
                 webhook_url=ctx.config.server.slack_webhook_url,
                 project=step.project,
                 forge=ctx.forge,
+                operator=ctx.operator,
             )
     return moved
 
@@ -180,15 +181,20 @@ async def _open_pr(step: StepInput, forge: ForgeClient, pr: PullRequest) -> Atte
         log_event(logger, "pr_checks", attempt_id=attempt.id, checks=verdict.state.value, reason=verdict.reason())
     if verdict.state is CheckState.FAILING:
         return await _checks_failed(step, verdict)
-    if verdict.state is CheckState.PASSED and project.autonomy is Autonomy.AUTO_MERGE and attempt.pushed_sha:
+    if (
+        verdict.state is CheckState.PASSED
+        and project.autonomy is Autonomy.AUTO_MERGE
+        and attempt.pushed_sha
+        and ctx.operator is not None
+    ):
         try:
-            merged = await merge_when_green(
-                forge,
-                project,
-                pr,
+            merged = await ctx.operator.merge_when_green(
+                project.name,
+                pr.number,
                 pushed_sha=attempt.pushed_sha,
                 title=pr.title,
                 message=f"greenloop attempt {attempt.id} for job {attempt.job}",
+                attempt_id=attempt.id,
             )
         except ToolRefused as exc:  # the head moved, or a check changed since it was read: a later pass sees
             log_event(logger, "merge_refused", level=logging.WARNING, attempt_id=attempt.id, reason=str(exc))

@@ -16,6 +16,7 @@ from reconciler.store.projects import sync_projects
 
 if TYPE_CHECKING:
     from mcp_server.forge import ForgeClient
+    from mcp_server.operator import Operator
     from reconciler.metrics import Metrics
     from reconciler.observe import ProjectObservation
     from reconciler.store.models import Attempt
@@ -74,6 +75,9 @@ class ReconcilerContext:
     # Below this many forge requests left (until the budget resets), projects without an active attempt are
     # not observed: the budget left is kept for attempts in flight (skip reason `rate_limit_low`).
     rate_limit_reserve: int = 100
+    # The reconciler's writes (re-run, merge on green, close a cancelled PR, escalation, orphan branches) go
+    # through the MCP server's operator surface: in-process or the sidecar's loopback routes. None: no writes.
+    operator: Operator | None = None
 
     async def ensure_projects(self) -> None:
         """Rows for every configured project (attempts, runs and flags reference them); once per process.

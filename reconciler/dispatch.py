@@ -44,6 +44,7 @@ from mcp_server.checks import failed_checks
 from mcp_server.errors import ForgeError
 from mcp_server.forge import ForgeClient, PullRequest
 from mcp_server.models import ToolName
+from mcp_server.operator import Operator
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
@@ -171,9 +172,11 @@ class AgentDispatcher:
         heartbeat_seconds: float = 5.0,
         secrets: tuple[str, ...] = (),
         forge: ForgeClient | None = None,
+        operator: Operator | None = None,
     ) -> None:
         self._config = config
         self._forge = forge  # to read each attempt's outcome back from the forge
+        self._operator = operator  # to post an escalation (the MCP server's operator surface)
         self._sessions = sessions
         self._open_session = open_session
         self._backend_for = backend_for
@@ -378,6 +381,7 @@ class AgentDispatcher:
             webhook_url=self._config.server.slack_webhook_url,
             project=project,
             forge=self._forge,
+            operator=self._operator,
         )
 
     async def _pull_request_found(self, attempt_id: str, pr: PullRequest, **fields: Any) -> None:

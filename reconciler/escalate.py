@@ -15,8 +15,9 @@ import logging
 from agent.report import AttemptChange, render_escalation
 from infra.jsonlog import log_event
 from mcp_server.errors import ForgeError
-from mcp_server.escalation import EscalationPosted, escalation_marker, post_escalation
+from mcp_server.escalation import EscalationPosted, escalation_marker
 from mcp_server.forge import ForgeClient
+from mcp_server.operator import Operator
 from policy.config import ProjectConfig
 from reconciler.store import attempts as store
 from reconciler.store import projects as project_store
@@ -94,6 +95,7 @@ async def escalate(
     *,
     why: str,
     reason: str,
+    operator: Operator | None = None,
 ) -> tuple[str, EscalationPosted | None]:
     """Render the report, post it on the forge and record it on the project; (report, where it landed)."""
     history = [a for a in await store.attempt_history(sessions, project.name, limit=10) if a.job == attempt.job]
@@ -117,16 +119,16 @@ async def escalate(
         links=[(label, url) for label, url in links if url],
     )
     posted: EscalationPosted | None = None
-    if forge is not None:
+    if operator is not None:
         try:
-            posted = await post_escalation(
-                forge,
-                project.repo,
+            posted = await operator.post_escalation(
+                project.name,
                 marker=escalation_marker(project.name, attempt.job),
                 title=f"greenloop needs a human: {attempt.job} is failing on {project.default_branch}",
                 report=report,
                 pr_number=attempt.pr_number,
                 owners=project.owners,
+                attempt_id=attempt.id,
             )
         except ForgeError as exc:
             log_event(logger, "escalation_not_posted", level=logging.WARNING, attempt_id=attempt.id, reason=str(exc))

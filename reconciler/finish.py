@@ -12,6 +12,7 @@ import logging
 
 from infra.jsonlog import log_event
 from mcp_server.forge import ForgeClient
+from mcp_server.operator import Operator
 from policy.config import ProjectConfig
 from policy.types import AttemptStatus
 from reconciler.escalate import ATTEMPT_CAP, escalate, why_escalated
@@ -36,6 +37,7 @@ async def attempt_finished(
     webhook_url: str | None,
     project: ProjectConfig | None = None,
     forge: ForgeClient | None = None,
+    operator: Operator | None = None,
 ) -> None:
     """Metrics, one structured event and (for succeeded/escalated) a notification for a finished attempt.
 
@@ -75,7 +77,7 @@ async def attempt_finished(
     why = why_escalated(attempt) if reason != ATTEMPT_CAP else _cap_sentence(project, attempt)
     where = None
     if project is not None:
-        _report, posted = await escalate(sessions, forge, project, attempt, why=why, reason=reason)
+        _report, posted = await escalate(sessions, forge, project, attempt, why=why, reason=reason, operator=operator)
         where = posted.url if posted is not None else None
     summary = f"`{attempt.job}` on `{attempt.project}`: {why}"
     if where:

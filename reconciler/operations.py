@@ -144,7 +144,12 @@ async def close_pull_request(ctx: ReconcilerContext, attempt: Attempt) -> int | 
     failure does not undo the cancel: it is logged, and the PR stays open for a human to close.
     """
     project = next((p for p in ctx.config.projects if p.name == attempt.project), None)
-    if ctx.forge is None or project is None or (attempt.pr_number is None and not attempt.branch):
+    if (
+        ctx.forge is None
+        or ctx.operator is None
+        or project is None
+        or (attempt.pr_number is None and not attempt.branch)
+    ):
         return None
     try:
         async with asyncio.timeout(_FORGE_TIMEOUT_S):
@@ -155,7 +160,7 @@ async def close_pull_request(ctx: ReconcilerContext, attempt: Attempt) -> int | 
                 pr = await ctx.forge.find_pull_request(project.repo, attempt.branch or "", state="open")
             if pr is None or pr.state != "open" or pr.merged:
                 return None
-            await ctx.forge.close_pull_request(project.repo, pr.number)
+            await ctx.operator.close_pull_request(project.name, pr.number, attempt_id=attempt.id)
     except (ForgeError, TimeoutError) as exc:
         log_event(logger, "cancel_pr_close_failed", level=logging.WARNING, attempt_id=attempt.id, error=str(exc))
         return None

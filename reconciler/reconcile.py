@@ -179,8 +179,8 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
                 summary.attempts_already_active += 1
             continue
         if decision.action == "rerun":
-            if not scope.dry_run and ctx.forge is not None:
-                await ctx.forge.rerun_workflow(project.repo, int(run.run_id))  # a refusal raises: not counted
+            if not scope.dry_run and ctx.operator is not None:
+                await ctx.operator.rerun_workflow(project.name, int(run.run_id))  # a refusal raises: not counted
                 ctx.caches.reruns_requested.add((project.name, run.run_id))
             summary.reruns.append(note)
             continue

@@ -113,8 +113,10 @@ async def _repair_attempt(
     # An orphan: pushed, never proposed. The attempt is final, so nothing will open its PR: clean it up.
     log_event(logger, "orphan_fix_branch", level=logging.WARNING, attempt_id=attempt.id, head_sha=head)
     try:
-        deleted = await forge.delete_branch(repo, branch)
-    except ForgeAuthError as exc:  # a read-only observer App may not delete: reported, left for a human
+        if ctx.operator is None:
+            raise ForgeAuthError("no operator surface: this process cannot delete branches")
+        deleted = await ctx.operator.delete_branch(attempt.project, branch, attempt_id=attempt.id)
+    except ForgeAuthError as exc:  # no operator, or the forge refused: reported, left for a human
         log_event(logger, "orphan_fix_branch_kept", level=logging.WARNING, attempt_id=attempt.id, error=str(exc))
         return
     log_event(logger, "orphan_fix_branch_deleted", attempt_id=attempt.id, deleted=deleted)

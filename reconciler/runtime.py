@@ -17,8 +17,11 @@ from agent.models import AnthropicBackend, ModelBackend
 from agent.scripted import ScriptedBackend
 from mcp_server.audit import FanOutAuditSink
 from mcp_server.forge import ForgeClient
-from mcp_server.github_app import GitHubApp
+from mcp_server.github_app import GitHubApp, ObserverTokens, TokenSource
 from mcp_server.in_process import open_in_process_session
+from mcp_server.operator import Operator, OperatorActions
+from mcp_server.operator_http import HttpOperator, RemoteTokens, operator_base_url
+from mcp_server.scopes import OBSERVER_PERMISSIONS, observer_repositories
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.errors import ConfigError
 from reconciler.context import ReconcilerContext
@@ -105,7 +108,7 @@ def _http_opener(config: GreenloopConfig) -> Callable[[Attempt], AbstractAsyncCo
     return open_session
 
 
-def forge_client(config: GreenloopConfig, app: GitHubApp) -> ForgeClient:
+def forge_client(config: GreenloopConfig, app: TokenSource) -> ForgeClient:
     """The reconciler's forge client: its ETag cache holds one run listing per project (plus job listings of
     running runs), so an unchanged pass over every project is answered with 304s."""
     return ForgeClient(config.forge, app, etag_entries=max(512, 2 * len(config.projects) + 64))
@@ -127,13 +130,33 @@ async def open_runtime(
         await migrate_store(engine)
         sessions = make_sessionmaker(engine)
         metrics = Metrics()
+        audit = FanOutAuditSink([StoreAuditSink(engine), MetricsAuditSink(metrics)])
         # One GitHub App and one forge client per process: the pass and every in-process MCP session share
-        # them, so the rate-limit view and the token cache see all the traffic.
+        # the client's pool and rate-limit view, each with a token scoped to what it is for. The pass reads
+        # with the read-only observation token; its writes go through the operator surface.
         app: GitHubApp | None = None
+        shared: ForgeClient | None = None
         forge: ForgeClient | None = None
-        if config.forge.app_id and config.forge.installation_id and config.forge.private_key_path:
+        operator: Operator | None = None
+        if config.server.mcp_url:
+            # The sidecar layout: the App key is in the sidecar only. This process gets the observation token
+            # and makes its writes over the sidecar's authenticated loopback routes.
+            if not config.server.mcp_token_secret:
+                raise ConfigError("server.mcp_url needs server.mcp_token_secret (the secret the sidecar verifies)")
+            remote = HttpOperator(operator_base_url(config.server.mcp_url), config.server.mcp_token_secret)
+            stack.push_async_callback(remote.aclose)
+            operator = remote
+            forge = await stack.enter_async_context(forge_client(config, RemoteTokens(remote.observer_token)))
+        elif config.forge.app_id and config.forge.installation_id and config.forge.private_key_path:
             app = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
-            forge = await stack.enter_async_context(forge_client(config, app))
+            shared = await stack.enter_async_context(forge_client(config, app))
+            observer = ObserverTokens(
+                app,
+                repositories=observer_repositories([p.repo for p in config.projects]),
+                permissions=OBSERVER_PERMISSIONS,
+            )
+            forge = shared.with_auth(observer)
+            operator = OperatorActions(config, app=app, forge=shared, audit=audit, client="reconciler")
         else:
             logger.warning(
                 "no GitHub App configured ([forge] app_id, installation_id, private_key_path): "
@@ -144,9 +167,8 @@ async def open_runtime(
             if config.server.mcp_url:
                 opener = _http_opener(config)
             else:
-                audit = FanOutAuditSink([StoreAuditSink(engine), MetricsAuditSink(metrics)])
                 in_process = open_in_process_session(
-                    config, audit=audit, app=app, forge=forge, reported=StoreReportedRuns(sessions)
+                    config, audit=audit, app=app, forge=shared, reported=StoreReportedRuns(sessions)
                 )
 
                 def opener(attempt: Attempt) -> AbstractAsyncContextManager[ToolSession]:
@@ -161,6 +183,7 @@ async def open_runtime(
                 heartbeat_seconds=heartbeat_seconds,
                 secrets=secrets,
                 forge=forge,
+                operator=operator,
             )
             stack.push_async_callback(dispatcher.aclose)
         yield ReconcilerContext(
@@ -171,4 +194,5 @@ async def open_runtime(
             metrics=metrics,
             bot_logins=frozenset({config.forge.bot_login}),
             rate_limit_reserve=config.server.rate_limit_reserve,
+            operator=operator,
         )

@@ -24,7 +24,6 @@ DEPLOY = ROOT / "deploy"
 SCHEMA = Path(__file__).resolve().parent / "data" / "k8s" / "k8s-trimmed.schema.json"
 KINDS = ("Deployment", "Service", "NetworkPolicy", "Secret", "ConfigMap")
 APP_KEY_SECRET = "greenloop-github-app"
-OBSERVER_KEY_SECRET = "greenloop-github-observer"
 SIDECAR = "mcp"
 RECONCILER = "reconciler"
 MCP_PORT = 8765
@@ -120,7 +119,7 @@ def _secret_refs(container: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
 def test_the_manifests_are_the_expected_kinds() -> None:
     kinds = sorted(doc.get("kind", "?") for _, doc in _documents())
     assert kinds == sorted(
-        ["ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Secret", "Secret", "Secret", "Service"]
+        ["ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Secret", "Secret", "Service"]
     )
 
 
@@ -187,9 +186,18 @@ def test_only_the_mcp_sidecar_mounts_the_app_key() -> None:
     _check_key_secret(APP_KEY_SECRET)
 
 
-def test_only_the_reconciler_mounts_the_read_only_observer_key() -> None:
-    assert _mounted_by(OBSERVER_KEY_SECRET) == {RECONCILER}
-    _check_key_secret(OBSERVER_KEY_SECRET)
+def test_one_app_key_and_no_other_container_sees_a_key() -> None:
+    # One App: exactly one Secret holds a private key, and only the sidecar mounts any Secret as a file.
+    key_secrets = {s["metadata"]["name"] for s in _of_kind("Secret") if any("key.pem" in k for k in s["stringData"])}
+    assert key_secrets == {APP_KEY_SECRET}
+    secret_volumes = {v["name"] for v in _pod()["volumes"] if "secret" in v}
+    for name, c in _containers().items():
+        mounted = {m["name"] for m in c.get("volumeMounts", [])} & secret_volumes
+        assert mounted == (_secret_volumes(APP_KEY_SECRET) if name == SIDECAR else set()), (name, mounted)
+        assert not any(s in key_secrets for s, _ in _secret_refs(c)), f"{name} reads a key from its environment"
+        assert not any("PRIVATE_KEY" in e["name"] for e in c.get("env", [])), f"{name} points at a key"
+    # The reconciler never opens a key: with server.mcp_url set it observes with the sidecar's read-only token.
+    assert _config_for(RECONCILER).server.mcp_url
 
 
 def _check_key_secret(secret: str) -> None:
@@ -205,20 +213,18 @@ def _check_key_secret(secret: str) -> None:
             assert v["secret"].get("defaultMode", 0o644) & 0o007 == 0, f"{secret}: the key file is world-readable"
 
 
-@pytest.mark.parametrize(("container", "secret"), [(SIDECAR, APP_KEY_SECRET), (RECONCILER, OBSERVER_KEY_SECRET)])
-def test_each_container_reads_the_key_it_mounts(container: str, secret: str) -> None:
-    config = _config_for(container)
+def test_the_sidecar_reads_the_key_it_mounts() -> None:
+    config = _config_for(SIDECAR)
     key_path = config.forge.private_key_path
     assert key_path is not None and config.forge.app_id and config.forge.installation_id
-    mounts = [m["mountPath"] for m in _containers()[container]["volumeMounts"] if m["name"] in _secret_volumes(secret)]
+    volumes = _secret_volumes(APP_KEY_SECRET)
+    mounts = [m["mountPath"] for m in _containers()[SIDECAR]["volumeMounts"] if m["name"] in volumes]
     assert [Path(key_path).parent] == [Path(m) for m in mounts], (key_path, mounts)
 
 
-def test_the_two_apps_are_different_apps() -> None:
-    writer, observer = _config_for(SIDECAR).forge, _config_for(RECONCILER).forge
-    assert writer.app_id != observer.app_id
-    assert writer.private_key_path != observer.private_key_path
-    assert writer.bot_login == observer.bot_login, "the circuit breaker must know the writer App's login"
+def test_both_containers_know_the_one_apps_bot_login() -> None:
+    sidecar, reconciler = _config_for(SIDECAR).forge, _config_for(RECONCILER).forge
+    assert sidecar.bot_login == reconciler.bot_login, "the circuit breaker must know the App's login"
 
 
 def test_the_reconciler_uses_the_sidecar_over_loopback() -> None:

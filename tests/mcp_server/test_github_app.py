@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class FakeForge:
         self.status = status
         self.claims: list[dict[str, Any]] = []
         self.issued: list[str] = []
+        self.bodies: list[Any] = []
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         if request.url.path == "/api/v3/app/installations/77/access_tokens" and request.method == "POST":
@@ -54,6 +56,7 @@ class FakeForge:
             unchecked = {"verify_iat": False, "verify_exp": False}
             claims = jwt.decode(bearer, self.public_key, algorithms=["RS256"], options=unchecked)
             self.claims.append(claims)
+            self.bodies.append(json.loads(request.content) if request.content else None)
             if self.status != 201:
                 return httpx2.Response(self.status, json={"message": "nope"})
             token = f"ghs_installation_token_{len(self.issued) + 1:04d}_abcdefghij"
@@ -342,3 +345,54 @@ async def test_a_token_scoped_to_one_repository_and_read_access_is_held_to_it_by
             await client.get_repo("acme/bug-lib")
         with pytest.raises(ForgeAuthError, match="Resource not accessible by integration"):
             await client.find_pull_request("acme/clean", "greenloop/fix/x")
+
+
+@pytest.mark.anyio
+async def test_scoped_tokens_ask_for_their_scope_are_cached_per_scope_and_refreshed_before_expiry(
+    key_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    clock = [START]
+    forge = FakeForge(rsa_key.public_key(), clock)
+    async with make_app(key_path, forge, clock) as app:
+        attempt = app.scoped(repositories=["widgets"], permissions={"contents": "write"})
+        observer = app.scoped(repositories=["widgets", "gears"], permissions={"actions": "read"})
+        first = await attempt.token()
+        assert await app.scoped(repositories=["widgets"], permissions={"contents": "write"}).token() == first
+        seen = await observer.token()
+        assert seen != first and attempt.expires_at == START + 3600
+        clock[0] = START + 3600 - 299  # inside the refresh margin: a new token of the same scope
+        second = await attempt.token()
+        assert second not in (first, seen)
+        assert set(app.secrets()) >= {first, second, seen}  # every scope's token is redacted
+        attempt.invalidate(second)  # a 401: the next call exchanges again
+        third = await attempt.token()
+    assert third != second
+    assert forge.bodies == [
+        {"repositories": ["widgets"], "permissions": {"contents": "write"}},
+        {"repositories": ["gears", "widgets"], "permissions": {"actions": "read"}},
+        {"repositories": ["widgets"], "permissions": {"contents": "write"}},
+        {"repositories": ["widgets"], "permissions": {"contents": "write"}},
+    ]
+
+
+@pytest.mark.anyio
+async def test_remote_observation_token_is_fetched_once_and_refreshed_before_it_expires() -> None:
+    from mcp_server.operator_http import RemoteTokens
+
+    clock = [START]
+    asked: list[str | None] = []
+
+    async def fetch(stale: str | None) -> tuple[str, float]:
+        asked.append(stale)
+        return f"ghs_observer_{len(asked):04d}_abcdefghijklmnop", clock[0] + 3600
+
+    tokens = RemoteTokens(fetch, clock=lambda: clock[0])
+    first = await tokens.token()
+    clock[0] = START + 3600 - 121  # outside the two-minute margin: the same token
+    assert await tokens.token() == first
+    clock[0] = START + 3600 - 119  # inside it: fetched again from the sidecar
+    second = await tokens.token()
+    tokens.invalidate(second)  # the forge said 401: the sidecar is told which token went stale
+    third = await tokens.token()
+    assert len({first, second, third}) == 3
+    assert asked == [None, None, second] and tokens.fetches == 3
