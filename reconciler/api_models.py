@@ -243,6 +243,9 @@ class AttemptSummary(_Response):
     failure_class: str | None = Field(
         description="transient (the outside stopped it) or permanent; null unless failed."
     )
+    model: str | None = Field(
+        description="The model the attempt runs with: the project's, or its fallback_model past the spend notice."
+    )
     input_tokens: int
     output_tokens: int
     cache_tokens: int

@@ -271,11 +271,14 @@ class AgentDispatcher:
             head_sha=attempt.head_sha,
         )
         backend = self._backend_for(attempt, project)
+        settings = self._config.agent
+        if attempt.model and attempt.model != settings.model:  # chosen at start (policy.spend.choose_model)
+            settings = settings.model_copy(update={"model": attempt.model})
         try:
             # Wall-clock guard around the whole run; the loop enforces its own budget inside, this is the backstop.
             async with asyncio.timeout(project.budgets.wall_seconds + 30), self._open_session(attempt) as session:
                 return await run_attempt(
-                    backend, session, task, project.budgets, settings=self._config.agent, secrets=self._secrets
+                    backend, session, task, project.budgets, settings=settings, secrets=self._secrets
                 )
         finally:
             close = getattr(backend, "aclose", None)

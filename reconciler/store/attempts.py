@@ -46,6 +46,7 @@ __all__ = [
     "reopen_from_forge",
     "start_attempt",
     "transition",
+    "window_costs",
 ]
 
 StartReason = Literal["started", "already_active", "already_handled", "busy"]
@@ -132,6 +133,7 @@ async def start_attempt(
     run_id: str,
     head_sha: str,
     trace_id: str | None = None,
+    model: str | None = None,
 ) -> StartOutcome:
     """Insert a `pending` attempt unless a rule refuses it: checked with a read first, enforced by the database.
 
@@ -174,6 +176,7 @@ async def start_attempt(
                         head_sha=head_sha,
                         status=AttemptStatus.PENDING.value,
                         trace_id=trace_id,
+                        model=model,
                         created_at=now,
                         updated_at=now,
                     )
@@ -464,6 +467,27 @@ async def attempt_history(session_factory: SessionFactory, project: str, *, limi
         StoreError: the database failed.
     """
     return await list_attempts(session_factory, project=project, limit=limit)
+
+
+async def window_costs(
+    session_factory: SessionFactory, *, day_start: datetime, month_start: datetime
+) -> dict[str, tuple[float, float]]:
+    """Cost (USD) of the attempts started since `day_start` and since `month_start`, per project (one query).
+
+    `day_start` is within the month (`policy.spend.spend_windows`); projects without an attempt this month are
+    absent.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    today = sa.func.coalesce(sa.func.sum(sa.case((Attempt.created_at >= day_start, Attempt.cost_usd), else_=0.0)), 0.0)
+    month = sa.func.coalesce(sa.func.sum(Attempt.cost_usd), 0.0)
+    query = (
+        sa.select(Attempt.project, today, month).where(Attempt.created_at >= month_start).group_by(Attempt.project)
+    )
+    async with translated(), session_factory() as session:
+        rows = (await session.execute(query)).all()
+    return {str(r[0]): (float(r[1]), float(r[2])) for r in rows}
 
 
 async def list_attempts(
