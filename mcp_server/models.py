@@ -7,7 +7,7 @@ before the model is built.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,7 @@ __all__ = [
     "PullRequestInfo",
     "PullRequestMerged",
     "Pushed",
+    "ReadRef",
     "ToolName",
     "WriteLimits",
 ]
@@ -67,6 +68,19 @@ MAX_LIST_LIMIT = 1000
 MAX_RUNS_LIMIT = 50
 MAX_BUDGET_TOKENS = 20_000
 MAX_CONTENT_CHARS = 1_000_000
+
+ReadRef = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=100,
+        description=(
+            "Read the file as it was at this commit SHA (7-40 hex digits) of the default branch's history, e.g. "
+            "the last green run's commit; null = the workspace's current branch. Names are refused."
+        ),
+    ),
+]
+"""`read_repo_file`'s optional `ref`; the workspace (`Workspace.read_file`) enforces what it may name."""
 
 
 class _Out(BaseModel):

@@ -61,6 +61,7 @@ from mcp_server.models import (
     PullRequestInfo,
     PullRequestMerged,
     Pushed,
+    ReadRef,
     WriteLimits,
 )
 from mcp_server.reported_runs import ReportedRunInfo
@@ -219,6 +220,7 @@ async def read_repo_file(
     ],
     start_line: Annotated[int, Field(ge=1, le=10_000_000, description="1-based first line to return.")] = 1,
     max_lines: Annotated[int, Field(ge=1, le=MAX_READ_LINES, description="At most this many lines.")] = 400,
+    ref: ReadRef = None,
 ) -> FileSlice:
     """Read lines of one text file of the project's repository (on the current branch of the workspace).
 
@@ -231,7 +233,7 @@ async def read_repo_file(
     # Security: redacted as a whole file before the window is cut (workspace.read_file); the window, whole
     # lines of the redacted text, is clean for this call's last gate.
     shown = _redactor(s)
-    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines, redact_text=shown)
+    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines, redact_text=shown, ref=ref)
     call = _CURRENT.get()
     if call is not None and shown == call.redact:
         call.clean.add(got.content)
