@@ -7,7 +7,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-__all__ = ["AttemptTask", "StopReason"]
+from mcp_server.models import CulpritRange
+
+__all__ = ["AttemptTask", "EarlierAttempt", "StopReason"]
 
 
 class StopReason(StrEnum):
@@ -25,6 +27,19 @@ class StopReason(StrEnum):
     MAX_TOKENS_TRUNCATED = "max_tokens_truncated"  # output cut off twice at max_tokens
 
 
+class EarlierAttempt(BaseModel):
+    """What an earlier attempt on the same job did and how it ended (gathered by the reconciler, redacted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempt_id: str
+    status: str
+    stop_reason: str | None = None
+    files: tuple[str, ...] = ()  # what it changed
+    pr_url: str | None = None
+    human_comment: str | None = None  # the human's words when its pull request was closed with a comment
+
+
 class AttemptTask(BaseModel):
     """What one attempt is about: the failing job run the agent must make green."""
 
@@ -40,3 +55,7 @@ class AttemptTask(BaseModel):
     ]
     head_sha: Annotated[str, Field(min_length=1, max_length=64)]
     log_hint: Annotated[str | None, Field(max_length=4_000)] = None
+    # What changed between the job's last green run and its first red run (mcp_server.culprit).
+    culprit_range: CulpritRange | None = None
+    # Earlier attempts on the same job, newest first (bounded by the reconciler).
+    earlier_attempts: tuple[EarlierAttempt, ...] = ()

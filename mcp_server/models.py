@@ -22,7 +22,9 @@ __all__ = [
     "TOOL_NAMES",
     "WRITE_TOOLS",
     "BranchCreated",
+    "ChangedFile",
     "CommitInfo",
+    "CulpritRange",
     "FileListing",
     "FileSlice",
     "FileWritten",
@@ -122,6 +124,34 @@ class WriteLimits(_Out):
     max_file_bytes: int
 
 
+class ChangedFile(_Out):
+    """One file changed in a range of commits."""
+
+    filename: str
+    status: str = Field(description="added, removed, modified, renamed, ...")
+    additions: int
+    deletions: int
+
+
+class CulpritRange(_Out):
+    """What changed between the failing job's last green run and its first red run on the default branch."""
+
+    job: str
+    last_green_run_id: str | None = Field(description="null: no green run of the job among the recent runs.")
+    last_green_sha: str | None
+    first_red_run_id: str
+    first_red_sha: str
+    commits: list[CommitInfo] = Field(
+        description="The commits after the last green one, up to the first red, oldest first."
+    )
+    total_commits: int
+    files: list[ChangedFile] = Field(description="Files those commits changed (bounded list).")
+    total_files: int
+    diff_summary: str = Field(description="The start of each file's diff, redacted and bounded; read more with "
+                              "read_repo_file and ref.")
+    note: str | None = None
+
+
 class ProjectInfo(_Out):
     """The project this session is bound to."""
 
@@ -136,6 +166,10 @@ class ProjectInfo(_Out):
     fix_branch: str | None = Field(description="The branch create_branch creates (agent sessions).")
     write_limits: WriteLimits
     recent_commits: list[CommitInfo]
+    culprit_range: CulpritRange | None = Field(
+        default=None,
+        description="Agent sessions: the commits between the failing job's last green and first red run.",
+    )
 
 
 class JobRun(_Out):

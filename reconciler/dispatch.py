@@ -32,12 +32,14 @@ from agent.loop import AttemptOutcome, ToolSession, run_attempt
 from agent.models import ModelBackend
 from agent.types import AttemptTask, StopReason
 from infra.jsonlog import bind_context, log_event
+from mcp_server.culprit import culprit_or_none
 from mcp_server.errors import ForgeError
 from mcp_server.forge import ForgeClient, PullRequest
 from mcp_server.models import ToolName
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
+from policy.redaction import redact
 from policy.types import AttemptStatus
 from reconciler.errors import ReconcilerError
 from reconciler.finish import attempt_finished
@@ -264,11 +266,20 @@ class AgentDispatcher:
         )
 
     async def _agent(self, attempt: Attempt, project: ProjectConfig) -> AttemptOutcome:
+        secrets = self._secrets
         task = AttemptTask(
             project=attempt.project,
             job=attempt.job,
             failing_run_id=attempt.run_id,
             head_sha=attempt.head_sha,
+            # What changed since the job was last green, read from the forge (the first message shows it).
+            culprit_range=await culprit_or_none(
+                self._forge,
+                project.repo,
+                project.default_branch,
+                attempt.job,
+                redact_text=lambda text: redact(text, extra_secrets=secrets),
+            ),
         )
         backend = self._backend_for(attempt, project)
         settings = self._config.agent
