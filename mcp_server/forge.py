@@ -346,6 +346,7 @@ class IssueComment(_Model):
     id: int
     body: str | None = None
     html_url: str | None = None
+    user: Actor | None = None
 
 
 class DiffEntry(_Model):

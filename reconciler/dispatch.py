@@ -43,6 +43,7 @@ from policy.redaction import redact
 from policy.types import AttemptStatus
 from reconciler.errors import ReconcilerError
 from reconciler.finish import attempt_finished
+from reconciler.memory import earlier_attempts
 from reconciler.metrics import Metrics
 from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory
@@ -266,35 +267,52 @@ class AgentDispatcher:
         )
 
     async def _agent(self, attempt: Attempt, project: ProjectConfig) -> AttemptOutcome:
-        secrets = self._secrets
-        task = AttemptTask(
-            project=attempt.project,
-            job=attempt.job,
-            failing_run_id=attempt.run_id,
-            head_sha=attempt.head_sha,
-            # What changed since the job was last green, read from the forge (the first message shows it).
-            culprit_range=await culprit_or_none(
-                self._forge,
-                project.repo,
-                project.default_branch,
-                attempt.job,
-                redact_text=lambda text: redact(text, extra_secrets=secrets),
-            ),
-        )
         backend = self._backend_for(attempt, project)
         settings = self._config.agent
         if attempt.model and attempt.model != settings.model:  # chosen at start (policy.spend.choose_model)
             settings = settings.model_copy(update={"model": attempt.model})
         try:
             # Wall-clock guard around the whole run; the loop enforces its own budget inside, this is the backstop.
-            async with asyncio.timeout(project.budgets.wall_seconds + 30), self._open_session(attempt) as session:
-                return await run_attempt(
-                    backend, session, task, project.budgets, settings=settings, secrets=self._secrets
-                )
+            async with asyncio.timeout(project.budgets.wall_seconds + 30):
+                task = await self._task(attempt, project)
+                async with self._open_session(attempt) as session:
+                    return await run_attempt(
+                        backend, session, task, project.budgets, settings=settings, secrets=self._secrets
+                    )
         finally:
             close = getattr(backend, "aclose", None)
             if close is not None:  # the model client's connections (e.g. AnthropicBackend's HTTP pool)
                 await close()
+
+    async def _task(self, attempt: Attempt, project: ProjectConfig) -> AttemptTask:
+        """The attempt's task, with what its first message tells the model besides the failure itself."""
+        secrets = self._secrets
+
+        def redact_text(text: str) -> str:
+            return redact(text, extra_secrets=secrets)
+
+        return AttemptTask(
+            project=attempt.project,
+            job=attempt.job,
+            failing_run_id=attempt.run_id,
+            head_sha=attempt.head_sha,
+            # What changed since the job was last green, read from the forge.
+            culprit_range=await culprit_or_none(
+                self._forge, project.repo, project.default_branch, attempt.job, redact_text=redact_text
+            ),
+            # What earlier attempts on this job did and why they stopped (the store, and the forge for a
+            # human's words on a closed pull request): the agent gets it in its task, never from the store.
+            earlier_attempts=await earlier_attempts(
+                self._sessions,
+                self._forge,
+                project=project.name,
+                repo=project.repo,
+                job=attempt.job,
+                attempt_id=attempt.id,
+                bots=frozenset({self._config.forge.bot_login.lower()}),
+                redact_text=redact_text,
+            ),
+        )
 
     async def _finished(self, attempt_id: str, status: AttemptStatus) -> None:
         attempt = await store.get_attempt(self._sessions, attempt_id)

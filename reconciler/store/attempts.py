@@ -23,12 +23,13 @@ import sqlalchemy as sa
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus
 from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
 from reconciler.store.engine import SessionFactory
-from reconciler.store.models import Attempt, Project, Transition, utcnow
+from reconciler.store.models import Attempt, McpToolCall, Project, Transition, utcnow
 from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
 
 __all__ = [
     "RESUMED",
     "SETTABLE_FIELDS",
+    "EarlierAttemptRow",
     "ResumeClaim",
     "StartOutcome",
     "StartReason",
@@ -38,6 +39,7 @@ __all__ = [
     "attempt_transitions",
     "can_transition",
     "claim_resume",
+    "earlier_on_job",
     "get_attempt",
     "heartbeat",
     "last_failures",
@@ -102,6 +104,19 @@ class StartOutcome:
     started: bool
     attempt_id: str | None
     reason: StartReason
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierAttemptRow:
+    """An earlier attempt on a job, with the files its successful `write_repo_file` calls wrote."""
+
+    attempt_id: str
+    status: str
+    stop_reason: str | None
+    pr_number: int | None
+    pr_url: str | None
+    created_at: datetime
+    files: tuple[str, ...]
 
 
 def new_attempt_id() -> str:
@@ -488,6 +503,59 @@ async def window_costs(
     async with translated(), session_factory() as session:
         rows = (await session.execute(query)).all()
     return {str(r[0]): (float(r[1]), float(r[2])) for r in rows}
+
+
+async def earlier_on_job(
+    session_factory: SessionFactory, project: str, job: str, *, exclude: str, limit: int = 5
+) -> list[EarlierAttemptRow]:
+    """The newest `limit` attempts on `project`'s `job` other than `exclude`, newest first, each with the paths
+    it wrote (from the audit rows of its successful `write_repo_file` calls): one query.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    recent = (
+        sa.select(Attempt.id)
+        .where(Attempt.project == project, Attempt.job == job, Attempt.id != exclude)
+        .order_by(Attempt.created_at.desc())
+        .limit(limit)
+    )
+    async with translated(), session_factory() as session:
+        arguments: sa.ColumnElement[Any] = McpToolCall.arguments.expression
+        if session.get_bind().dialect.name == "postgresql":
+            arguments = sa.cast(arguments, sa.JSON)  # a text column: JSON operators need json
+        path = sa.type_coerce(arguments, sa.JSON)["path"].as_string()
+        query = (
+            sa.select(Attempt, path)
+            .outerjoin(
+                McpToolCall,
+                sa.and_(
+                    McpToolCall.attempt_id == Attempt.id,
+                    McpToolCall.tool == "write_repo_file",
+                    McpToolCall.outcome == "ok",
+                ),
+            )
+            .where(Attempt.id.in_(recent))
+            .order_by(Attempt.created_at.desc(), Attempt.id, McpToolCall.id)
+        )
+        rows = (await session.execute(query)).all()
+    out: dict[str, tuple[Attempt, list[str]]] = {}
+    for attempt, written in rows:
+        files = out.setdefault(attempt.id, (attempt, []))[1]
+        if isinstance(written, str) and written not in files:
+            files.append(written)
+    return [
+        EarlierAttemptRow(
+            attempt_id=a.id,
+            status=a.status,
+            stop_reason=a.stop_reason,
+            pr_number=a.pr_number,
+            pr_url=a.pr_url,
+            created_at=a.created_at,
+            files=tuple(files),
+        )
+        for a, files in out.values()
+    ]
 
 
 async def list_attempts(
