@@ -54,7 +54,9 @@ async def _bounds(forge: ForgeClient, repo: str, branch: str, job: str) -> tuple
     first_red: _Point | None = None
     examined = 0
     for run in page.runs:  # newest first
-        if run.status != "completed" or examined >= RUNS_EXAMINED:
+        if examined >= RUNS_EXAMINED:
+            break
+        if run.status != "completed":
             continue
         jobs = [j for j in await forge.list_run_jobs(repo, run.id) if j.name == job and j.status == "completed"]
         if not jobs:

@@ -34,14 +34,19 @@ PROJECTS = ["bug-lib", "clean", "data-job"]
 TOKEN = "t" * 40
 
 
-def _config(forge: Forge, tmp_path: Path, hook: str, *, daily: float) -> GreenloopConfig:
+def _config(
+    forge: Forge, tmp_path: Path, hook: str, *, daily: float, clean_daily: float | None = None
+) -> GreenloopConfig:
     config = e2e_config(
         forge,
         PROJECTS,
         database_url=sqlite_url(tmp_path / "greenloop.db"),
         workspace_dir=tmp_path / "ws",
         server={"slack_webhook_url": hook},
-        projects={"bug-lib": {"model": "claude-sonnet-4-6", "fallback_model": "claude-haiku-4-5"}},
+        projects={
+            "bug-lib": {"model": "claude-sonnet-4-6", "fallback_model": "claude-haiku-4-5"},
+            "clean": {"daily_cost_usd": clean_daily},
+        },
     )
     return config.model_copy(update={"spend": SpendLimits(daily_usd=daily), "agent": AgentSettings()})
 
@@ -66,7 +71,7 @@ async def test_at_80_percent_one_notice_per_window_and_the_fallback_model_is_rec
 ) -> None:
     received: list[dict[str, Any]] = []
     async with serve(_receiver(received)) as base, forge_for(tmp_path / "forge", PROJECTS) as forge:
-        config = _config(forge, tmp_path, f"{base}/services/T0/B0/secret", daily=10.0)
+        config = _config(forge, tmp_path, f"{base}/services/T0/B0/secret", daily=10.0, clean_daily=9.0)
         async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
             await _spent(ctx.sessions, 8.5)
             first = await reconcile(ctx)
@@ -84,9 +89,10 @@ async def test_at_80_percent_one_notice_per_window_and_the_fallback_model_is_rec
         async with open_runtime(config, backend_for=None, with_dispatcher=False) as ctx:
             await reconcile(ctx)
 
-    notices = _spend_notices(received)
-    assert len(notices) == 1, notices
-    assert "fleet_daily" in notices[0] and "$8.50 of its $10.00 limit (85%)" in notices[0]
+    notices = sorted(_spend_notices(received))
+    assert len(notices) == 2, notices  # the fleet's daily limit and clean's, each once over three passes
+    assert "Cost limit fleet_daily: the fleet today spent $8.50 of its $10.00 limit (85%)" in notices[1]
+    assert "Cost limit project_daily: project 'clean' today spent $8.50 of its $9.00 limit (94%)" in notices[0]
     assert sorted(s.project for s in first.attempts_started) == ["bug-lib", "data-job"]  # 80% does not stop work
     assert second.attempts_started == []
     # The project with a fallback model starts on it past the notice mark; the other keeps the default.
@@ -96,6 +102,7 @@ async def test_at_80_percent_one_notice_per_window_and_the_fallback_model_is_rec
     assert 'greenloop_spend_usd{limit="fleet_daily"} 8.5' in metrics
     assert 'greenloop_spend_limit_usd{limit="fleet_daily"} 10' in metrics
     assert 'greenloop_spend_notices_total{level="notice",limit="fleet_daily"} 1' in metrics
+    assert 'greenloop_spend_usd{limit="project_daily",project="clean"} 8.5' in metrics
 
 
 async def test_at_100_percent_new_attempts_wait_with_reason_budget_and_a_running_one_is_left_to_finish(
