@@ -38,9 +38,7 @@ class ModelCall(BaseModel):
     @property
     def budget_tokens(self) -> int:
         """Tokens counted against `Budgets.max_tokens`: every input token (cached or not) plus output."""
-        return (
-            self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens + self.output_tokens
-        )
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens + self.output_tokens
 
 
 class UsageTotals(BaseModel):
@@ -59,9 +57,7 @@ class UsageTotals(BaseModel):
     @property
     def budget_tokens(self) -> int:
         """Tokens counted against `Budgets.max_tokens` (see `ModelCall.budget_tokens`)."""
-        return (
-            self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens + self.output_tokens
-        )
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens + self.output_tokens
 
 
 def price_for(model: str, prices: Mapping[str, Price]) -> tuple[str | None, Price]:

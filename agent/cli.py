@@ -169,15 +169,24 @@ async def _attempt(
         await _check_run(session, job, run_id)
     task = AttemptTask(project=project, job=job, failing_run_id=run_id, head_sha=head_sha)
     backend, settings = make_backend(
-        model_spec, config.agent, stack,
-        substitutions={"FAILING_RUN_ID": run_id, "PROJECT": project, "JOB": job}, api_key=api_key,
+        model_spec,
+        config.agent,
+        stack,
+        substitutions={"FAILING_RUN_ID": run_id, "PROJECT": project, "JOB": job},
+        api_key=api_key,
     )
     if recorder is not None:
         await recorder.started(task)
     print(f"attempt on {project}/{job}, failing run {run_id}", file=out)
     try:
-        outcome = await run_attempt(backend, session, task, config.project(project).budgets, settings=settings,
-                                    secrets=[api_key] if api_key else ())
+        outcome = await run_attempt(
+            backend,
+            session,
+            task,
+            config.project(project).budgets,
+            settings=settings,
+            secrets=[api_key] if api_key else (),
+        )
     except BaseException:
         if recorder is not None:
             with anyio.CancelScope(shield=True):  # recorded even on Ctrl-C
@@ -224,8 +233,9 @@ async def agent_run_command(
         session = await stack.enter_async_context(opener(project, job, attempt_id))
         # Errors are caught inside the session's block: the MCP client would wrap them in an ExceptionGroup.
         try:
-            outcome = await _attempt(session, stack, config, project, job, run_id, model_spec or "anthropic", api_key,
-                                     out, recorder)
+            outcome = await _attempt(
+                session, stack, config, project, job, run_id, model_spec or "anthropic", api_key, out, recorder
+            )
         except AgentError as exc:
             failure = exc
     if failure is not None:

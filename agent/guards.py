@@ -31,8 +31,7 @@ class GuardStop(Exception):
 
 def canonical_call(name: str, arguments: Any) -> str:
     """The identity of a tool call: its name and its arguments as canonical JSON."""
-    return name + "\x00" + json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                      default=str)
+    return name + "\x00" + json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _digest(content: str) -> str:

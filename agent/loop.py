@@ -206,8 +206,9 @@ class _Run:
         await self._list_tools()
         system_text = build_system_prompt(self.task)
         system = [{"type": "text", "text": system_text}]
-        self.transcript.setup(task=self.task.model_dump(mode="json"), model=self.settings.model,
-                              system=system_text, tools=self.tools)
+        self.transcript.setup(
+            task=self.task.model_dump(mode="json"), model=self.settings.model, system=system_text, tools=self.tools
+        )
         self.messages = [{"role": "user", "content": [{"type": "text", "text": build_task_message(self.task)}]}]
         reason, detail = StopReason.NO_FIX, "the model ended its turn without opening a pull request"
         try:
@@ -231,16 +232,22 @@ class _Run:
         if self.settings.prompt_caching:
             tools, system, messages = with_breakpoints(tools, system, messages, previous_last=self.cached_through)
             self.cached_through = len(messages) - 1
-        return ModelRequest(model=self.settings.model, max_tokens=self.settings.max_output_tokens, system=system,
-                            tools=tools, messages=messages)
+        return ModelRequest(
+            model=self.settings.model,
+            max_tokens=self.settings.max_output_tokens,
+            system=system,
+            tools=tools,
+            messages=messages,
+        )
 
     async def _turn(self, system: list[dict[str, Any]]) -> tuple[StopReason, str] | None:
         """One model call and its tool calls. Returns the stop when the model ended its turn."""
         self.guards.before_model_call(self.turns)
         elided, chars = self.context.compact(self.turns + 1)
         if elided:
-            self.transcript.note(self.turns + 1, f"elided {elided} old tool result(s) ({chars} characters) from "
-                                                 "the conversation")
+            self.transcript.note(
+                self.turns + 1, f"elided {elided} old tool result(s) ({chars} characters) from the conversation"
+            )
         request = self._request(system)
         turn = self.turns + 1
         self.transcript.request(turn, request)
@@ -250,14 +257,26 @@ class _Run:
         except (ModelError, ScriptError) as exc:
             raise GuardStop(StopReason.MODEL_ERROR, str(exc)) from None
         self.turns = turn
-        call = call_from_usage(turn=turn, model=self.settings.model, usage=response.usage,
-                               latency_seconds=time.monotonic() - started, prices=self.settings.prices)
+        call = call_from_usage(
+            turn=turn,
+            model=self.settings.model,
+            usage=response.usage,
+            latency_seconds=time.monotonic() - started,
+            prices=self.settings.prices,
+        )
         self.calls.append(call)
         self.transcript.response(turn, response, call)
-        log_event(logger, "agent.model_call", turn=turn, stop_reason=response.stop_reason,
-                  input_tokens=call.input_tokens, output_tokens=call.output_tokens,
-                  cache_creation_input_tokens=call.cache_creation_input_tokens,
-                  cache_read_input_tokens=call.cache_read_input_tokens, cost_usd=call.cost_usd)
+        log_event(
+            logger,
+            "agent.model_call",
+            turn=turn,
+            stop_reason=response.stop_reason,
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            cache_creation_input_tokens=call.cache_creation_input_tokens,
+            cache_read_input_tokens=call.cache_read_input_tokens,
+            cost_usd=call.cost_usd,
+        )
         self.messages.append(
             {"role": "assistant", "content": [b.model_dump(mode="json", exclude_none=True) for b in response.content]}
         )
@@ -271,9 +290,20 @@ class _Run:
             self.guards.allow_truncated_continue()
             self.transcript.note(turn, "output cut off at max_tokens; asked the model to continue")
             if tool_uses:
-                self.messages.append({"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": b.id, "is_error": True,
-                     "content": [{"type": "text", "text": _CUT_OFF}]} for b in tool_uses]})
+                self.messages.append(
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": b.id,
+                                "is_error": True,
+                                "content": [{"type": "text", "text": _CUT_OFF}],
+                            }
+                            for b in tool_uses
+                        ],
+                    }
+                )
             else:
                 self.messages.append({"role": "user", "content": [{"type": "text", "text": _CONTINUE}]})
             return None
@@ -295,10 +325,13 @@ class _Run:
 
     def _refusal(self, turn: int, tool_use_id: str, name: str, text: str) -> dict[str, Any]:
         self.tool_errors += 1
-        self.transcript.tool_result(turn, tool_use_id=tool_use_id, name=name, is_error=True, text=text,
-                                    source="agent")
-        return {"type": "tool_result", "tool_use_id": tool_use_id, "is_error": True,
-                "content": [{"type": "text", "text": text}]}
+        self.transcript.tool_result(turn, tool_use_id=tool_use_id, name=name, is_error=True, text=text, source="agent")
+        return {
+            "type": "tool_result",
+            "tool_use_id": tool_use_id,
+            "is_error": True,
+            "content": [{"type": "text", "text": text}],
+        }
 
     async def _answer(self, turn: int, tool_use_id: str, name: Any, arguments: Any) -> dict[str, Any]:
         """Run one tool call and build its `tool_result`. Raises `GuardStop` when a guard trips."""
@@ -315,15 +348,19 @@ class _Run:
         # validates the rest, and refusals reach the model as is_error results, never as crashes.
         if name not in self.required:
             available = ", ".join(sorted(self.required))
-            return self._refusal(turn, tool_use_id, name,
-                                 f"Unknown tool: {name!r}. Available tools: {available}.")
+            return self._refusal(turn, tool_use_id, name, f"Unknown tool: {name!r}. Available tools: {available}.")
         if not isinstance(arguments, dict):
-            return self._refusal(turn, tool_use_id, name,
-                                 f"Invalid arguments: {name} takes a JSON object, got {type(arguments).__name__}.")
+            return self._refusal(
+                turn,
+                tool_use_id,
+                name,
+                f"Invalid arguments: {name} takes a JSON object, got {type(arguments).__name__}.",
+            )
         missing = [r for r in self.required[name] if r not in arguments]
         if missing:
-            return self._refusal(turn, tool_use_id, name,
-                                 f"Invalid arguments: {name} is missing required field(s): {missing!r}.")
+            return self._refusal(
+                turn, tool_use_id, name, f"Invalid arguments: {name} is missing required field(s): {missing!r}."
+            )
         path = arguments.get("path")
         content = arguments.get("content")
         if name == ToolName.WRITE_REPO_FILE and isinstance(path, str) and isinstance(content, str):
@@ -349,12 +386,17 @@ class _Run:
         if is_error:
             self.tool_errors += 1
         repeat = None if is_error else self.context.repeat_note(name, arguments, text)
-        self.transcript.tool_result(turn, tool_use_id=tool_use_id, name=name, is_error=is_error, text=repeat or text,
-                                    source="server")
+        self.transcript.tool_result(
+            turn, tool_use_id=tool_use_id, name=name, is_error=is_error, text=repeat or text, source="server"
+        )
         first_log = self.first_log
         self._learn(name, arguments, result, text, is_error)
-        block = {"type": "tool_result", "tool_use_id": tool_use_id, "is_error": is_error,
-                 "content": [{"type": "text", "text": repeat or text}]}
+        block = {
+            "type": "tool_result",
+            "tool_use_id": tool_use_id,
+            "is_error": is_error,
+            "content": [{"type": "text", "text": repeat or text}],
+        }
         if repeat is None and not is_error:
             # The attempt's failure excerpt is pinned: it stays in the conversation for the whole run.
             pinned = first_log is None and self.first_log is not None
@@ -370,8 +412,11 @@ class _Run:
             content = arguments.get("content")
             shown = path if isinstance(path, str) else repr(path)
             if is_error:
-                self.writes.append(WriteAttempt(path=shown, result=text.strip().splitlines()[0] if text.strip()
-                                                else "error", refused=True))
+                self.writes.append(
+                    WriteAttempt(
+                        path=shown, result=text.strip().splitlines()[0] if text.strip() else "error", refused=True
+                    )
+                )
             else:
                 size = len(content) if isinstance(content, str) else 0
                 self.writes.append(WriteAttempt(path=shown, result=f"written ({size} characters)", refused=False))
@@ -417,12 +462,27 @@ class _Run:
         report = None
         if reason is not StopReason.SUCCEEDED_PR:
             report = render_report(
-                task=self.task, stop_reason=reason, stop_detail=detail, first_log=self.first_log,
-                writes=self.writes, hypothesis=self.last_text, turns=self.turns, tokens=totals.budget_tokens,
-                cost_usd=totals.cost_usd, secrets=self.secrets,
+                task=self.task,
+                stop_reason=reason,
+                stop_detail=detail,
+                first_log=self.first_log,
+                writes=self.writes,
+                hypothesis=self.last_text,
+                turns=self.turns,
+                tokens=totals.budget_tokens,
+                cost_usd=totals.cost_usd,
+                secrets=self.secrets,
             )
-        log_event(logger, "agent.stopped", stop_reason=reason.value, detail=detail, turns=self.turns,
-                  tokens=totals.budget_tokens, cost_usd=totals.cost_usd, pr_url=self.pr_url)
+        log_event(
+            logger,
+            "agent.stopped",
+            stop_reason=reason.value,
+            detail=detail,
+            turns=self.turns,
+            tokens=totals.budget_tokens,
+            cost_usd=totals.cost_usd,
+            pr_url=self.pr_url,
+        )
         return AttemptOutcome(
             stop_reason=reason,
             stop_detail=redact(detail, extra_secrets=self.secrets),

@@ -101,8 +101,11 @@ class ReplayBackend:
         self._check(request, recorded)
         if "error" in entry:
             err = entry["error"]
-            raise ModelError(str(err.get("message", "recorded error")), kind=str(err.get("kind", "server_error")),
-                             status_code=err.get("status_code"))
+            raise ModelError(
+                str(err.get("message", "recorded error")),
+                kind=str(err.get("kind", "server_error")),
+                status_code=err.get("status_code"),
+            )
         return Message.model_validate(entry["response"])
 
     def _check(self, request: ModelRequest, recorded: dict[str, Any]) -> None:

@@ -88,8 +88,14 @@ def render_report(
     if facts:
         lines += ["What the log names, root cause first:", "", *[f"- {_cell(row, 600)}" for row in facts], ""]
     if first_log:
-        lines += ["Log excerpt (last lines of the first log the agent read):", "", "```text",
-                  _excerpt(first_log), "```", ""]
+        lines += [
+            "Log excerpt (last lines of the first log the agent read):",
+            "",
+            "```text",
+            _excerpt(first_log),
+            "```",
+            "",
+        ]
     else:
         lines += ["The agent never read a job log.", ""]
     lines += ["## What was tried", ""]

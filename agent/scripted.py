@@ -152,7 +152,9 @@ class ScriptedBackend:
                 "content": content,
                 "stop_reason": stop_reason,
                 "stop_sequence": None,
-                "usage": {**self.cache.usage(request.model_dump(mode="json")),
-                          "output_tokens": estimate_tokens(content)},
+                "usage": {
+                    **self.cache.usage(request.model_dump(mode="json")),
+                    "output_tokens": estimate_tokens(content),
+                },
             }
         )

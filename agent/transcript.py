@@ -44,31 +44,44 @@ class Transcript:
         self._sent_messages = len(request.messages)
         self._add(
             "request",
-            {"turn": turn, "model": request.model, "max_tokens": request.max_tokens,
-             "message_count": len(request.messages), "new_messages": new},
+            {
+                "turn": turn,
+                "model": request.model,
+                "max_tokens": request.max_tokens,
+                "message_count": len(request.messages),
+                "new_messages": new,
+            },
         )
 
     def response(self, turn: int, message: Message, call: ModelCall) -> None:
         """Record a model response and its accounting."""
         self._add(
             "response",
-            {"turn": turn, "id": message.id, "stop_reason": message.stop_reason,
-             "content": [b.model_dump(mode="json", exclude_none=True) for b in message.content],
-             "usage": call.model_dump(mode="json")},
+            {
+                "turn": turn,
+                "id": message.id,
+                "stop_reason": message.stop_reason,
+                "content": [b.model_dump(mode="json", exclude_none=True) for b in message.content],
+                "usage": call.model_dump(mode="json"),
+            },
         )
 
     def tool_call(self, turn: int, *, tool_use_id: str, name: str, arguments: Any) -> None:
         """Record a tool call the model asked for."""
         self._add("tool_call", {"turn": turn, "tool_use_id": tool_use_id, "name": name, "input": arguments})
 
-    def tool_result(
-        self, turn: int, *, tool_use_id: str, name: str, is_error: bool, text: str, source: str
-    ) -> None:
+    def tool_result(self, turn: int, *, tool_use_id: str, name: str, is_error: bool, text: str, source: str) -> None:
         """Record a tool result; `source` is "server" (the MCP tool answered) or "agent" (refused locally)."""
         self._add(
             "tool_result",
-            {"turn": turn, "tool_use_id": tool_use_id, "name": name, "is_error": is_error, "text": text,
-             "source": source},
+            {
+                "turn": turn,
+                "tool_use_id": tool_use_id,
+                "name": name,
+                "is_error": is_error,
+                "text": text,
+                "source": source,
+            },
         )
 
     def note(self, turn: int, message: str) -> None:
@@ -98,5 +111,10 @@ def usage_in(transcript_json: str) -> UsageTotals:
     events = json.loads(transcript_json)
     if not isinstance(events, list):
         raise ValueError("Invalid transcript: not a JSON list of events.")
-    return total_of([ModelCall.model_validate(e["usage"]) for e in events
-                     if isinstance(e, dict) and e.get("kind") == "response" and "usage" in e])
+    return total_of(
+        [
+            ModelCall.model_validate(e["usage"])
+            for e in events
+            if isinstance(e, dict) and e.get("kind") == "response" and "usage" in e
+        ]
+    )

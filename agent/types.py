@@ -7,7 +7,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-__all__ = ["AttemptTask", "Revision", "StopReason"]
+from mcp_server.models import CulpritRange
+
+__all__ = ["AttemptTask", "EarlierAttempt", "Revision", "StopReason"]
 
 
 class StopReason(StrEnum):
@@ -39,6 +41,19 @@ class Revision(BaseModel):
     log_excerpt: Annotated[str | None, Field(max_length=12_000)] = None
 
 
+class EarlierAttempt(BaseModel):
+    """What an earlier attempt on the same job did and how it ended (gathered by the reconciler, redacted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempt_id: str
+    status: str
+    stop_reason: str | None = None
+    files: tuple[str, ...] = ()  # what it changed
+    pr_url: str | None = None
+    human_comment: str | None = None  # the human's words when its pull request was closed with a comment
+
+
 class AttemptTask(BaseModel):
     """What one attempt is about: the failing job run the agent must make green."""
 
@@ -55,3 +70,7 @@ class AttemptTask(BaseModel):
     head_sha: Annotated[str, Field(min_length=1, max_length=64)]
     log_hint: Annotated[str | None, Field(max_length=4_000)] = None
     revision: Revision | None = None  # set for a revision round (see Revision)
+    # What changed between the job's last green run and its first red run (mcp_server.culprit).
+    culprit_range: CulpritRange | None = None
+    # Earlier attempts on the same job, newest first (bounded by the reconciler).
+    earlier_attempts: tuple[EarlierAttempt, ...] = ()

@@ -62,6 +62,8 @@ __all__ = [
     "CommitAuthor",
     "CommitDetail",
     "CommitStatus",
+    "Comparison",
+    "DiffEntry",
     "ForgeClient",
     "ForgeStats",
     "HeadCommit",
@@ -345,6 +347,27 @@ class IssueComment(_Model):
     id: int
     body: str | None = None
     html_url: str | None = None
+    user: Actor | None = None
+
+
+class DiffEntry(_Model):
+    """One changed file of a comparison; `patch` is absent for binary or very large diffs."""
+
+    filename: str
+    status: str
+    additions: int = 0
+    deletions: int = 0
+    patch: str | None = None
+
+
+class Comparison(_Model):
+    """`repos/compare-commits-with-basehead`: the commits of `base..head`, oldest first, and the changed files."""
+
+    status: str
+    ahead_by: int
+    total_commits: int
+    commits: list[Commit] = []
+    files: list[DiffEntry] = []
 
 
 class _MergeBody(_Model):
@@ -490,6 +513,12 @@ class ForgeClient:
             "GET", f"repos/{_repo(repo)}/commits", params={"sha": sha, "per_page": per_page}, keep=Commit
         )
         return [_parse(Commit, item, f"repos/{repo}/commits") for item in _as_list(reply.body)]
+
+    async def compare(self, repo: str, base: str, head: str, *, per_page: int = 100) -> Comparison:
+        """The commits from `base` to `head` (oldest first, the first `per_page`) and the files they change."""
+        path = f"repos/{_repo(repo)}/compare/{quote(base, safe='')}...{quote(head, safe='')}"
+        reply = await self._json("GET", path, params={"per_page": per_page})
+        return _parse(Comparison, reply.body, path)
 
     async def list_workflow_runs(
         self, repo: str, *, branch: str | None = None, per_page: int = _PER_PAGE, max_pages: int = RUN_PAGES

@@ -7,7 +7,7 @@ before the model is built.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,7 +22,9 @@ __all__ = [
     "TOOL_NAMES",
     "WRITE_TOOLS",
     "BranchCreated",
+    "ChangedFile",
     "CommitInfo",
+    "CulpritRange",
     "FileListing",
     "FileSlice",
     "FileWritten",
@@ -33,6 +35,7 @@ __all__ = [
     "PullRequestInfo",
     "PullRequestMerged",
     "Pushed",
+    "ReadRef",
     "ToolName",
     "WriteLimits",
 ]
@@ -67,6 +70,19 @@ MAX_LIST_LIMIT = 1000
 MAX_RUNS_LIMIT = 50
 MAX_BUDGET_TOKENS = 20_000
 MAX_CONTENT_CHARS = 1_000_000
+
+ReadRef = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=100,
+        description=(
+            "Read the file as it was at this commit SHA (7-40 hex digits) of the default branch's history, e.g. "
+            "the last green run's commit; null = the workspace's current branch. Names are refused."
+        ),
+    ),
+]
+"""`read_repo_file`'s optional `ref`; the workspace (`Workspace.read_file`) enforces what it may name."""
 
 
 class _Out(BaseModel):
@@ -108,6 +124,34 @@ class WriteLimits(_Out):
     max_file_bytes: int
 
 
+class ChangedFile(_Out):
+    """One file changed in a range of commits."""
+
+    filename: str
+    status: str = Field(description="added, removed, modified, renamed, ...")
+    additions: int
+    deletions: int
+
+
+class CulpritRange(_Out):
+    """What changed between the failing job's last green run and its first red run on the default branch."""
+
+    job: str
+    last_green_run_id: str | None = Field(description="null: no green run of the job among the recent runs.")
+    last_green_sha: str | None
+    first_red_run_id: str
+    first_red_sha: str
+    commits: list[CommitInfo] = Field(
+        description="The commits after the last green one, up to the first red, oldest first."
+    )
+    total_commits: int
+    files: list[ChangedFile] = Field(description="Files those commits changed (bounded list).")
+    total_files: int
+    diff_summary: str = Field(description="The start of each file's diff, redacted and bounded; read more with "
+                              "read_repo_file and ref.")
+    note: str | None = None
+
+
 class ProjectInfo(_Out):
     """The project this session is bound to."""
 
@@ -122,6 +166,10 @@ class ProjectInfo(_Out):
     fix_branch: str | None = Field(description="The branch create_branch creates (agent sessions).")
     write_limits: WriteLimits
     recent_commits: list[CommitInfo]
+    culprit_range: CulpritRange | None = Field(
+        default=None,
+        description="Agent sessions: the commits between the failing job's last green and first red run.",
+    )
 
 
 class JobRun(_Out):

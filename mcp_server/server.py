@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 from mcp_server.audit import AuditEvent, Outcome
 from mcp_server.auth import grant_from_access_token
 from mcp_server.checks import head_checks
+from mcp_server.culprit import culprit_or_none
 from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS, call_deadline, off_loop
 from mcp_server.errors import ForgeError, McpServerError, ToolRefused
 from mcp_server.forge import PullRequest
@@ -61,6 +62,7 @@ from mcp_server.models import (
     PullRequestInfo,
     PullRequestMerged,
     Pushed,
+    ReadRef,
     WriteLimits,
 )
 from mcp_server.reported_runs import ReportedRunInfo
@@ -219,6 +221,7 @@ async def read_repo_file(
     ],
     start_line: Annotated[int, Field(ge=1, le=10_000_000, description="1-based first line to return.")] = 1,
     max_lines: Annotated[int, Field(ge=1, le=MAX_READ_LINES, description="At most this many lines.")] = 400,
+    ref: ReadRef = None,
 ) -> FileSlice:
     """Read lines of one text file of the project's repository (on the current branch of the workspace).
 
@@ -231,7 +234,7 @@ async def read_repo_file(
     # Security: redacted as a whole file before the window is cut (workspace.read_file); the window, whole
     # lines of the redacted text, is clean for this call's last gate.
     shown = _redactor(s)
-    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines, redact_text=shown)
+    got = await ws.read_file(path, start_line=start_line, max_lines=max_lines, redact_text=shown, ref=ref)
     call = _CURRENT.get()
     if call is not None and shown == call.redact:
         call.clean.add(got.content)
@@ -270,7 +273,8 @@ async def list_repo_files(
 @_tool(title="Describe the project", write=False)
 async def get_project_info() -> ProjectInfo:
     """Describe the project this session is bound to: repository, default branch, autonomy, watched jobs,
-    the attempt and failing job (agent sessions), the fix branch name, the change limits and recent commits.
+    the attempt and failing job (agent sessions), the fix branch name, the change limits and recent commits;
+    for agent sessions, the culprit range: the commits between the job's last green and first red run.
 
     Only the project this session is bound to; there is no way to name another.
     """
@@ -294,6 +298,7 @@ async def get_project_info() -> ProjectInfo:
             max_file_bytes=p.budgets.max_file_bytes,
         ),
         recent_commits=[CommitInfo(sha=c.sha, message=s.redact(_first_line(c.message))) for c in commits],
+        culprit_range=await culprit_or_none(s.forge, p.repo, p.default_branch, s.job, redact_text=_redactor(s)),
     )
 
 

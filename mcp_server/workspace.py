@@ -56,6 +56,7 @@ MAX_READ_FILE_BYTES = 10_000_000  # larger files are refused: reading them would
 _INLINE_READ_CHARS = 16_000
 # A listing of a directory holding at most this many files (and no glob) is made on the event loop too.
 _INLINE_LIST_ENTRIES = 200
+_SHA_RE = re.compile(r"[0-9a-f]{7,40}")  # `ref` of read_file: a commit SHA, never a name
 _BINARY_PROBE_BYTES = 8000  # git's own heuristic: a NUL byte in the first 8000 bytes means binary
 _STDERR_CHARS = 1000
 # How git over HTTP reports credentials the forge refused (401): with prompts off it cannot ask for others.
@@ -300,6 +301,7 @@ class Workspace:
         max_lines: int = 400,
         max_bytes: int = 100_000,
         redact_text: Callable[[str], str] = redact,
+        ref: str | None = None,
     ) -> FileSlice:
         """Up to `max_lines` lines (and about `max_bytes` bytes) of a UTF-8 text file, from `start_line`,
         redacted by `redact_text` (pass the session's, which knows the live tokens).
@@ -307,13 +309,22 @@ class Workspace:
         The whole file is redacted before the window is cut, so a secret spread over lines (a PEM key, a
         multi-line JSON key) is masked in every window, even one that starts in its middle.
 
+        With `ref`, the file as it was at that commit, read from git's objects (never the working tree): only
+        a commit SHA of the default branch's history, and the same lexical path wall (no `..`, no `.git`); a
+        symlink or submodule entry is refused, not followed.
+
         Raises:
             WorkspaceRefused: the path is refused.
             ToolRefused: missing, not a regular file, binary, too large, `start_line` past the end, or the
-                filesystem refused (the message names the path component at fault).
+                filesystem refused (the message names the path component at fault); `ref` not a commit of the
+                default branch's history.
         """
         if start_line < 1 or max_lines < 1 or max_bytes < 1:
             raise ToolRefused("Read refused: start_line, max_lines and max_bytes must be at least 1.")
+        if ref is not None:
+            rel, text = await self._text_at(requested, ref)
+            lines, total = await off_loop(_window, text, redact_text, start_line, max_lines, max_bytes)
+            return _slice(requested, rel, lines, total, start_line)
         real = self.resolve_path(requested, for_write=False)
         rel = self._relative(real)
         try:
@@ -331,32 +342,46 @@ class Workspace:
                 )
         except OSError as exc:
             raise self._os_refused(exc, requested, "Read") from exc
-        if total == 0:
-            if start_line > 1:
-                raise ToolRefused(f"Out of range: the file is empty: {requested!r}.")
-            return FileSlice(
-                path=rel, start_line=1, end_line=0, total_lines=0, content="", truncated=False, next_start_line=None
-            )
-        if start_line > total:
+        return _slice(requested, rel, lines, total, start_line)
+
+    async def _text_at(self, requested: str, ref: str) -> tuple[str, str]:
+        """(normalised path, whole text) of `requested` at commit `ref` of the default branch's history."""
+        where = f"{requested!r} at {ref!r}"
+        if not _SHA_RE.fullmatch(ref):
             raise ToolRefused(
-                f"Out of range: start_line {start_line} is past the end of the file ({total} lines): {requested!r}."
+                f"Read refused: ref must be a commit SHA (7 to 40 hex digits) of the default branch's history; "
+                f"branch, tag and other names are not accepted: {ref!r}."
             )
-        content = "".join(lines)
         try:
-            content.encode("utf-8")
-        except UnicodeEncodeError:  # a byte that isn't UTF-8 in the window (carried as a lone surrogate)
-            raise ToolRefused(f"Binary file: not UTF-8 text, it can't be shown: {requested!r}.") from None
-        end_line = start_line + len(lines) - 1
-        truncated = end_line < total
-        return FileSlice(
-            path=rel,
-            start_line=start_line,
-            end_line=end_line,
-            total_lines=total,
-            content=content,
-            truncated=truncated,
-            next_start_line=end_line + 1 if truncated else None,
-        )
+            rel = check_relative(requested).as_posix()
+        except PathRefused as exc:
+            raise WorkspaceRefused(str(exc), reason=str(exc.reason), path=exc.path) from exc
+        sha = await self._rev_parse_optional(ref)
+        if sha is None:
+            raise ToolRefused(f"Read refused: {ref!r} is not a commit of this repository.")
+        ancestor = await self._git("merge-base", "--is-ancestor", sha, self._default_ref(), check=False)
+        if ancestor.returncode != 0:
+            raise ToolRefused(
+                f"Read refused: commit {ref!r} is not in the history of the default branch "
+                f"{self._default!r}; only its commits can be read."
+            )
+        listed = await self._git("ls-tree", "-z", "--full-tree", sha, "--", rel, check=False)
+        entry = listed.stdout.decode("utf-8", errors="surrogateescape").split("\0", 1)[0]
+        meta, _, name = entry.partition("\t")
+        if listed.returncode != 0 or not entry or name != rel:
+            raise ToolRefused(f"Not found: no such file: {where}.")
+        mode, kind, blob = [*meta.split(), "", "", ""][:3]
+        if kind == "tree":
+            raise ToolRefused(f"Not a file: it is a directory; use list_repo_files: {where}.")
+        if kind != "blob" or mode not in ("100644", "100755"):
+            raise ToolRefused(f"Not a file: not a regular file (a symlink or submodule is not followed): {where}.")
+        size = await self._git("cat-file", "-s", blob)
+        if int(size.stdout.decode().strip() or 0) > MAX_READ_FILE_BYTES:
+            raise ToolRefused(f"File too large: over the {MAX_READ_FILE_BYTES} byte limit: {where}.")
+        data = (await self._git("cat-file", "blob", blob)).stdout
+        if b"\x00" in data[:_BINARY_PROBE_BYTES]:
+            raise ToolRefused(f"Binary file: it can't be shown: {where}.")
+        return rel, data.decode("utf-8", errors="surrogateescape")
 
     async def list_files(
         self,
@@ -861,6 +886,36 @@ def _read_window(
     """The window of a file's redacted text (see `_window`), read in one go off the event loop."""
     # Security: redact the whole text, then cut the window (a window alone can hide a secret's start).
     return _window(_read_text(real, requested), redact_text, start_line, max_lines, max_bytes)
+
+
+def _slice(requested: str, rel: str, lines: list[str], total: int, start_line: int) -> FileSlice:
+    """The `FileSlice` of a window (`_window`), or a refusal when it is out of range or not UTF-8 text."""
+    if total == 0:
+        if start_line > 1:
+            raise ToolRefused(f"Out of range: the file is empty: {requested!r}.")
+        return FileSlice(
+            path=rel, start_line=1, end_line=0, total_lines=0, content="", truncated=False, next_start_line=None
+        )
+    if start_line > total:
+        raise ToolRefused(
+            f"Out of range: start_line {start_line} is past the end of the file ({total} lines): {requested!r}."
+        )
+    content = "".join(lines)
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:  # a byte that isn't UTF-8 in the window (carried as a lone surrogate)
+        raise ToolRefused(f"Binary file: not UTF-8 text, it can't be shown: {requested!r}.") from None
+    end_line = start_line + len(lines) - 1
+    truncated = end_line < total
+    return FileSlice(
+        path=rel,
+        start_line=start_line,
+        end_line=end_line,
+        total_lines=total,
+        content=content,
+        truncated=truncated,
+        next_start_line=end_line + 1 if truncated else None,
+    )
 
 
 def _small_file(real: Path) -> bool:

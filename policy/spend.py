@@ -20,9 +20,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policy.config import AgentSettings, ProjectConfig, SpendLimits
 
-__all__ = ["ModelChoice", "Spend", "SpendStatus", "choose_model", "spend_status", "spend_windows"]
+__all__ = [
+    "LimitName",
+    "ModelChoice",
+    "Spend",
+    "SpendStatus",
+    "choose_model",
+    "limit_statuses",
+    "spend_status",
+    "spend_windows",
+]
 
 _USD = Annotated[float, Field(ge=0)]
+LimitName = Literal["project_daily", "fleet_daily", "fleet_monthly"]
 
 
 class _Frozen(BaseModel):
@@ -41,10 +51,12 @@ class SpendStatus(_Frozen):
     """Where spending stands against the limits; `limit` names the limit closest to (or past) its end."""
 
     level: Literal["ok", "notice", "exhausted"]
-    limit: Literal["project_daily", "fleet_daily", "fleet_monthly"] | None = None
+    limit: LimitName | None = None
     share: Annotated[float, Field(ge=0)] = 0.0  # spent / limit of `limit`
     detail: str = "no cost limit reached"
     resets_at: datetime | None = None  # when `limit`'s window starts again (UTC)
+    spent_usd: _USD = 0.0  # of `limit`'s window
+    limit_usd: _USD | None = None
 
 
 class ModelChoice(_Frozen):
@@ -68,16 +80,23 @@ def spend_windows(now: datetime) -> tuple[datetime, datetime, datetime, datetime
     return day, day + timedelta(days=1), month, next_month
 
 
-def spend_status(project: ProjectConfig, limits: SpendLimits, spend: Spend, *, now: datetime) -> SpendStatus:
-    """How `spend` stands against the project's daily limit and the fleet's daily and monthly limits."""
+def limit_statuses(
+    project: ProjectConfig | None, limits: SpendLimits, spend: Spend, *, now: datetime
+) -> list[SpendStatus]:
+    """Where `spend` stands against each configured limit (project daily, fleet daily, fleet monthly), in order.
+
+    Without a project, only the fleet's limits.
+    """
     _, tomorrow, _, next_month = spend_windows(now)
-    checks: list[tuple[Literal["project_daily", "fleet_daily", "fleet_monthly"], float | None, float, datetime, str]]
-    checks = [
-        ("project_daily", project.daily_cost_usd, spend.project_today, tomorrow, f"project {project.name!r} today"),
+    checks: list[tuple[LimitName, float | None, float, datetime, str]] = []
+    if project is not None:
+        who = f"project {project.name!r} today"
+        checks.append(("project_daily", project.daily_cost_usd, spend.project_today, tomorrow, who))
+    checks += [
         ("fleet_daily", limits.daily_usd, spend.fleet_today, tomorrow, "the fleet today"),
         ("fleet_monthly", limits.monthly_usd, spend.fleet_month, next_month, "the fleet this month"),
     ]
-    worst: SpendStatus = SpendStatus(level="ok")
+    out: list[SpendStatus] = []
     for name, limit, spent, resets, who in checks:
         if limit is None:
             continue
@@ -85,10 +104,22 @@ def spend_status(project: ProjectConfig, limits: SpendLimits, spend: Spend, *, n
         level: Literal["ok", "notice", "exhausted"] = (
             "exhausted" if share >= 1.0 else "notice" if share >= limits.notice_share else "ok"
         )
-        rank = {"ok": 0, "notice": 1, "exhausted": 2}
-        if (rank[level], share) > (rank[worst.level], worst.share):
-            detail = f"{who} spent ${spent:.2f} of its ${limit:.2f} limit ({share:.0%})"
-            worst = SpendStatus(level=level, limit=name, share=share, detail=detail, resets_at=resets)
+        detail = f"{who} spent ${spent:.2f} of its ${limit:.2f} limit ({share:.0%})"
+        out.append(
+            SpendStatus(
+                level=level, limit=name, share=share, detail=detail, resets_at=resets, spent_usd=spent, limit_usd=limit
+            )
+        )
+    return out
+
+
+def spend_status(project: ProjectConfig, limits: SpendLimits, spend: Spend, *, now: datetime) -> SpendStatus:
+    """How `spend` stands against the project's daily limit and the fleet's daily and monthly limits (the worst)."""
+    rank = {"ok": 0, "notice": 1, "exhausted": 2}
+    worst: SpendStatus = SpendStatus(level="ok")
+    for status in limit_statuses(project, limits, spend, now=now):
+        if (rank[status.level], status.share) > (rank[worst.level], worst.share):
+            worst = status
     return worst
 
 

@@ -412,6 +412,7 @@ def _summary(a: Attempt) -> AttemptSummary:
         checks=CheckState(a.checks) if a.checks else None,
         failure_class=a.failure_class,
         revisions=a.revisions,
+        model=a.model,
         input_tokens=a.input_tokens,
         output_tokens=a.output_tokens,
         cache_tokens=a.cache_tokens,

@@ -246,6 +246,9 @@ class AttemptSummary(_Response):
     revisions: int = Field(
         default=0, description="Revision rounds so far: times the fix PR's checks failed and the agent went back to it."
     )
+    model: str | None = Field(
+        description="The model the attempt runs with: the project's, or its fallback_model past the spend notice."
+    )
     input_tokens: int
     output_tokens: int
     cache_tokens: int

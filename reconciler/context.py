@@ -59,6 +59,8 @@ class PassCaches:
     projects_synced: bool = False
     # Ended attempts this process found in line with their fix branch on the forge (see `reconciler.repair`).
     repair_checked: set[str] = field(default_factory=set)
+    # Spend notices this process claimed or found claimed: (flag key, window:level) (see `reconciler.budget`).
+    spend_notices: set[tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from agent.models import ModelBackend
 from agent.types import AttemptTask, Revision, StopReason
 from infra.jsonlog import bind_context, log_event
 from mcp_server.checks import failed_checks
+from mcp_server.culprit import culprit_or_none
 from mcp_server.errors import ForgeError
 from mcp_server.forge import ForgeClient, PullRequest
 from mcp_server.models import ToolName
@@ -48,10 +49,12 @@ from mcp_server.operator import Operator
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
+from policy.redaction import redact
 from policy.rounds import BudgetUse, remaining
 from policy.types import AttemptStatus
 from reconciler.errors import ReconcilerError
 from reconciler.finish import attempt_finished
+from reconciler.memory import earlier_attempts
 from reconciler.metrics import Metrics
 from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory
@@ -315,13 +318,6 @@ class AgentDispatcher:
         )
 
     async def _agent(self, attempt: Attempt, project: ProjectConfig, use: _RunUse) -> AttemptOutcome:
-        task = AttemptTask(
-            project=attempt.project,
-            job=attempt.job,
-            failing_run_id=attempt.run_id,
-            head_sha=attempt.head_sha,
-            revision=await self._revision(attempt, project) if attempt.revisions > 0 else None,
-        )
         # Budgets are per attempt: this run gets what earlier runs (resumes, revision rounds) left.
         budgets = remaining(project.budgets, budget_use(attempt))
         log_event(
@@ -333,18 +329,17 @@ class AgentDispatcher:
             wall_seconds=round(budgets.wall_seconds, 3),
         )
         backend = self._backend_for(attempt, project)
+        settings = self._config.agent
+        if attempt.model and attempt.model != settings.model:  # chosen at start (policy.spend.choose_model)
+            settings = settings.model_copy(update={"model": attempt.model})
         try:
             # Wall-clock guard around the whole run; the loop enforces its own budget inside, this is the backstop.
-            async with asyncio.timeout(budgets.wall_seconds + 30), self._open_session(attempt) as session:
-                return await run_attempt(
-                    backend,
-                    session,
-                    task,
-                    budgets,
-                    settings=self._config.agent,
-                    secrets=self._secrets,
-                    calls=use.calls,
-                )
+            async with asyncio.timeout(budgets.wall_seconds + 30):
+                task = await self._task(attempt, project)
+                async with self._open_session(attempt) as session:
+                    return await run_attempt(
+                        backend, session, task, budgets, settings=settings, secrets=self._secrets, calls=use.calls
+                    )
         finally:
             close = getattr(backend, "aclose", None)
             if close is not None:  # the model client's connections (e.g. AnthropicBackend's HTTP pool)
@@ -368,6 +363,37 @@ class AgentDispatcher:
             pr_number=attempt.pr_number,
             failing_checks=names,
             log_excerpt=log[:12_000] if log else None,
+        )
+
+    async def _task(self, attempt: Attempt, project: ProjectConfig) -> AttemptTask:
+        """The attempt's task, with what its first message tells the model besides the failure itself."""
+        secrets = self._secrets
+
+        def redact_text(text: str) -> str:
+            return redact(text, extra_secrets=secrets)
+
+        return AttemptTask(
+            project=attempt.project,
+            job=attempt.job,
+            failing_run_id=attempt.run_id,
+            head_sha=attempt.head_sha,
+            revision=await self._revision(attempt, project) if attempt.revisions > 0 else None,
+            # What changed since the job was last green, read from the forge.
+            culprit_range=await culprit_or_none(
+                self._forge, project.repo, project.default_branch, attempt.job, redact_text=redact_text
+            ),
+            # What earlier attempts on this job did and why they stopped (the store, and the forge for a
+            # human's words on a closed pull request): the agent gets it in its task, never from the store.
+            earlier_attempts=await earlier_attempts(
+                self._sessions,
+                self._forge,
+                project=project.name,
+                repo=project.repo,
+                job=attempt.job,
+                attempt_id=attempt.id,
+                bots=frozenset({self._config.forge.bot_login.lower()}),
+                redact_text=redact_text,
+            ),
         )
 
     async def _finished(self, attempt_id: str, status: AttemptStatus) -> None:

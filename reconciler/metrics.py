@@ -131,6 +131,9 @@ class Metrics:
         self._counter("greenloop_webhook_deliveries_total", "Signed webhook deliveries received, by event and outcome.")
         self._counter("greenloop_webhook_refused_total", "Webhook deliveries refused, by reason (nothing changed).")
         self._counter("greenloop_reconcile_wakeups_total", "Project reconciles requested by an event, by source.")
+        self._gauge("greenloop_spend_usd", "Model cost of attempts started in the current window, by limit.")
+        self._gauge("greenloop_spend_limit_usd", "The configured cost limit of each window (USD).")
+        self._counter("greenloop_spend_notices_total", "Spend notices sent (80% or 100% of a limit), by limit.")
         # Counters that exist without labels start at 0 so a scrape shows them before the first event.
         for name in (
             "greenloop_attempts_started_total",
@@ -200,6 +203,18 @@ class Metrics:
         """Count one project reconcile requested by an event (`source`: webhook or run)."""
         with self._lock:
             self._inc("greenloop_reconcile_wakeups_total", 1, source=source)
+
+    def set_spend(self, limit: str, spent: float, limit_usd: float, *, project: str = "") -> None:
+        """Spend and limit (USD) of one window: `project_daily` (with `project`), `fleet_daily`, `fleet_monthly`."""
+        labels = {"limit": limit, **({"project": project} if project else {})}
+        with self._lock:
+            self._set("greenloop_spend_usd", spent, **labels)
+            self._set("greenloop_spend_limit_usd", limit_usd, **labels)
+
+    def observe_spend_notice(self, limit: str, level: str) -> None:
+        """Count one spend notice (`notice` at the notice share, `exhausted` at 100%)."""
+        with self._lock:
+            self._inc("greenloop_spend_notices_total", 1, limit=limit, level=level)
 
     def set_forge(self, stats: ForgeCounters) -> None:
         """Copy the forge client's cumulative counters (requests, 304s, retries, rate budget left)."""

@@ -1,4 +1,5 @@
-"""Notifications: one Slack-compatible incoming-webhook message when an attempt succeeds or is escalated.
+"""Notifications: one Slack-compatible incoming-webhook message when an attempt succeeds or is escalated,
+and when spending reaches the notice share or the whole of a cost limit (`reconciler.budget`).
 
 `notify()` never raises: a chat outage must not fail a reconcile pass. It returns whether the webhook took
 the message, and logs one structured event either way. The webhook URL is itself a credential (whoever
@@ -21,7 +22,7 @@ __all__ = ["DEFAULT_TIMEOUT_SECONDS", "NotifyEvent", "build_payload", "notify"]
 
 logger = logging.getLogger("greenloop.notify")
 
-NotifyEvent = Literal["succeeded", "escalated"]
+NotifyEvent = Literal["succeeded", "escalated", "spend"]
 
 DEFAULT_TIMEOUT_SECONDS: Final = 10.0
 
@@ -33,6 +34,7 @@ _TEXT_LIMIT: Final = 300
 _HEADLINES: Final[dict[str, str]] = {
     "succeeded": ":white_check_mark: greenloop fixed {project}",
     "escalated": ":rotating_light: greenloop needs a human on {project}",
+    "spend": ":moneybag: greenloop spending on {project}",
 }
 
 
@@ -41,7 +43,7 @@ def _clip(text: str, limit: int) -> str:
 
 
 def build_payload(
-    event: NotifyEvent, *, project: str, attempt_id: str, pr_url: str | None, summary_markdown: str
+    event: NotifyEvent, *, project: str, attempt_id: str | None, pr_url: str | None, summary_markdown: str
 ) -> dict[str, Any]:
     """The webhook body: a plain `text` fallback plus Block Kit `blocks` (header, summary, context).
 
@@ -50,7 +52,7 @@ def build_payload(
     headline = _HEADLINES[event].format(project=project)
     text = headline + (f": {pr_url}" if pr_url else "")
     summary = _clip(redact(summary_markdown).strip() or "(no summary)", _SECTION_LIMIT)
-    context = [f"attempt `{attempt_id}`", f"project `{project}`"]
+    context = ([f"attempt `{attempt_id}`"] if attempt_id else []) + [f"project `{project}`"]
     if pr_url:
         context.append(f"<{pr_url}|pull request>")
     return {
@@ -68,12 +70,12 @@ async def notify(
     event: NotifyEvent,
     *,
     project: str,
-    attempt_id: str,
+    attempt_id: str | None,
     pr_url: str | None,
     summary_markdown: str,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> bool:
-    """Post `event` for an attempt to the incoming webhook; True when it answered 2xx.
+    """Post `event` (for an attempt, or for spending: no attempt) to the incoming webhook; True on 2xx.
 
     No webhook configured, a refused or malformed URL, a timeout, a network error or a non-2xx answer all
     give False and one log event; nothing is raised (cancellation still propagates).

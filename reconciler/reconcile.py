@@ -21,8 +21,10 @@ from datetime import UTC, datetime, timedelta
 from infra.jsonlog import log_event
 from policy.config import ProjectConfig
 from policy.gate import AttemptRecord, ObservedFailure, decide, failure_fingerprint
+from policy.spend import SpendStatus, choose_model
 from policy.types import TERMINAL_STATUSES, AttemptStatus, SkipReason
 from reconciler.advance import StepInput, advance
+from reconciler.budget import WindowCosts, give_notices, load_costs, project_status
 from reconciler.context import ReconcilerContext
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
 from reconciler.store import attempts as store
@@ -63,6 +65,7 @@ class PassScope:
     active: dict[str, Attempt] = field(default_factory=dict)
     last_failures: dict[str, datetime] = field(default_factory=dict)
     reported: dict[str, ProjectObservation] = field(default_factory=dict)
+    costs: WindowCosts | None = None  # the current spend windows (None: not read; no cost limit applies)
 
     @property
     def dry_run(self) -> bool:
@@ -84,6 +87,9 @@ async def load_scope(
     """
     await ctx.ensure_projects()
     names = [p.name for p in projects]
+    costs = await load_costs(ctx)
+    if not dry_run:
+        await give_notices(ctx, costs)  # the fleet's limits: gauges, and a notice once per window
     return PassScope(
         summary=RunSummary(trigger=trigger, dry_run=dry_run, started_at=_now()),
         # The global kill switch: on in the config, or flipped at run time (POST /kill-switch).
@@ -92,6 +98,7 @@ async def load_scope(
         active=await store.active_by_project(ctx.sessions, names),
         last_failures=await store.last_failures(ctx.sessions, names),
         reported=await observe_reported(ctx.sessions, projects),
+        costs=costs,
     )
 
 
@@ -111,6 +118,8 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
     obs = await _observe(ctx, project, scope.reported.get(project.name), urgent=active is not None, summary=summary)
     if active is not None and not scope.dry_run:
         active = await advance(StepInput(ctx=ctx, project=project, attempt=active, obs=obs, summary=summary))
+    if scope.costs is not None and project.daily_cost_usd is not None and not scope.dry_run:
+        await give_notices(ctx, scope.costs, project)
 
     red = [run for job, run in sorted(obs.latest.items()) if not run.green and job not in obs.in_progress]
     rerunning = _note_reruns_in_progress(project, obs, summary)
@@ -132,6 +141,7 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
     effective = project.model_copy(update={"paused": project.paused or paused})
     history: list[AttemptRecord] | None = None
     requeue: timedelta | None = None
+    spend = project_status(ctx, project, scope.costs) if scope.costs is not None else None
     for run in red:
         if history is None:
             history = await _history(ctx, project.name, reset_at=reset_at)
@@ -159,6 +169,7 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
             kill_switch=scope.kill_switch,
             bot_logins=ctx.bot_logins,
             already_rerun=already_rerun,
+            spend=spend,
         )
         if decision.retry_after is not None:
             requeue = decision.retry_after if requeue is None else min(requeue, decision.retry_after)
@@ -184,7 +195,7 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
                 ctx.caches.reruns_requested.add((project.name, run.run_id))
             summary.reruns.append(note)
             continue
-        await _start(ctx, project, run, dry_run=scope.dry_run, summary=summary)
+        await _start(ctx, project, run, dry_run=scope.dry_run, summary=summary, spend=spend)
         history = None  # the new attempt is part of the history for the next red job
         if not scope.dry_run:
             break  # one attempt per project at a time: the other red jobs wait for a later pass
@@ -259,13 +270,21 @@ async def _observe(
 
 
 async def _start(
-    ctx: ReconcilerContext, project: ProjectConfig, run: ObservedRun, *, dry_run: bool, summary: RunSummary
+    ctx: ReconcilerContext,
+    project: ProjectConfig,
+    run: ObservedRun,
+    *,
+    dry_run: bool,
+    summary: RunSummary,
+    spend: SpendStatus | None,
 ) -> None:
     if dry_run:
         summary.attempts_started.append(
             StartedAttempt(project=project.name, job=run.job, attempt_id=None, run_id=run.run_id)
         )
         return
+    # The model is chosen now and recorded on the attempt: past the notice share, the cheaper fallback.
+    choice = choose_model(project, ctx.config.agent, spend or SpendStatus(level="ok"))
     outcome = await store.start_attempt(
         ctx.sessions,
         project=project.name,
@@ -273,12 +292,21 @@ async def _start(
         fingerprint=failure_fingerprint(project.name, run.job, run.head_sha),
         run_id=run.run_id,
         head_sha=run.head_sha,
+        model=choice.model,
     )
     if outcome.started and outcome.attempt_id is not None:
         summary.attempts_started.append(
             StartedAttempt(project=project.name, job=run.job, attempt_id=outcome.attempt_id, run_id=run.run_id)
         )
-        log_event(logger, "attempt_started", attempt_id=outcome.attempt_id, job=run.job, run_id=run.run_id)
+        log_event(
+            logger,
+            "attempt_started",
+            attempt_id=outcome.attempt_id,
+            job=run.job,
+            run_id=run.run_id,
+            model=choice.model,
+            model_reason=choice.reason,
+        )
         attempt = await store.get_attempt(ctx.sessions, outcome.attempt_id)
         if attempt is not None and ctx.dispatcher is not None:
             ctx.dispatcher.dispatch(attempt)

@@ -170,9 +170,7 @@ async def run_service(
     timeout = pass_timeout_seconds if pass_timeout_seconds is not None else max(60.0, 10 * interval_seconds)
     if not timeout > 0:
         raise ConfigError(f"pass timeout: must be positive: {timeout!r}.")
-    app = build_api(
-        ctx, api_token=api_token, reconcile_fn=reconcile_fn, allow_no_token=allow_no_token, enqueue=enqueue
-    )
+    app = build_api(ctx, api_token=api_token, reconcile_fn=reconcile_fn, allow_no_token=allow_no_token, enqueue=enqueue)
 
     sock = _bind(host, port)
     bound_port = int(sock.getsockname()[1])

@@ -23,12 +23,13 @@ import sqlalchemy as sa
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus
 from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
 from reconciler.store.engine import SessionFactory
-from reconciler.store.models import Attempt, Project, Transition, utcnow
+from reconciler.store.models import Attempt, McpToolCall, Project, Transition, utcnow
 from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
 
 __all__ = [
     "RESUMED",
     "SETTABLE_FIELDS",
+    "EarlierAttemptRow",
     "ResumeClaim",
     "StartOutcome",
     "StartReason",
@@ -38,6 +39,7 @@ __all__ = [
     "attempt_transitions",
     "can_transition",
     "claim_resume",
+    "earlier_on_job",
     "get_attempt",
     "heartbeat",
     "last_failures",
@@ -46,6 +48,7 @@ __all__ = [
     "reopen_from_forge",
     "start_attempt",
     "transition",
+    "window_costs",
 ]
 
 StartReason = Literal["started", "already_active", "already_handled", "busy"]
@@ -104,6 +107,19 @@ class StartOutcome:
     reason: StartReason
 
 
+@dataclass(frozen=True, slots=True)
+class EarlierAttemptRow:
+    """An earlier attempt on a job, with the files its successful `write_repo_file` calls wrote."""
+
+    attempt_id: str
+    status: str
+    stop_reason: str | None
+    pr_number: int | None
+    pr_url: str | None
+    created_at: datetime
+    files: tuple[str, ...]
+
+
 def new_attempt_id() -> str:
     """A short random attempt id (12 hex digits)."""
     return uuid.uuid4().hex[:12]
@@ -138,6 +154,7 @@ async def start_attempt(
     head_sha: str,
     trace_id: str | None = None,
     attempt_id: str | None = None,
+    model: str | None = None,
 ) -> StartOutcome:
     """Insert a `pending` attempt unless a rule refuses it: checked with a read first, enforced by the database.
 
@@ -184,6 +201,7 @@ async def start_attempt(
                         head_sha=head_sha,
                         status=AttemptStatus.PENDING.value,
                         trace_id=trace_id,
+                        model=model,
                         created_at=now,
                         updated_at=now,
                     )
@@ -484,6 +502,78 @@ async def attempt_history(session_factory: SessionFactory, project: str, *, limi
         StoreError: the database failed.
     """
     return await list_attempts(session_factory, project=project, limit=limit)
+
+
+async def window_costs(
+    session_factory: SessionFactory, *, day_start: datetime, month_start: datetime
+) -> dict[str, tuple[float, float]]:
+    """Cost (USD) of the attempts started since `day_start` and since `month_start`, per project (one query).
+
+    `day_start` is within the month (`policy.spend.spend_windows`); projects without an attempt this month are
+    absent.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    today = sa.func.coalesce(sa.func.sum(sa.case((Attempt.created_at >= day_start, Attempt.cost_usd), else_=0.0)), 0.0)
+    month = sa.func.coalesce(sa.func.sum(Attempt.cost_usd), 0.0)
+    query = sa.select(Attempt.project, today, month).where(Attempt.created_at >= month_start).group_by(Attempt.project)
+    async with translated(), session_factory() as session:
+        rows = (await session.execute(query)).all()
+    return {str(r[0]): (float(r[1]), float(r[2])) for r in rows}
+
+
+async def earlier_on_job(
+    session_factory: SessionFactory, project: str, job: str, *, exclude: str, limit: int = 5
+) -> list[EarlierAttemptRow]:
+    """The newest `limit` attempts on `project`'s `job` other than `exclude`, newest first, each with the paths
+    it wrote (from the audit rows of its successful `write_repo_file` calls): one query.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    recent = (
+        sa.select(Attempt.id)
+        .where(Attempt.project == project, Attempt.job == job, Attempt.id != exclude)
+        .order_by(Attempt.created_at.desc())
+        .limit(limit)
+    )
+    async with translated(), session_factory() as session:
+        arguments: sa.ColumnElement[Any] = McpToolCall.arguments.expression
+        if session.get_bind().dialect.name == "postgresql":
+            arguments = sa.cast(arguments, sa.JSON)  # a text column: JSON operators need json
+        path = sa.type_coerce(arguments, sa.JSON)["path"].as_string()
+        query = (
+            sa.select(Attempt, path)
+            .outerjoin(
+                McpToolCall,
+                sa.and_(
+                    McpToolCall.attempt_id == Attempt.id,
+                    McpToolCall.tool == "write_repo_file",
+                    McpToolCall.outcome == "ok",
+                ),
+            )
+            .where(Attempt.id.in_(recent))
+            .order_by(Attempt.created_at.desc(), Attempt.id, McpToolCall.id)
+        )
+        rows = (await session.execute(query)).all()
+    out: dict[str, tuple[Attempt, list[str]]] = {}
+    for attempt, written in rows:
+        files = out.setdefault(attempt.id, (attempt, []))[1]
+        if isinstance(written, str) and written not in files:
+            files.append(written)
+    return [
+        EarlierAttemptRow(
+            attempt_id=a.id,
+            status=a.status,
+            stop_reason=a.stop_reason,
+            pr_number=a.pr_number,
+            pr_url=a.pr_url,
+            created_at=a.created_at,
+            files=tuple(files),
+        )
+        for a, files in out.values()
+    ]
 
 
 async def list_attempts(

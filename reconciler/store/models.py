@@ -197,6 +197,8 @@ class Attempt(Base):
     stale_announced_at: Mapped[datetime | None]
     # Why a failed attempt failed: transient (the outside: model API, forge) or permanent (policy.gate).
     failure_class: Mapped[str | None] = mapped_column(sa.String(16))
+    # The model the attempt runs with, chosen when it starts (policy.spend.choose_model: the fallback past 80%).
+    model: Mapped[str | None] = mapped_column(sa.String(100))
 
     @property
     def attempt_status(self) -> AttemptStatus:

@@ -61,6 +61,7 @@ __all__ = [
     "KILL_SWITCH",
     "PASS_LEASE",
     "acquire_lease",
+    "claim_flag",
     "current_lease",
     "default_holder",
     "get_flag",
@@ -134,6 +135,35 @@ async def set_flag(session_factory: SessionFactory, key: str, value: str) -> Non
             await session.execute(stmt)
 
     await with_retry(_once)
+
+
+async def claim_flag(session_factory: SessionFactory, key: str, value: str) -> bool:
+    """Set flag `key` to `value` unless it holds `value` already; True for the one caller that changed it.
+
+    One conditional upsert, so of several replicas (or passes) claiming the same value only one gets True:
+    the way to do something once per value (e.g. one spend notice per limit and window).
+
+    Raises:
+        ValueError: an empty key or one longer than 64 characters.
+        StoreBusy: the database stayed locked through every bounded retry.
+        StoreError: any other database failure.
+    """
+    if not key or len(key) > _MAX_KEY:
+        raise ValueError(f"Invalid flag key: expected 1 to {_MAX_KEY} characters: {key!r}.")
+
+    async def _once() -> bool:
+        now = utcnow()
+        async with session_factory() as session, session.begin():
+            stmt = insert_for(session, Flag).values(key=key, value=value, updated_at=now)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[Flag.key],
+                set_={"value": stmt.excluded.value, "updated_at": now},
+                where=Flag.value != stmt.excluded.value,
+            )
+            won = (await session.execute(stmt.returning(Flag.key))).scalar_one_or_none()
+        return won is not None
+
+    return await with_retry(_once)
 
 
 async def kill_switch_enabled(session_factory: SessionFactory) -> bool:

@@ -482,7 +482,7 @@ async def local_forge(tmp_path: Any) -> Any:
     from mcp_server.github_app import GitHubApp
 
     async with (
-        run_forge(tmp_path / "forge", projects=["clean"], actions_enabled=False) as forge,
+        run_forge(tmp_path / "forge", projects=["clean", "bug-lib"], actions_enabled=False) as forge,
         GitHubApp(
             api_url=forge.api_url,
             app_id=str(forge.app_id),
@@ -618,3 +618,17 @@ async def test_local_forge_exhausted_budget_answered_429_is_not_retried_for_an_h
         await client.get_repo("acme/clean")
     assert info.value.status == 429 and info.value.retry_after is not None and info.value.retry_after > 3000
     assert sleeps == []
+
+
+@pytest.mark.anyio
+async def test_compare_on_the_local_forge_gives_the_commits_between_and_the_changed_files(local_forge: Any) -> None:
+    _, client, _ = local_forge
+    commits = await client.list_commits("acme/bug-lib", sha="main")
+    assert len(commits) >= 2
+    head, base = commits[0].sha, commits[-1].sha
+    comparison = await client.compare("acme/bug-lib", base, head)
+    assert comparison.status == "ahead" and comparison.ahead_by == len(commits) - 1
+    assert [c.sha for c in comparison.commits] == [c.sha for c in reversed(commits[:-1])]  # oldest first
+    assert comparison.files and all(f.filename and f.status for f in comparison.files)
+    with pytest.raises(ForgeNotFound):
+        await client.compare("acme/bug-lib", "0" * 40, head)

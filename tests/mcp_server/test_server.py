@@ -682,3 +682,24 @@ async def test_sql_audit_sink_writes_redacted_rows_into_the_migrated_table(share
     assert "create_branch" in rows[2]["message"]
     assert pat not in json.dumps([dict(r) for r in rows], default=str)
     assert rows[0]["client"].startswith("stdio")
+
+
+async def test_an_agent_session_gets_the_culprit_range_and_reads_the_last_green_version(shared: Shared) -> None:
+    info = await ok(shared.writer, "get_project_info")
+    culprit = info["culprit_range"]
+    assert culprit is not None and culprit["job"] == "test"
+    green, red = culprit["last_green_sha"], culprit["first_red_sha"]
+    assert green and red and green != red
+    assert [c["sha"] for c in culprit["commits"]] == [red] and culprit["total_commits"] == 1
+    assert "pager/pagination.py" in {f["filename"] for f in culprit["files"]}
+    assert "pager/pagination.py" in culprit["diff_summary"] and "@@" in culprit["diff_summary"]
+    assert (await ok(shared.reader, "get_project_info"))["culprit_range"] is None  # no job: no range
+
+    then = await ok(shared.writer, "read_repo_file", {"path": "pager/pagination.py", "ref": green})
+    now = await ok(shared.writer, "read_repo_file", {"path": "pager/pagination.py"})
+    assert then["content"] != now["content"]
+    for ref in ("main", "greenloop/fix/test-escape01"):
+        text = await refused(shared.writer, "read_repo_file", {"path": "README.md", "ref": ref})
+        assert "ref must be a commit SHA" in text
+    text = await refused(shared.writer, "read_repo_file", {"path": "../SECRET-MARKER.txt", "ref": green})
+    assert MARKER not in text

@@ -780,3 +780,45 @@ async def test_a_listing_made_while_the_tree_changed_is_not_kept(env: Env) -> No
         stale = await ws.list_files()
     assert "late.py" not in stale.paths  # this answer predates the write...
     assert "late.py" in (await ws.list_files()).paths  # ...and was not kept as the index
+
+
+@pytest.mark.anyio
+async def test_read_file_at_a_commit_of_the_default_branch_history_reads_that_version_only(env: Env) -> None:
+    old = await env.admin_commit("main", {"notes.txt": "old text\npassword = hunter2-very-secret\n"})
+    await env.admin_commit("main", {"notes.txt": "new text\n"})
+    outside = await env.admin_commit("side", {"notes.txt": "side text\n"})
+    ws = await cloned(env)
+    (ws.root / "notes.txt").write_text("working tree\n")
+
+    got = await ws.read_file("notes.txt", ref=old)
+    assert got.content.startswith("old text\n") and "hunter2-very-secret" not in got.content  # redacted
+    assert (await ws.read_file("./notes.txt", ref=old[:12])).path == "notes.txt"
+    assert (await ws.read_file("notes.txt")).content == "working tree\n"  # without ref: the working copy
+
+    with pytest.raises(ToolRefused, match="not a commit of this repository"):
+        await ws.read_file("notes.txt", ref=outside)  # on another branch of the forge: never fetched
+    await env.admin_git("checkout", "--quiet", "-b", BRANCH, cwd=ws.root)
+    await env.admin_git("commit", "--quiet", "-am", "local work", cwd=ws.root)
+    local = (await env.admin_git("rev-parse", "HEAD", cwd=ws.root)).strip()
+    with pytest.raises(ToolRefused, match="not in the history of the default branch"):
+        await ws.read_file("notes.txt", ref=local)  # a commit of the workspace, off the default branch
+    for name in ("side", "main", "HEAD", "origin/main", "main~1", f"{old}^"):
+        with pytest.raises(ToolRefused, match="ref must be a commit SHA"):
+            await ws.read_file("notes.txt", ref=name)
+    with pytest.raises(ToolRefused, match="not a commit of this repository"):
+        await ws.read_file("notes.txt", ref="0" * 40)
+    for path in ("../notes.txt", "/etc/passwd", ".git/config", "a/../../notes.txt"):
+        with pytest.raises(WorkspaceRefused):
+            await ws.read_file(path, ref=old)
+    with pytest.raises(ToolRefused, match="Not found"):
+        await ws.read_file("nope.txt", ref=old)
+    with pytest.raises(ToolRefused, match="directory"):
+        await ws.read_file(".github", ref=old)
+
+
+@pytest.mark.anyio
+async def test_read_file_at_a_commit_does_not_follow_a_symlink(env: Env) -> None:
+    sha = await env.admin_commit("main", {}, symlinks={"link.txt": "/etc/passwd"})
+    ws = await cloned(env)
+    with pytest.raises(ToolRefused, match="symlink"):
+        await ws.read_file("link.txt", ref=sha)
