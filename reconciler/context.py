@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from policy.config import GreenloopConfig
+from reconciler.pacing import ResyncPacer
 from reconciler.store.engine import SessionFactory
 from reconciler.store.projects import sync_projects
 
@@ -58,6 +59,8 @@ class PassCaches:
     projects_synced: bool = False
     # Ended attempts this process found in line with their fix branch on the forge (see `reconciler.repair`).
     repair_checked: set[str] = field(default_factory=set)
+    # Where the paced periodic resync is in its round of the projects (see `reconciler.pacing`).
+    resync: ResyncPacer = field(default_factory=ResyncPacer)
 
 
 @dataclass(frozen=True)

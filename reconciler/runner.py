@@ -25,6 +25,7 @@ from mcp_server.errors import ForgeError
 from policy.config import ProjectConfig
 from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
+from reconciler.pacing import pace_pass
 from reconciler.reconcile import PassScope, Result, load_scope, reconcile_project
 from reconciler.repair import repair_ended_attempts
 from reconciler.store.passes import record_pass
@@ -89,6 +90,9 @@ class Runner:
         """
         ctx = self.ctx
         projects = select_projects(ctx, repos)
+        paced = await pace_pass(ctx, projects) if trigger == "schedule" and repos is None else None
+        if paced is not None:  # the periodic resync: this tick's share of the projects, within the budget
+            projects = paced.projects
         t0 = time.perf_counter()
         forge_before = (ctx.forge.stats.requests, ctx.forge.stats.not_modified) if ctx.forge else (0, 0)
         scope = await load_scope(ctx, projects, trigger=trigger, dry_run=dry_run)
@@ -110,6 +114,10 @@ class Runner:
         if ctx.forge:
             summary.forge_requests = ctx.forge.stats.requests - forge_before[0]
             summary.forge_not_modified = ctx.forge.stats.not_modified - forge_before[1]
+            summary.rate_limit_remaining = ctx.forge.stats.rate_remaining
+        if paced is not None:
+            summary.projects_deferred = paced.deferred
+            ctx.caches.resync.measured(len(projects), summary.forge_requests)
         if not dry_run:
             await self._record(summary)
         ctx.metrics.observe_pass(summary)
@@ -128,6 +136,8 @@ class Runner:
             duration_ms=round(summary.duration_ms, 1),
             forge_requests=summary.forge_requests,
             forge_not_modified=summary.forge_not_modified,
+            rate_limit_remaining=summary.rate_limit_remaining,
+            projects_deferred=summary.projects_deferred,
         )
         return summary
 

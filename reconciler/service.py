@@ -20,6 +20,7 @@ from policy.errors import ConfigError
 from reconciler.context import ReconcilerContext
 from reconciler.dispatch import BackendFactory
 from reconciler.errors import ReconcilerError
+from reconciler.pacing import tick_seconds
 from reconciler.runner import Runner, UnknownProjects, reconcile
 from reconciler.runtime import backend_from_env, open_runtime
 from reconciler.store.state import default_holder, pass_lease
@@ -143,7 +144,7 @@ def run_command(config_path: str | None) -> int:
 
             await run_service(
                 ctx,
-                interval_seconds=config.server.interval_seconds,
+                interval_seconds=tick_seconds(config),  # the paced resync's tick (reconciler.pacing)
                 host=config.server.http_host,
                 port=config.server.http_port,
                 api_token=config.server.api_token,
