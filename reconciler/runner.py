@@ -80,9 +80,17 @@ class Runner:
     # -- passes ---------------------------------------------------------------------------------------------
 
     async def run_pass(
-        self, *, repos: Sequence[str] | None = None, trigger: Trigger = "cli", dry_run: bool = False
+        self,
+        *,
+        repos: Sequence[str] | None = None,
+        trigger: Trigger = "cli",
+        dry_run: bool = False,
+        paced: bool = False,
     ) -> RunSummary:
         """Reconcile `repos` (default: every project) concurrently and say what was done.
+
+        `paced` (the service's scheduled resync, over every project): only this tick's share of the projects
+        and those with an active attempt, within the forge budget (`reconciler.pacing.pace_pass`).
 
         Raises:
             UnknownProjects: `repos` names a project that isn't configured (nothing was done).
@@ -90,9 +98,9 @@ class Runner:
         """
         ctx = self.ctx
         projects = select_projects(ctx, repos)
-        paced = await pace_pass(ctx, projects) if trigger == "schedule" and repos is None else None
-        if paced is not None:  # the periodic resync: this tick's share of the projects, within the budget
-            projects = paced.projects
+        share = await pace_pass(ctx, projects) if paced and repos is None else None
+        if share is not None:  # the periodic resync: this tick's share of the projects, within the budget
+            projects = share.projects
         t0 = time.perf_counter()
         forge_before = (ctx.forge.stats.requests, ctx.forge.stats.not_modified) if ctx.forge else (0, 0)
         scope = await load_scope(ctx, projects, trigger=trigger, dry_run=dry_run)
@@ -115,8 +123,8 @@ class Runner:
             summary.forge_requests = ctx.forge.stats.requests - forge_before[0]
             summary.forge_not_modified = ctx.forge.stats.not_modified - forge_before[1]
             summary.rate_limit_remaining = ctx.forge.stats.rate_remaining
-        if paced is not None:
-            summary.projects_deferred = paced.deferred
+        if share is not None:
+            summary.projects_deferred = share.deferred
             ctx.caches.resync.measured(len(projects), summary.forge_requests)
         if not dry_run:
             await self._record(summary)

@@ -44,9 +44,10 @@ async def leased_reconcile(
     trigger: Trigger = "schedule",
     dry_run: bool = False,
     runner: Runner | None = None,
+    paced: bool = False,
 ) -> RunSummary:
     """A pass (by `runner`, default one of its own), under the pass lease when it is a scheduled pass; a
-    replica without the lease skips."""
+    replica without the lease skips. `paced`: the scheduled resync's share only (`Runner.run_pass`)."""
     runner = runner if runner is not None else Runner(ctx)
     if trigger != "schedule":
         return await runner.run_pass(repos=repos, trigger=trigger, dry_run=dry_run)
@@ -58,7 +59,7 @@ async def leased_reconcile(
             summary = RunSummary(trigger=trigger, dry_run=dry_run, started_at=datetime.now(UTC))
             summary.count_skip("lease_held_by_another_replica")
             return summary
-        return await runner.run_pass(repos=repos, trigger=trigger, dry_run=dry_run)
+        return await runner.run_pass(repos=repos, trigger=trigger, dry_run=dry_run, paced=paced)
 
 
 def one_line(exc: BaseException) -> str:
@@ -140,7 +141,9 @@ def run_command(config_path: str | None) -> int:
                 trigger: Trigger = "schedule",
                 dry_run: bool = False,
             ) -> RunSummary:
-                return await leased_reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run, runner=runner)
+                return await leased_reconcile(
+                    ctx, repos=repos, trigger=trigger, dry_run=dry_run, runner=runner, paced=trigger == "schedule"
+                )
 
             await run_service(
                 ctx,

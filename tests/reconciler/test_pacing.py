@@ -126,15 +126,15 @@ async def test_a_scheduled_pass_reconciles_its_share_and_reports_the_budget_and_
     config = _config(interval_seconds=300)  # no webhooks: the period is the interval, a tick every 30 s
     metrics = Metrics()
     ctx = ReconcilerContext(config=config, sessions=sessions, forge=None, dispatcher=None, metrics=metrics)
-    summary = await Runner(ctx).run_pass(trigger="schedule")
+    summary = await Runner(ctx).run_pass(trigger="schedule", paced=True)
     assert summary.projects_scanned == 1 and summary.projects_deferred == 0
-    assert (await Runner(ctx).run_pass(trigger="cli")).projects_scanned == 10  # only the schedule is paced
+    assert (await Runner(ctx).run_pass(trigger="schedule")).projects_scanned == 10  # only `paced` is paced
 
     # The forge reports a budget below the reserve: the scheduled tick defers its share, spends nothing.
     stats = _Stats(rate_remaining=ctx.rate_limit_reserve - 1, rate_reset=time.time() + 3600)
     low = replace(ctx, forge=cast(Any, _Forge(stats)))
     low.caches.resync.last_tick = time.monotonic() - 60  # two ticks' worth due
-    summary = await Runner(low).run_pass(trigger="schedule")
+    summary = await Runner(low).run_pass(trigger="schedule", paced=True)
     assert summary.projects_scanned == 0
     assert summary.projects_deferred == 2
     assert summary.rate_limit_remaining == ctx.rate_limit_reserve - 1
