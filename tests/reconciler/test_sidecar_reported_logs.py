@@ -85,7 +85,7 @@ async def _sidecar(config: Path, port: int, extra: list[str], log: Path) -> asyn
     ends = time.monotonic() + 90
     while time.monotonic() < ends:
         if proc.returncode is not None:
-            raise RuntimeError(f"the sidecar exited: {log.read_text()}")
+            raise RuntimeError(f"the sidecar exited: {await asyncio.to_thread(log.read_text)}")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
@@ -96,7 +96,7 @@ async def _sidecar(config: Path, port: int, extra: list[str], log: Path) -> asyn
         return proc
     proc.kill()
     await proc.wait()
-    raise TimeoutError(f"the sidecar did not listen: {log.read_text()}")
+    raise TimeoutError(f"the sidecar did not listen: {await asyncio.to_thread(log.read_text)}")
 
 
 async def _get_logs(port: int) -> tuple[bool, str]:
