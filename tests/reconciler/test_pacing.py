@@ -141,4 +141,4 @@ async def test_a_scheduled_pass_reconciles_its_share_and_reports_the_budget_and_
     assert metrics.value("greenloop_resync_projects_deferred") == 2
     assert metrics.value("greenloop_forge_rate_limit_remaining") == ctx.rate_limit_reserve - 1
     rows = await recent_passes(sessions, limit=1)
-    assert '"projects_deferred":2' in rows[0].summary
+    assert '"projects_deferred":2' in (rows[0].summary or "")
