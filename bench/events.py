@@ -182,7 +182,7 @@ async def _measure(samples: int) -> Measured:
             async with _serve(app) as url, httpx2.AsyncClient(timeout=30, trust_env=False) as http:
                 for _ in range(samples):
                     await _clear_attempts(ctx)
-                    await app.state.enqueue.wait_idle()
+                    await app.state.runner.wait_idle()
                     headers = {
                         "X-GitHub-Event": "workflow_run",
                         "X-GitHub-Delivery": str(uuid.uuid4()),
@@ -195,7 +195,7 @@ async def _measure(samples: int) -> Measured:
                         raise RuntimeError(f"webhook refused: {reply.status_code} {reply.text[:200]}")
                     await _until_attempt(ctx)
                     webhook_ms.append((time.perf_counter() - t0) * 1000)
-                await app.state.enqueue.wait_idle()
+                await app.state.runner.wait_idle()
     return Measured(samples=samples, webhook_ms=webhook_ms, pass_ms=pass_ms)
 
 
