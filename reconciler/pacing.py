@@ -40,6 +40,7 @@ __all__ = [
     "SlicePlan",
     "pace_pass",
     "resync_period_seconds",
+    "tick_for",
     "tick_seconds",
 ]
 
@@ -60,9 +61,12 @@ def resync_period_seconds(config: GreenloopConfig) -> float:
 
 def tick_seconds(config: GreenloopConfig) -> float:
     """How often the scheduler runs a (paced) pass: about one project per tick, within [30 s, interval]."""
-    interval = config.server.interval_seconds
-    per_project = resync_period_seconds(config) / max(len(config.projects), 1)
-    return min(interval, max(MIN_TICK_SECONDS, per_project))
+    return tick_for(len(config.projects), config.server.interval_seconds, resync_period_seconds(config))
+
+
+def tick_for(projects: int, interval: float, period: float) -> float:
+    """`tick_seconds` for `projects` projects, an interval and a resync period (the bench simulates with it)."""
+    return min(interval, max(MIN_TICK_SECONDS, period / max(projects, 1)))
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,10 @@ class ResyncPacer:
         budget: Budget,
         wall_now: float,
     ) -> SlicePlan:
-        """The keys for a tick at monotonic time `now` (`wall_now`: epoch seconds, to compare with the reset)."""
+        """The keys for a tick at monotonic time `now` (`wall_now`: epoch seconds, to compare with the reset).
+
+        `urgent`: the keys with an active attempt, each one of `names`.
+        """
         n = len(names)
         elapsed = tick if self.last_tick is None else max(now - self.last_tick, 0.0)
         self.last_tick = now
@@ -137,7 +144,7 @@ class ResyncPacer:
         self.owed = min(self.owed + n * elapsed / max(period, 1e-9), float(n))
         due = min(math.floor(self.owed + 1e-9), n)
         spendable = budget.spendable(wall_now)
-        urgent_keys = tuple(k for k in names if k in urgent)
+        urgent_keys = tuple(sorted(urgent))  # a few names, all among `names` (the caller's contract)
         if spendable is None:
             allowed = due
             self.credit, self._credit_window = 0.0, None
