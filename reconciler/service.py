@@ -78,6 +78,8 @@ def print_summary(summary: RunSummary, *, as_json: bool) -> None:
         f"{len(summary.attempts_started)} attempt(s) {'would start' if summary.dry_run else 'started'}, "
         f"{summary.attempts_already_active} already active, {len(summary.reruns)} re-run(s), "
         f"{summary.duration_ms:.0f} ms"
+        + (f", forge budget left {summary.rate_limit_remaining}" if summary.rate_limit_remaining is not None else "")
+        + (f", {summary.projects_deferred} project(s) deferred" if summary.projects_deferred else "")
     )
     for red in summary.red:
         why = f" ({red.reason}: {red.detail})" if red.reason else ""
