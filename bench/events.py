@@ -202,6 +202,7 @@ async def _measure(samples: int) -> Measured:
                     webhook_ms.append((time.perf_counter() - t0) * 1000)
                 await app.state.runner.wait_idle()
                 forge_ms = await _forge_delivered(forge, ctx, app, url, repo, red.id, min(samples, 10))
+            await app.state.runner.aclose()
     return Measured(samples=samples, webhook_ms=webhook_ms, pass_ms=pass_ms, forge_ms=forge_ms)
 
 

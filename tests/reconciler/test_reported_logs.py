@@ -217,6 +217,7 @@ async def test_a_reported_failure_wakes_the_loop_and_the_agent_reads_its_posted_
             r = await http.post("/runs", json=body)
             assert r.status_code == 201, r.text
         await asyncio.wait_for(app.state.runner.wait_idle(), 60)
+        await app.state.runner.aclose()
         assert ctx.dispatcher is not None
         await ctx.dispatcher.wait_idle(60)
         async with ctx.sessions() as session:
