@@ -74,6 +74,9 @@ class Runner:
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
         self._requeues: dict[str, asyncio.TimerHandle] = {}
+        # One pass at a time per runner: a scheduled tick and an event pass never reconcile a key at once (two
+        # would both act on what each read, e.g. both merge one pull request). Paced ticks are short.
+        self._pass_lock = asyncio.Lock()
         self.requeue_after: dict[str, timedelta] = {}
         """The last `Result.requeue_after` of each key that asked for one."""
 
@@ -96,6 +99,12 @@ class Runner:
             UnknownProjects: `repos` names a project that isn't configured (nothing was done).
             StoreError: the store failed before any project was looked at.
         """
+        async with self._pass_lock:
+            return await self._run_pass(repos=repos, trigger=trigger, dry_run=dry_run, paced=paced)
+
+    async def _run_pass(
+        self, *, repos: Sequence[str] | None, trigger: Trigger, dry_run: bool, paced: bool
+    ) -> RunSummary:
         ctx = self.ctx
         projects = select_projects(ctx, repos)
         share = await pace_pass(ctx, projects) if paced and repos is None else None
