@@ -84,6 +84,7 @@ def run(*, runs: int = 3) -> dict[str, Any]:
 def render_table(figures: dict[str, Any]) -> str:
     """Markdown tables for figures 4, 5, 5c and 6, then the section's BENCH line."""
     from bench.context_cost import BUG_LIB_BEFORE_USD, POLICIES, price_note, uncached_cost
+
     lines = [
         f"Demo runs: {figures['runs']} (after a warm-up); every run reached every expected state: "
         f"{figures['all_ok']}; model: {figures['model']}.",
@@ -136,8 +137,7 @@ def render_table(figures: dict[str, Any]) -> str:
         "the scripted model over canned tool results of realistic sizes (`bench/context_cost.py::LONG_SESSION`), "
         "the real server's tool list; same estimates and prices as figure 5)",
         "",
-        "| policy | input tokens | cache read | cache written | plain | largest request | last request "
-        "| cost (USD) |",
+        "| policy | input tokens | cache read | cache written | plain | largest request | last request | cost (USD) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in figures["long"]:

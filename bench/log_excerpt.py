@@ -130,13 +130,17 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
     by_budget = {r["budget"] for r in rows}
     if 1000 in by_budget:
         share = statistics.mean(r["ours_first_kept"] for r in rows if r["budget"] == 1000)
-        out.append(f"- Goal: the first error block kept in at least 98% of logs at 1,000 tokens: "
-                   f"**{'met' if share >= 0.98 else 'not met'}** ({share:.0%}).")
+        out.append(
+            f"- Goal: the first error block kept in at least 98% of logs at 1,000 tokens: "
+            f"**{'met' if share >= 0.98 else 'not met'}** ({share:.0%})."
+        )
     if 2000 in by_budget:
         fit = [r["ours_recall"] for r in rows if r["budget"] == 2000 and r["best_recall"] >= 1.0]
         recall = statistics.mean(fit) if fit else 1.0
-        out.append(f"- Goal: recall at 2,000 tokens of at least 0.9 on the logs whose labels fit: "
-                   f"**{'met' if recall >= 0.9 else 'not met'}** ({recall:.3f} over {len(fit)} logs).")
+        out.append(
+            f"- Goal: recall at 2,000 tokens of at least 0.9 on the logs whose labels fit: "
+            f"**{'met' if recall >= 0.9 else 'not met'}** ({recall:.3f} over {len(fit)} logs)."
+        )
     out += ["", " ".join(bench)]
     return "\n".join(out)
 
@@ -159,9 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("| case | budget | labelled | recall | baseline | best possible | first error block kept |")
         print("|---|---:|---:|---:|---:|---:|---|")
         for r in rows:
-            print(f"| {r['case']} | {r['budget']} | {r['labelled_lines']} | {r['ours_recall']:.2f} "
-                  f"| {r['baseline_recall']:.2f} | {r['best_recall']:.2f} "
-                  f"| {'yes' if r['ours_first_kept'] else 'NO'} |")
+            print(
+                f"| {r['case']} | {r['budget']} | {r['labelled_lines']} | {r['ours_recall']:.2f} "
+                f"| {r['baseline_recall']:.2f} | {r['best_recall']:.2f} "
+                f"| {'yes' if r['ours_first_kept'] else 'NO'} |"
+            )
     return 0
 
 

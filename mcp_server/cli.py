@@ -3,6 +3,7 @@
     greenloop-mcp --config greenloop.toml --project NAME [--token-env GITHUB_TOKEN]      (a person, read-only)
     greenloop-mcp --config greenloop.toml --project NAME [--mode read-only|agent] [--attempt ID --job JOB]
     greenloop-mcp serve-http --config greenloop.toml --host 127.0.0.1 --port 8765 [--mode agent] [--project NAME]
+        [--audit-db URL] [--runs-db URL]
 
 stdio sessions are bound to the project (and attempt/job) on the command line. A person runs it read-only
 with their own GitHub token (from `$GITHUB_TOKEN`, or the variable `--token-env` names): no App key, and the
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from mcp_server.audit import AuditSink, ClosableAuditSink
+    from mcp_server.reported_runs import ClosableReportedRunSource, ReportedRunSource
     from mcp_server.session import BindingFactory, Mode, SessionGrant
 
 __all__ = [
@@ -71,6 +73,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--audit-db", default=None, help="also write the audit trail to this database (SQLAlchemy async URL)"
+    )
+    parser.add_argument(
+        "--runs-db",
+        default=None,
+        help="read the runs reported from outside Actions (cron, ...) and their logs from this database, so "
+        "get_job_logs serves them (default: the --audit-db URL, the reconciler's store)",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -182,6 +190,24 @@ def _load(path: str | None) -> GreenloopConfig:
 # Builds the database audit sink for `--audit-db URL` (`reconciler.store.audit.StoreAuditSink`, passed in by
 # the `greenloop-mcp` entry point `reconciler.mcp_cli`: this package never touches SQL itself).
 DatabaseSinkFactory = Callable[[str], "ClosableAuditSink"]
+# Builds the reader of reported runs for `--runs-db URL` (`reconciler.store.runs.DatabaseReportedRuns`, passed
+# in by the same entry point): the sidecar's `get_job_logs` serves a posted log exactly as in-process.
+ReportedRunsFactory = Callable[[str], "ClosableReportedRunSource"]
+
+
+def _runs_url(args: argparse.Namespace) -> str | None:
+    url: str | None = args.runs_db or args.audit_db
+    return url or None
+
+
+async def _reported_runs(
+    stack: AsyncExitStack, url: str | None, reported_runs: ReportedRunsFactory | None
+) -> ReportedRunSource | None:
+    if not url or reported_runs is None:
+        return None
+    source = reported_runs(url)
+    stack.push_async_callback(source.aclose)
+    return source
 
 
 async def _audit_sink(stack: AsyncExitStack, url: str | None, database_sink: DatabaseSinkFactory | None) -> AuditSink:
@@ -216,7 +242,11 @@ def personal_token_env(args: argparse.Namespace, config: GreenloopConfig) -> str
 
 
 async def _run_stdio(
-    args: argparse.Namespace, config: GreenloopConfig, grant: SessionGrant, database_sink: DatabaseSinkFactory | None
+    args: argparse.Namespace,
+    config: GreenloopConfig,
+    grant: SessionGrant,
+    database_sink: DatabaseSinkFactory | None,
+    reported_runs: ReportedRunsFactory | None,
 ) -> None:
     from mcp_server.github_app import StaticToken
     from mcp_server.server import build_server
@@ -227,7 +257,8 @@ async def _run_stdio(
         audit = await _audit_sink(stack, args.audit_db, database_sink)
         token_env = personal_token_env(args, config)
         personal = StaticToken(os.environ[token_env]) if token_env else None
-        factory = config_binding_factory(config, audit=audit, personal_token=personal)
+        reported = await _reported_runs(stack, _runs_url(args), reported_runs)
+        factory = config_binding_factory(config, audit=audit, personal_token=personal, reported=reported)
         server = build_server(factory, mode=grant.mode, grant=grant)
         await run_stdio(server)
 
@@ -243,6 +274,7 @@ async def sidecar_app(
     host: str,
     port: int,
     path: str = "/mcp",
+    reported: ReportedRunSource | None = None,
 ) -> Starlette:
     """The sidecar's ASGI app: MCP over streamable HTTP plus the reconciler's operator routes (those only
     with a GitHub App configured).
@@ -263,7 +295,7 @@ async def sidecar_app(
         # no operator routes, so a reconciler pointed at this server gets a 404 rather than a key-less token.
         log_event(logger, "mcp_http_no_github_app", level=logging.WARNING)
         return http_app(
-            config_binding_factory(config, audit=audit),
+            config_binding_factory(config, audit=audit, reported=reported),
             mode=mode,
             secret=secret,
             projects=projects,
@@ -279,7 +311,7 @@ async def sidecar_app(
     )
     actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler", projects=projects)
     return http_app(
-        config_binding_factory(config, audit=audit, app=github, forge=forge),
+        config_binding_factory(config, audit=audit, app=github, forge=forge, reported=reported),
         mode=mode,
         secret=secret,
         projects=projects,
@@ -291,7 +323,11 @@ async def sidecar_app(
 
 
 async def _run_http(
-    args: argparse.Namespace, config: GreenloopConfig, secret: str, database_sink: DatabaseSinkFactory | None
+    args: argparse.Namespace,
+    config: GreenloopConfig,
+    secret: str,
+    database_sink: DatabaseSinkFactory | None,
+    reported_runs: ReportedRunsFactory | None,
 ) -> None:
     import uvicorn
 
@@ -300,10 +336,12 @@ async def _run_http(
     projects = args.project or [p.name for p in config.projects]
     async with AsyncExitStack() as stack:
         audit = await _audit_sink(stack, args.audit_db, database_sink)
+        reported = await _reported_runs(stack, _runs_url(args), reported_runs)
         app = await sidecar_app(
             config,
             stack,
             audit=audit,
+            reported=reported,
             mode=Mode(args.mode),
             secret=secret,
             projects=projects,
@@ -352,10 +390,16 @@ def _check_binding(args: argparse.Namespace) -> None:
             raise ConfigError(str(exc)) from None
 
 
-def main(argv: Sequence[str] | None = None, *, database_sink: DatabaseSinkFactory | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    database_sink: DatabaseSinkFactory | None = None,
+    reported_runs: ReportedRunsFactory | None = None,
+) -> int:
     """Run `greenloop-mcp`; returns the process exit code (2 for a configuration problem).
 
-    `database_sink` builds the sink of `--audit-db` (without one, `--audit-db` is a configuration error).
+    `database_sink` builds the sink of `--audit-db` (without one, `--audit-db` is a configuration error);
+    `reported_runs` the reader of `--runs-db` (without one, `--runs-db` is a configuration error).
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     stdio_parser, http_parser = build_parser()
@@ -367,6 +411,8 @@ def main(argv: Sequence[str] | None = None, *, database_sink: DatabaseSinkFactor
         _check(args, config)
         if args.audit_db and database_sink is None:
             raise ConfigError("--audit-db: this entry point has no database sink (run the greenloop-mcp command)")
+        if args.runs_db and reported_runs is None:
+            raise ConfigError("--runs-db: this entry point has no store reader (run the greenloop-mcp command)")
         if over_http:
             secret = os.environ.get(TOKEN_SECRET_ENV, "")
             if not secret:
@@ -385,14 +431,14 @@ def main(argv: Sequence[str] | None = None, *, database_sink: DatabaseSinkFactor
 
     try:
         if over_http:
-            anyio.run(_run_http, args, config, secret, database_sink)
+            anyio.run(_run_http, args, config, secret, database_sink, reported_runs)
         else:
             from mcp_server.session import Mode, SessionGrant
 
             grant = SessionGrant(
                 project=args.project, mode=Mode(args.mode), attempt_id=args.attempt, job=args.job, client="stdio"
             )
-            anyio.run(_run_stdio, args, config, grant, database_sink)
+            anyio.run(_run_stdio, args, config, grant, database_sink, reported_runs)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -55,8 +55,22 @@ MIN_BUDGET_TOKENS = 100
 
 _FULL_SCAN_CHARS = 2_000_000
 _FULL_SCAN_LINES = 50_000
-_HEAD_WORDS = ("##[error]", "ERROR", "Error", "error", "FAIL", "Fail", "fail", "FATAL", "fatal", "Traceback",
-               "Exception", "panic", "Caused by", "exit code")
+_HEAD_WORDS = (
+    "##[error]",
+    "ERROR",
+    "Error",
+    "error",
+    "FAIL",
+    "Fail",
+    "fail",
+    "FATAL",
+    "fatal",
+    "Traceback",
+    "Exception",
+    "panic",
+    "Caused by",
+    "exit code",
+)
 _HEAD_FIRST_HITS = 10
 _HEAD_LAST_HITS = 100
 _HEAD_BEFORE = 3
@@ -72,8 +86,6 @@ _SUMMARY_SHARE = 0.12
 _SEP = re.compile(r"\r\n|\r|\n")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _BINARYISH = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\ufffd]")
-
-
 
 
 class ExcerptLine(BaseModel):
@@ -96,12 +108,14 @@ class Excerpt(BaseModel):
     kept_line_numbers: list[int] = Field(description="line numbers shown, ascending")
     truncated: bool = Field(description="true when some lines of the log are not shown")
     next_start_line: int | None = Field(
-        default=None, description="for a page: the start_line of the next page; null at the end or for excerpts")
+        default=None, description="for a page: the start_line of the next page; null at the end or for excerpts"
+    )
     estimated_tokens: int = Field(description="ceil(len(rendered) / 3.5)")
     rendered: str = Field(description="the excerpt as text: 'NNNN| line' rows and gap markers")
     note: str | None = Field(default=None, description="why the excerpt is unusual (binary log, huge log)")
     summary: str | None = Field(
-        default=None, description="the 'Failing tests:' / 'Error locations:' lines the rendered excerpt starts with")
+        default=None, description="the 'Failing tests:' / 'Error locations:' lines the rendered excerpt starts with"
+    )
     failing_tests: list[str] = Field(default_factory=list, description="failing tests the log names, first first")
     error_locations: list[str] = Field(default_factory=list, description="file:line the errors point at, first first")
 
@@ -229,9 +243,17 @@ class _Log:
     def gap_cost(self, first: int, last: int) -> int:
         return len(_gap_text(first, last)) + 1 if last >= first else 0
 
-    def render(self, kept: list[int], raw_of: dict[int, str], *, note: str | None = None,
-               gaps: bool = True, next_start: int | None = None, summary: str | None = None,
-               facts: LogFacts | None = None) -> Excerpt:
+    def render(
+        self,
+        kept: list[int],
+        raw_of: dict[int, str],
+        *,
+        note: str | None = None,
+        gaps: bool = True,
+        next_start: int | None = None,
+        summary: str | None = None,
+        facts: LogFacts | None = None,
+    ) -> Excerpt:
         lines: list[ExcerptLine] = []
         rows: list[str] = ([summary] if summary else []) + ([note] if note else [])
         prev = 0
@@ -244,8 +266,7 @@ class _Log:
             rows.append(f"{n:>{self.width}}| {text}")
             prev = n
         if gaps and prev < self.total:
-            lines.append(ExcerptLine(number=prev + 1, text=_gap_text(prev + 1, self.total),
-                                     omitted_through=self.total))
+            lines.append(ExcerptLine(number=prev + 1, text=_gap_text(prev + 1, self.total), omitted_through=self.total))
             rows.append(lines[-1].text)
         rendered = "\n".join(rows) + ("\n" if rows else "")
         return Excerpt(
@@ -264,8 +285,15 @@ class _Log:
 
     def binary_excerpt(self) -> Excerpt:
         note = self.binary_note or ""
-        return Excerpt(lines=[], total_lines=self.total, kept_line_numbers=[], truncated=self.total > 0,
-                       estimated_tokens=estimate_tokens(note + "\n"), rendered=note + "\n", note=note)
+        return Excerpt(
+            lines=[],
+            total_lines=self.total,
+            kept_line_numbers=[],
+            truncated=self.total > 0,
+            estimated_tokens=estimate_tokens(note + "\n"),
+            rendered=note + "\n",
+            note=note,
+        )
 
     # -- modes ---------------------------------------------------------------------------------------
 
@@ -310,8 +338,10 @@ class _Log:
         segments.append(self._tail_segment(cut))
         note = None
         if cut > 0:
-            note = (f"Note: large log ({len(self.text) // 1_000_000} MB): the end was read in full, the rest "
-                    "searched for error lines only.")
+            note = (
+                f"Note: large log ({len(self.text) // 1_000_000} MB): the end was read in full, the rest "
+                "searched for error lines only."
+            )
         note = note if note is None or len(note) < self.budget_chars // 4 else None
         prio, raw_of, first_error = priorities(segments, self.total)
         budget = self.budget_chars - (len(note) + 1 if note else 0)
@@ -385,8 +415,7 @@ class _Log:
         i = bisect_left(kept, n)
         before = kept[i - 1] if i > 0 else 0
         after = kept[i] if i < len(kept) else self.total + 1
-        return (self.gap_cost(before + 1, n - 1) + self.gap_cost(n + 1, after - 1)
-                - self.gap_cost(before + 1, after - 1))
+        return self.gap_cost(before + 1, n - 1) + self.gap_cost(n + 1, after - 1) - self.gap_cost(before + 1, after - 1)
 
     def _fill_small_gaps(self, kept: list[int], raw_of: dict[int, str], room: int) -> list[int]:
         """Show the lines of 1-3 line gaps instead of a marker when that costs little or nothing."""
@@ -455,8 +484,10 @@ def _binary_note(text: str) -> str | None:
     bad = len(_BINARYISH.findall(sample))
     if bad / len(sample) <= _BINARY_RATIO:
         return None
-    return (f"Note: this log looks binary ({100 * bad // len(sample)}% of sampled characters are control "
-            "characters or undecodable bytes); no excerpt was made.")
+    return (
+        f"Note: this log looks binary ({100 * bad // len(sample)}% of sampled characters are control "
+        "characters or undecodable bytes); no excerpt was made."
+    )
 
 
 def _separators(text: str, start: int, end: int) -> int:

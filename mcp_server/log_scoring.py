@@ -60,46 +60,122 @@ def _words(*literals: str) -> list[str]:
 # leading `\b`, character class or alternation makes it try every position, 10-20x slower); word
 # boundaries are lookbehinds placed after the literal.
 _EVIDENCE: tuple[tuple[float, list[str]], ...] = (
-    (10.0, [r"##\[error\]", r"Traceback \(most recent call last\)", r"Error(?<!\wError)(?:\[[A-Za-z]?\d+\])?:",
-            r"error(?<!\werror)(?:\[[A-Za-z]?\d+\])?:", "Exception(?=:| *$)", "Error(?=:| *$)",
-            "Throwable(?=:| *$)", *_words("panic", "panicked", "FAIL", "FAILED", "assert"), "<<< FAILURE!",
-            "<<< ERROR!", r"Tests run: \d+, Failures: (?:[1-9]|\d+, Errors: [1-9])", "No space left on device",
-            "Segmentation fault", "core dumped", "ut of memory", "OOMKilled", "ssertion failed", "ssertion error",
-            "ComparisonFailure", r"^E {2,}\S", r"expected(?<!\wexpected)\b[^\n]{0,200}\bbut (?:was|got|found)\b",
-            r":\[\d+,\d+\] ", "FAILURES =", "short test summary info"]),
-    (9.0, [*_words("ERROR", "ERR", "FATAL", "FAILURE", "FAILS", "fatal", "Killed"), "BUILD FAILED",
-           "Build failed", "marked build as failure", "Caused by:", "exit code [1-9]", "exit status [1-9]",
-           "returned non-zero", "returned status [1-9]", "returned exit code [1-9]",
-           r"[1-9]\d* (?:failed|errors?|failures?)\b", "✕ ", "✗ ", "✖ ", "❌", "× "]),
-    (7.0, [*_words("failed", "Failed", "cannot", "Cannot", "error", "failure", "unresolved", "Undefined",
-                   "timed out"), "cannot find symbol", "undefined reference", "cannot access", "o such file",
-           "ermission denied", "command not found", r"not found\b", "ould not", "nable to",
-           "Timeout(?:Error|Exception)?:", "eadline exceeded"]),
+    (
+        10.0,
+        [
+            r"##\[error\]",
+            r"Traceback \(most recent call last\)",
+            r"Error(?<!\wError)(?:\[[A-Za-z]?\d+\])?:",
+            r"error(?<!\werror)(?:\[[A-Za-z]?\d+\])?:",
+            "Exception(?=:| *$)",
+            "Error(?=:| *$)",
+            "Throwable(?=:| *$)",
+            *_words("panic", "panicked", "FAIL", "FAILED", "assert"),
+            "<<< FAILURE!",
+            "<<< ERROR!",
+            r"Tests run: \d+, Failures: (?:[1-9]|\d+, Errors: [1-9])",
+            "No space left on device",
+            "Segmentation fault",
+            "core dumped",
+            "ut of memory",
+            "OOMKilled",
+            "ssertion failed",
+            "ssertion error",
+            "ComparisonFailure",
+            r"^E {2,}\S",
+            r"expected(?<!\wexpected)\b[^\n]{0,200}\bbut (?:was|got|found)\b",
+            r":\[\d+,\d+\] ",
+            "FAILURES =",
+            "short test summary info",
+        ],
+    ),
+    (
+        9.0,
+        [
+            *_words("ERROR", "ERR", "FATAL", "FAILURE", "FAILS", "fatal", "Killed"),
+            "BUILD FAILED",
+            "Build failed",
+            "marked build as failure",
+            "Caused by:",
+            "exit code [1-9]",
+            "exit status [1-9]",
+            "returned non-zero",
+            "returned status [1-9]",
+            "returned exit code [1-9]",
+            r"[1-9]\d* (?:failed|errors?|failures?)\b",
+            "✕ ",
+            "✗ ",
+            "✖ ",
+            "❌",
+            "× ",
+        ],
+    ),
+    (
+        7.0,
+        [
+            *_words("failed", "Failed", "cannot", "Cannot", "error", "failure", "unresolved", "Undefined", "timed out"),
+            "cannot find symbol",
+            "undefined reference",
+            "cannot access",
+            "o such file",
+            "ermission denied",
+            "command not found",
+            r"not found\b",
+            "ould not",
+            "nable to",
+            "Timeout(?:Error|Exception)?:",
+            "eadline exceeded",
+        ],
+    ),
     (2.0, [*_words("WARN", "WARNING", "warning", "Warning"), r"^>[ \t]"]),
 )
 _EVIDENCE_RE = tuple((w, re.compile(p, re.MULTILINE)) for w, ps in _EVIDENCE for p in ps)
 # Counts of zero are not failures: "Failures: 0, Errors: 0", "0 errors", "no errors found".
-_ZERO_RE = tuple(re.compile(p) for p in (
-    "Failures: 0, Errors: 0", r"0(?<![\w.]0) (?:errors?|failures?|failed)\b",
-    r"no(?<!\wno) (?:errors?|failures?|failed)\b", r"No(?<!\wNo) (?:errors?|failures?|failed)\b",
-    r"error(?<!\werror)s?: 0\b"))
+_ZERO_RE = tuple(
+    re.compile(p)
+    for p in (
+        "Failures: 0, Errors: 0",
+        r"0(?<![\w.]0) (?:errors?|failures?|failed)\b",
+        r"no(?<!\wno) (?:errors?|failures?|failed)\b",
+        r"No(?<!\wNo) (?:errors?|failures?|failed)\b",
+        r"error(?<!\werror)s?: 0\b",
+    )
+)
 # Download and install progress (blank and separator lines are recognised per line by `_SEPARATOR`).
-_NOISE_RE = tuple(re.compile(p, re.MULTILINE) for p in (
-    r"Download(?:ing|ed)? (?:from|https?:)", r"Progress \(\d", "Receiving objects", "Resolving deltas",
-    "Unpacking objects", "remote: (?:Counting|Compressing|Enumerating|Total)", r"Get:(?<![^\n]Get:)\d+ ",
-    "Preparing to unpack", "Selecting previously", "Setting up(?<![^\n]Setting up) ", "Processing triggers",
-    r"Collecting [\w.\[\]-]+(?:[<>=!~ ]|$)", "Requirement already satisfied", "Using cached ",
-    r"%[ \t]*\|[█▉▊▋▌▍▎▏#= ]", r"\[=*>?[ \t]*\][ \t]*\d", r"##\[endgroup\]"))
+_NOISE_RE = tuple(
+    re.compile(p, re.MULTILINE)
+    for p in (
+        r"Download(?:ing|ed)? (?:from|https?:)",
+        r"Progress \(\d",
+        "Receiving objects",
+        "Resolving deltas",
+        "Unpacking objects",
+        "remote: (?:Counting|Compressing|Enumerating|Total)",
+        r"Get:(?<![^\n]Get:)\d+ ",
+        "Preparing to unpack",
+        "Selecting previously",
+        "Setting up(?<![^\n]Setting up) ",
+        "Processing triggers",
+        r"Collecting [\w.\[\]-]+(?:[<>=!~ ]|$)",
+        "Requirement already satisfied",
+        "Using cached ",
+        r"%[ \t]*\|[█▉▊▋▌▍▎▏#= ]",
+        r"\[=*>?[ \t]*\][ \t]*\d",
+        r"##\[endgroup\]",
+    )
+)
 _SEPARATOR = re.compile(r"[ \t]*(?:\[\w+\][ \t]*)?[-=_*#~.+]{4,}[ \t]*")
 _FRAME = re.compile(
-    r"\s+at |\s*\.\.\. \d+ (?:more|common frames omitted)|\s*File \".*\", line \d+|\s*(?:Caused by|Suppressed):")
+    r"\s+at |\s*\.\.\. \d+ (?:more|common frames omitted)|\s*File \".*\", line \d+|\s*(?:Caused by|Suppressed):"
+)
 _CALL_FRAME = re.compile(r"\s+at |\s*File \".*\", line \d+")
 _MARKER_ONLY = re.compile(r"\s*(?:\[(?:ERROR|WARNING|WARN|INFO)\]|##\[error\]|ERROR:?|E)?\s*")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 _ROOT_MARKER = re.compile(
     r"##\[error\]|\[ERROR\]|\b(?:error|ERROR|Error)\b|FAIL|<<< (?:FAILURE|ERROR)!|Traceback \(most recent call last\)"
     r"|\bpanic|No space left on device|Segmentation fault|core dumped|OOMKilled|^E {2,}\S|ssertion"
-    r"|(?:Exception|Error|Throwable): \S")
+    r"|(?:Exception|Error|Throwable): \S"
+)
 _WARNING = re.compile(r"\bwarn(?:ing)?\b", re.IGNORECASE)
 _DIGITS = re.compile(r"\d+")
 
@@ -168,8 +244,9 @@ def priorities(segments: list[Segment], total: int) -> tuple[dict[int, float], d
     """
     prio: dict[int, float] = {}
     raw_of: dict[int, str] = {}
-    scored = [(segment, _Lines([clean_line(bounded_raw(r, _SCORED_CHARS)) for r in segment.raw]))
-              for segment in segments]
+    scored = [
+        (segment, _Lines([clean_line(bounded_raw(r, _SCORED_CHARS)) for r in segment.raw])) for segment in segments
+    ]
     first_error = _first_error([lines for _, lines in scored])
     first_line: int | None = None
     for segment, lines in scored:
@@ -207,22 +284,30 @@ class _Lines:
         for i in range(n):
             if self.bare[i]:
                 self.score[i] = 0.0
-            elif i + 1 < n and self.frame[i + 1] and not self.frame[i] and not self.noise[i] \
-                    and _CALL_FRAME.match(clean[i + 1]):
+            elif (
+                i + 1 < n
+                and self.frame[i + 1]
+                and not self.frame[i]
+                and not self.noise[i]
+                and _CALL_FRAME.match(clean[i + 1])
+            ):
                 # The line a stack trace hangs from names the exception, whatever its wording.
                 self.score[i] = max(self.score[i], 9.0)
         # A continuation line belongs to the block above it: stack frames, indented lines, "Caused by:",
         # and bare markers that separate the parts of one error report.
-        self.cont = [self.frame[i] or self.bare[i] or (clean[i][:1] in (" ", "\t") and not self.noise[i])
-                     for i in range(n)]
+        self.cont = [
+            self.frame[i] or self.bare[i] or (clean[i][:1] in (" ", "\t") and not self.noise[i]) for i in range(n)
+        ]
         self._demote_repeats()
         self.prio = [0.0] * n
 
     def _demote_repeats(self) -> None:
         """Retry loops and polling say nothing new after the first few lines and the last one: exact
         repeats beyond 3, and lines differing only in numbers beyond 20."""
-        for keys, limit in (([c.strip() for c in self.clean], _REPEAT_LIMIT),
-                            ([_DIGITS.sub("0", c.strip()) for c in self.clean], _REPEAT_LIMIT_NUMBERS)):
+        for keys, limit in (
+            ([c.strip() for c in self.clean], _REPEAT_LIMIT),
+            ([_DIGITS.sub("0", c.strip()) for c in self.clean], _REPEAT_LIMIT_NUMBERS),
+        ):
             counts = Counter(k for k in keys if k)
             seen: Counter[str] = Counter()
             for i, key in enumerate(keys):
@@ -239,8 +324,13 @@ class _Lines:
     def is_root_error(self, i: int) -> bool:
         """Whether line `i` can be the first error: it says what failed and why (score 10) with an error
         marker or an exception with its message (a bare exception name, or a compiler warning, is not)."""
-        return (self.score[i] >= FIRST_ERROR_SCORE and not self.frame[i] and not self.bare[i]
-                and _ROOT_MARKER.search(self.clean[i]) is not None and not is_warning(self.clean[i]))
+        return (
+            self.score[i] >= FIRST_ERROR_SCORE
+            and not self.frame[i]
+            and not self.bare[i]
+            and _ROOT_MARKER.search(self.clean[i]) is not None
+            and not is_warning(self.clean[i])
+        )
 
     def priorities(self, first: int, total: int, *, at_end: bool, first_error: int | None = None) -> list[float]:
         run = [0] * (self.n + 1)  # run[i]: number of continuation lines starting at i

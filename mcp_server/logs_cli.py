@@ -29,12 +29,16 @@ def logs_excerpt_command(path: str, budget_tokens: int, as_json: bool) -> int:
         print(f"greenloop: {exc}", file=sys.stderr)
         return 2
     if as_json:
-        print(json.dumps({
-            "kept_line_numbers": result.kept_line_numbers,
-            "total_lines": result.total_lines,
-            "estimated_tokens": result.estimated_tokens,
-            "truncated": result.truncated,
-        }))
+        print(
+            json.dumps(
+                {
+                    "kept_line_numbers": result.kept_line_numbers,
+                    "total_lines": result.total_lines,
+                    "estimated_tokens": result.estimated_tokens,
+                    "truncated": result.truncated,
+                }
+            )
+        )
     else:
         sys.stdout.write(result.rendered)
     return 0

@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 
-
 class ToolName(StrEnum):
     """The ten tools, by the names the server registers and clients (the agent) call."""
 
@@ -147,8 +146,9 @@ class CulpritRange(_Out):
     total_commits: int
     files: list[ChangedFile] = Field(description="Files those commits changed (bounded list).")
     total_files: int
-    diff_summary: str = Field(description="The start of each file's diff, redacted and bounded; read more with "
-                              "read_repo_file and ref.")
+    diff_summary: str = Field(
+        description="The start of each file's diff, redacted and bounded; read more with read_repo_file and ref."
+    )
     note: str | None = None
 
 

@@ -2,8 +2,11 @@
 
 Such runs are reported to the reconciler (`POST /runs`, `greenloop report`) with their log, and kept in its
 store. The MCP server may not import the reconciler, so it reads them through `ReportedRunSource`, injected
-into each session (`SessionBinding.reported`): `list_job_runs` lists them beside the Actions runs and
-`get_job_logs` serves their stored log exactly like an Actions log (excerpt, pages). Run ids are strings.
+into each session (`SessionBinding.reported`): in-process by `reconciler.runtime`; in the sidecar
+(`greenloop-mcp serve-http --runs-db URL`, default the `--audit-db` URL) by the `greenloop-mcp` entry point,
+which opens the store's reader on that database (a `ClosableReportedRunSource`). `list_job_runs` lists them
+beside the Actions runs and `get_job_logs` serves their stored log exactly like an Actions log (excerpt,
+pages). Run ids are strings.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["ReportedRunInfo", "ReportedRunSource"]
+__all__ = ["ClosableReportedRunSource", "ReportedRunInfo", "ReportedRunSource"]
 
 
 @dataclass(frozen=True)
@@ -38,3 +41,10 @@ class ReportedRunSource(Protocol):
 
     async def get_run(self, project: str, run_id: str, *, job: str | None) -> ReportedRunInfo | None:
         """The newest attempt of run `run_id` (of `job` when given), with its stored log; None if unknown."""
+
+
+class ClosableReportedRunSource(ReportedRunSource, Protocol):
+    """A `ReportedRunSource` that owns a resource (the sidecar's database connection) to release at the end."""
+
+    async def aclose(self) -> None:
+        """Release what the source holds."""

@@ -216,9 +216,16 @@ class Workspace:
                     reason = exc.strerror or exc.__class__.__name__
                     raise WorkspaceError(f"Workspace unavailable: cannot create the working copy: {reason}.") from exc
                 await self._git(
-                    "clone", "--no-tags", "--single-branch", "--branch", self._default, "--",
-                    self._remote_url, str(self._root),
-                    network=True, cwd=self._root.parent,
+                    "clone",
+                    "--no-tags",
+                    "--single-branch",
+                    "--branch",
+                    self._default,
+                    "--",
+                    self._remote_url,
+                    str(self._root),
+                    network=True,
+                    cwd=self._root.parent,
                 )
                 return
             await self._git("fetch", "--no-tags", "--prune", "origin", network=True)
@@ -627,9 +634,13 @@ class Workspace:
                     "GIT_COMMITTER_EMAIL": self._bot_email,
                 }
                 await self._git(
-                    "commit", "--no-verify", "--cleanup=whitespace", "--file=-",
+                    "commit",
+                    "--no-verify",
+                    "--cleanup=whitespace",
+                    "--file=-",
                     f"--trailer={ATTEMPT_TRAILER}: {attempt_id}",
-                    stdin=text.encode("utf-8"), env=identity,
+                    stdin=text.encode("utf-8"),
+                    env=identity,
                 )
                 head = await self._rev_parse("HEAD")
                 self._unpushed = head

@@ -216,6 +216,9 @@ class ServerSettings(_Model):
     # Below this many forge API requests left in the rate-limit window, only projects with an attempt in
     # flight are observed until the window resets.
     rate_limit_reserve: Annotated[int, Field(ge=0, le=100_000)] = 100
+    # How long one full periodic resync of every project may take, spread over that time
+    # (reconciler.pacing). None: an hour when webhooks are on (forge.webhook_secret set), else interval_seconds.
+    resync_interval_seconds: Annotated[float | None, Field(gt=0)] = None
 
     @field_validator("database_url")
     @classmethod

@@ -1,9 +1,9 @@
 """Errors raised by the rules.
 
-    PolicyError
-    ├── ConfigError          the configuration is invalid (message names file, key, problem)
-    └── PolicyViolation      a request the rules refuse
-        └── PathRefused      a path outside the workspace, under .git/, denied by a glob, ...
+PolicyError
+├── ConfigError          the configuration is invalid (message names file, key, problem)
+└── PolicyViolation      a request the rules refuse
+    └── PathRefused      a path outside the workspace, under .git/, denied by a glob, ...
 """
 
 from __future__ import annotations

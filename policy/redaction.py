@@ -140,7 +140,6 @@ def _key_word(m: re.Match[str], text: str) -> str:
     return _keyed("secret")(m, text)
 
 
-
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # Every pattern starts with a literal so the regex engine can skip ahead quickly (a leading lookbehind or
 # alternation makes it try every position, 20-50x slower); boundaries are checked in the handler.
@@ -153,14 +152,28 @@ _RULES: tuple[_Rule, ...] = (
     (re.compile(r"x(?:ox[abposr]|app)-[A-Za-z0-9-]{10,}"), False, _bounded("slack_token", _LETTERS)),
     (re.compile(r"hooks\.slack\.com/services/[A-Za-z0-9/_-]+"), False, _whole("slack_webhook")),
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), False, _whole("jwt")),
-    (re.compile(r"aws_?secret_?(?:access_?)?key[\"']?[ \t]*[:=][ \t]*[\"']?(?P<val>[a-z0-9/+=]{16,})"), True,
-     _keyed("aws_secret_key")),
-    (re.compile(r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?"
-                r"(?:(?:bearer|basic|token|digest|bot|negotiate|ntlm)[ \t]+)?(?P<val>[^\s\"',;]+)"), True,
-     _keyed("authorization")),
+    (
+        re.compile(r"aws_?secret_?(?:access_?)?key[\"']?[ \t]*[:=][ \t]*[\"']?(?P<val>[a-z0-9/+=]{16,})"),
+        True,
+        _keyed("aws_secret_key"),
+    ),
+    (
+        re.compile(
+            r"authorization[\"']?[ \t]*[:=][ \t]*[\"']?"
+            r"(?:(?:bearer|basic|token|digest|bot|negotiate|ntlm)[ \t]+)?(?P<val>[^\s\"',;]+)"
+        ),
+        True,
+        _keyed("authorization"),
+    ),
     (re.compile(r"bearer[ \t]+(?P<val>[a-z0-9._~+/-]{16,}=*)"), True, _keyed("authorization")),
-    (re.compile(r"--?(?:password|passwd|token|secret|api-?key|access-token|auth-token)[ \t]+"
-                r"(?P<val>[^\s\-][^\s]*)"), True, _keyed("secret")),
+    (
+        re.compile(
+            r"--?(?:password|passwd|token|secret|api-?key|access-token|auth-token)[ \t]+"
+            r"(?P<val>[^\s\-][^\s]*)"
+        ),
+        True,
+        _keyed("secret"),
+    ),
     (re.compile(r"-(?:u|-user)[ \t]+[^\s:'\"]+:(?P<val>[^\s'\"]+)"), False, _keyed("secret")),
     (re.compile(r"pass(?:word|wd|phrase)" + _ASSIGN + _VALUE), True, _keyed("secret")),
     (re.compile(r"secret" + _ASSIGN + _VALUE), True, _keyed("secret")),
@@ -257,11 +270,31 @@ _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)?")
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _KEY_WORDS = frozenset(
-    {"password", "passwd", "passphrase", "secret", "token", "apikey", "authorization", "credential",
-     "credentials", "cookie", "pat"}
+    {
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "token",
+        "apikey",
+        "authorization",
+        "credential",
+        "credentials",
+        "cookie",
+        "pat",
+    }
 )
-_KEY_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"),
-                        ("auth", "key"), ("set", "cookie"), ("client", "secret")})
+_KEY_PAIRS = frozenset(
+    {
+        ("api", "key"),
+        ("access", "key"),
+        ("private", "key"),
+        ("secret", "key"),
+        ("auth", "key"),
+        ("set", "cookie"),
+        ("client", "secret"),
+    }
+)
 
 
 def _b64_fragments(secret: bytes) -> Iterator[str]:
@@ -469,4 +502,3 @@ def redact_obj(obj: _T, *, extra_secrets: Collection[str] = (), clean: Container
         return value
 
     return cast(_T, walk(obj, 0))
-

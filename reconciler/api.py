@@ -68,7 +68,7 @@ from reconciler.context import ReconcilerContext
 from reconciler.errors import StoreBusy, StoreError
 from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reconciler.operations import OperationRefused, ProjectAction, find_attempt, find_project
-from reconciler.runner import UnknownProjects, reconcile
+from reconciler.runner import Runner, UnknownProjects, reconcile
 from reconciler.store import attempts as attempt_store
 from reconciler.store import projects as project_store
 from reconciler.store.audit import tool_calls
@@ -78,7 +78,7 @@ from reconciler.store.state import kill_switch_enabled, ping, set_kill_switch
 from reconciler.store.views import stored_json
 from reconciler.summary import RunSummary, Trigger
 from reconciler.ui import ui_routes
-from reconciler.wake import BackgroundReconcile, Enqueue
+from reconciler.wake import Enqueue, started_on_first_wake
 from reconciler.webhooks import WEBHOOK_PATH, GitHubWebhooks
 
 __all__ = ["MIN_TOKEN_LENGTH", "ReconcileFn", "build_api"]
@@ -459,8 +459,9 @@ def build_api(
     """The reconciler's HTTP API as a Starlette app (see the module docstring for the routes and rules).
 
     `enqueue` wakes the loop for one project (webhooks, reported runs): `greenloop run` passes its runner's
-    `Runner.enqueue`; without one, a background pass of `reconcile_fn` for that project
-    (`reconciler.wake.BackgroundReconcile`). Kept in `app.state.enqueue`.
+    `Runner.enqueue`; without one, the API gets a `Runner` of its own on `ctx`, started on the first wake-up
+    (`reconciler.wake.started_on_first_wake`) and kept in `app.state.runner` (None when `enqueue` is given).
+    `reconcile_fn` serves `POST /debug/reconcile` only.
 
     Raises:
         ConfigError: no token and `allow_no_token` is False, or a token shorter than 16 characters.
@@ -473,7 +474,13 @@ def build_api(
         )
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(f"server.api_token: too short: use at least {MIN_TOKEN_LENGTH} random characters.")
-    wake: Enqueue = enqueue if enqueue is not None else BackgroundReconcile(ctx, reconcile_fn)
+    runner: Runner | None = None
+    wake: Enqueue
+    if enqueue is None:
+        runner = Runner(ctx)
+        wake = started_on_first_wake(runner)
+    else:
+        wake = enqueue
     webhooks = GitHubWebhooks(
         secret=ctx.config.forge.webhook_secret, projects=ctx.config.projects, enqueue=wake, metrics=ctx.metrics
     )
@@ -514,4 +521,5 @@ def build_api(
         BearerGuard, token=token.encode() if token is not None else None, exempt=frozenset({"/healthz", WEBHOOK_PATH})
     )
     app.state.enqueue = wake
+    app.state.runner = runner
     return app

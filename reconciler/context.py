@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from policy.config import GreenloopConfig
+from reconciler.pacing import ResyncPacer
 from reconciler.store.engine import SessionFactory
 from reconciler.store.projects import sync_projects
 
@@ -61,6 +62,8 @@ class PassCaches:
     repair_checked: set[str] = field(default_factory=set)
     # Spend notices this process claimed or found claimed: (flag key, window:level) (see `reconciler.budget`).
     spend_notices: set[tuple[str, str]] = field(default_factory=set)
+    # Where the paced periodic resync is in its round of the projects (see `reconciler.pacing`).
+    resync: ResyncPacer = field(default_factory=ResyncPacer)
 
 
 @dataclass(frozen=True)

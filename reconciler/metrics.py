@@ -128,6 +128,10 @@ class Metrics:
         self._counter("greenloop_forge_not_modified_total", "Forge answers that were 304 Not Modified.")
         self._counter("greenloop_forge_retries_total", "Forge requests retried.")
         self._gauge("greenloop_forge_rate_limit_remaining", "The forge's last reported remaining request budget.")
+        self._gauge(
+            "greenloop_resync_projects_deferred",
+            "Projects the latest scheduled (paced) pass had due but left for a later tick to keep the reserve.",
+        )
         self._counter("greenloop_webhook_deliveries_total", "Signed webhook deliveries received, by event and outcome.")
         self._counter("greenloop_webhook_refused_total", "Webhook deliveries refused, by reason (nothing changed).")
         self._counter("greenloop_reconcile_wakeups_total", "Project reconciles requested by an event, by source.")
@@ -157,6 +161,10 @@ class Metrics:
             self._set("greenloop_reconcile_last_pass_timestamp_seconds", summary.started_at.timestamp())
             self._set("greenloop_reconcile_projects_scanned", summary.projects_scanned)
             self._set("greenloop_reconcile_projects_red", summary.projects_red)
+            if summary.trigger == "schedule":
+                self._set("greenloop_resync_projects_deferred", summary.projects_deferred)
+            if summary.rate_limit_remaining is not None:
+                self._set("greenloop_forge_rate_limit_remaining", summary.rate_limit_remaining)
             for reason, n in summary.skips.items():
                 self._inc("greenloop_reconcile_skips_total", n, reason=reason)
             if summary.errors:

@@ -27,6 +27,7 @@ from reconciler.advance import StepInput, advance
 from reconciler.budget import WindowCosts, give_notices, load_costs, project_status
 from reconciler.context import ReconcilerContext
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
+from reconciler.pacing import budget_of
 from reconciler.store import attempts as store
 from reconciler.store.models import Attempt, Project
 from reconciler.store.projects import get_projects, reset_escalation
@@ -228,13 +229,9 @@ def _note_reruns_in_progress(project: ProjectConfig, obs: ProjectObservation, su
 
 
 def _rate_limit_low(ctx: ReconcilerContext) -> bool:
-    """Whether the forge's last reported budget is below the reserve and has not reset since."""
-    if ctx.forge is None:
-        return False
-    stats = ctx.forge.stats
-    if stats.rate_remaining is None or stats.rate_remaining >= ctx.rate_limit_reserve:
-        return False
-    return stats.rate_reset is None or time.time() < stats.rate_reset
+    """Whether the forge's last reported budget is below the reserve and has not reset since (the last wall:
+    the scheduled resync is paced to stay above it, `reconciler.pacing`; events and attempts may reach it)."""
+    return budget_of(ctx).below_reserve(time.time())
 
 
 async def _observe(

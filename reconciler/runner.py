@@ -25,6 +25,7 @@ from mcp_server.errors import ForgeError
 from policy.config import ProjectConfig
 from reconciler.context import ReconcilerContext
 from reconciler.errors import ReconcilerError
+from reconciler.pacing import pace_pass
 from reconciler.reconcile import PassScope, Result, load_scope, reconcile_project
 from reconciler.repair import repair_ended_attempts
 from reconciler.store.passes import record_pass
@@ -73,22 +74,42 @@ class Runner:
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
         self._requeues: dict[str, asyncio.TimerHandle] = {}
+        # One pass at a time per runner: a scheduled tick and an event pass never reconcile a key at once (two
+        # would both act on what each read, e.g. both merge one pull request). Paced ticks are short.
+        self._pass_lock = asyncio.Lock()
         self.requeue_after: dict[str, timedelta] = {}
         """The last `Result.requeue_after` of each key that asked for one."""
 
     # -- passes ---------------------------------------------------------------------------------------------
 
     async def run_pass(
-        self, *, repos: Sequence[str] | None = None, trigger: Trigger = "cli", dry_run: bool = False
+        self,
+        *,
+        repos: Sequence[str] | None = None,
+        trigger: Trigger = "cli",
+        dry_run: bool = False,
+        paced: bool = False,
     ) -> RunSummary:
         """Reconcile `repos` (default: every project) concurrently and say what was done.
+
+        `paced` (the service's scheduled resync, over every project): only this tick's share of the projects
+        and those with an active attempt, within the forge budget (`reconciler.pacing.pace_pass`).
 
         Raises:
             UnknownProjects: `repos` names a project that isn't configured (nothing was done).
             StoreError: the store failed before any project was looked at.
         """
+        async with self._pass_lock:
+            return await self._run_pass(repos=repos, trigger=trigger, dry_run=dry_run, paced=paced)
+
+    async def _run_pass(
+        self, *, repos: Sequence[str] | None, trigger: Trigger, dry_run: bool, paced: bool
+    ) -> RunSummary:
         ctx = self.ctx
         projects = select_projects(ctx, repos)
+        share = await pace_pass(ctx, projects) if paced and repos is None else None
+        if share is not None:  # the periodic resync: this tick's share of the projects, within the budget
+            projects = share.projects
         t0 = time.perf_counter()
         forge_before = (ctx.forge.stats.requests, ctx.forge.stats.not_modified) if ctx.forge else (0, 0)
         scope = await load_scope(ctx, projects, trigger=trigger, dry_run=dry_run)
@@ -110,6 +131,10 @@ class Runner:
         if ctx.forge:
             summary.forge_requests = ctx.forge.stats.requests - forge_before[0]
             summary.forge_not_modified = ctx.forge.stats.not_modified - forge_before[1]
+            summary.rate_limit_remaining = ctx.forge.stats.rate_remaining
+        if share is not None:
+            summary.projects_deferred = share.deferred
+            ctx.caches.resync.measured(len(projects), summary.forge_requests)
         if not dry_run:
             await self._record(summary)
         ctx.metrics.observe_pass(summary)
@@ -128,6 +153,8 @@ class Runner:
             duration_ms=round(summary.duration_ms, 1),
             forge_requests=summary.forge_requests,
             forge_not_modified=summary.forge_not_modified,
+            rate_limit_remaining=summary.rate_limit_remaining,
+            projects_deferred=summary.projects_deferred,
         )
         return summary
 

@@ -22,6 +22,7 @@ from reconciler.context import ReconcilerContext
 from reconciler.dispatch import BackendFactory
 from reconciler.errors import ReconcilerError
 from reconciler.interrupt import SignalWatch, cancel_here, exit_code, until_signal
+from reconciler.pacing import tick_seconds
 from reconciler.progress import PassProgress
 from reconciler.runner import Runner, UnknownProjects, reconcile, select_projects
 from reconciler.runtime import backend_from_env, open_runtime
@@ -47,9 +48,10 @@ async def leased_reconcile(
     trigger: Trigger = "schedule",
     dry_run: bool = False,
     runner: Runner | None = None,
+    paced: bool = False,
 ) -> RunSummary:
     """A pass (by `runner`, default one of its own), under the pass lease when it is a scheduled pass; a
-    replica without the lease skips."""
+    replica without the lease skips. `paced`: the scheduled resync's share only (`Runner.run_pass`)."""
     runner = runner if runner is not None else Runner(ctx)
     if trigger != "schedule":
         return await runner.run_pass(repos=repos, trigger=trigger, dry_run=dry_run)
@@ -61,7 +63,7 @@ async def leased_reconcile(
             summary = RunSummary(trigger=trigger, dry_run=dry_run, started_at=datetime.now(UTC))
             summary.count_skip("lease_held_by_another_replica")
             return summary
-        return await runner.run_pass(repos=repos, trigger=trigger, dry_run=dry_run)
+        return await runner.run_pass(repos=repos, trigger=trigger, dry_run=dry_run, paced=paced)
 
 
 def one_line(exc: BaseException) -> str:
@@ -80,7 +82,9 @@ def print_summary(summary: RunSummary, *, as_json: bool, out: TextIO | None = No
         f"{head}{summary.projects_scanned} project(s) scanned, {summary.projects_red} red, "
         f"{len(summary.attempts_started)} attempt(s) {'would start' if summary.dry_run else 'started'}, "
         f"{summary.attempts_already_active} already active, {len(summary.reruns)} re-run(s), "
-        f"{summary.duration_ms:.0f} ms",
+        f"{summary.duration_ms:.0f} ms"
+        + (f", forge budget left {summary.rate_limit_remaining}" if summary.rate_limit_remaining is not None else "")
+        + (f", {summary.projects_deferred} project(s) deferred" if summary.projects_deferred else ""),
         file=out,
     )
     for red in summary.red:
@@ -204,11 +208,13 @@ async def serve(
             trigger: Trigger = "schedule",
             dry_run: bool = False,
         ) -> RunSummary:
-            return await leased_reconcile(ctx, repos=repos, trigger=trigger, dry_run=dry_run, runner=runner)
+            return await leased_reconcile(
+                ctx, repos=repos, trigger=trigger, dry_run=dry_run, runner=runner, paced=trigger == "schedule"
+            )
 
         await run_service(
             ctx,
-            interval_seconds=config.server.interval_seconds,
+            interval_seconds=tick_seconds(config),  # the paced resync's tick (reconciler.pacing)
             host=config.server.http_host,
             port=config.server.http_port,
             api_token=config.server.api_token,

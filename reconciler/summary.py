@@ -67,6 +67,10 @@ class RunSummary(_Model):
     errors: dict[str, str] = Field(default_factory=dict)
     forge_requests: int = 0
     forge_not_modified: int = 0
+    # The forge's request budget left after the pass (None: not reported), and the projects a paced
+    # scheduled pass had due but left for a later tick to stay above the reserve (`reconciler.pacing`).
+    rate_limit_remaining: int | None = None
+    projects_deferred: int = 0
 
     def count_skip(self, reason: str) -> None:
         """Add one skip for `reason`."""

@@ -118,9 +118,7 @@ def _secret_refs(container: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
 
 def test_the_manifests_are_the_expected_kinds() -> None:
     kinds = sorted(doc.get("kind", "?") for _, doc in _documents())
-    assert kinds == sorted(
-        ["ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Secret", "Secret", "Service"]
-    )
+    assert kinds == sorted(["ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Secret", "Secret", "Service"])
 
 
 @pytest.mark.parametrize(

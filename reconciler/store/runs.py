@@ -9,12 +9,20 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from mcp_server.reported_runs import ReportedRunInfo
-from reconciler.store.engine import SessionFactory
+from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker
 from reconciler.store.models import JobRun, utcnow
 from reconciler.store.translate import fetch_all, with_retry
 from reconciler.store.upsert import insert_for
 
-__all__ = ["RunSource", "StoreReportedRuns", "latest_reported_runs", "latest_runs", "record_reported_run", "record_run"]
+__all__ = [
+    "DatabaseReportedRuns",
+    "RunSource",
+    "StoreReportedRuns",
+    "latest_reported_runs",
+    "latest_runs",
+    "record_reported_run",
+    "record_run",
+]
 
 RunSource = Literal["actions", "reported"]
 
@@ -128,6 +136,22 @@ class StoreReportedRuns:
         """The newest attempt of reported run `run_id` (of `job` when given), with its stored log."""
         rows = await fetch_all(self._sessions, self._query(project, job).where(JobRun.run_id == run_id).limit(1))
         return _info(rows[0], with_log=True) if rows else None
+
+
+class DatabaseReportedRuns(StoreReportedRuns):
+    """`StoreReportedRuns` on a database of its own (the MCP sidecar's `--runs-db`); `aclose` disposes it.
+
+    Raises:
+        DatabaseUrlInvalid: the URL cannot be used (raised when it is built).
+    """
+
+    def __init__(self, url: str) -> None:
+        self._engine = make_engine(url)
+        super().__init__(make_sessionmaker(self._engine))
+
+    async def aclose(self) -> None:
+        """Close the database connections."""
+        await self._engine.dispose()
 
 
 def _info(row: JobRun, *, with_log: bool) -> ReportedRunInfo:

@@ -41,11 +41,13 @@ LOG = "\n".join(
 class StandInRepo:
     """The stand-in server's state, for assertions."""
 
-    files: dict[str, str] = field(default_factory=lambda: {
-        "calc.py": "def add(a, b):\n    return a + b + 1\n",
-        "tests/test_calc.py": "from calc import add\n\ndef test_add():\n    assert add(2, 2) == 4\n",
-        ".github/workflows/ci.yml": "name: ci\n",
-    })
+    files: dict[str, str] = field(
+        default_factory=lambda: {
+            "calc.py": "def add(a, b):\n    return a + b + 1\n",
+            "tests/test_calc.py": "from calc import add\n\ndef test_add():\n    assert add(2, 2) == 4\n",
+            ".github/workflows/ci.yml": "name: ci\n",
+        }
+    )
     branch: str | None = None
     commits: list[str] = field(default_factory=list)
     pr: int | None = None
@@ -104,9 +106,11 @@ def build_standin(repo: StandInRepo) -> MCPServer:
             await anyio.sleep(30)
         # The shape of mcp_server.models.JobRuns, which `greenloop agent run` parses.
         common = {"status": "completed", "head_branch": "main", "created_at": None, "url": None}
-        runs = [{"run_id": str(RUN_ID), "job": "test", "conclusion": "failure", "head_sha": "abc123", **common},
-                {"run_id": str(RUN_ID - 1), "job": "test", "conclusion": "success", "head_sha": "0ld", **common},
-                {"run_id": str(RUN_ID - 2), "job": "lint", "conclusion": "success", "head_sha": "0ld", **common}]
+        runs = [
+            {"run_id": str(RUN_ID), "job": "test", "conclusion": "failure", "head_sha": "abc123", **common},
+            {"run_id": str(RUN_ID - 1), "job": "test", "conclusion": "success", "head_sha": "0ld", **common},
+            {"run_id": str(RUN_ID - 2), "job": "lint", "conclusion": "success", "head_sha": "0ld", **common},
+        ]
         return {"runs": [r for r in runs if job is None or r["job"] == job]}
 
     @srv.tool()

@@ -35,8 +35,13 @@ def standin(repo: StandInRepo) -> Callable[[], Any]:
 @pytest.fixture
 def task() -> AttemptTask:
     """The task every loop test works on."""
-    return AttemptTask(project="calc", job="test", failing_run_id=RUN_ID, head_sha="abc123",
-                       log_hint="FAILED tests/test_calc.py::test_add")
+    return AttemptTask(
+        project="calc",
+        job="test",
+        failing_run_id=RUN_ID,
+        head_sha="abc123",
+        log_hint="FAILED tests/test_calc.py::test_add",
+    )
 
 
 @pytest.fixture
@@ -48,5 +53,9 @@ def budgets() -> Budgets:
 @pytest.fixture
 def settings() -> AgentSettings:
     """Model settings with quick retries and a known price."""
-    return AgentSettings(model="claude-test", max_retries=1, timeout_seconds=20,
-                         prices={"claude-test": (3.0, 15.0, 3.75, 0.30), "default": (1.0, 1.0, 1.0, 1.0)})
+    return AgentSettings(
+        model="claude-test",
+        max_retries=1,
+        timeout_seconds=20,
+        prices={"claude-test": (3.0, 15.0, 3.75, 0.30), "default": (1.0, 1.0, 1.0, 1.0)},
+    )

@@ -37,8 +37,13 @@ SCRIPT: dict[str, Any] = {
 
 
 def _request(messages: list[dict[str, Any]] | None = None) -> ModelRequest:
-    return ModelRequest(model="m", max_tokens=100, system=[{"type": "text", "text": "s"}], tools=[],
-                        messages=messages or [{"role": "user", "content": "go"}])
+    return ModelRequest(
+        model="m",
+        max_tokens=100,
+        system=[{"type": "text", "text": "s"}],
+        tools=[],
+        messages=messages or [{"role": "user", "content": "go"}],
+    )
 
 
 # -- scripted -------------------------------------------------------------------------------------------
@@ -121,8 +126,9 @@ async def test_a_recorded_session_replays_to_the_same_outcome_without_the_api(
         standin() as client,
         AnthropicBackend(settings, api_key=fake.api_key, base_url=url) as real,
     ):
-        recorded = await run_attempt(RecordingBackend(real, path, secrets=[fake.api_key]), client, task,
-                                     Budgets(), settings=settings)
+        recorded = await run_attempt(
+            RecordingBackend(real, path, secrets=[fake.api_key]), client, task, Budgets(), settings=settings
+        )
 
     assert fake.api_key not in path.read_text()
     assert len(json.loads(path.read_text())["exchanges"]) == 7
@@ -154,8 +160,9 @@ async def test_replay_refuses_a_request_that_diverges_from_the_recording(tmp_pat
     path = tmp_path / "s.json"
     await RecordingBackend(ScriptedBackend(SCRIPT), path).create(_request())
     with pytest.raises(ReplayMismatch):
-        await ReplayBackend(path).create(_request([{"role": "user", "content": "a"}, {"role": "assistant",
-                                                                                    "content": "b"}]))
+        await ReplayBackend(path).create(
+            _request([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+        )
     with pytest.raises(ReplayMismatch):
         await ReplayBackend(path, strict=True).create(_request([{"role": "user", "content": "other"}]))
     replay = ReplayBackend(path, strict=True)
@@ -198,8 +205,12 @@ async def test_fake_api_requires_the_version_header_and_counts_tokens() -> None:
         count = await client.messages.count_tokens(model="m", messages=[{"role": "user", "content": "x" * 400}])
         assert count.input_tokens >= 100
         with pytest.raises(anthropic.BadRequestError, match="anthropic-version"):
-            await client.messages.create(model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}],
-                                         extra_headers={"anthropic-version": ""})
+            await client.messages.create(
+                model="m",
+                max_tokens=10,
+                messages=[{"role": "user", "content": "x"}],
+                extra_headers={"anthropic-version": ""},
+            )
         with pytest.raises(anthropic.BadRequestError, match="exhausted"):
             await client.messages.create(model="m", max_tokens=10, messages=[{"role": "user", "content": "x"}])
         await client.close()

@@ -54,8 +54,16 @@ async def test_agent_run_with_a_scripted_model_finds_the_failed_run_and_opens_a_
     out = io.StringIO()
     seen: list[tuple[str, str, str]] = []
 
-    code = await agent_run_command(_config(), "calc", "test", f"scripted:{script}", transcript_path=transcript,
-                                   open_session=_opener(standin, seen), env={}, out=out)
+    code = await agent_run_command(
+        _config(),
+        "calc",
+        "test",
+        f"scripted:{script}",
+        transcript_path=transcript,
+        open_session=_opener(standin, seen),
+        env={},
+        out=out,
+    )
 
     text = out.getvalue()
     assert code == 0, text
@@ -73,9 +81,16 @@ async def test_agent_run_against_the_api_prints_the_report_when_there_is_no_fix(
     fake = FakeAnthropic([GOOD_STEPS[0], {"text": "The runner image is broken; a human must look."}])
     out = io.StringIO()
     async with run_fake_anthropic(fake) as url:
-        code = await agent_run_command(_config(base_url=url, max_retries=0), "calc", "test", "anthropic:claude-x",
-                                       run_id=RUN_ID, open_session=_opener(standin, []),
-                                       env={"ANTHROPIC_API_KEY": fake.api_key}, out=out)
+        code = await agent_run_command(
+            _config(base_url=url, max_retries=0),
+            "calc",
+            "test",
+            "anthropic:claude-x",
+            run_id=RUN_ID,
+            open_session=_opener(standin, []),
+            env={"ANTHROPIC_API_KEY": fake.api_key},
+            out=out,
+        )
 
     text = out.getvalue()
     assert code == 1
@@ -88,8 +103,9 @@ async def test_agent_run_says_there_is_nothing_to_fix_when_the_job_is_green(
     standin: Callable[[], Any], tmp_path: Path
 ) -> None:
     out = io.StringIO()
-    code = await agent_run_command(_config(), "calc", "lint", "scripted:unused.json",
-                                   open_session=_opener(standin, []), env={}, out=out)
+    code = await agent_run_command(
+        _config(), "calc", "lint", "scripted:unused.json", open_session=_opener(standin, []), env={}, out=out
+    )
     assert code == 0 and "nothing to fix" in out.getvalue()
 
 
@@ -100,16 +116,22 @@ async def test_agent_run_says_there_is_nothing_to_fix_when_the_job_is_green(
         pytest.param("calc", "anthropic", {}, "needs an API key in $ANTHROPIC_API_KEY", id="no-api-key"),
         pytest.param("calc", "gpt:4", {}, "unknown model spec: 'gpt:4'", id="bad-spec"),
         pytest.param("calc", "scripted:/nonexistent/x.json", {}, "cannot read script", id="missing-script"),
-        pytest.param("calc", "record", {"ANTHROPIC_API_KEY": "sk-ant-x-000000000000000000"}, "needs a file",
-                     id="record-without-file"),
+        pytest.param(
+            "calc",
+            "record",
+            {"ANTHROPIC_API_KEY": "sk-ant-x-000000000000000000"},
+            "needs a file",
+            id="record-without-file",
+        ),
     ],
 )
 async def test_agent_run_refuses_what_it_cannot_do_with_exit_code_2(
     project: str, spec: str, env: dict[str, str], message: str, standin: Callable[[], Any]
 ) -> None:
     out = io.StringIO()
-    code = await agent_run_command(_config(), project, "test", spec, run_id=RUN_ID,
-                                   open_session=_opener(standin, []), env=env, out=out)
+    code = await agent_run_command(
+        _config(), project, "test", spec, run_id=RUN_ID, open_session=_opener(standin, []), env=env, out=out
+    )
     assert code == 2
     assert message in out.getvalue()
 
@@ -120,9 +142,16 @@ async def test_agent_run_refuses_a_run_id_that_does_not_exist_before_calling_the
     fake = FakeAnthropic([GOOD_STEPS[0], {"text": "never reached"}])
     out = io.StringIO()
     async with run_fake_anthropic(fake) as url:
-        code = await agent_run_command(_config(base_url=url, max_retries=0), "calc", "test", "anthropic:claude-x",
-                                       run_id=123, open_session=_opener(standin, []),
-                                       env={"ANTHROPIC_API_KEY": fake.api_key}, out=out)
+        code = await agent_run_command(
+            _config(base_url=url, max_retries=0),
+            "calc",
+            "test",
+            "anthropic:claude-x",
+            run_id=123,
+            open_session=_opener(standin, []),
+            env={"ANTHROPIC_API_KEY": fake.api_key},
+            out=out,
+        )
     assert code == 2
     assert "run 123 of job 'test' cannot be read" in out.getvalue() and "no model call was made" in out.getvalue()
     assert fake.message_requests == []  # not one token spent

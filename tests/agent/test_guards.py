@@ -54,8 +54,9 @@ async def test_max_turns_stops_the_run_when_the_model_keeps_going(
     standin: Callable[[], Any], task: AttemptTask, settings: AgentSettings
 ) -> None:
     budgets = Budgets(max_turns=2)
-    outcome, fake = await _run([_read("calc.py"), _read("tests/test_calc.py"), _read("x")], standin, task,
-                               budgets, settings)
+    outcome, fake = await _run(
+        [_read("calc.py"), _read("tests/test_calc.py"), _read("x")], standin, task, budgets, settings
+    )
 
     assert outcome.stop_reason is StopReason.MAX_TURNS
     assert outcome.turns == 2 and len(fake.message_requests) == 2
@@ -166,8 +167,9 @@ async def test_a_successful_tool_call_resets_the_error_streak(
 async def test_no_fix_when_the_model_ends_its_turn_without_a_pull_request(
     standin: Callable[[], Any], task: AttemptTask, settings: AgentSettings
 ) -> None:
-    outcome, _ = await _run([{"text": "The workflow file is broken; a human must fix it."}], standin, task,
-                            Budgets(), settings)
+    outcome, _ = await _run(
+        [{"text": "The workflow file is broken; a human must fix it."}], standin, task, Budgets(), settings
+    )
 
     assert outcome.stop_reason is StopReason.NO_FIX
     assert outcome.pr_number is None and not outcome.succeeded
@@ -179,8 +181,11 @@ async def test_no_fix_when_the_model_ends_its_turn_without_a_pull_request(
     [
         pytest.param([{"error": 529}, {"error": 529}], "overloaded", id="overloaded"),
         pytest.param([{"error": 500}, {"error": 500}], "server_error", id="server-error"),
-        pytest.param([{"error": 429, "retry_after": 0.01}, {"error": 429, "retry_after": 0.01}], "rate_limited",
-                     id="rate-limited"),
+        pytest.param(
+            [{"error": 429, "retry_after": 0.01}, {"error": 429, "retry_after": 0.01}],
+            "rate_limited",
+            id="rate-limited",
+        ),
     ],
 )
 async def test_model_error_after_the_sdk_gives_up_retrying(
@@ -198,8 +203,9 @@ async def test_model_error_after_the_sdk_gives_up_retrying(
 async def test_model_error_on_a_rejected_api_key_without_retrying(
     standin: Callable[[], Any], task: AttemptTask, settings: AgentSettings
 ) -> None:
-    outcome, fake = await _run([{"text": "unreachable"}], standin, task, Budgets(), settings,
-                               api_key="sk-ant-wrong-key-000000000000")
+    outcome, fake = await _run(
+        [{"text": "unreachable"}], standin, task, Budgets(), settings, api_key="sk-ant-wrong-key-000000000000"
+    )
 
     assert outcome.stop_reason is StopReason.MODEL_ERROR
     assert "auth" in outcome.stop_detail

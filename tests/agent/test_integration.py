@@ -18,13 +18,27 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "fixtures" / "scripts"
 
 
 def _config(forge: Forge, tmp_path: Path, name: str, autonomy: str) -> GreenloopConfig:
-    text = "\n".join([
-        "[server]", f'workspace_dir = "{tmp_path / "ws"}"',
-        "[forge]", f'api_url = "{forge.api_url}"', f'git_url = "{forge.git_url}"',
-        f'app_id = "{forge.app_id}"', f'installation_id = "{forge.installation_id}"',
-        f'private_key_path = "{forge.private_key_path}"', "timeout_seconds = 30",
-        "[[project]]", f'name = "{name}"', f'repo = "acme/{name}"', f'autonomy = "{autonomy}"', 'jobs = ["test"]',
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                "[server]",
+                f'workspace_dir = "{tmp_path / "ws"}"',
+                "[forge]",
+                f'api_url = "{forge.api_url}"',
+                f'git_url = "{forge.git_url}"',
+                f'app_id = "{forge.app_id}"',
+                f'installation_id = "{forge.installation_id}"',
+                f'private_key_path = "{forge.private_key_path}"',
+                "timeout_seconds = 30",
+                "[[project]]",
+                f'name = "{name}"',
+                f'repo = "acme/{name}"',
+                f'autonomy = "{autonomy}"',
+                'jobs = ["test"]',
+            ]
+        )
+        + "\n"
+    )
     return load_config_text(text)
 
 
@@ -47,8 +61,15 @@ async def test_agent_run_replays_the_fixture_script_against_the_real_server_and_
         out = io.StringIO()
         transcript = tmp_path / "transcript.json"
 
-        got = await agent_run_command(config, project, "test", f"scripted:{SCRIPTS / f'{project}.json'}",
-                                      transcript_path=transcript, env={}, out=out)
+        got = await agent_run_command(
+            config,
+            project,
+            "test",
+            f"scripted:{SCRIPTS / f'{project}.json'}",
+            transcript_path=transcript,
+            env={},
+            out=out,
+        )
 
         text = out.getvalue()
         assert got == code, text

@@ -18,8 +18,16 @@ from policy.config import AgentSettings, Budgets
 pytestmark = pytest.mark.anyio
 
 TEN_TOOLS = {
-    "read_repo_file", "list_repo_files", "get_project_info", "list_job_runs", "get_job_logs",
-    "create_branch", "write_repo_file", "commit_and_push", "create_pull_request", "merge_pull_request",
+    "read_repo_file",
+    "list_repo_files",
+    "get_project_info",
+    "list_job_runs",
+    "get_job_logs",
+    "create_branch",
+    "write_repo_file",
+    "commit_and_push",
+    "create_pull_request",
+    "merge_pull_request",
 }
 
 
@@ -41,8 +49,13 @@ async def _run(
 def _tool_results(fake: FakeAnthropic) -> list[dict[str, Any]]:
     """Every tool_result block the loop sent, in order (from the last request, which holds them all)."""
     last = fake.message_requests[-1].body
-    return [b for m in last["messages"] if m["role"] == "user" and isinstance(m["content"], list)
-            for b in m["content"] if b.get("type") == "tool_result"]
+    return [
+        b
+        for m in last["messages"]
+        if m["role"] == "user" and isinstance(m["content"], list)
+        for b in m["content"]
+        if b.get("type") == "tool_result"
+    ]
 
 
 async def test_loop_fixes_the_failure_through_tools_and_stops_with_succeeded_pr(
@@ -118,18 +131,24 @@ async def test_a_refused_tool_call_comes_back_as_an_is_error_tool_result(
 @pytest.mark.parametrize(
     ("call", "expected"),
     [
-        pytest.param({"name": "delete_repository", "input": {}}, "Unknown tool: 'delete_repository'",
-                     id="unknown-tool"),
+        pytest.param(
+            {"name": "delete_repository", "input": {}}, "Unknown tool: 'delete_repository'", id="unknown-tool"
+        ),
         pytest.param({"name": "read_repo_file", "input": {}}, "missing required field(s): ['path']", id="missing-arg"),
         pytest.param({"name": "read_repo_file", "input": {"path": 5}}, "validation error", id="wrong-type"),
         pytest.param({"name": "get_job_logs", "input": {"run_id": "many"}}, "validation error", id="not-an-int"),
-        pytest.param({"name": "read_repo_file", "input": {"path": "../../etc/passwd"}}, "Access denied",
-                     id="traversal"),
+        pytest.param(
+            {"name": "read_repo_file", "input": {"path": "../../etc/passwd"}}, "Access denied", id="traversal"
+        ),
     ],
 )
 async def test_unknown_tools_and_malformed_arguments_are_answered_with_errors_not_crashes(
-    call: dict[str, Any], expected: str,
-    standin: Callable[[], Any], task: AttemptTask, budgets: Budgets, settings: AgentSettings,
+    call: dict[str, Any],
+    expected: str,
+    standin: Callable[[], Any],
+    task: AttemptTask,
+    budgets: Budgets,
+    settings: AgentSettings,
 ) -> None:
     actions = [{"tool_use": call}, {"text": "Giving up."}]
     outcome, fake = await _run(actions, standin, task, budgets, settings)
@@ -145,9 +164,13 @@ async def test_several_tool_uses_in_one_response_are_all_answered_in_order(
     standin: Callable[[], Any], task: AttemptTask, budgets: Budgets, settings: AgentSettings
 ) -> None:
     actions = [
-        {"tool_use": [{"name": "read_repo_file", "input": {"path": "calc.py"}},
-                      {"name": "read_repo_file", "input": {"path": "nope.py"}},
-                      {"name": "get_project_info", "input": {}}]},
+        {
+            "tool_use": [
+                {"name": "read_repo_file", "input": {"path": "calc.py"}},
+                {"name": "read_repo_file", "input": {"path": "nope.py"}},
+                {"name": "get_project_info", "input": {}},
+            ]
+        },
         {"text": "Done looking."},
     ]
     _, fake = await _run(actions, standin, task, budgets, settings)

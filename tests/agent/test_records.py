@@ -29,8 +29,9 @@ async def _run(
         standin() as client,
         AnthropicBackend(settings, api_key=fake.api_key, base_url=url) as backend,
     ):
-        outcome = await run_attempt(backend, client, task, Budgets(), settings=settings,
-                                    secrets=[fake.api_key, EXTRA_SECRET])
+        outcome = await run_attempt(
+            backend, client, task, Budgets(), settings=settings, secrets=[fake.api_key, EXTRA_SECRET]
+        )
     return outcome, fake
 
 
@@ -67,8 +68,11 @@ async def test_accounting_sums_every_call_and_prices_it_by_model(
     ],
 )
 def test_price_lookup_is_exact_then_longest_prefix_then_default(model: str, key: str) -> None:
-    prices = {"claude-sonnet-4-5": (3.0, 15.0, 3.75, 0.3), "claude-sonnet-4-5-x": (1.0, 1.0, 1.0, 1.0),
-              "default": (9.0, 9.0, 9.0, 9.0)}
+    prices = {
+        "claude-sonnet-4-5": (3.0, 15.0, 3.75, 0.3),
+        "claude-sonnet-4-5-x": (1.0, 1.0, 1.0, 1.0),
+        "default": (9.0, 9.0, 9.0, 9.0),
+    }
     assert price_for(model, prices)[0] == key
 
 
@@ -78,8 +82,9 @@ def test_a_model_without_any_price_costs_nothing_and_says_so() -> None:
 
 def test_totals_of_no_calls_are_zero() -> None:
     assert total_of([]).budget_tokens == 0
-    call = ModelCall(turn=1, model="m", input_tokens=1, output_tokens=2, cache_creation_input_tokens=3,
-                     cache_read_input_tokens=4)
+    call = ModelCall(
+        turn=1, model="m", input_tokens=1, output_tokens=2, cache_creation_input_tokens=3, cache_read_input_tokens=4
+    )
     assert total_of([call, call]).budget_tokens == 20
 
 
@@ -101,8 +106,14 @@ async def test_transcript_records_requests_responses_and_tool_traffic_as_json(
     setup = events[0]
     assert len(setup["tools"]) == 10 and "untrusted" in setup["system"]
     calls = [e["name"] for e in events if e["kind"] == "tool_call"]
-    assert calls == ["get_job_logs", "read_repo_file", "create_branch", "write_repo_file", "commit_and_push",
-                     "create_pull_request"]
+    assert calls == [
+        "get_job_logs",
+        "read_repo_file",
+        "create_branch",
+        "write_repo_file",
+        "commit_and_push",
+        "create_pull_request",
+    ]
 
 
 @pytest.mark.anyio
@@ -155,9 +166,15 @@ async def test_report_on_no_fix_names_the_failure_the_attempts_the_hypothesis_an
 def test_report_escapes_table_cells_and_fences() -> None:
     task = AttemptTask(project="p", job="j", failing_run_id=1, head_sha="s")
     report = render_report(
-        task=task, stop_reason=StopReason.ERROR_STREAK, stop_detail="5 tool errors in a row",
-        first_log="line\n```\nboom", writes=[WriteAttempt(path="a|b\nc", result="x | y", refused=True)],
-        hypothesis=None, turns=3, tokens=10, cost_usd=0.5,
+        task=task,
+        stop_reason=StopReason.ERROR_STREAK,
+        stop_detail="5 tool errors in a row",
+        first_log="line\n```\nboom",
+        writes=[WriteAttempt(path="a|b\nc", result="x | y", refused=True)],
+        hypothesis=None,
+        turns=3,
+        tokens=10,
+        cost_usd=0.5,
     )
     assert "| 1 | `a\\|b c` | refused: x \\| y |" in report
     assert report.count("```") == 2
@@ -167,18 +184,41 @@ def test_report_escapes_table_cells_and_fences() -> None:
 def test_report_lists_the_failing_tests_and_error_locations_from_the_excerpt_header() -> None:
     from mcp_server.log_excerpt import excerpt
 
-    log = "\n".join([*[f"ok step {i}" for i in range(50)], "./commands.go:395:20: undefined: parseFlags",
-                     "--- FAIL: TestParse (0.00s)", "FAIL"]) + "\n"
+    log = (
+        "\n".join(
+            [
+                *[f"ok step {i}" for i in range(50)],
+                "./commands.go:395:20: undefined: parseFlags",
+                "--- FAIL: TestParse (0.00s)",
+                "FAIL",
+            ]
+        )
+        + "\n"
+    )
     first_log = excerpt(log, budget_tokens=500).rendered
     task = AttemptTask(project="p", job="j", failing_run_id=1, head_sha="s")
     report = render_report(
-        task=task, stop_reason=StopReason.NO_FIX, stop_detail="gave up", first_log=first_log, writes=[],
-        hypothesis=None, turns=3, tokens=10, cost_usd=0.5,
+        task=task,
+        stop_reason=StopReason.NO_FIX,
+        stop_detail="gave up",
+        first_log=first_log,
+        writes=[],
+        hypothesis=None,
+        turns=3,
+        tokens=10,
+        cost_usd=0.5,
     )
     assert "- Failing tests: TestParse" in report
     assert "- Error locations: ./commands.go:395:20" in report
     no_header = render_report(
-        task=task, stop_reason=StopReason.NO_FIX, stop_detail="gave up", first_log="  1| boom\n", writes=[],
-        hypothesis=None, turns=3, tokens=10, cost_usd=0.5,
+        task=task,
+        stop_reason=StopReason.NO_FIX,
+        stop_detail="gave up",
+        first_log="  1| boom\n",
+        writes=[],
+        hypothesis=None,
+        turns=3,
+        tokens=10,
+        cost_usd=0.5,
     )
     assert "root cause first" not in no_header

@@ -89,9 +89,7 @@ def _assert_consistent(result: Excerpt, budget: int) -> None:
         else:
             assert row == line.text
             assert line.text.startswith(f"... [line{'s' if line.omitted_through > line.number else ''} {line.number}")
-    covered = sorted(
-        n for line in result.lines for n in range(line.number, (line.omitted_through or line.number) + 1)
-    )
+    covered = sorted(n for line in result.lines for n in range(line.number, (line.omitted_through or line.number) + 1))
     if result.lines:
         assert covered == list(range(1, result.total_lines + 1))
 
@@ -101,9 +99,15 @@ def test_github_log_keeps_traceback_error_lines_and_failing_test_name() -> None:
     result = excerpt(log, budget_tokens=600)
     _assert_consistent(result, 600)
     kept = set(result.kept_line_numbers)
-    for needle in ("Traceback (most recent call last)", 'calendar.py", line 7', "ValueError: day is out",
-                   "FAILED tests/test_dates.py::test_parse_date", "##[error]Process completed with exit code 1",
-                   "1 failed, 319 passed", "##[group]Run pytest -q"):
+    for needle in (
+        "Traceback (most recent call last)",
+        'calendar.py", line 7',
+        "ValueError: day is out",
+        "FAILED tests/test_dates.py::test_parse_date",
+        "##[error]Process completed with exit code 1",
+        "1 failed, 319 passed",
+        "##[group]Run pytest -q",
+    ):
         assert _number_of(log, needle) in kept, needle
     assert _number_of(log, "Collecting package-100==") not in kept
     assert result.truncated
@@ -118,8 +122,19 @@ def test_shown_text_has_no_timestamps_or_colours() -> None:
 
 def test_python_traceback_is_kept_whole() -> None:
     frames = [f'  File "/app/mod{i}.py", line {i}, in f{i}\n    f{i + 1}()' for i in range(8)]
-    log = "\n".join(["start", *[f"step {i} ok" for i in range(200)], "Traceback (most recent call last):",
-                     *frames, "KeyError: 'missing'", *[f"teardown {i}" for i in range(200)]]) + "\n"
+    log = (
+        "\n".join(
+            [
+                "start",
+                *[f"step {i} ok" for i in range(200)],
+                "Traceback (most recent call last):",
+                *frames,
+                "KeyError: 'missing'",
+                *[f"teardown {i}" for i in range(200)],
+            ]
+        )
+        + "\n"
+    )
     result = excerpt(log, budget_tokens=800)
     _assert_consistent(result, 800)
     first = _number_of(log, "Traceback")
@@ -129,15 +144,20 @@ def test_python_traceback_is_kept_whole() -> None:
 
 def test_java_stack_trace_keeps_header_top_frames_and_cause() -> None:
     frames = [f"\tat com.example.Layer{i}.call(Layer{i}.java:{i + 10})" for i in range(60)]
-    log = "\n".join([
-        *[f"[INFO] Building module {i}" for i in range(300)],
-        "Exception in thread \"main\" java.lang.IllegalStateException: cache is closed",
-        *frames,
-        "Caused by: java.io.IOException: No space left on device",
-        "\tat java.io.FileOutputStream.writeBytes(Native Method)",
-        "\t... 42 more",
-        *[f"[INFO] shutting down {i}" for i in range(100)],
-    ]) + "\n"
+    log = (
+        "\n".join(
+            [
+                *[f"[INFO] Building module {i}" for i in range(300)],
+                'Exception in thread "main" java.lang.IllegalStateException: cache is closed',
+                *frames,
+                "Caused by: java.io.IOException: No space left on device",
+                "\tat java.io.FileOutputStream.writeBytes(Native Method)",
+                "\t... 42 more",
+                *[f"[INFO] shutting down {i}" for i in range(100)],
+            ]
+        )
+        + "\n"
+    )
     result = excerpt(log, budget_tokens=700)
     _assert_consistent(result, 700)
     kept = set(result.kept_line_numbers)
@@ -201,17 +221,30 @@ def test_line_numbers_count_cr_crlf_and_lf() -> None:
 
 
 def test_secrets_are_redacted_in_excerpts_and_pages() -> None:
-    key = ["-----BEGIN RSA PRIVATE KEY-----", "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun",
-           "VTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u+qKhbwKfBstIs+bMY2Zkp18gnTxK", "-----END RSA PRIVATE KEY-----"]
-    log = "\n".join([
-        *[f"2026-01-01T00:00:00.0000000Z {line}" for line in key],
-        f"2026-01-01T00:00:01.0000000Z git push https://x-access-token:{LIVE}@github.com/o/r.git",
-        "2026-01-01T00:00:02.0000000Z ERROR: push rejected, token=hunter2secret",
-        f"2026-01-01T00:00:03.0000000Z retrying with {LIVE}",
-        "2026-01-01T00:00:04.0000000Z ##[error]Process completed with exit code 1.",
-    ]) + "\n"
-    for result in (excerpt(log, extra_secrets=[LIVE]), excerpt(log, start_line=1, extra_secrets=[LIVE]),
-                   excerpt(log, start_line=2, extra_secrets=[LIVE]), tail(log, extra_secrets=[LIVE])):
+    key = [
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun",
+        "VTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u+qKhbwKfBstIs+bMY2Zkp18gnTxK",
+        "-----END RSA PRIVATE KEY-----",
+    ]
+    log = (
+        "\n".join(
+            [
+                *[f"2026-01-01T00:00:00.0000000Z {line}" for line in key],
+                f"2026-01-01T00:00:01.0000000Z git push https://x-access-token:{LIVE}@github.com/o/r.git",
+                "2026-01-01T00:00:02.0000000Z ERROR: push rejected, token=hunter2secret",
+                f"2026-01-01T00:00:03.0000000Z retrying with {LIVE}",
+                "2026-01-01T00:00:04.0000000Z ##[error]Process completed with exit code 1.",
+            ]
+        )
+        + "\n"
+    )
+    for result in (
+        excerpt(log, extra_secrets=[LIVE]),
+        excerpt(log, start_line=1, extra_secrets=[LIVE]),
+        excerpt(log, start_line=2, extra_secrets=[LIVE]),
+        tail(log, extra_secrets=[LIVE]),
+    ):
         assert LIVE not in result.rendered
         assert "hunter2secret" not in result.rendered
         assert "MIIEowIBAAKCAQEA" not in result.rendered and "VTLw7onLRnrq0" not in result.rendered
@@ -258,11 +291,15 @@ def test_tail_keeps_the_last_lines_that_fit() -> None:
 def test_100_mb_log_is_excerpted_in_bounded_memory() -> None:
     noise = "2026-01-02T03:04:05.1234567Z [INFO] Downloading from central: https://repo.example.org/a/b/1.0/b.pom\n"
     half = noise * (50_000_000 // len(noise))
-    log = (half + "2026-01-02T03:04:05.1234567Z ERROR: early failure in setup step\n" + half
-           + "2026-01-02T03:04:05.1234567Z Traceback (most recent call last):\n"
-           + '2026-01-02T03:04:05.1234567Z   File "x.py", line 3, in <module>\n'
-           + "2026-01-02T03:04:05.1234567Z ValueError: boom\n"
-           + "2026-01-02T03:04:05.1234567Z ##[error]Process completed with exit code 1.\n")
+    log = (
+        half
+        + "2026-01-02T03:04:05.1234567Z ERROR: early failure in setup step\n"
+        + half
+        + "2026-01-02T03:04:05.1234567Z Traceback (most recent call last):\n"
+        + '2026-01-02T03:04:05.1234567Z   File "x.py", line 3, in <module>\n'
+        + "2026-01-02T03:04:05.1234567Z ValueError: boom\n"
+        + "2026-01-02T03:04:05.1234567Z ##[error]Process completed with exit code 1.\n"
+    )
     assert len(log) > 100_000_000
     tracemalloc.start()
     try:
@@ -322,8 +359,9 @@ def test_cli_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("name", [pytest.param("missing.log", id="missing"), pytest.param(".", id="directory")])
-def test_cli_unreadable_file_is_one_line_and_exit_2(name: str, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_unreadable_file_is_one_line_and_exit_2(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert logs_excerpt_command(str(tmp_path / name), 2000, False) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -335,13 +373,19 @@ def test_cli_unreadable_file_is_one_line_and_exit_2(name: str, tmp_path: Path,
 
 def _go_log(*, failing_tests: int = 60) -> str:
     """A Go CI log: a compiler error early in the step, then many later (higher-scoring, repeated) failures."""
-    rows = ["##[group]Run go build ./... && go test ./...", *[f"go: downloading example.com/mod{i} v1.{i}.0"
-                                                           for i in range(50)]]
+    rows = [
+        "##[group]Run go build ./... && go test ./...",
+        *[f"go: downloading example.com/mod{i} v1.{i}.0" for i in range(50)],
+    ]
     rows.append("##[error]./commands.go:395:20: undefined: parseFlags")
     rows += [f"ok  \texample.com/app/pkg{i}\t0.0{i % 10}s" for i in range(40)]
     for i in range(failing_tests):
-        rows += [f"=== RUN   TestCommand{i}", f"    commands_test.go:{100 + i}: expected exit code 0, got 2",
-                 f"--- FAIL: TestCommand{i} (0.00s)", "FAIL\texample.com/app/cmd\t0.012s"]
+        rows += [
+            f"=== RUN   TestCommand{i}",
+            f"    commands_test.go:{100 + i}: expected exit code 0, got 2",
+            f"--- FAIL: TestCommand{i} (0.00s)",
+            "FAIL\texample.com/app/cmd\t0.012s",
+        ]
     rows += ["FAIL", "##[error]Process completed with exit code 1."]
     return "\n".join(rows) + "\n"
 
@@ -383,10 +427,18 @@ _ERROR_IN_A_STEP_THAT_SUCCEEDED = [
 @pytest.mark.parametrize(
     ("rows", "needle", "location"),
     [
-        pytest.param(_WARNING_THEN_ERROR, "Map.java:[155,27]", "/src/main/java/a/Map.java:155:27",
-                     id="a-warning-or-a-bare-exception-is-not-it"),
-        pytest.param(_ERROR_IN_A_STEP_THAT_SUCCEEDED, "Late.java:[42,46]", "/w/src/Late.java:42:46",
-                     id="an-error-in-a-step-that-succeeded-is-not-it"),
+        pytest.param(
+            _WARNING_THEN_ERROR,
+            "Map.java:[155,27]",
+            "/src/main/java/a/Map.java:155:27",
+            id="a-warning-or-a-bare-exception-is-not-it",
+        ),
+        pytest.param(
+            _ERROR_IN_A_STEP_THAT_SUCCEEDED,
+            "Late.java:[42,46]",
+            "/w/src/Late.java:42:46",
+            id="an-error-in-a-step-that-succeeded-is-not-it",
+        ),
     ],
 )
 def test_the_first_error_is_the_first_real_failure(rows: list[str], needle: str, location: str) -> None:
@@ -414,23 +466,44 @@ def test_pages_and_logs_without_failures_have_no_summary() -> None:
 @pytest.mark.parametrize(
     ("line", "tests", "places"),
     [
-        pytest.param("FAIL: test_last_page (test_pagination.PageTest.test_last_page)",
-                     ["test_pagination.PageTest.test_last_page"], [], id="unittest"),
-        pytest.param("FAILED tests/test_dates.py::test_parse[a-b] - ValueError: boom",
-                     ["tests/test_dates.py::test_parse[a-b]"], [], id="pytest"),
+        pytest.param(
+            "FAIL: test_last_page (test_pagination.PageTest.test_last_page)",
+            ["test_pagination.PageTest.test_last_page"],
+            [],
+            id="unittest",
+        ),
+        pytest.param(
+            "FAILED tests/test_dates.py::test_parse[a-b] - ValueError: boom",
+            ["tests/test_dates.py::test_parse[a-b]"],
+            [],
+            id="pytest",
+        ),
         pytest.param("    --- FAIL: TestParse/empty (0.00s)", ["TestParse/empty"], [], id="go"),
         pytest.param("test parser::tests::empty ... FAILED", ["parser::tests::empty"], [], id="rust"),
-        pytest.param("testFoo(com.x.FooTest)  Time elapsed: 0.01 sec  <<< FAILURE!", ["com.x.FooTest.testFoo"], [],
-                     id="surefire-2"),
+        pytest.param(
+            "testFoo(com.x.FooTest)  Time elapsed: 0.01 sec  <<< FAILURE!",
+            ["com.x.FooTest.testFoo"],
+            [],
+            id="surefire-2",
+        ),
         pytest.param("[ERROR]   FooTest.bar:42 expected:<1> but was:<2>", ["FooTest.bar"], [], id="surefire-summary"),
-        pytest.param("ConsoleClientTest > testClassicParsing() FAILED", ["ConsoleClientTest > testClassicParsing()"],
-                     [], id="gradle"),
+        pytest.param(
+            "ConsoleClientTest > testClassicParsing() FAILED",
+            ["ConsoleClientTest > testClassicParsing()"],
+            [],
+            id="gradle",
+        ),
         pytest.param("  ✕ adds numbers (5 ms)", ["adds numbers"], [], id="jest"),
-        pytest.param('  File "/home/runner/work/app/app/src/dates.py", line 41, in parse_date', [],
-                     ["src/dates.py:41"], id="python-frame"),
+        pytest.param(
+            '  File "/home/runner/work/app/app/src/dates.py", line 41, in parse_date',
+            [],
+            ["src/dates.py:41"],
+            id="python-frame",
+        ),
         pytest.param('  File "/usr/lib/python3.11/json/decoder.py", line 3, in x', [], [], id="library-frame"),
-        pytest.param("[ERROR] /w/src/A.java:[155,27] error: incompatible types", [], ["/w/src/A.java:155:27"],
-                     id="javac"),
+        pytest.param(
+            "[ERROR] /w/src/A.java:[155,27] error: incompatible types", [], ["/w/src/A.java:155:27"], id="javac"
+        ),
         pytest.param("./commands.go:395:20: undefined: parseFlags", [], ["./commands.go:395:20"], id="go-build"),
         pytest.param("src/lib.rs:12:5: error[E0308]: mismatched types", [], ["src/lib.rs:12:5"], id="rust-build"),
         pytest.param("\tat com.x.Foo.bar(Foo.java:12)", [], [], id="java-frame"),

@@ -25,62 +25,157 @@ PEM_BODY = [
 @pytest.mark.parametrize(
     ("line", "secret", "kind"),
     [
-        pytest.param(f"{TS}remote: https://x-access-token:{GH_TOKEN}@github.com/o/r.git", GH_TOKEN, "[REDACTED]@",
-                     id="url-credentials-token"),
-        pytest.param("Cloning https://deploy:hunter2hunter2@git.example.com/r.git", "hunter2hunter2", "[REDACTED]@",
-                     id="url-credentials-password"),
-        pytest.param("mysql://root:p@ss@w0rd@db.internal:3306/app", "p@ss@w0rd", "[REDACTED]@",
-                     id="url-password-with-at-signs"),
+        pytest.param(
+            f"{TS}remote: https://x-access-token:{GH_TOKEN}@github.com/o/r.git",
+            GH_TOKEN,
+            "[REDACTED]@",
+            id="url-credentials-token",
+        ),
+        pytest.param(
+            "Cloning https://deploy:hunter2hunter2@git.example.com/r.git",
+            "hunter2hunter2",
+            "[REDACTED]@",
+            id="url-credentials-password",
+        ),
+        pytest.param(
+            "mysql://root:p@ss@w0rd@db.internal:3306/app", "p@ss@w0rd", "[REDACTED]@", id="url-password-with-at-signs"
+        ),
         pytest.param(f"export GITHUB_TOKEN={GH_TOKEN}", GH_TOKEN, "github_token", id="github-installation-token"),
-        pytest.param("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 used", "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
-                     "github_token", id="github-classic-pat"),
-        pytest.param("gho_16C7e42F292c6912E7710c838347Ae178B4a and ghu_16C7e42F292c6912E7710c838347Ae178B4a",
-                     "16C7e42F292c6912E7710c838347Ae178B4a", "github_token", id="github-oauth-user"),
-        pytest.param("refresh=ghr_1B4a2e77838347a7E420ce178F2E7c6912E169246c34E1ccbF66C46812d16D5B1A9Dc86A1498",
-                     "1B4a2e77838347a7E420ce178F2E7c6912E16", "github_token", id="github-refresh"),
-        pytest.param("pat github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ in env",
-                     "11ABCDEFG0123456789_abcdefghij", "github_token", id="github-fine-grained-pat"),
-        pytest.param("ANTHROPIC_API_KEY set to sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz012345-_6789AA",
-                     "AbCdEfGhIjKlMnOpQrStUvWxYz012345", "anthropic_key", id="anthropic-key"),
-        pytest.param("openai: sk-proj-Abc123Def456Ghi789Jkl012Mno345Pqr678", "Abc123Def456Ghi789Jkl012",
-                     "api_key", id="openai-project-key"),
-        pytest.param("[INFO] using AKIAIOSFODNN7EXAMPLE for s3 upload", "AKIAIOSFODNN7EXAMPLE", "aws_access_key",
-                     id="aws-access-key-id"),
-        pytest.param("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-                     "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_secret_key", id="aws-secret-key"),
-        pytest.param("AWS_SECRET_ACCESS_KEY: \"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"",
-                     "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_secret_key", id="aws-secret-key-env"),
-        pytest.param("notify with xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
-                     "1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "slack_token", id="slack-bot-token"),
-        pytest.param("POST https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
-                     "T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX", "slack_webhook", id="slack-webhook"),
-        pytest.param("id_token=eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOm8vciJ9.c2lnbmF0dXJlLXZhbHVlLWhlcmU",
-                     "eyJzdWIiOiJyZXBvOm8vciJ9", "jwt", id="jwt"),
-        pytest.param("Authorization: Bearer abcdef0123456789abcdef", "abcdef0123456789abcdef", "authorization",
-                     id="authorization-bearer"),
-        pytest.param("curl -H 'authorization: token 0123456789abcdef0123' https://api", "0123456789abcdef0123",
-                     "authorization", id="authorization-token-lowercase"),
-        pytest.param("> Authorization: Basic dXNlcjpodW50ZXIyaHVudGVyMg==", "dXNlcjpodW50ZXIyaHVudGVyMg==",
-                     "authorization", id="authorization-basic"),
-        pytest.param("sent header Bearer 9f8e7d6c5b4a39281706f5e4d3c2b1a0", "9f8e7d6c5b4a39281706f5e4d3c2b1a0",
-                     "authorization", id="bare-bearer"),
+        pytest.param(
+            "token ghp_abcdefghijklmnopqrstuvwxyz0123456789 used",
+            "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+            "github_token",
+            id="github-classic-pat",
+        ),
+        pytest.param(
+            "gho_16C7e42F292c6912E7710c838347Ae178B4a and ghu_16C7e42F292c6912E7710c838347Ae178B4a",
+            "16C7e42F292c6912E7710c838347Ae178B4a",
+            "github_token",
+            id="github-oauth-user",
+        ),
+        pytest.param(
+            "refresh=ghr_1B4a2e77838347a7E420ce178F2E7c6912E169246c34E1ccbF66C46812d16D5B1A9Dc86A1498",
+            "1B4a2e77838347a7E420ce178F2E7c6912E16",
+            "github_token",
+            id="github-refresh",
+        ),
+        pytest.param(
+            "pat github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ in env",
+            "11ABCDEFG0123456789_abcdefghij",
+            "github_token",
+            id="github-fine-grained-pat",
+        ),
+        pytest.param(
+            "ANTHROPIC_API_KEY set to sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz012345-_6789AA",
+            "AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+            "anthropic_key",
+            id="anthropic-key",
+        ),
+        pytest.param(
+            "openai: sk-proj-Abc123Def456Ghi789Jkl012Mno345Pqr678",
+            "Abc123Def456Ghi789Jkl012",
+            "api_key",
+            id="openai-project-key",
+        ),
+        pytest.param(
+            "[INFO] using AKIAIOSFODNN7EXAMPLE for s3 upload",
+            "AKIAIOSFODNN7EXAMPLE",
+            "aws_access_key",
+            id="aws-access-key-id",
+        ),
+        pytest.param(
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_key",
+            id="aws-secret-key",
+        ),
+        pytest.param(
+            'AWS_SECRET_ACCESS_KEY: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"',
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_key",
+            id="aws-secret-key-env",
+        ),
+        pytest.param(
+            "notify with xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+            "1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+            "slack_token",
+            id="slack-bot-token",
+        ),
+        pytest.param(
+            "POST https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "slack_webhook",
+            id="slack-webhook",
+        ),
+        pytest.param(
+            "id_token=eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOm8vciJ9.c2lnbmF0dXJlLXZhbHVlLWhlcmU",
+            "eyJzdWIiOiJyZXBvOm8vciJ9",
+            "jwt",
+            id="jwt",
+        ),
+        pytest.param(
+            "Authorization: Bearer abcdef0123456789abcdef",
+            "abcdef0123456789abcdef",
+            "authorization",
+            id="authorization-bearer",
+        ),
+        pytest.param(
+            "curl -H 'authorization: token 0123456789abcdef0123' https://api",
+            "0123456789abcdef0123",
+            "authorization",
+            id="authorization-token-lowercase",
+        ),
+        pytest.param(
+            "> Authorization: Basic dXNlcjpodW50ZXIyaHVudGVyMg==",
+            "dXNlcjpodW50ZXIyaHVudGVyMg==",
+            "authorization",
+            id="authorization-basic",
+        ),
+        pytest.param(
+            "sent header Bearer 9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+            "9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+            "authorization",
+            id="bare-bearer",
+        ),
         pytest.param("DB_PASSWORD=hunter2 ./run", "hunter2", "secret", id="password-env"),
-        pytest.param("connect(password='correct horse battery')", "correct horse battery", "secret",
-                     id="password-quoted-with-spaces"),
-        pytest.param('{"client_secret": "s3cr3t-value", "grant": "x"}', "s3cr3t-value", "secret",
-                     id="client-secret-json"),
+        pytest.param(
+            "connect(password='correct horse battery')",
+            "correct horse battery",
+            "secret",
+            id="password-quoted-with-spaces",
+        ),
+        pytest.param(
+            '{"client_secret": "s3cr3t-value", "grant": "x"}', "s3cr3t-value", "secret", id="client-secret-json"
+        ),
         pytest.param("api_key: k-1234567890", "k-1234567890", "secret", id="api-key-yaml"),
         pytest.param("x-api-key=abcdef123456", "abcdef123456", "secret", id="api-key-kebab"),
         pytest.param('{"accessToken":"tok-9876543210"}', "tok-9876543210", "secret", id="camel-case-token"),
-        pytest.param("https://api.example.com/v1?access_token=qwerty123456&page=2", "qwerty123456", "secret",
-                     id="token-query-parameter"),
+        pytest.param(
+            "https://api.example.com/v1?access_token=qwerty123456&page=2",
+            "qwerty123456",
+            "secret",
+            id="token-query-parameter",
+        ),
         pytest.param("docker login --password hunter22 registry", "hunter22", "secret", id="password-flag"),
-        pytest.param("HTTP Request: GET http://127.0.0.1:8/_forge/logs/jobs/7?expires=1790000000&signature=9f8e7d6c5b4a3928"
-                     ' "HTTP/1.1 200 OK"', "9f8e7d6c5b4a3928", "url_signature", id="signed-log-url"),
-        pytest.param("https://acct.blob.core.windows.net/logs/1.txt?sv=2021-08-06&se=2026-12-03&sig=AbC%2Bdef1234%3D&sp=r",
-                     "AbC%2Bdef1234%3D", "url_signature", id="azure-sas-sig"),
-        pytest.param("https://s3.example/x?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0123abcdef4567&X-Amz-Date=1",
-                     "0123abcdef4567", "url_signature", id="aws-presigned-signature"),
+        pytest.param(
+            "HTTP Request: GET http://127.0.0.1:8/_forge/logs/jobs/7?expires=1790000000&signature=9f8e7d6c5b4a3928"
+            ' "HTTP/1.1 200 OK"',
+            "9f8e7d6c5b4a3928",
+            "url_signature",
+            id="signed-log-url",
+        ),
+        pytest.param(
+            "https://acct.blob.core.windows.net/logs/1.txt?sv=2021-08-06&se=2026-12-03&sig=AbC%2Bdef1234%3D&sp=r",
+            "AbC%2Bdef1234%3D",
+            "url_signature",
+            id="azure-sas-sig",
+        ),
+        pytest.param(
+            "https://s3.example/x?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0123abcdef4567&X-Amz-Date=1",
+            "0123abcdef4567",
+            "url_signature",
+            id="aws-presigned-signature",
+        ),
         pytest.param("curl -u admin:letmein123 https://host", "letmein123", "secret", id="curl-user"),
     ],
 )
@@ -120,12 +215,14 @@ def test_ordinary_text_survives(text: str) -> None:
 def test_live_secret_is_redacted_raw_percent_encoded_and_base64() -> None:
     secret = "p@ss/w+rd:" + "x" * 20
     basic = base64.b64encode(f"x-access-token:{secret}".encode()).decode()
-    text = "\n".join([
-        f"token {secret} end",
-        f"url https://h/?t={quote(secret, safe='')}",
-        f"AUTHORIZATION: basic {basic}",
-        f"blob {base64.b64encode(b'prefix-' + secret.encode() + b'-suffix').decode()}",
-    ])
+    text = "\n".join(
+        [
+            f"token {secret} end",
+            f"url https://h/?t={quote(secret, safe='')}",
+            f"AUTHORIZATION: basic {basic}",
+            f"blob {base64.b64encode(b'prefix-' + secret.encode() + b'-suffix').decode()}",
+        ]
+    )
     out = redact(text, extra_secrets=[secret])
     assert secret not in out
     assert quote(secret, safe="") not in out
@@ -201,9 +298,29 @@ def test_line_redactor_agrees_with_redact(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from([*"ab:/@=_-. \n\"'0Z", "token", "password", "https", "sk-", "ghp_", "://",
-                                  "Bearer ", "-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----",
-                                  "AKIA", "eyJ", "\r\n", "\r"]), max_size=120).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                *"ab:/@=_-. \n\"'0Z",
+                "token",
+                "password",
+                "https",
+                "sk-",
+                "ghp_",
+                "://",
+                "Bearer ",
+                "-----BEGIN RSA PRIVATE KEY-----",
+                "-----END RSA PRIVATE KEY-----",
+                "AKIA",
+                "eyJ",
+                "\r\n",
+                "\r",
+            ]
+        ),
+        max_size=120,
+    ).map("".join)
+)
 def test_redact_never_fails_and_is_idempotent(text: str) -> None:
     once = redact(text)
     assert redact(once) == once
@@ -261,10 +378,22 @@ def test_redact_obj_caps_depth() -> None:
 @pytest.mark.parametrize(
     ("key", "secret"),
     [
-        ("password", True), ("DB_PASSWORD", True), ("apiKey", True), ("api_key", True), ("X-Api-Key", True),
-        ("accessToken", True), ("client_secret", True), ("Authorization", True), ("set-cookie", True),
-        ("private_key", True), ("max_tokens", False), ("input_tokens", False), ("token_type", False),
-        ("secret_name", False), ("keys", False), ("", False),
+        ("password", True),
+        ("DB_PASSWORD", True),
+        ("apiKey", True),
+        ("api_key", True),
+        ("X-Api-Key", True),
+        ("accessToken", True),
+        ("client_secret", True),
+        ("Authorization", True),
+        ("set-cookie", True),
+        ("private_key", True),
+        ("max_tokens", False),
+        ("input_tokens", False),
+        ("token_type", False),
+        ("secret_name", False),
+        ("keys", False),
+        ("", False),
     ],
 )
 def test_is_secret_key(key: str, secret: bool) -> None:

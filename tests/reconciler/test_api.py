@@ -106,6 +106,7 @@ async def api_client(
 ) -> AsyncIterator[httpx2.AsyncClient]:
     build.setdefault("api_token", TOKEN)
     build.setdefault("reconcile_fn", FakeReconcile())
+    build.setdefault("enqueue", lambda _key: None)  # no event passes here unless a test asks (test_webhooks)
     app = build_api(ctx, **build)
     transport = httpx2.ASGITransport(app=app, client=client_addr)
     async with httpx2.AsyncClient(

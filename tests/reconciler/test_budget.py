@@ -55,8 +55,12 @@ async def _spent(sessions: SessionFactory, usd: float) -> None:
     """An attempt of `clean` that ended today having cost `usd`."""
     await sync_projects(sessions, {"clean": "acme/clean"})
     started = await store.start_attempt(
-        sessions, project="clean", job="test", fingerprint=failure_fingerprint("clean", "test", "0" * 40),
-        run_id="1", head_sha="0" * 40,
+        sessions,
+        project="clean",
+        job="test",
+        fingerprint=failure_fingerprint("clean", "test", "0" * 40),
+        run_id="1",
+        head_sha="0" * 40,
     )
     assert started.attempt_id is not None
     assert await store.transition(sessions, started.attempt_id, AttemptStatus.FAILED, reason="no_fix", cost_usd=usd)
@@ -115,7 +119,11 @@ async def test_at_100_percent_new_attempts_wait_with_reason_budget_and_a_running
             await _spent(ctx.sessions, 10.0)
             run = failing_job_runs(forge, "acme/data-job", "build")[-1]
             running = await insert_running_attempt(
-                ctx.sessions, project="data-job", job="build", run_id=str(run.id), head_sha=run.head_sha,
+                ctx.sessions,
+                project="data-job",
+                job="build",
+                run_id=str(run.id),
+                head_sha=run.head_sha,
                 heartbeat_at=datetime.now(UTC),
             )
             summary = await reconcile(ctx)

@@ -38,3 +38,9 @@ def test_demo_json_reports_every_fixture_project_in_its_expected_state() -> None
     by_name = {p["name"]: p for p in result["projects"]}
     assert by_name["protected-workflow"]["pr_url"] is None
     assert by_name["stale-import"]["pr_url"] and by_name["bug-lib"]["pr_url"]
+    # The reconciler learned of the red runs by events: signed webhooks, and cron-report's reported run.
+    assert result["webhooks"] > 0 and result["event_passes"] > 0
+    assert by_name["cron-report"]["pr_url"]
+    cron = [e["event"] for e in result["timeline"] if e["project"] == "cron-report"]
+    assert any("greenloop report --job nightly" in e and "exited 1" in e for e in cron), cron
+    assert any("start [woken by an event]" in e for e in cron), cron

@@ -27,9 +27,7 @@ PROJECT = "bug-lib"
 @pytest.mark.timeout(300)
 async def test_a_manual_run_is_an_attempt_and_the_next_pass_starts_no_second_one(tmp_path: Path) -> None:
     async with forge_for(tmp_path / "forge", [PROJECT]) as forge:
-        config = e2e_config(
-            forge, [PROJECT], database_url=sqlite_url(tmp_path / "g.db"), workspace_dir=tmp_path / "ws"
-        )
+        config = e2e_config(forge, [PROJECT], database_url=sqlite_url(tmp_path / "g.db"), workspace_dir=tmp_path / "ws")
         script = f"scripted:{SCRIPTS_DIR / f'{PROJECT}.json'}"
         out = io.StringIO()
         code = await manual_agent_run(config, PROJECT, "test", script, env={}, out=out)

@@ -56,18 +56,41 @@ async def _earlier_attempt(sessions: SessionFactory, number: int, url: str) -> N
         now = utcnow()
         fingerprint = failure_fingerprint("bug-lib", "test", "e" * 40)
         session.add(
-            Attempt(id=EARLIER, project="bug-lib", job="test", fingerprint=fingerprint, run_id="1", head_sha="e" * 40,
-                    status=AttemptStatus.PENDING.value, created_at=now, updated_at=now)
+            Attempt(
+                id=EARLIER,
+                project="bug-lib",
+                job="test",
+                fingerprint=fingerprint,
+                run_id="1",
+                head_sha="e" * 40,
+                status=AttemptStatus.PENDING.value,
+                created_at=now,
+                updated_at=now,
+            )
         )
         await session.flush()
         for path, outcome in (("tests/test_pagination.py", "ok"), (".github/workflows/ci.yml", "refused")):
             session.add(
-                McpToolCall(attempt_id=EARLIER, project="bug-lib", client="agent", tool="write_repo_file",
-                            arguments=json.dumps({"path": path, "content": "x"}), outcome=outcome, message=None,
-                            result_bytes=0, duration_ms=1.0, created_at=now)
+                McpToolCall(
+                    attempt_id=EARLIER,
+                    project="bug-lib",
+                    client="agent",
+                    tool="write_repo_file",
+                    arguments=json.dumps({"path": path, "content": "x"}),
+                    outcome=outcome,
+                    message=None,
+                    result_bytes=0,
+                    duration_ms=1.0,
+                    created_at=now,
+                )
             )
     assert await store.transition(
-        sessions, EARLIER, AttemptStatus.CANCELLED, reason="pr_closed", pr_number=number, pr_url=url,
+        sessions,
+        EARLIER,
+        AttemptStatus.CANCELLED,
+        reason="pr_closed",
+        pr_number=number,
+        pr_url=url,
         stop_reason="succeeded_pr",
     )
 

@@ -6,6 +6,7 @@ back through `StoreReportedRuns` (the reconciler's `ReportedRunSource`), beside 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -208,14 +209,15 @@ async def test_a_reported_failure_wakes_the_loop_and_the_agent_reads_its_posted_
         projects=(ProjectConfig(name="bug-lib", repo="acme/bug-lib", jobs=("nightly-etl",)),),
     )
     async with open_runtime(config, backend_for=scripted_backends(str(scripts))) as ctx:
-        app = build_api(ctx, api_token=TOKEN)  # the default wake-up: a background pass for the project
+        app = build_api(ctx, api_token=TOKEN)  # the default wake-up: the API's own runner, started on first use
         transport = httpx2.ASGITransport(app=app, client=("127.0.0.1", 5000))
         async with httpx2.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as http:
             body = {"project": "bug-lib", "job": "nightly-etl", "run_id": "cron-2026-12-03T02:00"}
             body |= {"status": "completed", "conclusion": "failure", "head_sha": SHA, "log_text": LOG}
             r = await http.post("/runs", json=body)
             assert r.status_code == 201, r.text
-        await app.state.enqueue.wait_idle(60)
+        await asyncio.wait_for(app.state.runner.wait_idle(), 60)
+        await app.state.runner.aclose()
         assert ctx.dispatcher is not None
         await ctx.dispatcher.wait_idle(60)
         async with ctx.sessions() as session:

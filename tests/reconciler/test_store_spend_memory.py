@@ -26,8 +26,18 @@ async def _attempt(
 ) -> None:
     async with sessions() as session, session.begin():
         session.add(
-            Attempt(id=attempt_id, project=project, job=job, fingerprint=f"fp-{attempt_id}", run_id="1",
-                    head_sha="a" * 40, status=AttemptStatus.FAILED.value, cost_usd=cost, created_at=at, updated_at=at)
+            Attempt(
+                id=attempt_id,
+                project=project,
+                job=job,
+                fingerprint=f"fp-{attempt_id}",
+                run_id="1",
+                head_sha="a" * 40,
+                status=AttemptStatus.FAILED.value,
+                cost_usd=cost,
+                created_at=at,
+                updated_at=at,
+            )
         )
 
 
@@ -67,12 +77,23 @@ async def test_earlier_attempts_on_a_job_come_newest_first_with_the_files_they_w
             ("t2", "src/c.py", "ok"),
         ):
             session.add(
-                McpToolCall(attempt_id=attempt_id, project=project, client="agent", tool="write_repo_file",
-                            arguments=json.dumps({"path": path, "content": "x" * 10}), outcome=outcome, message=None,
-                            result_bytes=0, duration_ms=1.0, created_at=NOW)
+                McpToolCall(
+                    attempt_id=attempt_id,
+                    project=project,
+                    client="agent",
+                    tool="write_repo_file",
+                    arguments=json.dumps({"path": path, "content": "x" * 10}),
+                    outcome=outcome,
+                    message=None,
+                    result_bytes=0,
+                    duration_ms=1.0,
+                    created_at=NOW,
+                )
             )
     rows = await store.earlier_on_job(sessions, project, "test", exclude="t3", limit=2)
     assert [(r.attempt_id, r.files) for r in rows] == [("t2", ("src/c.py",)), ("t1", ("src/a.py", "src/b.py"))]
     assert [r.attempt_id for r in await store.earlier_on_job(sessions, project, "test", exclude="t3")] == [
-        "t2", "t1", "t0"
+        "t2",
+        "t1",
+        "t0",
     ]

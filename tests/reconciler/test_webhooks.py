@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import json
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,13 @@ from hypothesis import strategies as st
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from pydantic import BaseModel, SecretStr
-from test_api import AUTH, SHA, FakeReconcile, api_client, make_ctx, mutate
+from test_api import AUTH, SHA, api_client, make_ctx, mutate
 
 from policy.config import ForgeSettings, load_config_text
 from policy.errors import ConfigError
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
 from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker
-from reconciler.summary import RunSummary
-from reconciler.wake import BackgroundReconcile
 from reconciler.webhooks import (
     WEBHOOK_BODY_LIMIT,
     CheckRunEvent,
@@ -238,49 +235,26 @@ async def test_other_events_are_202_and_ignored(
     assert wake.keys == []
 
 
-async def test_the_default_adapter_runs_a_pass_for_that_project(ctx: ReconcilerContext) -> None:
-    fake = FakeReconcile()
+async def test_an_api_built_without_a_runner_wakes_one_of_its_own_for_that_project(ctx: ReconcilerContext) -> None:
     from reconciler.api import build_api
+    from reconciler.runner import Runner
+    from reconciler.store.passes import recent_passes
 
-    app = build_api(ctx, api_token="test-token-0123456789abcdef", reconcile_fn=fake)
+    app = build_api(ctx, api_token="test-token-0123456789abcdef")
+    runner = app.state.runner
+    assert isinstance(runner, Runner)
     transport = httpx2.ASGITransport(app=app, client=("127.0.0.1", 5000))
-    async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        r = await deliver(http, "workflow_run$completed")
-        assert r.status_code == 202
-        await app.state.enqueue.wait_idle()
-    assert fake.calls == [{"repos": ["alpha"], "trigger": "debug", "dry_run": False}]
-
-
-async def test_background_reconcile_coalesces_keys_enqueued_while_their_pass_runs(ctx: ReconcilerContext) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-    calls: list[list[str]] = []
-
-    async def slow_pass(c: ReconcilerContext, *, repos: Sequence[str] | None = None, **kw: Any) -> RunSummary:
-        calls.append(list(repos or []))
-        started.set()
-        await release.wait()
-        return await FakeReconcile()(c, repos=repos)
-
-    wake = BackgroundReconcile(ctx, slow_pass)
-    wake("alpha")
-    await started.wait()
-    for _ in range(5):
-        wake("alpha")
-    wake("beta")
-    release.set()
-    await wake.wait_idle()
-    assert sorted(calls) == [["alpha"], ["alpha"], ["beta"]]  # the five coalesced into one more pass
-
-
-async def test_a_failing_background_pass_is_logged_and_the_next_wake_runs_again(ctx: ReconcilerContext) -> None:
-    fake = FakeReconcile(raises=RuntimeError("forge down"))
-    wake = BackgroundReconcile(ctx, fake)
-    wake("alpha")
-    await wake.wait_idle()
-    wake("alpha")
-    await wake.wait_idle()
-    assert len(fake.calls) == 2
+    try:
+        async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            for _ in range(3):  # coalesced while waiting: one event pass for the project
+                r = await deliver(http, "workflow_run$completed")
+                assert r.status_code == 202
+            await asyncio.wait_for(runner.wait_idle(), 30)
+        passes = await recent_passes(ctx.sessions, limit=10)
+        assert [(p.trigger, p.projects_scanned) for p in passes] == [("event", 1)]
+        assert '"projects_scanned":1' in (passes[0].summary or "")
+    finally:
+        await runner.aclose()
 
 
 # --- bad input: refused, counted, nothing changed -------------------------------------------------------------
