@@ -80,9 +80,12 @@ class CallState:
         """`text` with the session's secrets masked, once per call: text it already redacted comes back as is.
 
         Safe from a worker thread (one set insertion under the GIL)."""
-        if text in self.clean:
+        secrets, known = self.binding.live_secrets(), self.binding.known_clean
+        if text in self.clean or known.remembered(text, secrets):
             return text
-        shown = self.binding.redact(text)
+        shown = redact(text, extra_secrets=secrets)
+        if shown == text:
+            known.remember(text, secrets)
         self.clean.add(shown)
         return shown
 
@@ -264,10 +267,11 @@ async def _audited_call(
         if data is not None:
             # Security: the last gate before the model: nothing leaves without the live secrets masked. A large
             # result is redacted in a worker thread, so it holds up no other session.
-            if _text_chars(_to_mask(data)[0], call.clean) > _INLINE_REDACT_CHARS:
-                data = await off_loop(_gate, call, data)
+            payload, rebuild = _to_mask(data)
+            if _text_chars(payload, call.clean) > _INLINE_REDACT_CHARS:
+                data = await off_loop(_gate, call, payload, rebuild)
             else:
-                data = _gate(call, data)
+                data = _gate(call, payload, rebuild)
         if call.outcome is None:
             if data is not None and data.get("isError"):
                 # The SDK refused the call before the tool ran: unknown tool or arguments outside the schema.
@@ -358,10 +362,12 @@ def _to_mask(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return data, False
 
 
-def _gate(call: CallState, data: dict[str, Any]) -> dict[str, Any]:
-    """The result with the session's secrets masked in every string (keys too), each string once."""
-    payload, rebuild = _to_mask(data)
-    gated: dict[str, Any] = redact_obj(payload, extra_secrets=call.binding.live_secrets(), clean=call.clean)
+def _gate(call: CallState, payload: dict[str, Any], rebuild: bool) -> dict[str, Any]:
+    """The result (`payload`, from `_to_mask`) with the session's secrets masked in every string (keys too),
+    each string once; with `rebuild`, its text block made again from the masked structured content."""
+    secrets = call.binding.live_secrets()
+    clean = call.binding.known_clean.container(secrets, also=call.clean)
+    gated: dict[str, Any] = redact_obj(payload, extra_secrets=secrets, clean=clean)
     if rebuild:
         gated["content"] = [{"type": "text", "text": _json_text(gated["structuredContent"])}]
     return gated

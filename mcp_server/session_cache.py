@@ -51,7 +51,7 @@ class SessionCache:
         self._bindings: dict[SessionGrant, SessionBinding] = {}
         self._used: dict[SessionGrant, float] = {}
         self._creating: dict[SessionGrant, anyio.Lock] = {}
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)
 
     def grant_for(self, ctx: ServerRequestContext[Any, Any]) -> SessionGrant | None:
         """The grant `ctx` acts under (its bearer token's, else the server's), never above the server's mode."""
@@ -66,9 +66,15 @@ class SessionCache:
 
     async def binding(self, grant: SessionGrant) -> SessionBinding:
         """The live binding of `grant`, built on its first call; closes the bindings idle for too long."""
+        found = self._bindings.get(grant)
+        if found is not None and len(self._bindings) == 1:
+            # The one live binding (a stdio server's): no other binding to close, no lock to wait on. Nothing
+            # awaits between the look-up and the return, so no eviction can come in between.
+            self._used[grant] = time.monotonic()
+            return found
         async with self._lock:
             await self._evict_idle(keep=grant)
-            creating = self._creating.setdefault(grant, anyio.Lock())
+            creating = self._creating.setdefault(grant, anyio.Lock(fast_acquire=True))
         async with creating:  # one grant's clone doesn't hold up the others
             found = self._bindings.get(grant)
             if found is None:
