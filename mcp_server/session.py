@@ -79,7 +79,8 @@ class KnownClean:
         self._memo: tuple[tuple[str, ...], set[str]] = ((), set())
 
     def holds(self, text: str, secrets: tuple[str, ...]) -> bool:
-        """Whether redacting `text` under `secrets` leaves it as it is (remembered for short texts)."""
+        """Whether `text` is a short text that redacting under `secrets` leaves as it is (the answer is remembered).
+        A long text is never taken as known: False, so its caller redacts it."""
         if self.remembered(text, secrets):
             return True
         if len(text) > self.MAX_CHARS or redact(text, extra_secrets=secrets) != text:
