@@ -140,6 +140,8 @@ class Report:
     reference_skipped: str | None = None
     wall_seconds: float = 0.0
     load_average: tuple[float, float] = (0.0, 0.0)  # the 1-minute load average before and after
+    # CPU (user + system) each stdio server process spent per call during the batches, in ms (Linux /proc).
+    cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -359,6 +361,58 @@ def _bare(client: Client) -> _Target:
     )
 
 
+# --- CPU of the stdio server processes -----------------------------------------------------------------------
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc; empty elsewhere)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found.append(int(child))
+            found += _descendants(int(child))
+    return found
+
+
+def _server_of(pid: int) -> str | None:
+    """Which stdio server a process of this benchmark belongs to: ours, the bare SDK's or the reference's."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    if "greenloop-mcp" in cmdline:
+        return "stdio"
+    if 'MCPServer("bare"' in cmdline:
+        return BARE
+    if "server-filesystem" in cmdline:  # npx, its shell and the node server it starts (only the server works)
+        return REFERENCE
+    return None
+
+
+def _server_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) spent so far by each stdio server's processes."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    spent: dict[str, float] = {}
+    for pid in _descendants(os.getpid()):
+        server = _server_of(pid)
+        if server is None:
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        spent[server] = spent.get(server, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return spent
+
+
 # --- the run ----------------------------------------------------------------------------------------------------
 
 
@@ -462,11 +516,15 @@ async def _run(calls: int, reps: int) -> Report:
                 for op, tool, _call_fn in t.operations
             }
             series = [((t.transport, op), call) for t in targets for op, _tool, call in t.operations]
+            cpu_before = _server_cpu_seconds()
             for _rep in range(reps):
                 figures = await _batch([call for _key, call in series], calls)
                 for (key, _call_fn), (p50, p99) in zip(series, figures, strict=True):
                     results[key].p50_ms.append(p50)
                     results[key].p99_ms.append(p99)
+            cpu_after = _server_cpu_seconds()
+    per_server_calls = calls * reps * 2  # a read and a listing per round
+    cpu_ms = {k: (v - cpu_before.get(k, 0.0)) * 1000.0 / per_server_calls for k, v in cpu_after.items()}
     return Report(
         calls=calls,
         reps=reps,
@@ -474,6 +532,7 @@ async def _run(calls: int, reps: int) -> Report:
         reference_skipped=skipped,
         wall_seconds=time.perf_counter() - t_start,
         load_average=(load_before, os.getloadavg()[0]),
+        cpu_ms_per_call=cpu_ms,
     )
 
 
@@ -540,6 +599,17 @@ def render_table(report: Report) -> str:
         "",
         f"Ours / {BARE} (the same SDK and transport without greenloop's checks): read {bare_read}; list {bare_list}.",
     ]
+    if report.cpu_ms_per_call:
+        shown = ", ".join(
+            f"{name} {report.cpu_ms_per_call[key]:.2f}"
+            for name, key in (("ours", "stdio"), (BARE, BARE), (REFERENCE, REFERENCE))
+            if key in report.cpu_ms_per_call
+        )
+        lines += [
+            "",
+            f"CPU per call of each stdio server process (user + system, reads and listings alike, in ms): {shown}. "
+            "It depends less on how busy the machine is than latency does.",
+        ]
     lines += [
         "",
         "Notes: greenloop's session is read-only and writes one JSON audit line per call (to stderr over stdio). "
@@ -575,6 +645,9 @@ def _bench_line(report: Report, by_key: Mapping[tuple[str, str], LatencyResult])
     for op in ("read", "list"):
         ours = by_key.get(("stdio", op))
         figures[f"stdio_{op}_p50_ms"] = "na" if ours is None else round(ours.p50, 2)
+    for name, key in (("stdio", "stdio"), ("bare_sdk", BARE), ("ref", REFERENCE)):
+        if key in report.cpu_ms_per_call:
+            figures[f"{name}_cpu_ms_per_call"] = round(report.cpu_ms_per_call[key], 2)
     figures["load_1m"] = round(max(report.load_average), 1)
     return bench_line("mcp", figures)
 

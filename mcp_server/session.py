@@ -9,7 +9,7 @@ secrets to redact. The tools read everything from the binding.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -32,6 +32,7 @@ from policy.redaction import redact, redact_obj
 
 __all__ = [
     "BindingFactory",
+    "KnownClean",
     "Mode",
     "SessionBinding",
     "SessionGrant",
@@ -64,6 +65,60 @@ class SessionGrant:
             fix_branch_name(self.job or "job", self.attempt_id)  # validates the attempt id's shape
 
 
+class KnownClean:
+    """Short texts (keys, paths, names) known to show nothing to mask under the live secrets in force.
+
+    A result carries the same keys and paths call after call; each is redacted once per set of live secrets,
+    then shown as it is. Redaction is a function of the text and the secrets alone, so this changes no output,
+    only how often the same short text is redacted. A new set of secrets (a rotated token) starts afresh.
+    Safe from a worker thread: the (secrets, texts) pair is replaced whole, never mixed.
+    """
+
+    MAX_CHARS = 512  # longer texts (file contents, logs) are not remembered
+    MAX_TEXTS = 8192
+
+    def __init__(self) -> None:
+        self._memo: tuple[tuple[str, ...], set[str]] = ((), set())
+
+    def holds(self, text: str, secrets: tuple[str, ...]) -> bool:
+        """Whether `text` is a short text that redacting under `secrets` leaves as it is (the answer is remembered).
+        A long text is never taken as known: False, so its caller redacts it."""
+        if self.remembered(text, secrets):
+            return True
+        if len(text) > self.MAX_CHARS or redact(text, extra_secrets=secrets) != text:
+            return False
+        self.remember(text, secrets)
+        return True
+
+    def remembered(self, text: str, secrets: tuple[str, ...]) -> bool:
+        """Whether `text` is known to hold nothing to mask under `secrets` (a look-up, no redaction)."""
+        memo = self._memo
+        return memo[0] == secrets and text in memo[1]
+
+    def remember(self, text: str, secrets: tuple[str, ...]) -> None:
+        """Note that `text` holds nothing to mask under `secrets` (its redaction left it as it is)."""
+        if len(text) > self.MAX_CHARS:
+            return
+        memo = self._memo
+        if memo[0] != secrets:
+            memo = (secrets, set())
+            self._memo = memo
+        if len(memo[1]) < self.MAX_TEXTS:
+            memo[1].add(text)
+
+    def container(self, secrets: tuple[str, ...], also: Container[str] = ()) -> Container[str]:
+        """`redact_obj`'s `clean`: the texts in `also`, and the short texts that hold nothing to mask."""
+        return _CleanTexts(self, secrets, also)
+
+
+class _CleanTexts(Container[str]):
+    def __init__(self, known: KnownClean, secrets: tuple[str, ...], also: Container[str]) -> None:
+        self._known, self._secrets, self._also = known, secrets, also
+
+    def __contains__(self, text: object) -> bool:
+        return isinstance(text, str) and (text in self._also or self._known.holds(text, self._secrets))
+
+
 @dataclass
 class SessionBinding:
     """Everything one session's tools act on. Mutable state (`pushed_sha`) is guarded by `lock`."""
@@ -77,8 +132,9 @@ class SessionBinding:
     # Runs reported from outside Actions, with their logs (the reconciler's store); None: Actions only.
     reported: ReportedRunSource | None = None
     pushed_sha: str | None = None
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    lock: anyio.Lock = field(default_factory=lambda: anyio.Lock(fast_acquire=True))  # no yield when free
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
+    known_clean: KnownClean = field(default_factory=KnownClean, repr=False, compare=False)
     _cloned: bool = False
 
     @property
@@ -124,7 +180,8 @@ class SessionBinding:
 
     def redact_obj(self, value: Any) -> Any:
         """`value` (JSON-like) with every string redacted."""
-        return redact_obj(value, extra_secrets=self.live_secrets())
+        secrets = self.live_secrets()
+        return redact_obj(value, extra_secrets=secrets, clean=self.known_clean.container(secrets))
 
     async def ready_workspace(self) -> Workspace:
         """The workspace, cloned on first use."""

@@ -1,11 +1,15 @@
-"""The MCP server over stdio without worker threads: the SDK's transport, fed by the event loop.
+"""The MCP server over stdio without worker threads or relay tasks: the SDK's server, fed by the event loop.
 
 The SDK's `stdio_server` reads and writes the process's stdin and stdout through `anyio.wrap_file`, so every
-message pays worker-thread hops (one for the line read, two for the write and its flush): on a loaded
-machine the larger part of a small call's latency. `run_stdio` keeps the SDK's transport (its JSON-RPC
-parsing, its streams, its server) and only hands it stdin and stdout as non-blocking pipes served by the
-event loop. As the SDK does, it claims fds 0 and 1 while serving: fd 0 reads the null device and fd 1 goes
-to stderr, so nothing a tool or a child process prints can corrupt the wire; both are restored on exit.
+message pays worker-thread hops (one for the line read, two for the write and its flush), and it relays each
+message through a reader task and a writer task joined to the server by memory streams. On a loaded machine
+those hops are the larger part of a small call's latency. `run_stdio` hands the SDK's server (its JSON-RPC
+dispatcher, its session, its handlers) a read stream that parses each line of stdin where the server asks
+for it and a write stream that writes each message to stdout where it is sent, both on the event loop over
+non-blocking pipes. Parsing and serialising are the SDK's own (`jsonrpc_message_adapter.validate_json`,
+`model_dump_json(by_alias=True, exclude_unset=True)`, one message a line), as in its `stdio_server`. As the
+SDK does, it claims fds 0 and 1 while serving: fd 0 reads the null device and fd 1 goes to stderr, so nothing
+a tool or a child process prints can corrupt the wire; both are restored on exit.
 
 When stdin or stdout is not a pipe (a file, a terminal), the SDK's own transport runs instead.
 """
@@ -17,11 +21,13 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from types import TracebackType
+from typing import Any
 
 import anyio
+import mcp_types as types
 from mcp.server.mcpserver import MCPServer
-from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
 
 __all__ = ["run_stdio"]
 
@@ -29,35 +35,74 @@ __all__ = ["run_stdio"]
 _MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
-class _PipeLines:
-    """Lines of a pipe, read on the event loop (what the SDK's transport iterates over)."""
+class _PipeReadStream:
+    """The messages of stdin, one a line, parsed when the server receives them (a line that is not a JSON-RPC
+    message is handed over as its parse error, as the SDK's transport does)."""
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self._reader = reader
+        self._closed = False
 
-    def __aiter__(self) -> _PipeLines:
-        return self
-
-    async def __anext__(self) -> str:
+    async def receive(self) -> SessionMessage | Exception:
+        if self._closed:
+            raise anyio.ClosedResourceError
         line = await self._reader.readline()
         if not line:
-            raise StopAsyncIteration
-        return line.decode("utf-8", errors="replace")
+            raise anyio.EndOfStream
+        try:
+            message = types.jsonrpc_message_adapter.validate_json(line.decode("utf-8", errors="replace"), by_name=False)
+        except Exception as exc:  # handed to the server, which answers it as the SDK's transport would
+            return exc
+        return SessionMessage(message)
+
+    def __aiter__(self) -> _PipeReadStream:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> _PipeReadStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
 
-class _PipeWriter:
-    """Text written to a pipe on the event loop, waiting only when the pipe is full."""
+class _PipeWriteStream:
+    """Messages written to stdout, one a line, as they are sent; waits only when the pipe is full."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
+        self._closed = False
 
-    async def write(self, text: str) -> int:
-        self._writer.write(text.encode("utf-8"))
-        await self._writer.drain()
-        return len(text)
+    async def send(self, item: SessionMessage, /) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        line = item.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+        try:
+            self._writer.write(line.encode("utf-8"))
+            await self._writer.drain()
+        except (OSError, RuntimeError) as exc:  # the client went away
+            raise anyio.BrokenResourceError from exc
 
-    async def flush(self) -> None:
-        await self._writer.drain()
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> _PipeWriteStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
 
 def _is_pipe(fd: int) -> bool:
@@ -69,7 +114,7 @@ def _is_pipe(fd: int) -> bool:
 
 
 @asynccontextmanager
-async def _claimed_pipes() -> AsyncIterator[tuple[_PipeLines, _PipeWriter]]:
+async def _claimed_pipes() -> AsyncIterator[tuple[_PipeReadStream, _PipeWriteStream]]:
     """Private duplicates of fds 0 and 1 as event-loop pipes, with fd 0 on the null device and fd 1 on stderr."""
     loop = asyncio.get_running_loop()
     saved_in, saved_out = os.dup(0), os.dup(1)
@@ -87,7 +132,7 @@ async def _claimed_pipes() -> AsyncIterator[tuple[_PipeLines, _PipeWriter]]:
         write_transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, wire_out)
         writer = asyncio.StreamWriter(write_transport, protocol, None, loop)
         try:
-            yield _PipeLines(reader), _PipeWriter(writer)
+            yield _PipeReadStream(reader), _PipeWriteStream(writer)
         finally:
             read_transport.close()
             write_transport.close()
@@ -106,11 +151,5 @@ async def run_stdio(server: MCPServer[Any]) -> None:
         await server.run_stdio_async()
         return
     lowlevel = server._lowlevel_server  # what `MCPServer.run_stdio_async` runs, with our streams
-    async with (
-        _claimed_pipes() as (lines, out),
-        stdio_server(stdin=cast(anyio.AsyncFile[str], lines), stdout=cast(anyio.AsyncFile[str], out)) as (
-            read_stream,
-            write_stream,
-        ),
-    ):
+    async with _claimed_pipes() as (read_stream, write_stream):
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())

@@ -14,7 +14,7 @@ from server_support import Harness, harness, human_push, result_text
 
 from fixtures.forge import run_forge
 from mcp_server.server import build_server
-from mcp_server.session import Mode, SessionGrant
+from mcp_server.session import KnownClean, Mode, SessionGrant
 from policy import redaction
 
 pytestmark = pytest.mark.anyio
@@ -81,3 +81,19 @@ async def test_what_the_model_supplies_is_masked_in_the_result_and_the_audit_eve
         line = json.dumps(event.as_dict())
         assert TOKEN not in line, line
     assert any(e.tool.startswith("steal_") for e in h.audit.events)
+
+
+def test_a_short_text_known_clean_is_masked_once_a_live_secret_it_holds_is_in_force() -> None:
+    # A live secret no built-in pattern knows: only the live-secret list can mask it.
+    live = "live-install-value-" + "q7" * 12
+    path = f"conf/{live}.env"
+    known = KnownClean()
+    assert known.holds(path, ()) and known.remembered(path, ())  # clean while that secret is not in force
+    # The token rotates: what was clean under the old secrets is judged again under the new ones.
+    assert not known.remembered(path, (live,))
+    assert not known.holds(path, (live,))
+    masked = redaction.redact_obj({"files": [path]}, extra_secrets=(live,), clean=known.container((live,)))
+    assert live not in json.dumps(masked)
+    # Long texts (file contents) are never taken as known: each call redacts them (once, per call).
+    long_text = "x" * (KnownClean.MAX_CHARS + 1)
+    assert not known.holds(long_text, ()) and not known.remembered(long_text, ())
