@@ -81,6 +81,8 @@ class AttemptOutcome(BaseModel):
     cost_usd: float
     transcript: list[dict[str, Any]]
     report_markdown: str | None = None
+    # The run was stopped by the outside (the model API failed after the SDK's retries), not by itself.
+    transient: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -167,6 +169,7 @@ class _Run:
         self.pr_url: str | None = None
         self.pushed_sha: str | None = None
         self.merged = False
+        self.transient = False  # set when the model API failed in a way worth a later try
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -247,6 +250,7 @@ class _Run:
         try:
             response = await self._within_deadline("waiting for the model", lambda: self.backend.create(request))
         except (ModelError, ScriptError) as exc:
+            self.transient = isinstance(exc, ModelError) and exc.transient
             raise GuardStop(StopReason.MODEL_ERROR, str(exc)) from None
         self.turns = turn
         call = call_from_usage(turn=turn, model=self.settings.model, usage=response.usage,
@@ -437,6 +441,7 @@ class _Run:
             cost_usd=totals.cost_usd,
             transcript=self.transcript.events,
             report_markdown=report,
+            transient=self.transient and reason is StopReason.MODEL_ERROR,
         )
 
 

@@ -28,17 +28,18 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+from agent.errors import ModelError
 from agent.loop import AttemptOutcome, ToolSession, run_attempt
 from agent.models import ModelBackend
 from agent.types import AttemptTask, StopReason
 from infra.jsonlog import bind_context, log_event
-from mcp_server.errors import ForgeError
+from mcp_server.errors import ForgeError, ForgeRateLimited, ForgeUnavailable
 from mcp_server.forge import ForgeClient, PullRequest
 from mcp_server.models import ToolName
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
-from policy.types import AttemptStatus
+from policy.types import AttemptStatus, FailureClass
 from reconciler.errors import ReconcilerError
 from reconciler.finish import attempt_finished
 from reconciler.metrics import Metrics
@@ -50,6 +51,7 @@ __all__ = [
     "AgentDispatcher",
     "BackendFactory",
     "SessionOpener",
+    "failure_class",
     "fix_branch_pull_request",
     "is_merged",
     "pull_request_fields",
@@ -106,10 +108,29 @@ def pull_request_fields(pr: PullRequest) -> dict[str, Any]:
     return fields
 
 
-def _root_cause(exc: BaseException) -> str:
-    """A short, secret-free name for what broke: the first leaf of an exception group, by type."""
+def _leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def failure_class(exc: BaseException) -> FailureClass:
+    """How an agent run that raised `exc` failed: `transient` when the outside did it (the model API after the
+    SDK's retries, the forge unavailable, rate limited or unreachable), else `permanent`."""
+    leaf = _leaf(exc)
+    for cause in (leaf, leaf.__cause__):
+        if isinstance(cause, ModelError) and cause.transient:
+            return FailureClass.TRANSIENT
+        if isinstance(cause, ForgeUnavailable | ForgeRateLimited):
+            return FailureClass.TRANSIENT
+        if isinstance(cause, ForgeError) and (cause.status is None or cause.status >= 500):
+            return FailureClass.TRANSIENT
+    return FailureClass.PERMANENT
+
+
+def _root_cause(exc: BaseException) -> str:
+    """A short, secret-free name for what broke: the first leaf of an exception group, by type."""
+    exc = _leaf(exc)
     cause = exc.__cause__
     name = exc.__class__.__name__
     return f"{name} (from {cause.__class__.__name__})" if cause is not None else name
@@ -223,7 +244,12 @@ class AgentDispatcher:
                     if pr is not None:  # it crashed after opening its PR: carry on from the PR
                         await self._pull_request_found(attempt.id, pr, stop_reason=crashed)
                     elif await store.transition(
-                        self._sessions, attempt.id, AttemptStatus.FAILED, reason="runner_error", stop_reason=crashed
+                        self._sessions,
+                        attempt.id,
+                        AttemptStatus.FAILED,
+                        reason="runner_error",
+                        stop_reason=crashed,
+                        failure_class=failure_class(exc).value,
                     ):
                         await self._finished(attempt.id, AttemptStatus.FAILED)
                     return
@@ -358,6 +384,8 @@ class AgentDispatcher:
                 to, reason = AttemptStatus.ESCALATED, f"needs_human: fix is in a protected path ({protected})"
             else:
                 to, reason = AttemptStatus.FAILED, outcome.stop_reason.value
+                failed_as = FailureClass.TRANSIENT if outcome.transient else FailureClass.PERMANENT
+                fields["failure_class"] = failed_as.value
         if pr is None:
             moved = await store.transition(
                 self._sessions, attempt.id, to, reason=reason, expected=AttemptStatus.RUNNING, **fields
