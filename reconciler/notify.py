@@ -1,4 +1,5 @@
-"""Notifications: one Slack-compatible incoming-webhook message when an attempt succeeds or is escalated.
+"""Notifications: one Slack-compatible incoming-webhook message when an attempt succeeds or is escalated, or
+when its fix PR has waited longer than `stale_pr_hours` (once).
 
 `notify()` never raises: a chat outage must not fail a reconcile pass. It returns whether the webhook took
 the message, and logs one structured event either way. The webhook URL is itself a credential (whoever
@@ -21,7 +22,7 @@ __all__ = ["DEFAULT_TIMEOUT_SECONDS", "NotifyEvent", "build_payload", "notify"]
 
 logger = logging.getLogger("greenloop.notify")
 
-NotifyEvent = Literal["succeeded", "escalated"]
+NotifyEvent = Literal["succeeded", "escalated", "stale_pr"]
 
 DEFAULT_TIMEOUT_SECONDS: Final = 10.0
 
@@ -33,6 +34,7 @@ _TEXT_LIMIT: Final = 300
 _HEADLINES: Final[dict[str, str]] = {
     "succeeded": ":white_check_mark: greenloop fixed {project}",
     "escalated": ":rotating_light: greenloop needs a human on {project}",
+    "stale_pr": ":hourglass: greenloop's fix for {project} is waiting for a human",
 }
 
 

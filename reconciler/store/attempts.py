@@ -42,7 +42,9 @@ __all__ = [
     "heartbeat",
     "last_failures",
     "list_attempts",
+    "mark_stale_announced",
     "new_attempt_id",
+    "pr_open_since",
     "reopen_from_forge",
     "start_attempt",
     "transition",
@@ -466,6 +468,50 @@ async def claim_resume(
                 .where(Attempt.id == attempt_id, Attempt.status == status.value, last_sign < now - timeout, earlier)
             )
             return "exhausted" if still_stale else "lost"
+
+    return await with_retry(_once)
+
+
+async def pr_open_since(session_factory: SessionFactory, attempt_ids: Iterable[str]) -> dict[str, datetime]:
+    """When each attempt last entered `pr_open` (its newest transition there), in one query; attempts that
+    never did are absent.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    ids = list(attempt_ids)
+    if not ids:
+        return {}
+    query = (
+        sa.select(Transition.attempt_id, sa.func.max(Transition.at))
+        .where(Transition.attempt_id.in_(ids), Transition.to_status == AttemptStatus.PR_OPEN.value)
+        .group_by(Transition.attempt_id)
+    )
+    async with translated(), session_factory() as session:
+        return {attempt_id: at for attempt_id, at in await session.execute(query) if at is not None}
+
+
+async def mark_stale_announced(session_factory: SessionFactory, attempt_id: str, *, since: datetime) -> bool:
+    """Claim the one stale notice of an attempt whose pull request is open since `since`: a compare-and-set
+    that holds only while it is `pr_open` and not announced since then. True: the caller announces it.
+
+    Raises:
+        StoreBusy, StoreError: the database stayed busy or failed.
+    """
+
+    async def _once() -> bool:
+        async with session_factory() as session, session.begin():
+            result = await session.execute(
+                sa.update(Attempt)
+                .where(
+                    Attempt.id == attempt_id,
+                    Attempt.status == AttemptStatus.PR_OPEN.value,
+                    sa.or_(Attempt.stale_announced_at.is_(None), Attempt.stale_announced_at < since),
+                )
+                .values(stale_announced_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return rowcount(result) == 1
 
     return await with_retry(_once)
 
