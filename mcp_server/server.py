@@ -36,7 +36,14 @@ from mcp_server.audit import AuditEvent, Outcome
 from mcp_server.auth import grant_from_access_token
 from mcp_server.checks import head_checks
 from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS, call_deadline, off_loop
-from mcp_server.errors import ForgeError, McpServerError, ToolRefused
+from mcp_server.errors import (
+    OUTSIDE_FAILURE_PREFIXES,
+    ForgeError,
+    ForgeRateLimited,
+    ForgeUnavailable,
+    McpServerError,
+    ToolRefused,
+)
 from mcp_server.forge import PullRequest
 from mcp_server.log_excerpt import MIN_BUDGET_TOKENS, excerpt
 from mcp_server.models import (
@@ -157,7 +164,7 @@ def _tool(*, title: str, write: bool, destructive: bool = False, idempotent: boo
                 raise ToolError(_finish(call, "refused", str(exc))) from None
             except McpServerError as exc:
                 # Forge and git failures: their messages are written to be shown (no tokens, no host paths).
-                raise ToolError(_finish(call, "error", str(exc))) from None
+                raise ToolError(_finish(call, "error", _shown(exc))) from None
             except OSError as exc:
                 if isinstance(exc, TimeoutError | ConnectionError):  # not the filesystem: a crash like any other
                     raise ToolError(_crashed(call, fn.__name__, exc)) from None
@@ -185,6 +192,14 @@ def _tool(*, title: str, write: bool, destructive: bool = False, idempotent: boo
         return fn
 
     return decorator
+
+
+def _shown(exc: McpServerError) -> str:
+    """The message of a forge or git failure; an outage of the forge always begins with an outside prefix."""
+    text = str(exc)
+    if isinstance(exc, ForgeUnavailable | ForgeRateLimited) and not text.startswith(OUTSIDE_FAILURE_PREFIXES):
+        text = f"{OUTSIDE_FAILURE_PREFIXES[0]} {text}"
+    return text
 
 
 def _crashed(call: _Call | None, tool: str, exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx2
 import pytest
 import sqlalchemy as sa
-from fault_support import forge_control  # noqa: F401  (puts tests/reconciler on sys.path)
+from fault_support import arm_fault, forge_control  # also puts tests/reconciler on sys.path
 
 from agent.models import AnthropicBackend
 
@@ -162,13 +162,42 @@ async def test_a_model_outage_mid_attempt_is_retried_after_backoff_and_ends_in_o
     assert [p.number for p in new_pulls] == [second.pr_number]
 
 
+async def test_a_forge_outage_mid_attempt_fails_it_transient_and_the_failure_starts_again(
+    forge: Forge, tmp_path: Path
+) -> None:
+    fix = _fix_actions(forge)
+    pulls_before = len(pulls_of(forge, REPO))
+    # The model asks for the logs twice (both fail: the forge is down), then, next attempt, fixes it.
+    actions = [fix[0], fix[0], *fix]
+    project = {"budgets": {"max_error_streak": 2}, "backoff": {"base_seconds": 0.0}}
+    async with runtime(forge, tmp_path, actions, **project) as (ctx, fake):
+        # The log downloads are rate limited for an hour: the forge client gives up at once, without waiting.
+        await arm_fault(forge, r"/actions/jobs/\d+/logs$", "429", count=1000, retry_after=3600)
+        try:
+            assert len((await _pass(ctx)).attempts_started) == 1
+            await _wait_idle(ctx)
+        finally:
+            await forge_control(forge, "DELETE", "/_forge/faults")  # the forge is back
+        (failed,) = await attempts_of(ctx.sessions, PROJECT)
+        assert (failed.status, failed.stop_reason, failed.failure_class) == ("failed", "error_streak", "transient")
+        assert "Forge rate limit" in (failed.transcript or "")
+
+        retried = await _pass(ctx)
+        assert retried.red[0].decision == "start" and len(retried.attempts_started) == 1
+        await _wait_idle(ctx)
+        rows = sorted(await attempts_of(ctx.sessions, PROJECT), key=lambda a: a.generation)
+        assert [(a.status, a.generation) for a in rows] == [("failed", 0), ("pr_open", 1)]
+        assert fake.remaining == 0
+    assert [p.number for p in pulls_of(forge, REPO)[pulls_before:]] == [rows[1].pr_number]
+
+
 async def test_an_operator_reset_after_a_failure_really_starts_a_new_attempt(forge: Forge, tmp_path: Path) -> None:
     actions = [{"text": "I cannot see the cause."}, {"text": "Still no fix."}]
     async with runtime(forge, tmp_path, actions) as (ctx, fake):
         assert len((await _pass(ctx)).attempts_started) == 1
         await _wait_idle(ctx)
         (failed,) = await attempts_of(ctx.sessions, PROJECT)
-        assert (failed.status, failed.failure_class) == ("failed", "permanent")
+        assert (failed.status, failed.stop_reason, failed.failure_class) == ("failed", "no_fix", "permanent")
 
         handled = await _pass(ctx)
         (note,) = handled.red
