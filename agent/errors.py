@@ -26,10 +26,17 @@ class ModelError(AgentError):
     bad_request, invalid_response.
     """
 
+    TRANSIENT_KINDS = frozenset({"overloaded", "rate_limited", "server_error", "timeout", "connection"})
+
     def __init__(self, message: str, *, kind: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status_code = status_code
+
+    @property
+    def transient(self) -> bool:
+        """Whether the outside failed (overloaded, rate limited, 5xx, timeout, connection): worth a later try."""
+        return self.kind in self.TRANSIENT_KINDS
 
 
 class ScriptError(AgentError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -31,6 +32,7 @@ from agent.report import WriteAttempt, render_report
 from agent.transcript import Transcript
 from agent.types import AttemptTask, StopReason
 from infra.jsonlog import log_event
+from mcp_server.errors import OUTSIDE_FAILURE_PREFIXES
 from mcp_server.models import FileSlice, JobLogs, PullRequestInfo, PullRequestMerged, Pushed, ToolName
 from policy.config import AgentSettings, Budgets
 from policy.redaction import redact
@@ -81,6 +83,8 @@ class AttemptOutcome(BaseModel):
     cost_usd: float
     transcript: list[dict[str, Any]]
     report_markdown: str | None = None
+    # The run was stopped by the outside (the model API failed after the SDK's retries), not by itself.
+    transient: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -99,6 +103,10 @@ def _structured(result: CallToolResult, text: str) -> dict[str, Any] | None:
     if isinstance(payload, dict) and set(payload) == {"result"} and isinstance(payload["result"], dict):
         payload = payload["result"]
     return payload if isinstance(payload, dict) else None
+
+
+# How the MCP SDK wraps a tool's error message ("Error executing tool get_job_logs: Forge unavailable: ...").
+_SDK_ERROR_PREFIX = re.compile(r"^Error executing tool [A-Za-z0-9_-]+: ")
 
 
 def _render(result: CallToolResult) -> str:
@@ -168,6 +176,8 @@ class _Run:
         self.pr_url: str | None = None
         self.pushed_sha: str | None = None
         self.merged = False
+        self.transient = False  # set when the model API failed in a way worth a later try
+        self.outside_errors = 0  # tool errors in a row caused by the forge being down or rate limited
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -255,6 +265,7 @@ class _Run:
         try:
             response = await self._within_deadline("waiting for the model", lambda: self.backend.create(request))
         except (ModelError, ScriptError) as exc:
+            self.transient = isinstance(exc, ModelError) and exc.transient
             raise GuardStop(StopReason.MODEL_ERROR, str(exc)) from None
         self.turns = turn
         call = call_from_usage(
@@ -385,6 +396,8 @@ class _Run:
         text = _cap(redact(text, extra_secrets=self.secrets), self.max_chars) or "(no output)"
         if is_error:
             self.tool_errors += 1
+        outside = is_error and _SDK_ERROR_PREFIX.sub("", text, count=1).startswith(OUTSIDE_FAILURE_PREFIXES)
+        self.outside_errors = self.outside_errors + 1 if outside else 0
         repeat = None if is_error else self.context.repeat_note(name, arguments, text)
         self.transcript.tool_result(
             turn, tool_use_id=tool_use_id, name=name, is_error=is_error, text=repeat or text, source="server"
@@ -456,6 +469,13 @@ class _Run:
 
     # -- the outcome ---------------------------------------------------------------------------------
 
+    def _transient(self, reason: StopReason) -> bool:
+        """Whether the outside stopped the run: the model API after the SDK's retries, or a streak of tool
+        errors that were all the forge being unavailable or rate limited."""
+        if reason is StopReason.MODEL_ERROR:
+            return self.transient
+        return reason is StopReason.ERROR_STREAK and self.outside_errors >= self.guards.budgets.max_error_streak
+
     def _outcome(self, reason: StopReason, detail: str) -> AttemptOutcome:
         self.transcript.stop(reason=reason.value, detail=detail, turns=self.turns)
         totals = total_of(self.calls)
@@ -498,6 +518,7 @@ class _Run:
             cost_usd=totals.cost_usd,
             transcript=self.transcript.events,
             report_markdown=report,
+            transient=self._transient(reason),
         )
 
 

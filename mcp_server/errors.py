@@ -21,6 +21,7 @@ never contain a token, an Authorization header or a host path outside the worksp
 from __future__ import annotations
 
 __all__ = [
+    "OUTSIDE_FAILURE_PREFIXES",
     "ForgeAuthError",
     "ForgeConflict",
     "ForgeError",
@@ -45,6 +46,11 @@ class ForgeError(McpServerError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+OUTSIDE_FAILURE_PREFIXES: tuple[str, ...] = ("Forge unavailable:", "Forge rate limit")
+"""How a tool error caused by the outside (`ForgeUnavailable`, `ForgeRateLimited`) begins, as the model and the
+agent see it (`mcp_server.server` ensures it): the agent tells an outage from its own mistakes by it."""
 
 
 class ForgeAuthError(ForgeError):

@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from mcp_server.audit import AuditEvent, Outcome
 from mcp_server.deadline import DEFAULT_CALL_DEADLINE_SECONDS, call_deadline, off_loop
-from mcp_server.errors import McpServerError, ToolRefused
+from mcp_server.errors import OUTSIDE_FAILURE_PREFIXES, ForgeRateLimited, ForgeUnavailable, McpServerError, ToolRefused
 from mcp_server.models import READ_TOOLS
 from mcp_server.session import Mode, SessionBinding, SessionGrant
 from mcp_server.session_cache import SessionCache
@@ -162,7 +162,7 @@ def tool(*, title: str, write: bool, destructive: bool = False, idempotent: bool
                 raise ToolError(_finish(call, "refused", str(exc))) from None
             except McpServerError as exc:
                 # Forge and git failures: their messages are written to be shown (no tokens, no host paths).
-                raise ToolError(_finish(call, "error", str(exc))) from None
+                raise ToolError(_finish(call, "error", _shown(exc))) from None
             except OSError as exc:
                 if isinstance(exc, TimeoutError | ConnectionError):  # not the filesystem: a crash like any other
                     raise ToolError(_crashed(call, fn.__name__, exc)) from None
@@ -187,6 +187,14 @@ def tool(*, title: str, write: bool, destructive: bool = False, idempotent: bool
         )
 
     return decorator
+
+
+def _shown(exc: McpServerError) -> str:
+    """The message of a forge or git failure; an outage of the forge always begins with an outside prefix."""
+    text = str(exc)
+    if isinstance(exc, ForgeUnavailable | ForgeRateLimited) and not text.startswith(OUTSIDE_FAILURE_PREFIXES):
+        text = f"{OUTSIDE_FAILURE_PREFIXES[0]} {text}"
+    return text
 
 
 def _crashed(call: CallState | None, tool: str, exc: BaseException) -> str:

@@ -32,7 +32,15 @@ from policy.gate import (
     has_attempt_trailer,
 )
 from policy.paths import check_relative, check_write_allowed, confine, is_within, matches_glob
-from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, Autonomy, RefusalReason, SkipReason
+from policy.types import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    AttemptStatus,
+    Autonomy,
+    FailureClass,
+    RefusalReason,
+    SkipReason,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -46,6 +54,7 @@ __all__ = [
     "Budgets",
     "ConfigError",
     "Decision",
+    "FailureClass",
     "ForgeSettings",
     "GreenloopConfig",
     "ObservedFailure",

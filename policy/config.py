@@ -110,6 +110,8 @@ class ProjectConfig(_Model):
     backoff: Backoff = Backoff()
     # After the pull request: revision rounds when its checks fail, when an open PR counts as stale, how
     # often a failure stopped by the outside (model API, forge) may start again, and who hears of escalations.
+    stale_pr_hours: Annotated[float, Field(gt=0, le=8760)] = 72.0  # an open fix PR older than this is announced
+    max_transient_retries: Annotated[int, Field(ge=0, le=20)] = 3  # new attempts after a failure stopped by the outside
     owners: tuple[str, ...] = ()  # GitHub logins requested as reviewers / assigned when a human is needed
     # Times a fix PR whose checks fail goes back to the agent (same attempt, same branch) before escalating.
     max_revisions: Annotated[int, Field(ge=0, le=10)] = 2

@@ -5,9 +5,14 @@ the switches, and acts on the returned `Decision`. Checks run in a fixed order a
 wins:
 
     kill switch -> paused -> observe-only -> job not watched -> not failing -> own change (circuit breaker)
-    -> active attempt -> already handled -> escalated -> backoff -> flaky (rerun) -> budget -> start
+    -> active attempt -> already handled (or a transient retry, after its own backoff) -> escalated -> backoff
+    -> flaky (rerun) -> budget -> start
 
-A re-run costs no model tokens, so a spent budget (`policy.spend`) stops only new attempts.
+A re-run costs no model tokens, so a spent budget (`policy.spend`) stops only new attempts. An attempt that
+failed `transient` (stopped by the outside: the model API or the forge) does not spend its failure: the same
+failure may start again after a backoff, at most `max_transient_retries` times; it neither counts toward
+nor breaks the consecutive-failure streak. The store enforces the same rule when it inserts the attempt
+(`reconciler.store.attempts.start_attempt`, one attempt per failure and generation).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from policy.config import Backoff, ProjectConfig
 from policy.spend import SpendStatus
-from policy.types import ACTIVE_STATUSES, AttemptStatus, Autonomy, SkipReason
+from policy.types import ACTIVE_STATUSES, AttemptStatus, Autonomy, FailureClass, SkipReason
 
 __all__ = [
     "ATTEMPT_TRAILER",
@@ -37,6 +42,7 @@ __all__ = [
     "decide",
     "failure_fingerprint",
     "has_attempt_trailer",
+    "is_transient",
 ]
 
 ATTEMPT_TRAILER = "Greenloop-Attempt"
@@ -82,6 +88,7 @@ class AttemptRecord(_Frozen):
     finished_at: datetime | None = None
     pushed_sha: str | None = None  # head of the fix branch the attempt pushed
     merged_sha: str | None = None  # commit its pull request merged as
+    failure_class: FailureClass | None = None  # of a failed attempt: transient ones may start again
 
     @field_validator("created_at", "finished_at")
     @classmethod
@@ -134,6 +141,11 @@ def backoff_seconds(backoff: Backoff, consecutive_failures: int) -> float:
     return min(value, backoff.max_seconds)
 
 
+def is_transient(attempt: AttemptRecord) -> bool:
+    """Whether the attempt failed because of the outside (model API, forge): its failure may start again."""
+    return attempt.status is AttemptStatus.FAILED and attempt.failure_class is FailureClass.TRANSIENT
+
+
 def _newest_first(history: Sequence[AttemptRecord]) -> list[AttemptRecord]:
     return sorted(history, key=lambda a: a.created_at, reverse=True)
 
@@ -141,10 +153,12 @@ def _newest_first(history: Sequence[AttemptRecord]) -> list[AttemptRecord]:
 def consecutive_failures(history: Sequence[AttemptRecord]) -> list[AttemptRecord]:
     """The unbroken run of failed/escalated attempts, newest first, ending at a succeeded/cancelled one.
 
-    Attempts still running neither count nor break the streak.
+    Attempts still running, and transient failures (stopped by the outside), neither count nor break it.
     """
     streak: list[AttemptRecord] = []
     for attempt in _newest_first(history):
+        if is_transient(attempt):
+            continue
         if attempt.status in _STREAK_BREAKERS:
             break
         if attempt.status in _FAILED:
@@ -205,12 +219,14 @@ def decide(
     if active:
         return _skip(SkipReason.ACTIVE_ATTEMPT, f"attempt {active[0].id!r} is still {active[0].status.value}")
     fingerprint = failure_fingerprint(project.name, failure.job, failure.head_sha)
-    handled = [a for a in history if a.fingerprint == fingerprint]
+    handled = _newest_first([a for a in history if a.fingerprint == fingerprint])
+    retry = ""
     if handled:
-        return _skip(
-            SkipReason.ALREADY_HANDLED,
-            f"attempt {handled[0].id!r} already handled this failure ({handled[0].status.value})",
-        )
+        refused = _transient_retry(project, handled, now)
+        if refused is not None:
+            return refused
+        retries = sum(map(is_transient, handled))
+        retry = f" (retry {retries} of {project.max_transient_retries} after a transient failure)"
     streak = consecutive_failures(history)
     newest = _newest_first(history)
     if len(streak) >= project.max_consecutive_failures or (newest and newest[0].status is AttemptStatus.ESCALATED):
@@ -236,4 +252,32 @@ def decide(
     if spend is not None and spend.level == "exhausted":
         until = _as_utc(spend.resets_at) - _as_utc(now) if spend.resets_at is not None else None
         return _skip(SkipReason.BUDGET, f"cost limit reached: {spend.detail}", retry_after=until)
-    return Decision(action="start", reason=None, detail=f"job {failure.job!r} is red on {failure.head_sha[:12]}")
+    return Decision(action="start", reason=None, detail=f"job {failure.job!r} is red on {failure.head_sha[:12]}{retry}")
+
+
+def _transient_retry(project: ProjectConfig, handled: Sequence[AttemptRecord], now: datetime) -> Decision | None:
+    """None when a failure already attempted (`handled`, newest first) may start again: its newest attempt
+    failed transient, `max_transient_retries` are not used up and their backoff is over; else the skip."""
+    newest = handled[0]
+    if not is_transient(newest):
+        return _skip(
+            SkipReason.ALREADY_HANDLED, f"attempt {newest.id!r} already handled this failure ({newest.status.value})"
+        )
+    transient = sum(map(is_transient, handled))
+    if transient > project.max_transient_retries:
+        return _skip(
+            SkipReason.ALREADY_HANDLED,
+            f"{transient} attempt(s) at this failure were stopped by the outside; "
+            f"max_transient_retries ({project.max_transient_retries}) used up",
+        )
+    finished = newest.finished_at or newest.created_at
+    wait = timedelta(seconds=min(backoff_seconds(project.backoff, transient), _MAX_WAIT_SECONDS))
+    elapsed = _as_utc(now) - finished
+    if elapsed < wait:
+        return _skip(
+            SkipReason.BACKOFF,
+            f"backing off after {transient} transient failure(s) of this failure; "
+            f"{int((wait - elapsed).total_seconds())}s left",
+            retry_after=wait - elapsed,
+        )
+    return None

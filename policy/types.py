@@ -9,6 +9,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "AttemptStatus",
     "Autonomy",
+    "FailureClass",
     "RefusalReason",
     "SkipReason",
 ]
@@ -39,6 +40,13 @@ TERMINAL_STATUSES: frozenset[AttemptStatus] = frozenset(
     {AttemptStatus.SUCCEEDED, AttemptStatus.FAILED, AttemptStatus.CANCELLED, AttemptStatus.ESCALATED}
 )
 ACTIVE_STATUSES: frozenset[AttemptStatus] = frozenset(set(AttemptStatus) - TERMINAL_STATUSES)
+
+
+class FailureClass(StrEnum):
+    """Why a `failed` attempt failed (its `failure_class`): only a transient failure may start again."""
+
+    TRANSIENT = "transient"  # stopped by the outside: model API errors after retries, forge down or rate limited
+    PERMANENT = "permanent"  # the attempt itself ended without a fix (a guard, no fix, a crash of ours)
 
 
 class SkipReason(StrEnum):

@@ -27,6 +27,7 @@ from reconciler.context import ReconcilerContext
 from reconciler.dispatch import budget_use
 from reconciler.finish import attempt_finished
 from reconciler.observe import ProjectObservation
+from reconciler.stale import announce_if_stale
 from reconciler.store import attempts as store
 from reconciler.store.attempts import RESUMED, ResumeClaim
 from reconciler.store.models import Attempt
@@ -166,6 +167,7 @@ async def _pr_open(step: StepInput) -> Attempt | None:
     if pr.state == "closed":
         await _transition(step, AttemptStatus.CANCELLED, reason="pr_closed_unmerged")
         return None
+    await announce_if_stale(ctx, project, attempt)
     return await _open_pr(step, ctx.forge, pr)
 
 

@@ -69,6 +69,7 @@ from reconciler.errors import StoreBusy, StoreError
 from reconciler.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reconciler.operations import OperationRefused, ProjectAction, find_attempt, find_project
 from reconciler.runner import Runner, UnknownProjects, reconcile
+from reconciler.stale import is_stale
 from reconciler.store import attempts as attempt_store
 from reconciler.store import projects as project_store
 from reconciler.store.audit import tool_calls
@@ -129,6 +130,7 @@ class _Api:
         if row is None:
             row = await project_store.get_project(self.ctx.sessions, project.name)
         active = await attempt_store.active_attempts(self.ctx.sessions, project.name)
+        stale = await self.stale_prs(active)
         by_operator = bool(row.paused) if row is not None else False
         return ProjectState(
             name=project.name,
@@ -141,7 +143,16 @@ class _Api:
             escalation_reason=row.escalation_reason if _escalated(row) and row is not None else None,
             escalation_url=row.escalation_url if _escalated(row) and row is not None else None,
             active_attempt_id=active[0].id if active else None,
+            pr_stale=bool(stale),
         )
+
+    async def stale_prs(self, attempts: Sequence[Attempt]) -> set[str]:
+        """The ids of `attempts` whose fix PR has been open longer than their project's `stale_pr_hours`."""
+        now = utcnow()
+        projects = {p.name: p for p in self.ctx.config.projects}
+        candidates = [a for a in attempts if is_stale(projects.get(a.project), a, None, now)]
+        since = await attempt_store.pr_open_since(self.ctx.sessions, [a.id for a in candidates])
+        return {a.id for a in candidates if is_stale(projects.get(a.project), a, since.get(a.id), now)}
 
     async def kill_switch_state(self) -> KillSwitchState:
         runtime = await kill_switch_enabled(self.ctx.sessions)
@@ -302,14 +313,16 @@ class _Api:
             self.ctx.sessions, project=name, statuses=query.status, limit=query.limit, offset=query.offset
         )
         fields["count"] = len(rows)
-        return json_response(AttemptList(attempts=[_summary(a) for a in rows], limit=query.limit, offset=query.offset))
+        stale = await self.stale_prs(rows)
+        attempts = [_summary(a, stale=a.id in stale) for a in rows]
+        return json_response(AttemptList(attempts=attempts, limit=query.limit, offset=query.offset))
 
     async def get_attempt(self, request: Request, fields: dict[str, Any]) -> Response:
         attempt = await self.attempt(request, fields)
         transitions = await attempt_store.attempt_transitions(self.ctx.sessions, attempt.id)
         calls = await tool_calls(self.ctx.sessions, attempt_id=attempt.id)
         detail = AttemptDetail(
-            **_summary(attempt).model_dump(),
+            **_summary(attempt, stale=attempt.id in await self.stale_prs([attempt])).model_dump(),
             fingerprint=attempt.fingerprint,
             pushed_sha=attempt.pushed_sha,
             merged_sha=attempt.merged_sha,
@@ -378,6 +391,10 @@ class _Api:
         body = await parse_body(request, KillSwitchRequest)
         await set_kill_switch(self.ctx.sessions, body.enabled)
         state = await self.kill_switch_state()
+        if body.enabled and body.cancel_running:
+            cancelled = await operations.cancel_running(self.ctx, reason="kill switch")
+            state = state.model_copy(update={"cancelled": [c.attempt.id for c in cancelled]})
+            fields.update(cancelled=len(cancelled))
         fields.update(requested=body.enabled, enabled=state.enabled)
         return json_response(state)
 
@@ -397,7 +414,7 @@ def _escalated(row: Project | None) -> bool:
     return row.escalation_reset_at is None or row.escalated_at > row.escalation_reset_at
 
 
-def _summary(a: Attempt) -> AttemptSummary:
+def _summary(a: Attempt, *, stale: bool = False) -> AttemptSummary:
     return AttemptSummary(
         id=a.id,
         project=a.project,
@@ -413,6 +430,9 @@ def _summary(a: Attempt) -> AttemptSummary:
         failure_class=a.failure_class,
         revisions=a.revisions,
         model=a.model,
+        generation=a.generation,
+        pr_stale=stale,
+        stale_announced_at=a.stale_announced_at,
         input_tokens=a.input_tokens,
         output_tokens=a.output_tokens,
         cache_tokens=a.cache_tokens,

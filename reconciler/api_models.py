@@ -165,6 +165,11 @@ class KillSwitchRequest(_Request):
     """`POST /kill-switch`: stop (true) or allow (false) every new remediation, on every replica."""
 
     enabled: bool
+    cancel_running: bool = Field(
+        default=False,
+        description="With enabled=true: also cancel every attempt whose agent is running now (pending or running), "
+        "as POST /attempts/{id}/cancel does.",
+    )
 
 
 class OperatorAction(_Request):
@@ -249,6 +254,14 @@ class AttemptSummary(_Response):
     model: str | None = Field(
         description="The model the attempt runs with: the project's, or its fallback_model past the spend notice."
     )
+    generation: int = Field(
+        default=0,
+        description="Which attempt at this failure: 0 first, +1 after a transient failure or an operator reset.",
+    )
+    pr_stale: bool = Field(
+        default=False, description="pr_open for longer than the project's stale_pr_hours (announced once)."
+    )
+    stale_announced_at: datetime | None = None
     input_tokens: int
     output_tokens: int
     cache_tokens: int
@@ -318,6 +331,11 @@ class ProjectState(_Response):
     escalation_reason: str | None
     escalation_url: str | None = Field(description="The PR comment or issue holding the escalation report.")
     active_attempt_id: str | None
+    pr_stale: bool = Field(
+        default=False,
+        description="The active attempt's fix PR has been open longer than stale_pr_hours; nothing else starts "
+        "on the project until it is merged, closed or cancelled.",
+    )
 
 
 class ProjectList(_Response):
@@ -342,6 +360,9 @@ class KillSwitchState(_Response):
     enabled: bool
     runtime: bool
     config: bool
+    cancelled: list[str] = Field(
+        default_factory=list, description="POST with cancel_running: the attempts this request cancelled."
+    )
 
 
 # --- OpenAPI -----------------------------------------------------------------------------------------------

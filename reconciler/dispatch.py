@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.accounting import ModelCall, total_of
+from agent.errors import ModelError
 from agent.loop import AttemptOutcome, ToolSession, run_attempt
 from agent.models import ModelBackend
 from agent.types import AttemptTask, Revision, StopReason
 from infra.jsonlog import bind_context, log_event
 from mcp_server.checks import failed_checks
 from mcp_server.culprit import culprit_or_none
-from mcp_server.errors import ForgeError
+from mcp_server.errors import ForgeError, ForgeRateLimited, ForgeUnavailable
 from mcp_server.forge import ForgeClient, PullRequest
 from mcp_server.models import ToolName
 from mcp_server.operator import Operator
@@ -51,7 +52,7 @@ from policy.config import GreenloopConfig, ProjectConfig
 from policy.paths import matches_glob
 from policy.redaction import redact
 from policy.rounds import BudgetUse, remaining
-from policy.types import AttemptStatus
+from policy.types import AttemptStatus, FailureClass
 from reconciler.errors import ReconcilerError
 from reconciler.finish import attempt_finished
 from reconciler.memory import earlier_attempts
@@ -65,6 +66,7 @@ __all__ = [
     "BackendFactory",
     "SessionOpener",
     "budget_use",
+    "failure_class",
     "fix_branch_pull_request",
     "is_merged",
     "pull_request_fields",
@@ -152,10 +154,29 @@ class _RunUse:
         }
 
 
-def _root_cause(exc: BaseException) -> str:
-    """A short, secret-free name for what broke: the first leaf of an exception group, by type."""
+def _leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def failure_class(exc: BaseException) -> FailureClass:
+    """How an agent run that raised `exc` failed: `transient` when the outside did it (the model API after the
+    SDK's retries, the forge unavailable, rate limited or unreachable), else `permanent`."""
+    leaf = _leaf(exc)
+    for cause in (leaf, leaf.__cause__):
+        if isinstance(cause, ModelError) and cause.transient:
+            return FailureClass.TRANSIENT
+        if isinstance(cause, ForgeUnavailable | ForgeRateLimited):
+            return FailureClass.TRANSIENT
+        if isinstance(cause, ForgeError) and (cause.status is None or cause.status >= 500):
+            return FailureClass.TRANSIENT
+    return FailureClass.PERMANENT
+
+
+def _root_cause(exc: BaseException) -> str:
+    """A short, secret-free name for what broke: the first leaf of an exception group, by type."""
+    exc = _leaf(exc)
     cause = exc.__cause__
     name = exc.__class__.__name__
     return f"{name} (from {cause.__class__.__name__})" if cause is not None else name
@@ -278,6 +299,7 @@ class AgentDispatcher:
                         reason="runner_error",
                         stop_reason=crashed,
                         **use.fields(),
+                        failure_class=failure_class(exc).value,
                     ):
                         await self._finished(attempt.id, AttemptStatus.FAILED)
                     return
@@ -470,6 +492,8 @@ class AgentDispatcher:
                 to, reason = AttemptStatus.ESCALATED, f"needs_human: fix is in a protected path ({protected})"
             else:
                 to, reason = AttemptStatus.FAILED, outcome.stop_reason.value
+                failed_as = FailureClass.TRANSIENT if outcome.transient else FailureClass.PERMANENT
+                fields["failure_class"] = failed_as.value
         if pr is None:
             moved = await store.transition(
                 self._sessions, attempt.id, to, reason=reason, expected=AttemptStatus.RUNNING, **fields

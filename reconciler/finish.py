@@ -14,7 +14,7 @@ from infra.jsonlog import log_event
 from mcp_server.forge import ForgeClient
 from mcp_server.operator import Operator
 from policy.config import ProjectConfig
-from policy.types import AttemptStatus
+from policy.types import AttemptStatus, FailureClass
 from reconciler.escalate import ATTEMPT_CAP, escalate, why_escalated
 from reconciler.metrics import Metrics
 from reconciler.notify import notify
@@ -112,7 +112,9 @@ async def _escalation_reason(
     for a in await store.attempt_history(sessions, project.name, limit=project.max_consecutive_failures + 5):
         if reset_at is not None and a.created_at <= reset_at:
             break
-        if a.status != AttemptStatus.FAILED.value or a.failure_class == "transient":
+        if a.status == AttemptStatus.FAILED.value and a.failure_class == FailureClass.TRANSIENT.value:
+            continue  # stopped by the outside: neither counts nor breaks the streak (as in policy.gate)
+        if a.status != AttemptStatus.FAILED.value:
             break
         streak += 1
     # Exactly at the cap: the attempt that reaches it tells a human once; the gate then starts no more.

@@ -1,5 +1,6 @@
 """Notifications: one Slack-compatible incoming-webhook message when an attempt succeeds or is escalated,
-and when spending reaches the notice share or the whole of a cost limit (`reconciler.budget`).
+when its fix PR has waited longer than `stale_pr_hours` (once), and when spending reaches the notice share or
+the whole of a cost limit (`reconciler.budget`).
 
 `notify()` never raises: a chat outage must not fail a reconcile pass. It returns whether the webhook took
 the message, and logs one structured event either way. The webhook URL is itself a credential (whoever
@@ -22,7 +23,7 @@ __all__ = ["DEFAULT_TIMEOUT_SECONDS", "NotifyEvent", "build_payload", "notify"]
 
 logger = logging.getLogger("greenloop.notify")
 
-NotifyEvent = Literal["succeeded", "escalated", "spend"]
+NotifyEvent = Literal["succeeded", "escalated", "spend", "stale_pr"]
 
 DEFAULT_TIMEOUT_SECONDS: Final = 10.0
 
@@ -35,6 +36,7 @@ _HEADLINES: Final[dict[str, str]] = {
     "succeeded": ":white_check_mark: greenloop fixed {project}",
     "escalated": ":rotating_light: greenloop needs a human on {project}",
     "spend": ":moneybag: greenloop spending on {project}",
+    "stale_pr": ":hourglass: greenloop's fix for {project} is waiting for a human",
 }
 
 

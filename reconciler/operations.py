@@ -30,6 +30,7 @@ __all__ = [
     "OperationRefused",
     "ProjectAction",
     "cancel_attempt",
+    "cancel_running",
     "close_pull_request",
     "find_attempt",
     "find_project",
@@ -41,6 +42,7 @@ logger = logging.getLogger("greenloop.operations")
 _FORGE_TIMEOUT_S: Final = 15.0
 _MAX_ID_LEN: Final = 64
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_AGENT_STATUSES: Final = frozenset({AttemptStatus.PENDING, AttemptStatus.RUNNING})
 
 ProjectAction = Literal["pause", "resume", "reset"]
 
@@ -95,7 +97,12 @@ async def find_attempt(ctx: ReconcilerContext, attempt_id: str) -> Attempt:
 
 
 async def cancel_attempt(
-    ctx: ReconcilerContext, attempt: Attempt, *, reason: str | None = None, why: str | None = None
+    ctx: ReconcilerContext,
+    attempt: Attempt,
+    *,
+    reason: str | None = None,
+    why: str | None = None,
+    only: frozenset[AttemptStatus] | None = None,
 ) -> Cancelled:
     """Cancel an active attempt: the store first, then the agent here, then its pull request.
 
@@ -103,10 +110,11 @@ async def cancel_attempt(
     `greenloop reconcile` is stopped: `reconciler.interrupt`).
 
     The database says cancelled first (a replica's heartbeat loop stops its agent from that); then the agent
-    in this process stops at once, then its pull request is closed (`close_pull_request`).
+    in this process stops at once, then its pull request is closed (`close_pull_request`). With `only`, the
+    attempt is cancelled only while in one of those statuses.
 
     Raises:
-        OperationRefused: `conflict` when the attempt already finished or kept changing under us.
+        OperationRefused: `conflict` when the attempt already finished, left `only`, or kept changing under us.
         StoreError: the store failed.
     """
     why = why or "operator_cancel" + (f": {reason}" if reason else "")
@@ -114,6 +122,8 @@ async def cancel_attempt(
         status = AttemptStatus(attempt.status)
         if status in TERMINAL_STATUSES:
             raise OperationRefused("conflict", f"Attempt already finished: {status.value!r}: {attempt.id!r}.")
+        if only is not None and status not in only:
+            raise OperationRefused("conflict", f"Attempt moved on to {status.value!r}: {attempt.id!r}.")
         moved = await attempt_store.transition(
             ctx.sessions, attempt.id, AttemptStatus.CANCELLED, reason=why, expected=status, stop_reason="cancelled"
         )
@@ -133,6 +143,27 @@ async def cancel_attempt(
             closed = await close_pull_request(ctx, attempt)
             return Cancelled(attempt=attempt, from_status=status.value, agent_stopped=stopped, pr_closed=closed)
     raise OperationRefused("conflict", f"Attempt kept changing; try again: {attempt.id!r}.")
+
+
+async def cancel_running(ctx: ReconcilerContext, *, reason: str) -> list[Cancelled]:
+    """Cancel every attempt whose agent may be running now (`pending` or `running`), on every replica: each as
+    `cancel_attempt` does (the store first, so another replica's heartbeat loop stops its agent; the agent
+    here at once; then its pull request). Attempts past the agent (`pr_open`, `verifying`) are left alone.
+    One that finishes meanwhile is skipped.
+
+    Raises:
+        StoreError: the store failed.
+    """
+    done: list[Cancelled] = []
+    for attempt in await attempt_store.active_attempts(ctx.sessions):
+        if AttemptStatus(attempt.status) not in _AGENT_STATUSES:
+            continue
+        try:
+            done.append(await cancel_attempt(ctx, attempt, reason=reason, only=_AGENT_STATUSES))
+        except OperationRefused as exc:
+            log_event(logger, "cancel_running_skipped", attempt_id=attempt.id, reason=str(exc))
+    log_event(logger, "cancel_running", reason=reason, cancelled=[c.attempt.id for c in done])
+    return done
 
 
 async def close_pull_request(ctx: ReconcilerContext, attempt: Attempt) -> int | None:

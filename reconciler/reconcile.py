@@ -22,7 +22,7 @@ from infra.jsonlog import log_event
 from policy.config import ProjectConfig
 from policy.gate import AttemptRecord, ObservedFailure, decide, failure_fingerprint
 from policy.spend import SpendStatus, choose_model
-from policy.types import TERMINAL_STATUSES, AttemptStatus, SkipReason
+from policy.types import TERMINAL_STATUSES, AttemptStatus, FailureClass, SkipReason
 from reconciler.advance import StepInput, advance
 from reconciler.budget import WindowCosts, give_notices, load_costs, project_status
 from reconciler.context import ReconcilerContext
@@ -196,7 +196,7 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
                 ctx.caches.reruns_requested.add((project.name, run.run_id))
             summary.reruns.append(note)
             continue
-        await _start(ctx, project, run, dry_run=scope.dry_run, summary=summary, spend=spend)
+        await _start(ctx, project, run, dry_run=scope.dry_run, summary=summary, spend=spend, note=note)
         history = None  # the new attempt is part of the history for the next red job
         if not scope.dry_run:
             break  # one attempt per project at a time: the other red jobs wait for a later pass
@@ -274,7 +274,10 @@ async def _start(
     dry_run: bool,
     summary: RunSummary,
     spend: SpendStatus | None,
+    note: RedJob,
 ) -> None:
+    """Start the attempt the gate decided on; a start the database refuses is noted as the skip it became
+    (the summary never reports a start that did not happen)."""
     if dry_run:
         summary.attempts_started.append(
             StartedAttempt(project=project.name, job=run.job, attempt_id=None, run_id=run.run_id)
@@ -290,6 +293,7 @@ async def _start(
         run_id=run.run_id,
         head_sha=run.head_sha,
         model=choice.model,
+        max_transient_retries=project.max_transient_retries,
     )
     if outcome.started and outcome.attempt_id is not None:
         summary.attempts_started.append(
@@ -307,14 +311,21 @@ async def _start(
         attempt = await store.get_attempt(ctx.sessions, outcome.attempt_id)
         if attempt is not None and ctx.dispatcher is not None:
             ctx.dispatcher.dispatch(attempt)
-    elif outcome.reason in ("already_active", "already_handled"):
-        # Another reconciler won the race: the database refused the duplicate (index or fingerprint).
-        summary.attempts_already_active += 1
-        summary.count_skip(
+        return
+    # Another reconciler won the race, or the store's rule for another attempt at this failure said no: the
+    # database refused the duplicate (index, or fingerprint and generation).
+    if outcome.reason in ("already_active", "already_handled"):
+        reason = (
             SkipReason.ACTIVE_ATTEMPT.value if outcome.reason == "already_active" else SkipReason.ALREADY_HANDLED.value
         )
+        summary.attempts_already_active += 1
+        detail = f"the store refused the start: attempt {outcome.attempt_id!r} ({outcome.reason})"
     else:
-        summary.count_skip(outcome.reason)
+        reason, detail = outcome.reason, "the store stayed busy: a later pass tries again"
+    summary.count_skip(reason)
+    refused = note.model_copy(update={"decision": "skip", "reason": reason, "detail": detail})
+    summary.red = [refused if r is note else r for r in summary.red]
+    log_event(logger, "attempt_start_refused", job=run.job, reason=reason, attempt_id=outcome.attempt_id)
 
 
 async def _history(ctx: ReconcilerContext, project: str, *, reset_at: datetime | None) -> list[AttemptRecord]:
@@ -334,6 +345,7 @@ async def _history(ctx: ReconcilerContext, project: str, *, reset_at: datetime |
                 finished_at=a.finished_at,
                 pushed_sha=a.pushed_sha,
                 merged_sha=a.merged_sha,
+                failure_class=FailureClass(a.failure_class) if a.failure_class else None,
             )
         )
     return out

@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 
 import sqlalchemy as sa
 
-from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus
+from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, FailureClass
 from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt, McpToolCall, Project, Transition, utcnow
@@ -44,7 +44,9 @@ __all__ = [
     "heartbeat",
     "last_failures",
     "list_attempts",
+    "mark_stale_announced",
     "new_attempt_id",
+    "pr_open_since",
     "reopen_from_forge",
     "start_attempt",
     "transition",
@@ -155,25 +157,36 @@ async def start_attempt(
     trace_id: str | None = None,
     attempt_id: str | None = None,
     model: str | None = None,
+    max_transient_retries: int = 3,
 ) -> StartOutcome:
     """Insert a `pending` attempt unless a rule refuses it: checked with a read first, enforced by the database.
 
     `attempt_id` is the id to give it (a manual run has opened its MCP session with it already); default a
     new one.
 
-    Returns `started`, `already_active` (the project has an active attempt), `already_handled` (an attempt
-    for this fingerprint exists, whatever its state) or `busy` (the database stayed locked through every
-    bounded retry: try again on a later pass).
+    A failure's first attempt is generation 0. Another attempt at the same failure takes the next generation,
+    and only when the newest one ended and either failed `transient` (at most `max_transient_retries` such
+    failures since the project's last reset) or was started before an operator reset; the unique
+    `(fingerprint, generation)` constraint refuses a second attempt of one generation, so two racing passes
+    start one.
+
+    Returns `started`, `already_active` (the project has an active attempt), `already_handled` (this failure
+    has an attempt that is still going, or one that no rule above lets follow) or `busy` (the database stayed
+    locked through every bounded retry: try again on a later pass).
 
     Raises:
         UnknownProject: no `reconciler_project` row named `project`.
         StoreError: any other database failure (including a refusal by neither rule, tries after tries).
     """
 
-    async def refusal_now(*, check_project: bool) -> StartOutcome | None:
+    async def refusal_now(*, check_project: bool) -> StartOutcome | int | None:
         try:
             return await _refusal(
-                session_factory, project=project, fingerprint=fingerprint, check_project=check_project
+                session_factory,
+                project=project,
+                fingerprint=fingerprint,
+                max_transient_retries=max_transient_retries,
+                check_project=check_project,
             )
         except StoreBusy:
             return None  # unknown: the insert below decides
@@ -185,8 +198,9 @@ async def start_attempt(
         # write lock. Only when no rule refuses now does the insert run; the unique indexes stay the wall for
         # two starts racing past this read.
         refusal = await refusal_now(check_project=False)  # a missing project: the insert's foreign key says so
-        if refusal is not None:
+        if isinstance(refusal, StartOutcome):
             return refusal
+        generation = refusal or 0  # unknown (busy): generation 0, and the unique constraint decides
         new_id = chosen_id or new_attempt_id()
         try:
             async with translated(), session_factory() as session, session.begin():
@@ -200,6 +214,7 @@ async def start_attempt(
                         run_id=run_id,
                         head_sha=head_sha,
                         status=AttemptStatus.PENDING.value,
+                        generation=generation,
                         trace_id=trace_id,
                         model=model,
                         created_at=now,
@@ -212,7 +227,7 @@ async def start_attempt(
                         attempt_id=new_id,
                         from_status=None,
                         to_status=AttemptStatus.PENDING.value,
-                        reason="started",
+                        reason="started" if generation == 0 else f"started: generation {generation}",
                         at=now,
                     )
                 )
@@ -221,7 +236,7 @@ async def start_attempt(
             refused = exc
             # Which rule refused it? Ask the database, never the error text.
             refusal = await refusal_now(check_project=True)
-            if refusal is not None:
+            if isinstance(refusal, StartOutcome):
                 return refusal
             # Neither rule holds any more (the blocking attempt just finished) or an id collided: try again.
         except StoreBusy:
@@ -495,6 +510,50 @@ async def claim_resume(
     return await with_retry(_once)
 
 
+async def pr_open_since(session_factory: SessionFactory, attempt_ids: Iterable[str]) -> dict[str, datetime]:
+    """When each attempt last entered `pr_open` (its newest transition there), in one query; attempts that
+    never did are absent.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    ids = list(attempt_ids)
+    if not ids:
+        return {}
+    query = (
+        sa.select(Transition.attempt_id, sa.func.max(Transition.at))
+        .where(Transition.attempt_id.in_(ids), Transition.to_status == AttemptStatus.PR_OPEN.value)
+        .group_by(Transition.attempt_id)
+    )
+    async with translated(), session_factory() as session:
+        return {attempt_id: at for attempt_id, at in await session.execute(query) if at is not None}
+
+
+async def mark_stale_announced(session_factory: SessionFactory, attempt_id: str, *, since: datetime) -> bool:
+    """Claim the one stale notice of an attempt whose pull request is open since `since`: a compare-and-set
+    that holds only while it is `pr_open` and not announced since then. True: the caller announces it.
+
+    Raises:
+        StoreBusy, StoreError: the database stayed busy or failed.
+    """
+
+    async def _once() -> bool:
+        async with session_factory() as session, session.begin():
+            result = await session.execute(
+                sa.update(Attempt)
+                .where(
+                    Attempt.id == attempt_id,
+                    Attempt.status == AttemptStatus.PR_OPEN.value,
+                    sa.or_(Attempt.stale_announced_at.is_(None), Attempt.stale_announced_at < since),
+                )
+                .values(stale_announced_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return rowcount(result) == 1
+
+    return await with_retry(_once)
+
+
 async def attempt_history(session_factory: SessionFactory, project: str, *, limit: int = 50) -> list[Attempt]:
     """A project's attempts, newest first (for backoff, the failure cap and the API).
 
@@ -612,33 +671,65 @@ async def attempt_transitions(session_factory: SessionFactory, attempt_id: str) 
 
 
 async def _refusal(
-    session_factory: SessionFactory, *, project: str, fingerprint: str, check_project: bool = True
-) -> StartOutcome | None:
-    """The rule that refuses (or refused) starting this attempt, or None if neither holds now: one query for
-    both rules (the fingerprint's attempt first), then, with `check_project`, whether the project exists.
+    session_factory: SessionFactory,
+    *,
+    project: str,
+    fingerprint: str,
+    max_transient_retries: int,
+    check_project: bool = True,
+) -> StartOutcome | int:
+    """The rule that refuses (or refused) starting this attempt, or the generation the new attempt takes when
+    neither holds now: the failure's newest attempt first, then the project's active one, then, with
+    `check_project`, whether the project exists.
 
     Raises:
         UnknownProject: `check_project` and no such project (what a refused foreign key meant).
     """
-    handled = (Attempt.fingerprint == fingerprint).label("handled")
-    query = (
-        sa.select(Attempt.id, handled)
-        .where(
-            sa.or_(
-                Attempt.fingerprint == fingerprint,
-                sa.and_(Attempt.project == project, Attempt.status.in_(_values(ACTIVE_STATUSES))),
-            )
-        )
-        .order_by(handled.desc())
+    newest_query = (
+        sa.select(Attempt.id, Attempt.generation, Attempt.status, Attempt.failure_class, Attempt.created_at)
+        .where(Attempt.fingerprint == fingerprint)
+        .order_by(Attempt.generation.desc())
         .limit(1)
     )
+    active_query = (
+        sa.select(Attempt.id).where(Attempt.project == project, Attempt.status.in_(_values(ACTIVE_STATUSES))).limit(1)
+    )
     async with translated(), session_factory() as session:
-        row = (await session.execute(query)).first()
-        if row is not None:
-            return StartOutcome(False, row.id, "already_handled" if row.handled else "already_active")
+        generation = 0
+        newest = (await session.execute(newest_query)).first()
+        if newest is not None:
+            row = await session.get(Project, project)
+            reset_at = row.escalation_reset_at if row is not None else None
+            if not await _may_follow(session, newest, fingerprint, reset_at, max_transient_retries):
+                return StartOutcome(False, newest.id, "already_handled")
+            generation = newest.generation + 1
+        active_id = await session.scalar(active_query)
+        if active_id is not None:
+            return StartOutcome(False, active_id, "already_active")
         if check_project and await session.get(Project, project) is None:
             raise UnknownProject(f"Unknown project: no reconciler_project row: {project!r}.", project=project)
-    return None
+    return generation
+
+
+async def _may_follow(
+    session: Any, newest: Any, fingerprint: str, reset_at: datetime | None, max_transient_retries: int
+) -> bool:
+    """Whether a failure's newest attempt lets another one start: it ended, and an operator reset came after
+    it, or it failed transient with at most `max_transient_retries` transient failures since the reset."""
+    if AttemptStatus(newest.status) not in TERMINAL_STATUSES:
+        return False
+    if reset_at is not None and newest.created_at <= reset_at:
+        return True
+    if newest.status != AttemptStatus.FAILED.value or newest.failure_class != FailureClass.TRANSIENT.value:
+        return False
+    transient = sa.select(sa.func.count()).where(
+        Attempt.fingerprint == fingerprint,
+        Attempt.status == AttemptStatus.FAILED.value,
+        Attempt.failure_class == FailureClass.TRANSIENT.value,
+    )
+    if reset_at is not None:
+        transient = transient.where(Attempt.created_at > reset_at)
+    return int(await session.scalar(transient) or 0) <= max_transient_retries
 
 
 def _check_fields(fields: dict[str, Any]) -> None:

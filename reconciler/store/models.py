@@ -4,7 +4,10 @@ Two rules live in the schema rather than in code paths that could race:
 
 * **One active attempt per project**: a partial unique index on `reconciler_attempt(project)` covering only
   rows whose status is not terminal (`ix_reconciler_attempt_one_active`), on SQLite and PostgreSQL alike.
-* **One attempt per failure fingerprint**: a unique constraint on `reconciler_attempt(fingerprint)`.
+* **One attempt per failure fingerprint and generation**: a unique constraint on
+  `reconciler_attempt(fingerprint, generation)`. Generation 0 is the failure's first attempt; a later one is
+  started only after a transient failure or an operator reset (`attempts.start_attempt` checks which, and
+  the constraint makes two passes racing for the same generation start one attempt).
 
 Every timestamp is timezone-aware UTC on the way in and on the way out, on both backends.
 `McpToolCall` is the one definition of the `mcp_tool_call` audit table; `reconciler.store.audit` writes it
@@ -149,8 +152,9 @@ class Attempt(Base):
 
     __tablename__ = "reconciler_attempt"
     __table_args__ = (
-        sa.UniqueConstraint("fingerprint", name="uq_reconciler_attempt_fingerprint"),
+        sa.UniqueConstraint("fingerprint", "generation", name="uq_reconciler_attempt_fingerprint"),
         sa.CheckConstraint(f"status IN {_in_list(AttemptStatus)}", name="status"),
+        sa.CheckConstraint("generation >= 0", name="generation"),
         # Security: the lock that keeps two agents off one project is this index, not a check in code.
         sa.Index(
             "ix_reconciler_attempt_one_active",
@@ -199,6 +203,9 @@ class Attempt(Base):
     failure_class: Mapped[str | None] = mapped_column(sa.String(16))
     # The model the attempt runs with, chosen when it starts (policy.spend.choose_model: the fallback past 80%).
     model: Mapped[str | None] = mapped_column(sa.String(100))
+    # Which attempt at this failure: 0 first; +1 after a transient failure or an operator reset (unique per
+    # fingerprint, so the database refuses a second attempt of the same generation).
+    generation: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
 
     @property
     def attempt_status(self) -> AttemptStatus:

@@ -779,6 +779,7 @@ async def test_pause_resume_and_reset_change_the_project_state(
         "paused_by_operator": True,
         "escalation_reset_at": None,
         "active_attempt_id": None,
+        "pr_stale": False,
         "escalated": False,
         "escalation_reason": None,
         "escalation_url": None,
@@ -830,9 +831,10 @@ async def test_unknown_projects_routes_and_methods_answer_json(
 
 
 async def test_kill_switch_round_trip(ctx: ReconcilerContext, http: httpx2.AsyncClient) -> None:
-    assert (await http.get("/kill-switch")).json() == {"enabled": False, "runtime": False, "config": False}
+    off_state = {"enabled": False, "runtime": False, "config": False, "cancelled": []}
+    assert (await http.get("/kill-switch")).json() == off_state
     on = await http.post("/kill-switch", json={"enabled": True})
-    assert on.json() == {"enabled": True, "runtime": True, "config": False}
+    assert on.json() == {"enabled": True, "runtime": True, "config": False, "cancelled": []}
     assert (await http.get("/kill-switch")).json()["enabled"] is True
     from reconciler.store.state import kill_switch_enabled
 
@@ -841,10 +843,32 @@ async def test_kill_switch_round_trip(ctx: ReconcilerContext, http: httpx2.Async
     assert off.json()["enabled"] is False
 
 
+async def test_kill_switch_with_cancel_running_cancels_agents_but_not_open_pull_requests(
+    ctx: ReconcilerContext, http: httpx2.AsyncClient
+) -> None:
+    running = await _start(ctx.sessions, "alpha")
+    assert await attempt_store.transition(ctx.sessions, running, AttemptStatus.RUNNING, reason="agent_started")
+    waiting = await _start(ctx.sessions, "beta")
+    assert await attempt_store.transition(ctx.sessions, waiting, AttemptStatus.PR_OPEN, reason="pr_opened")
+
+    r = await http.post("/kill-switch", json={"enabled": True, "cancel_running": True})
+
+    assert r.status_code == 200
+    assert r.json() == {"enabled": True, "runtime": True, "config": False, "cancelled": [running]}
+    cancelled = await attempt_store.get_attempt(ctx.sessions, running)
+    assert cancelled is not None and (cancelled.status, cancelled.stop_reason) == ("cancelled", "cancelled")
+    trail = await attempt_store.attempt_transitions(ctx.sessions, running)
+    assert trail[-1].reason == "operator_cancel: kill switch"
+    left = await attempt_store.get_attempt(ctx.sessions, waiting)
+    assert left is not None and left.status == "pr_open"
+    # Turning it off never cancels anything.
+    assert (await http.post("/kill-switch", json={"enabled": False, "cancel_running": True})).json()["cancelled"] == []
+
+
 async def test_kill_switch_in_the_configuration_cannot_be_turned_off_at_run_time(sessions: SessionFactory) -> None:
     async with api_client(make_ctx(sessions, kill_switch=True)) as http:
         r = await http.post("/kill-switch", json={"enabled": False})
-    assert r.json() == {"enabled": True, "runtime": False, "config": True}
+    assert r.json() == {"enabled": True, "runtime": False, "config": True, "cancelled": []}
 
 
 @pytest.mark.parametrize(

@@ -392,7 +392,8 @@ def _rows(conn: sqlite3.Connection, query: str) -> list[dict[str, Any]]:
 def check_store(db: Path, *, secrets: Sequence[str]) -> Snapshot:
     """Read the store and list every broken invariant in `problems` (empty when all hold).
 
-    Invariants: at most one attempt per (project, fingerprint) and one active attempt per project; every
+    Invariants: one attempt per (project, fingerprint), or one per generation after transient failures, and
+    one active attempt per project; every
     attempt terminal, or active in a resting state (pr_open/verifying) with the reason it got there recorded;
     every status change recorded as a transition ending in the attempt's status; every audit row complete
     and parseable, naming an existing attempt of its project; no secret or token anywhere in the store.
@@ -409,8 +410,19 @@ def check_store(db: Path, *, secrets: Sequence[str]) -> Snapshot:
             for row in conn.execute(f"SELECT * FROM {table}").fetchall()
         )
     problems = snap.problems
-    per_fingerprint = Counter((a["project"], a["fingerprint"]) for a in snap.attempts)
-    problems += [f"{n} attempts for fingerprint {key}" for key, n in per_fingerprint.items() if n > 1]
+    # One attempt per failure, or one per generation where each earlier one failed transient (no resets here).
+    per_fingerprint: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for a in snap.attempts:
+        per_fingerprint.setdefault((a["project"], a["fingerprint"]), []).append(a)
+    for key, rows in per_fingerprint.items():
+        rows.sort(key=lambda a: a["generation"])
+        if [a["generation"] for a in rows] != list(range(len(rows))):
+            problems.append(f"attempt generations {[a['generation'] for a in rows]} for fingerprint {key}")
+        problems += [
+            f"attempt {a['id']} of fingerprint {key} was followed though it failed {a['status']}/{a['failure_class']}"
+            for a in rows[:-1]
+            if (a["status"], a["failure_class"]) != ("failed", "transient")
+        ]
     active_values = {s.value for s in ACTIVE_STATUSES}
     per_project = Counter(a["project"] for a in snap.attempts if a["status"] in active_values)
     problems += [f"{n} active attempts in {p}" for p, n in per_project.items() if n > 1]

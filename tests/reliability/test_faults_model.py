@@ -93,6 +93,8 @@ async def test_an_attempt_whose_model_fails_ends_failed_with_the_reason_and_neve
 
             assert attempt.status == "failed", (attempt.status, attempt.stop_reason, elapsed)
             assert attempt.stop_reason == stop_reason
+            # The API's outage is the outside's: the failure may start again; a model that misbehaves is not.
+            assert attempt.failure_class == ("transient" if stop_reason == "model_error" else "permanent")
             assert attempt.finished_at is not None
             assert elapsed < 30, f"the attempt took {elapsed:.1f}s to give up"
             assert fake.remaining == 0, "every scripted answer was asked for: the SDK retried as configured"
