@@ -35,7 +35,8 @@ def ctx(sessions: SessionFactory) -> ReconcilerContext:
 
 @asynccontextmanager
 async def api_client(ctx: ReconcilerContext) -> AsyncIterator[httpx2.AsyncClient]:
-    app = build_api(ctx, api_token=TOKEN, reconcile_fn=reconcile)
+    # No event passes: each pass here is the test's own debug pass (a woken pass would race it).
+    app = build_api(ctx, api_token=TOKEN, reconcile_fn=reconcile, enqueue=lambda _key: None)
     transport = httpx2.ASGITransport(app=app, client=("127.0.0.1", 50000))
     async with httpx2.AsyncClient(
         transport=transport, base_url="http://testserver", headers={"Authorization": f"Bearer {TOKEN}"}
