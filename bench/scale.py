@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import resource
@@ -187,12 +188,14 @@ class _ForgeProcess:
             self._proc.stderr.close()
 
 
-async def _measure(projects: int, passes: int, tmp: Path, etag_entries: int | None) -> ScaleResult:
+async def _measure(
+    projects: int, passes: int, tmp: Path, etag_entries: int | None, profile: str | None = None
+) -> ScaleResult:
     forge_proc = _ForgeProcess(projects)
     try:
         async with httpx2.AsyncClient(trust_env=False) as control:
             await forge_proc.wait_ready(control)
-            return await _measure_with(projects, passes, tmp, forge_proc, control, etag_entries)
+            return await _measure_with(projects, passes, tmp, forge_proc, control, etag_entries, profile)
     finally:
         forge_proc.stop()
 
@@ -227,6 +230,7 @@ async def _measure_with(
     forge_proc: _ForgeProcess,
     control: httpx2.AsyncClient,
     etag_entries: int | None,
+    profile: str | None = None,
 ) -> ScaleResult:
     url = forge_proc.url
     key_path = tmp / f"app-{projects}.pem"
@@ -272,12 +276,17 @@ async def _measure_with(
             server_reqs: list[int] = []
             client_cpu: list[float] = []
             server_cpu: list[float] = []
+            profiler = cProfile.Profile(time.thread_time) if profile is not None else None
             for _ in range(passes):
                 before = await _server_stats(control, url)
                 statements = 0
                 c0, s0 = _cpu_seconds(), forge_proc.cpu_seconds()
                 t0 = time.perf_counter()
+                if profiler is not None:
+                    profiler.enable()
                 summary = await reconcile(ctx, trigger="cli")
+                if profiler is not None:
+                    profiler.disable()
                 times.append(time.perf_counter() - t0)
                 client_cpu.append(_cpu_seconds() - c0)
                 server_cpu.append(forge_proc.cpu_seconds() - s0)
@@ -288,6 +297,8 @@ async def _measure_with(
                 server_reqs.append(int(after["requests"]) - int(before["requests"]))
                 errors.update(_error_kind(m) for m in summary.errors.values())
 
+            if profiler is not None and profile is not None:
+                profiler.dump_stats(f"{profile}.{projects}")
             # Peak Python allocations during one more unchanged pass, traced on its own.
             tracemalloc.start()
             tracemalloc.reset_peak()
@@ -342,13 +353,15 @@ async def _measure_with(
     )
 
 
-def run(sizes: Sequence[int], *, passes: int = 3, etag_entries: int | None = None) -> list[ScaleResult]:
+def run(
+    sizes: Sequence[int], *, passes: int = 3, etag_entries: int | None = None, profile: str | None = None
+) -> list[ScaleResult]:
     """Measure every size in `sizes` (ascending, so the process RSS high-water mark belongs to the last)."""
     results: list[ScaleResult] = []
     with tempfile.TemporaryDirectory(prefix="greenloop-bench-scale-") as tmp:
         for n in sorted(sizes):
             t0 = time.perf_counter()
-            results.append(asyncio.run(_measure(n, passes, Path(tmp), etag_entries)))
+            results.append(asyncio.run(_measure(n, passes, Path(tmp), etag_entries, profile)))
             print(f"bench.scale: N={n} measured in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return results
 
@@ -477,12 +490,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="what-if: size the client's ETag cache (default: as reconciler/runtime.py builds it)",
     )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="PATH",
+        help="cProfile (main thread CPU time) the timed unchanged passes into PATH.<N> (pstats; the CPU figures then include "
+        "the profiler's overhead)",
+    )
     args = parser.parse_args(argv)
     sizes = (
         [int(s) for s in args.sizes.split(",")] if args.sizes else ([100, 1000] if args.quick else [100, 1000, 10_000])
     )
     passes = args.passes or (1 if args.quick else 3)
-    results = run(sizes, passes=passes, etag_entries=args.etag_entries)
+    results = run(sizes, passes=passes, etag_entries=args.etag_entries, profile=args.profile)
     print(render_table(results))
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))

@@ -16,6 +16,12 @@ Lists follow GitHub's `Link: <...>; rel="next"` (its URLs have the `/repositorie
 link to another origin than the API's is refused: the token never leaves the API host.
 See https://docs.github.com/rest/using-the-rest-api/using-pagination-in-the-rest-api
 
+API GETs (every read but log downloads) go over `mcp_server.conditional_get.ConditionalGetClient`, a lean
+keep-alive HTTP/1.1 client: an unchanged pass is one 304 per project, and under `httpx2` the client's request
+path was most of that pass's CPU (docs/benchmarks.md, figure 1). Writes and log downloads use `httpx2`; so
+does everything when a test injects an `httpx2` transport. Both paths share the retry, rate-limit, token and
+ETag logic below.
+
 All `httpx2` exceptions are translated here; nothing above this module sees them. Error messages name the
 method, the API path and the status, never the token.
 """
@@ -33,13 +39,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx2
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from infra.jsonlog import log_event
+from mcp_server.conditional_get import ConditionalGetClient, LeanHTTPError
 from mcp_server.errors import (
     ForgeAuthError,
     ForgeConflict,
@@ -247,7 +254,7 @@ class RunsPage(_Model):
     @classmethod
     def of(cls, pages: Sequence[_RunsBody | str], *, not_modified: bool = False) -> RunsPage:
         """A page made of parsed bodies and/or cached JSON texts (parsed on first use)."""
-        page = cls(not_modified=not_modified)
+        page = cls.model_construct(not_modified=not_modified)  # two trusted fields: no validation on the hot path
         page._pages = tuple(pages)
         return page
 
@@ -385,6 +392,21 @@ class _Reply:
     text: str | None = None  # a 304's cached body, unparsed (`lazy` requests)
 
 
+class _Answer(Protocol):
+    """What the retry and error logic reads of an answer (an `httpx2.Response` or a `LeanResponse`)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    def json(self) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _CacheEntry:
     etag: str
@@ -416,6 +438,7 @@ class ForgeClient:
         backoff_cap: float = 8.0,
         max_log_bytes: int = 2_000_000,
         etag_entries: int = 512,
+        lean_gets: bool | None = None,
     ) -> None:
         self._auth = auth
         self._timeout = httpx2.Timeout(settings.timeout_seconds)
@@ -433,6 +456,14 @@ class ForgeClient:
                 "User-Agent": "greenloop",
             },
         )
+        # API GETs over the lean client, unless a test injected an httpx2 transport (it sees every request).
+        self._gets: ConditionalGetClient | None = None
+        if lean_gets if lean_gets is not None else transport is None:
+            self._gets = ConditionalGetClient(
+                str(self._http.base_url),
+                headers={k: self._http.headers[k] for k in ("Accept", "X-GitHub-Api-Version", "User-Agent")},
+                timeout=settings.timeout_seconds,
+            )
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
@@ -454,7 +485,9 @@ class ForgeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the underlying HTTP client."""
+        """Close the underlying HTTP clients."""
+        if self._gets is not None:
+            await self._gets.aclose()
         await self._http.aclose()
 
     # ------------------------------------------------------------------------------------------ API
@@ -519,7 +552,7 @@ class ForgeClient:
         path = f"repos/{_repo(repo)}/actions/jobs/{int(job_id)}/logs"
         response = await self._send("GET", path, redirect_ok=True)
         if response.status_code in (301, 302, 303, 307, 308):
-            return await self._fetch_log_redirect(path, response)
+            return await self._fetch_log_redirect(path, response.headers.get("location"))
         return _tail_text(response.content, self._max_log_bytes)
 
     async def rerun_workflow(self, repo: str, run_id: int) -> None:
@@ -787,27 +820,36 @@ class ForgeClient:
         json: Any = None,
         if_none_match: str | None = None,
         redirect_ok: bool = False,
-    ) -> httpx2.Response:
+    ) -> _Answer:
         """Send with auth, rate-limit waits and bounded retries; return a 2xx/304 (or 3xx) response."""
         retries = 0
         refreshed = False
+        lean = self._gets if method == "GET" and not redirect_ok else None
         while True:
             await self._wait_for_primary_limit(method, path)
             token = await self._auth.token()
             headers = {"Authorization": f"Bearer {token}"}
             if if_none_match:
                 headers["If-None-Match"] = if_none_match
+            response: _Answer
             try:
-                response = await self._http.request(
-                    method, path, params=params, json=json, headers=headers, timeout=self._timeout
-                )
-            except httpx2.HTTPError as exc:
-                never_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout)
+                if lean is not None:
+                    response = await lean.get(path, params=params, headers=headers)
+                else:
+                    response = await self._http.request(
+                        method, path, params=params, json=json, headers=headers, timeout=self._timeout
+                    )
+            except (httpx2.HTTPError, LeanHTTPError) as exc:
+                if isinstance(exc, LeanHTTPError):
+                    never_sent, timed_out = not exc.sent, exc.timeout
+                else:
+                    never_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout)
+                    timed_out = isinstance(exc, httpx2.TimeoutException)
                 if retries < self._max_retries and (method in _IDEMPOTENT or never_sent):
                     retries += 1
                     await self._retry_wait(self._backoff(retries))
                     continue
-                what = "timed out" if isinstance(exc, httpx2.TimeoutException) else exc.__class__.__name__
+                what = "timed out" if timed_out else exc.__class__.__name__
                 raise ForgeUnavailable(f"Forge unavailable: {method} /{path}: {what}.") from exc
             self.stats.requests += 1
             self._track_rate(response.headers)
@@ -841,13 +883,13 @@ class ForgeClient:
                 raise ForgeUnavailable(f"Forge unavailable: {method} /{path}: HTTP {status}.", status=status)
             raise self._error(method, path, response)
 
-    async def _fetch_log_redirect(self, path: str, response: httpx2.Response) -> str:
+    async def _fetch_log_redirect(self, path: str, location: str | None) -> str:
         """Follow the log download redirect(s) without credentials and read at most the cap (the tail)."""
+        url = self._http.base_url.join(path)
         for _ in range(_MAX_LOG_REDIRECTS):
-            location = response.headers.get("location")
             if not location:
                 raise ForgeError(f"Forge redirected without a location: GET /{path}.")
-            target = response.url.join(location)
+            target = url.join(location)
             if target.scheme not in ("http", "https"):
                 raise ForgeError(f"Forge redirected the log download to an unsupported scheme: {target.scheme!r}.")
             try:
@@ -856,6 +898,7 @@ class ForgeClient:
                 async with self._http.stream("GET", target, timeout=self._timeout) as response:
                     self.stats.requests += 1
                     if response.status_code in (301, 302, 303, 307, 308):
+                        location, url = response.headers.get("location"), target
                         continue
                     if response.status_code in (403, 404, 410):
                         raise ForgeNotFound(
@@ -886,7 +929,7 @@ class ForgeClient:
         await self._sleep(wait)
         self.stats.rate_remaining = None  # unknown until the next response says
 
-    def _track_rate(self, headers: httpx2.Headers) -> None:
+    def _track_rate(self, headers: Mapping[str, str]) -> None:
         remaining = headers.get("x-ratelimit-remaining")
         reset = headers.get("x-ratelimit-reset")
         if remaining is not None and remaining.strip().isdigit():
@@ -895,7 +938,7 @@ class ForgeClient:
             self.stats.rate_reset = float(reset)
 
     @staticmethod
-    def _is_rate_limited(response: httpx2.Response) -> bool:
+    def _is_rate_limited(response: _Answer) -> bool:
         if response.status_code == 429:
             return True
         if response.status_code != 403:
@@ -906,7 +949,7 @@ class ForgeClient:
         # GitHub documents no header for some secondary limits; its message is the only signal then.
         return "rate limit" in _forge_message(response).lower()
 
-    def _rate_wait(self, response: httpx2.Response) -> float:
+    def _rate_wait(self, response: _Answer) -> float:
         """Seconds to wait before retrying a rate-limited request, per the forge's headers."""
         retry_after = response.headers.get("retry-after", "").strip()
         if retry_after.isdigit():
@@ -925,7 +968,7 @@ class ForgeClient:
         self.stats.retries += 1
         await self._sleep(seconds)
 
-    def _error(self, method: str, path: str, response: httpx2.Response) -> ForgeError:
+    def _error(self, method: str, path: str, response: _Answer) -> ForgeError:
         status = response.status_code
         message = redact(_forge_message(response), extra_secrets=self._auth.secrets())
         text = f"{method} /{path}: HTTP {status}" + (f": {message!r}" if message else "")
@@ -991,7 +1034,7 @@ def _as_list(body: Any) -> list[Any]:
     return body
 
 
-def _forge_message(response: httpx2.Response) -> str:
+def _forge_message(response: _Answer) -> str:
     """The `message` field of a GitHub error body, shortened; empty when there is none."""
     try:
         body = response.json()
