@@ -494,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile",
         default=None,
         metavar="PATH",
-        help="cProfile (main thread CPU time) the timed unchanged passes into PATH.<N> (pstats; the CPU figures then include "
-        "the profiler's overhead)",
+        help="cProfile (main thread CPU time) the timed unchanged passes into PATH.<N> (pstats; the CPU "
+        "figures then include the profiler's overhead)",
     )
     args = parser.parse_args(argv)
     sizes = (

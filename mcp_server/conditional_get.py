@@ -132,8 +132,11 @@ class ConditionalGetClient:
             target += ("&" if "?" in target else "?") + _query(params)
         if not target.isascii() or not target.isprintable() or " " in target:
             target = quote(target, safe=_TARGET_SAFE)
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
-        _check_header_text(extra)
+        extra = ""
+        if headers:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            if extra.count("\n") != len(headers) or extra.count("\r") != len(headers):
+                raise ValueError("header names and values must not contain CR or LF")  # Security: no injection
         request = f"GET {target} HTTP/1.1\r\n{self._fixed}{extra}\r\n".encode("latin-1")
         try:
             async with asyncio.timeout(self._timeout):

@@ -43,7 +43,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from infra.jsonlog import log_event
 from mcp_server.conditional_get import ConditionalGetClient, LeanHTTPError
@@ -240,21 +240,25 @@ class _RunsBody(_Model):
     workflow_runs: tuple[WorkflowRun, ...] = ()
 
 
-class RunsPage(_Model):
+class RunsPage:
     """A page of workflow runs, newest first. `not_modified` is True when the forge answered 304.
 
     An unchanged page is often not read at all (the pass reuses its previous observation), so the runs of
-    pages answered 304 are parsed from the cache only when `runs` or `total_count` is first read.
+    pages answered 304 are parsed from the cache only when `runs` or `total_count` is first read. A plain
+    class, not a model: it is built once per project per pass, and it holds bodies already validated.
     """
 
-    not_modified: bool = False
-    _pages: tuple[_RunsBody | str, ...] = PrivateAttr(default=())
-    _parsed: tuple[tuple[WorkflowRun, ...], int] | None = PrivateAttr(default=None)
+    __slots__ = ("_pages", "_parsed", "not_modified")
+
+    def __init__(self, not_modified: bool = False) -> None:
+        self.not_modified = not_modified
+        self._pages: tuple[_RunsBody | str, ...] = ()
+        self._parsed: tuple[tuple[WorkflowRun, ...], int] | None = None
 
     @classmethod
     def of(cls, pages: Sequence[_RunsBody | str], *, not_modified: bool = False) -> RunsPage:
         """A page made of parsed bodies and/or cached JSON texts (parsed on first use)."""
-        page = cls.model_construct(not_modified=not_modified)  # two trusted fields: no validation on the hot path
+        page = cls(not_modified=not_modified)
         page._pages = tuple(pages)
         return page
 
@@ -275,6 +279,9 @@ class RunsPage(_Model):
     def total_count(self) -> int:
         """How many runs the forge has in all (not only on these pages)."""
         return self._parse()[1]
+
+    def __repr__(self) -> str:
+        return f"RunsPage(not_modified={self.not_modified})"
 
 
 class _JobsBody(_Model):
@@ -383,7 +390,7 @@ class ForgeStats:
     rate_reset: float | None = None  # epoch seconds at which `rate_remaining` refills
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Reply:
     status: int
     body: Any
@@ -986,9 +993,17 @@ class ForgeClient:
 
 def _repo(repo: str) -> str:
     # Security: the repository name becomes part of a URL path; refuse anything that could change the path.
+    if repo in _CHECKED_REPOS:
+        return repo
     if not REPO_NAME_RE.match(repo) or any(part in (".", "..") for part in repo.split("/")):
         raise ForgeError(f"Forge: not a repository name: {repo!r}.")
+    if len(_CHECKED_REPOS) < _MAX_CHECKED_REPOS:
+        _CHECKED_REPOS.add(repo)
     return repo
+
+
+_CHECKED_REPOS: set[str] = set()  # names `_repo` accepted: a pass asks for the same ones every time
+_MAX_CHECKED_REPOS = 100_000
 
 
 def _fix_branch(branch: str) -> str:

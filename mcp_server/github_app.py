@@ -189,6 +189,9 @@ class GitHubApp:
             ForgeNotFound: no such installation.
             ForgeUnavailable: the forge could not be reached or failed.
         """
+        token = self._token
+        if token is not None and not self._lock.locked() and self._clock() < self._expires_at - self._refresh_margin:
+            return token  # the usual case, without taking the lock
         async with self._lock:
             token = self._token
             if token is None or self._clock() >= self._expires_at - self._refresh_margin:
