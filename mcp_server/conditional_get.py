@@ -39,7 +39,8 @@ __all__ = ["ConditionalGetClient", "LeanHTTPError", "LeanResponse"]
 
 _NO_BODY = frozenset({204, 304})
 _MAX_HEADER_BYTES = 256 * 1024
-_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")  # query characters `urlencode` leaves as they are
+# A header line: after a CRLF, an RFC 9110 token name, a colon, the value without surrounding blanks.
+_HEADER_RE = re.compile(r"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 _TARGET_SAFE = "/?&=%:@!$'()*+,;~-._"  # RFC 3986 path and query characters, '%' kept as is
 
 
@@ -186,7 +187,7 @@ class _Connection(asyncio.Protocol):
                 if len(buffer) > _MAX_HEADER_BYTES:
                     raise LeanHTTPError("answer headers too large")
                 return None
-            status, headers = _parse_head(bytes(buffer[:end]))
+            status, headers = _parse_head(bytes(buffer[: end + 2]))
             if 100 <= status < 200:
                 raise LeanHTTPError(f"unexpected interim answer {status}")
             self._head = (status, headers, end + 4)
@@ -388,28 +389,36 @@ class _Stale(Exception):
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
+    """The status and headers of an answer head (its status line and header lines, each ending in CRLF)."""
+    text = head.decode("latin-1")
+    first = text.index("\r\n")
+    version, _, rest = text[:first].partition(" ")
     code = rest[:3]
     if not version.startswith("HTTP/1.") or not code.isdigit():
-        raise LeanHTTPError(f"malformed status line {lines[0][:60]!r}")
+        raise LeanHTTPError(f"malformed status line {text[:60]!r}")
+    fields = _HEADER_RE.findall(text, first)
+    if len(fields) != text.count("\r\n") - 1:
+        raise LeanHTTPError("malformed header line")
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise LeanHTTPError("malformed header line")
-        key = name.strip().lower()
-        value = value.strip()
+    for name, value in fields:
+        key = name.lower()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return int(code), headers
 
 
 def _query(params: Mapping[str, str | int]) -> str:
-    """`params` as a query string (`urlencode`'s, without its per-character work for plain values)."""
-    plain = all(_PLAIN.fullmatch(str(k)) and _PLAIN.fullmatch(str(v)) for k, v in params.items())
-    return "&".join(f"{k}={v}" for k, v in params.items()) if plain else urlencode(params)
+    """`params` as a query string, as `urlencode` writes it (remembered: a pass sends the same few)."""
+    key = tuple(params.items())
+    query = _QUERIES.get(key)
+    if query is None:
+        query = urlencode(params)
+        if len(_QUERIES) < _MAX_QUERIES:
+            _QUERIES[key] = query
+    return query
+
+
+_QUERIES: dict[tuple[tuple[str, str | int], ...], str] = {}
+_MAX_QUERIES = 4096
 
 
 def _content_length(value: str) -> int:
