@@ -294,6 +294,8 @@ class ConditionalGetClient:
         self._max_idle = max_connections
         self._max_body = max_body_bytes
         self._closed = False
+        self.connections_opened = 0
+        """Connections opened since the client was built (reuse keeps it at the concurrency reached)."""
 
     @property
     def idle_connections(self) -> int:
@@ -381,6 +383,7 @@ class ConditionalGetClient:
             raise LeanHTTPError("timed out connecting", timeout=True, sent=False) from exc
         except OSError as exc:
             raise LeanHTTPError(f"connect failed: {exc.__class__.__name__}", sent=False) from exc
+        self.connections_opened += 1
         return conn
 
 
