@@ -50,7 +50,7 @@ def lean(client: ForgeClient) -> ConditionalGetClient:
 
 @pytest.mark.anyio
 async def test_repeated_listing_is_one_304_a_time_over_one_kept_alive_connection(local_forge: Any) -> None:
-    forge, _, client, _ = local_forge
+    _, _, client, _ = local_forge
     first = await client.list_workflow_runs("acme/clean", branch="main")
     later = [await client.list_workflow_runs("acme/clean", branch="main") for _ in range(4)]
     assert not first.not_modified and all(page.not_modified for page in later)
@@ -139,7 +139,7 @@ async def serve(handler: Handler) -> tuple[asyncio.Server, str, list[str]]:
                 seen.append(data.decode("latin-1"))
             return data
 
-        reader.readuntil = readuntil  # type: ignore[method-assign]
+        reader.readuntil = readuntil  # type: ignore[method-assign,assignment]
         await on_connection(reader, writer)
 
     server = await asyncio.start_server(recording, "127.0.0.1", 0)
@@ -168,7 +168,8 @@ async def test_chunked_and_gzip_bodies_are_decoded_and_the_request_carries_path_
     server, base, seen = await serve(handler)
     client = gets(base)
     try:
-        first = await client.get("repos/a/b", params={"per_page": 30, "head": "a:x y"}, headers={"If-None-Match": '"e"'})
+        query: dict[str, str | int] = {"per_page": 30, "head": "a:x y"}
+        first = await client.get("repos/a/b", params=query, headers={"If-None-Match": '"e"'})
         second = await client.get("repos/a/b")
     finally:
         await client.aclose()
@@ -184,7 +185,7 @@ async def test_chunked_and_gzip_bodies_are_decoded_and_the_request_carries_path_
 async def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_error() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n")  # keep-alive, then closes anyway
+        writer.write(b'HTTP/1.1 304 Not Modified\r\nETag: "e"\r\n\r\n')  # keep-alive, then closes anyway
         await writer.drain()
 
     server, base, seen = await serve(handler)
