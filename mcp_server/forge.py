@@ -35,7 +35,7 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -525,7 +525,7 @@ class ForgeClient:
         path = f"repos/{_repo(repo)}/actions/runs"
         pages: list[_RunsBody | str] = []
         not_modified: bool | None = None
-        async for reply in self._pages(path, params, max_pages=max_pages, keep=_RunsBody, lazy=True):
+        for reply in await self._pages(path, params, max_pages=max_pages, keep=_RunsBody, lazy=True):
             if not_modified is None:
                 not_modified = reply.not_modified
             pages.append(reply.text if reply.text is not None else _parse(_RunsBody, reply.body, path))
@@ -546,7 +546,7 @@ class ForgeClient:
         path = f"repos/{_repo(repo)}/actions/runs/{int(run_id)}/jobs"
         jobs: dict[int, Job] = {}
         pages = self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=_JobsBody, cache_if=_unfinished)
-        async for reply in pages:
+        for reply in await pages:
             for job in _parse(_JobsBody, reply.body, path).jobs:
                 jobs[job.id] = job
         return list(jobs.values())
@@ -619,7 +619,7 @@ class ForgeClient:
         path = f"repos/{_repo(repo)}/commits/{quote(ref, safe='')}/check-runs"
         runs: list[CheckRun] = []
         pages = self._pages(path, {"per_page": _PER_PAGE, "filter": "latest"}, max_pages=max_pages, keep=_CheckRunsBody)
-        async for reply in pages:
+        for reply in await pages:
             runs.extend(_parse(_CheckRunsBody, reply.body, path).check_runs)
         return runs
 
@@ -627,7 +627,7 @@ class ForgeClient:
         """The newest commit status of each context on `ref` (`repos/get-combined-status-for-ref`)."""
         path = f"repos/{_repo(repo)}/commits/{quote(ref, safe='')}/status"
         statuses: list[CommitStatus] = []
-        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=JOB_PAGES, keep=_CombinedStatusBody):
+        for reply in await self._pages(path, {"per_page": _PER_PAGE}, max_pages=JOB_PAGES, keep=_CombinedStatusBody):
             statuses.extend(_parse(_CombinedStatusBody, reply.body, path).statuses)
         return statuses
 
@@ -648,7 +648,7 @@ class ForgeClient:
         """The repository's open issues (not pull requests), newest first, up to `max_pages` of 100."""
         path = f"repos/{_repo(repo)}/issues"
         found: list[Issue] = []
-        async for reply in self._pages(path, {"state": "open", "per_page": _PER_PAGE}, max_pages=max_pages, keep=Issue):
+        for reply in await self._pages(path, {"state": "open", "per_page": _PER_PAGE}, max_pages=max_pages, keep=Issue):
             found += [_parse(Issue, item, path) for item in _as_list(reply.body)]
         return [i for i in found if i.pull_request is None]
 
@@ -670,7 +670,7 @@ class ForgeClient:
         """The comments of an issue or a pull request's conversation, oldest first."""
         path = f"repos/{_repo(repo)}/issues/{int(number)}/comments"
         found: list[IssueComment] = []
-        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=IssueComment):
+        for reply in await self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=IssueComment):
             found += [_parse(IssueComment, item, path) for item in _as_list(reply.body)]
         return found
 
@@ -734,14 +734,18 @@ class ForgeClient:
         keep: type[BaseModel],
         cache_if: Callable[[Any], bool] | None = None,
         lazy: bool = False,
-    ) -> AsyncIterator[_Reply]:
-        """GET `path` and each `rel="next"` page after it, at most `max_pages` (the cap hit is logged)."""
+    ) -> list[_Reply]:
+        """GET `path` and each `rel="next"` page after it, at most `max_pages` (the cap hit is logged).
+
+        A list, not an async generator: most listings are one page, and a pass asks for one per project.
+        """
+        replies: list[_Reply] = []
         target: str | None = path
         query: Mapping[str, str | int] | None = params
         unchanged = False
         for _ in range(max(1, max_pages)):
             if target is None:
-                return
+                return replies
             cached = self._etags.get(target) if unchanged else None
             if cached is not None:  # page 1 unchanged: the older pages are the ones read last time
                 reply = _cached_reply(cached, lazy=lazy)
@@ -749,10 +753,11 @@ class ForgeClient:
                 reply = await self._json("GET", target, params=query, keep=keep, cache_if=cache_if, lazy=lazy)
             if query is not None:  # the first page decides whether the others are read again
                 unchanged = reply.not_modified
-            yield reply
+            replies.append(reply)
             target, query = self._next_page(path, reply.links), None
         if target is not None:
             log_event(logger, "forge_page_cap_hit", level=logging.WARNING, path=path, max_pages=max_pages)
+        return replies
 
     def _next_page(self, path: str, links: str | None) -> str | None:
         """The API-relative path of the `rel="next"` link, or None on the last page.
