@@ -428,6 +428,9 @@ class ForgeClient:
     `ForgeNotFound` (404), `ForgeAuthError` (401 after one token refresh, 403), `ForgeConflict`
     (405/409/422), `ForgeRateLimited` (limits still hit after bounded waits), `ForgeUnavailable` (5xx,
     timeouts, connection errors after bounded retries), plain `ForgeError` for anything else.
+
+    `lean_gets`: send API GETs over `ConditionalGetClient` (default: yes, unless `transport` is given, which
+    then carries every request).
     """
 
     def __init__(
