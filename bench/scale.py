@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import resource
@@ -61,6 +62,8 @@ OWNER = "bench"
 CONCURRENCY = 32
 GOAL_SECONDS_AT_1000 = 2.0
 GOAL_RSS_MIB_AT_10000 = 1024
+GOAL_CPU_US_PER_PROJECT = 200  # issue 20: unchanged pass, reconciler CPU per project at 1,000 and 10,000
+GOAL_SECONDS_AT_10000 = 3.0
 
 
 class RecordingDispatcher:
@@ -187,12 +190,14 @@ class _ForgeProcess:
             self._proc.stderr.close()
 
 
-async def _measure(projects: int, passes: int, tmp: Path, etag_entries: int | None) -> ScaleResult:
+async def _measure(
+    projects: int, passes: int, tmp: Path, etag_entries: int | None, profile: str | None = None
+) -> ScaleResult:
     forge_proc = _ForgeProcess(projects)
     try:
         async with httpx2.AsyncClient(trust_env=False) as control:
             await forge_proc.wait_ready(control)
-            return await _measure_with(projects, passes, tmp, forge_proc, control, etag_entries)
+            return await _measure_with(projects, passes, tmp, forge_proc, control, etag_entries, profile)
     finally:
         forge_proc.stop()
 
@@ -227,6 +232,7 @@ async def _measure_with(
     forge_proc: _ForgeProcess,
     control: httpx2.AsyncClient,
     etag_entries: int | None,
+    profile: str | None = None,
 ) -> ScaleResult:
     url = forge_proc.url
     key_path = tmp / f"app-{projects}.pem"
@@ -272,12 +278,17 @@ async def _measure_with(
             server_reqs: list[int] = []
             client_cpu: list[float] = []
             server_cpu: list[float] = []
+            profiler = cProfile.Profile(time.thread_time) if profile is not None else None
             for _ in range(passes):
                 before = await _server_stats(control, url)
                 statements = 0
                 c0, s0 = _cpu_seconds(), forge_proc.cpu_seconds()
                 t0 = time.perf_counter()
+                if profiler is not None:
+                    profiler.enable()
                 summary = await reconcile(ctx, trigger="cli")
+                if profiler is not None:
+                    profiler.disable()
                 times.append(time.perf_counter() - t0)
                 client_cpu.append(_cpu_seconds() - c0)
                 server_cpu.append(forge_proc.cpu_seconds() - s0)
@@ -288,6 +299,8 @@ async def _measure_with(
                 server_reqs.append(int(after["requests"]) - int(before["requests"]))
                 errors.update(_error_kind(m) for m in summary.errors.values())
 
+            if profiler is not None and profile is not None:
+                profiler.dump_stats(f"{profile}.{projects}")
             # Peak Python allocations during one more unchanged pass, traced on its own.
             tracemalloc.start()
             tracemalloc.reset_peak()
@@ -342,13 +355,15 @@ async def _measure_with(
     )
 
 
-def run(sizes: Sequence[int], *, passes: int = 3, etag_entries: int | None = None) -> list[ScaleResult]:
+def run(
+    sizes: Sequence[int], *, passes: int = 3, etag_entries: int | None = None, profile: str | None = None
+) -> list[ScaleResult]:
     """Measure every size in `sizes` (ascending, so the process RSS high-water mark belongs to the last)."""
     results: list[ScaleResult] = []
     with tempfile.TemporaryDirectory(prefix="greenloop-bench-scale-") as tmp:
         for n in sorted(sizes):
             t0 = time.perf_counter()
-            results.append(asyncio.run(_measure(n, passes, Path(tmp), etag_entries)))
+            results.append(asyncio.run(_measure(n, passes, Path(tmp), etag_entries, profile)))
             print(f"bench.scale: N={n} measured in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     return results
 
@@ -387,6 +402,21 @@ def _goal_lines(results: Sequence[ScaleResult]) -> list[str]:
             met = "met" if r.max_rss_mb < GOAL_RSS_MIB_AT_10000 else "NOT met"
             line += f"; goal < {GOAL_RSS_MIB_AT_10000:,} MiB: **{met}**"
         lines.append(line + ".")
+    for r in results:
+        if r.projects not in (1000, 10_000):
+            continue
+        cpu_us = r.client_cpu_seconds / r.projects * 1e6
+        lines.append(
+            f"- Goal (issue 20): an unchanged pass at N={r.projects:,} costs at most {GOAL_CPU_US_PER_PROJECT} µs "
+            f"of reconciler CPU per project: **{'met' if cpu_us <= GOAL_CPU_US_PER_PROJECT else 'NOT met'}** "
+            f"({cpu_us:,.0f} µs; 1-minute load average {r.load_average:.1f} on {os.cpu_count()} CPUs)."
+        )
+        if r.projects == 10_000:
+            lines.append(
+                f"- Goal (issue 20): an unchanged pass at N=10,000 in under {GOAL_SECONDS_AT_10000:.0f} s wall: "
+                f"**{'met' if r.pass_seconds < GOAL_SECONDS_AT_10000 else 'NOT met'}** ({r.pass_seconds:.1f} s "
+                f"median; the forge process spent {r.server_cpu_seconds:.1f} s CPU answering it)."
+            )
     misses = [r for r in results if r.not_modified_share < 0.999]
     if misses:
         sizes = ", ".join(f"{r.projects:,} ({r.etag_entries:,} ETag entries)" for r in misses)
@@ -425,7 +455,8 @@ def render_table(results: Sequence[ScaleResult]) -> str:
     notes = [
         "",
         "Forge: `fixtures/forge/scale.py` in its own process, real loopback HTTP (uvicorn, 127.0.0.1); "
-        "client: `reconciler.runtime.forge_client` (GitHub App token, ETag cache of "
+        "client: `reconciler.runtime.forge_client` (API GETs over `mcp_server.conditional_get`; GitHub App token, "
+        "ETag cache of "
         + ", ".join(f"{r.etag_entries:,} entries at N={r.projects:,}" for r in results)
         + f"{what_if}). "
         "Store: SQLite file (WAL). "
@@ -444,14 +475,20 @@ def render_table(results: Sequence[ScaleResult]) -> str:
         bench_line(
             "scale",
             {
-                f"n{r.projects}_{key}": value
-                for r in results
-                for key, value in (
-                    ("cpu_us_per_project", r.client_cpu_seconds / r.projects * 1e6),
-                    ("pass_ms", r.pass_seconds * 1000),
-                    ("req_per_project", r.requests_per_project),
-                    ("rss_mib", r.rss_mb),
-                )
+                # The headline: the largest size measured; then every size's figures under its own prefix.
+                "n": results[-1].projects,
+                "cpu_us_per_project": results[-1].client_cpu_seconds / results[-1].projects * 1e6,
+                "rss_mib": results[-1].rss_mb,
+                **{
+                    f"n{r.projects}_{key}": value
+                    for r in results
+                    for key, value in (
+                        ("cpu_us_per_project", r.client_cpu_seconds / r.projects * 1e6),
+                        ("pass_ms", r.pass_seconds * 1000),
+                        ("req_per_project", r.requests_per_project),
+                        ("rss_mib", r.rss_mb),
+                    )
+                },
             },
         ),
     ]
@@ -477,12 +514,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="what-if: size the client's ETag cache (default: as reconciler/runtime.py builds it)",
     )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="PATH",
+        help="cProfile (main thread CPU time) the timed unchanged passes into PATH.<N> (pstats; the CPU "
+        "figures then include the profiler's overhead)",
+    )
     args = parser.parse_args(argv)
     sizes = (
         [int(s) for s in args.sizes.split(",")] if args.sizes else ([100, 1000] if args.quick else [100, 1000, 10_000])
     )
     passes = args.passes or (1 if args.quick else 3)
-    results = run(sizes, passes=passes, etag_entries=args.etag_entries)
+    results = run(sizes, passes=passes, etag_entries=args.etag_entries, profile=args.profile)
     print(render_table(results))
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))

@@ -16,6 +16,12 @@ Lists follow GitHub's `Link: <...>; rel="next"` (its URLs have the `/repositorie
 link to another origin than the API's is refused: the token never leaves the API host.
 See https://docs.github.com/rest/using-the-rest-api/using-pagination-in-the-rest-api
 
+API GETs (every read but log downloads) go over `mcp_server.conditional_get.ConditionalGetClient`, a lean
+keep-alive HTTP/1.1 client: an unchanged pass is one 304 per project, and under `httpx2` the client's request
+path was most of that pass's CPU (docs/benchmarks.md, figure 1). Writes and log downloads use `httpx2`; so
+does everything when a test injects an `httpx2` transport. Both paths share the retry, rate-limit, token and
+ETag logic below.
+
 All `httpx2` exceptions are translated here; nothing above this module sees them. Error messages name the
 method, the API path and the status, never the token.
 """
@@ -30,17 +36,18 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from infra.jsonlog import log_event
+from mcp_server.conditional_get import ConditionalGetClient, LeanHTTPError
 from mcp_server.errors import (
     ForgeAuthError,
     ForgeConflict,
@@ -236,16 +243,20 @@ class _RunsBody(_Model):
     workflow_runs: tuple[WorkflowRun, ...] = ()
 
 
-class RunsPage(_Model):
+class RunsPage:
     """A page of workflow runs, newest first. `not_modified` is True when the forge answered 304.
 
     An unchanged page is often not read at all (the pass reuses its previous observation), so the runs of
-    pages answered 304 are parsed from the cache only when `runs` or `total_count` is first read.
+    pages answered 304 are parsed from the cache only when `runs` or `total_count` is first read. A plain
+    class, not a model: it is built once per project per pass, and it holds bodies already validated.
     """
 
-    not_modified: bool = False
-    _pages: tuple[_RunsBody | str, ...] = PrivateAttr(default=())
-    _parsed: tuple[tuple[WorkflowRun, ...], int] | None = PrivateAttr(default=None)
+    __slots__ = ("_pages", "_parsed", "not_modified")
+
+    def __init__(self, not_modified: bool = False) -> None:
+        self.not_modified = not_modified
+        self._pages: tuple[_RunsBody | str, ...] = ()
+        self._parsed: tuple[tuple[WorkflowRun, ...], int] | None = None
 
     @classmethod
     def of(cls, pages: Sequence[_RunsBody | str], *, not_modified: bool = False) -> RunsPage:
@@ -271,6 +282,9 @@ class RunsPage(_Model):
     def total_count(self) -> int:
         """How many runs the forge has in all (not only on these pages)."""
         return self._parse()[1]
+
+    def __repr__(self) -> str:
+        return f"RunsPage(not_modified={self.not_modified})"
 
 
 class _JobsBody(_Model):
@@ -400,13 +414,28 @@ class ForgeStats:
     rate_reset: float | None = None  # epoch seconds at which `rate_remaining` refills
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Reply:
     status: int
     body: Any
     not_modified: bool
     links: str | None = None
     text: str | None = None  # a 304's cached body, unparsed (`lazy` requests)
+
+
+class _Answer(Protocol):
+    """What the retry and error logic reads of an answer (an `httpx2.Response` or a `LeanResponse`)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    def json(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +452,9 @@ class ForgeClient:
     `ForgeNotFound` (404), `ForgeAuthError` (401 after one token refresh, 403), `ForgeConflict`
     (405/409/422), `ForgeRateLimited` (limits still hit after bounded waits), `ForgeUnavailable` (5xx,
     timeouts, connection errors after bounded retries), plain `ForgeError` for anything else.
+
+    `lean_gets`: send API GETs over `ConditionalGetClient` (default: yes, unless `transport` is given, which
+    then carries every request).
     """
 
     def __init__(
@@ -440,6 +472,7 @@ class ForgeClient:
         backoff_cap: float = 8.0,
         max_log_bytes: int = 2_000_000,
         etag_entries: int = 512,
+        lean_gets: bool | None = None,
     ) -> None:
         self._auth = auth
         self._timeout = httpx2.Timeout(settings.timeout_seconds)
@@ -457,6 +490,14 @@ class ForgeClient:
                 "User-Agent": "greenloop",
             },
         )
+        # API GETs over the lean client, unless a test injected an httpx2 transport (it sees every request).
+        self._gets: ConditionalGetClient | None = None
+        if lean_gets if lean_gets is not None else transport is None:
+            self._gets = ConditionalGetClient(
+                str(self._http.base_url),
+                headers={k: self._http.headers[k] for k in ("Accept", "X-GitHub-Api-Version", "User-Agent")},
+                timeout=settings.timeout_seconds,
+            )
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
@@ -496,8 +537,10 @@ class ForgeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the underlying HTTP client (a `with_auth` client leaves the shared one open)."""
+        """Close the underlying HTTP clients (a `with_auth` client leaves the shared ones open)."""
         if self._owns_http:
+            if self._gets is not None:
+                await self._gets.aclose()
             await self._http.aclose()
 
     # ------------------------------------------------------------------------------------------ API
@@ -534,7 +577,7 @@ class ForgeClient:
         path = f"repos/{_repo(repo)}/actions/runs"
         pages: list[_RunsBody | str] = []
         not_modified: bool | None = None
-        async for reply in self._pages(path, params, max_pages=max_pages, keep=_RunsBody, lazy=True):
+        for reply in await self._pages(path, params, max_pages=max_pages, keep=_RunsBody, lazy=True):
             if not_modified is None:
                 not_modified = reply.not_modified
             pages.append(reply.text if reply.text is not None else _parse(_RunsBody, reply.body, path))
@@ -555,7 +598,7 @@ class ForgeClient:
         path = f"repos/{_repo(repo)}/actions/runs/{int(run_id)}/jobs"
         jobs: dict[int, Job] = {}
         pages = self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=_JobsBody, cache_if=_unfinished)
-        async for reply in pages:
+        for reply in await pages:
             for job in _parse(_JobsBody, reply.body, path).jobs:
                 jobs[job.id] = job
         return list(jobs.values())
@@ -568,7 +611,7 @@ class ForgeClient:
         path = f"repos/{_repo(repo)}/actions/jobs/{int(job_id)}/logs"
         response = await self._send("GET", path, redirect_ok=True)
         if response.status_code in (301, 302, 303, 307, 308):
-            return await self._fetch_log_redirect(path, response)
+            return await self._fetch_log_redirect(path, response.headers.get("location"))
         return _tail_text(response.content, self._max_log_bytes)
 
     async def rerun_workflow(self, repo: str, run_id: int) -> None:
@@ -628,7 +671,7 @@ class ForgeClient:
         path = f"repos/{_repo(repo)}/commits/{quote(ref, safe='')}/check-runs"
         runs: list[CheckRun] = []
         pages = self._pages(path, {"per_page": _PER_PAGE, "filter": "latest"}, max_pages=max_pages, keep=_CheckRunsBody)
-        async for reply in pages:
+        for reply in await pages:
             runs.extend(_parse(_CheckRunsBody, reply.body, path).check_runs)
         return runs
 
@@ -636,7 +679,7 @@ class ForgeClient:
         """The newest commit status of each context on `ref` (`repos/get-combined-status-for-ref`)."""
         path = f"repos/{_repo(repo)}/commits/{quote(ref, safe='')}/status"
         statuses: list[CommitStatus] = []
-        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=JOB_PAGES, keep=_CombinedStatusBody):
+        for reply in await self._pages(path, {"per_page": _PER_PAGE}, max_pages=JOB_PAGES, keep=_CombinedStatusBody):
             statuses.extend(_parse(_CombinedStatusBody, reply.body, path).statuses)
         return statuses
 
@@ -657,7 +700,7 @@ class ForgeClient:
         """The repository's open issues (not pull requests), newest first, up to `max_pages` of 100."""
         path = f"repos/{_repo(repo)}/issues"
         found: list[Issue] = []
-        async for reply in self._pages(path, {"state": "open", "per_page": _PER_PAGE}, max_pages=max_pages, keep=Issue):
+        for reply in await self._pages(path, {"state": "open", "per_page": _PER_PAGE}, max_pages=max_pages, keep=Issue):
             found += [_parse(Issue, item, path) for item in _as_list(reply.body)]
         return [i for i in found if i.pull_request is None]
 
@@ -679,7 +722,7 @@ class ForgeClient:
         """The comments of an issue or a pull request's conversation, oldest first."""
         path = f"repos/{_repo(repo)}/issues/{int(number)}/comments"
         found: list[IssueComment] = []
-        async for reply in self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=IssueComment):
+        for reply in await self._pages(path, {"per_page": _PER_PAGE}, max_pages=max_pages, keep=IssueComment):
             found += [_parse(IssueComment, item, path) for item in _as_list(reply.body)]
         return found
 
@@ -743,14 +786,18 @@ class ForgeClient:
         keep: type[BaseModel],
         cache_if: Callable[[Any], bool] | None = None,
         lazy: bool = False,
-    ) -> AsyncIterator[_Reply]:
-        """GET `path` and each `rel="next"` page after it, at most `max_pages` (the cap hit is logged)."""
+    ) -> list[_Reply]:
+        """GET `path` and each `rel="next"` page after it, at most `max_pages` (the cap hit is logged).
+
+        A list, not an async generator: most listings are one page, and a pass asks for one per project.
+        """
+        replies: list[_Reply] = []
         target: str | None = path
         query: Mapping[str, str | int] | None = params
         unchanged = False
         for _ in range(max(1, max_pages)):
             if target is None:
-                return
+                return replies
             cached = self._etags.get(target) if unchanged else None
             if cached is not None:  # page 1 unchanged: the older pages are the ones read last time
                 reply = _cached_reply(cached, lazy=lazy)
@@ -758,10 +805,11 @@ class ForgeClient:
                 reply = await self._json("GET", target, params=query, keep=keep, cache_if=cache_if, lazy=lazy)
             if query is not None:  # the first page decides whether the others are read again
                 unchanged = reply.not_modified
-            yield reply
+            replies.append(reply)
             target, query = self._next_page(path, reply.links), None
         if target is not None:
             log_event(logger, "forge_page_cap_hit", level=logging.WARNING, path=path, max_pages=max_pages)
+        return replies
 
     def _next_page(self, path: str, links: str | None) -> str | None:
         """The API-relative path of the `rel="next"` link, or None on the last page.
@@ -836,27 +884,36 @@ class ForgeClient:
         json: Any = None,
         if_none_match: str | None = None,
         redirect_ok: bool = False,
-    ) -> httpx2.Response:
+    ) -> _Answer:
         """Send with auth, rate-limit waits and bounded retries; return a 2xx/304 (or 3xx) response."""
         retries = 0
         refreshed = False
+        lean = self._gets if method == "GET" and not redirect_ok else None
         while True:
             await self._wait_for_primary_limit(method, path)
             token = await self._auth.token()
             headers = {"Authorization": f"Bearer {token}"}
             if if_none_match:
                 headers["If-None-Match"] = if_none_match
+            response: _Answer
             try:
-                response = await self._http.request(
-                    method, path, params=params, json=json, headers=headers, timeout=self._timeout
-                )
-            except httpx2.HTTPError as exc:
-                never_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout)
+                if lean is not None:
+                    response = await lean.get(path, params=params, headers=headers)
+                else:
+                    response = await self._http.request(
+                        method, path, params=params, json=json, headers=headers, timeout=self._timeout
+                    )
+            except (httpx2.HTTPError, LeanHTTPError) as exc:
+                if isinstance(exc, LeanHTTPError):
+                    never_sent, timed_out = not exc.sent, exc.timeout
+                else:
+                    never_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout)
+                    timed_out = isinstance(exc, httpx2.TimeoutException)
                 if retries < self._max_retries and (method in _IDEMPOTENT or never_sent):
                     retries += 1
                     await self._retry_wait(self._backoff(retries))
                     continue
-                what = "timed out" if isinstance(exc, httpx2.TimeoutException) else exc.__class__.__name__
+                what = "timed out" if timed_out else exc.__class__.__name__
                 raise ForgeUnavailable(f"Forge unavailable: {method} /{path}: {what}.") from exc
             self.stats.requests += 1
             self._track_rate(response.headers)
@@ -890,13 +947,13 @@ class ForgeClient:
                 raise ForgeUnavailable(f"Forge unavailable: {method} /{path}: HTTP {status}.", status=status)
             raise self._error(method, path, response)
 
-    async def _fetch_log_redirect(self, path: str, response: httpx2.Response) -> str:
+    async def _fetch_log_redirect(self, path: str, location: str | None) -> str:
         """Follow the log download redirect(s) without credentials and read at most the cap (the tail)."""
+        url = self._http.base_url.join(path)
         for _ in range(_MAX_LOG_REDIRECTS):
-            location = response.headers.get("location")
             if not location:
                 raise ForgeError(f"Forge redirected without a location: GET /{path}.")
-            target = response.url.join(location)
+            target = url.join(location)
             if target.scheme not in ("http", "https"):
                 raise ForgeError(f"Forge redirected the log download to an unsupported scheme: {target.scheme!r}.")
             try:
@@ -905,6 +962,7 @@ class ForgeClient:
                 async with self._http.stream("GET", target, timeout=self._timeout) as response:
                     self.stats.requests += 1
                     if response.status_code in (301, 302, 303, 307, 308):
+                        location, url = response.headers.get("location"), target
                         continue
                     if response.status_code in (403, 404, 410):
                         raise ForgeNotFound(
@@ -935,7 +993,7 @@ class ForgeClient:
         await self._sleep(wait)
         self.stats.rate_remaining = None  # unknown until the next response says
 
-    def _track_rate(self, headers: httpx2.Headers) -> None:
+    def _track_rate(self, headers: Mapping[str, str]) -> None:
         remaining = headers.get("x-ratelimit-remaining")
         reset = headers.get("x-ratelimit-reset")
         if remaining is not None and remaining.strip().isdigit():
@@ -944,7 +1002,7 @@ class ForgeClient:
             self.stats.rate_reset = float(reset)
 
     @staticmethod
-    def _is_rate_limited(response: httpx2.Response) -> bool:
+    def _is_rate_limited(response: _Answer) -> bool:
         if response.status_code == 429:
             return True
         if response.status_code != 403:
@@ -955,7 +1013,7 @@ class ForgeClient:
         # GitHub documents no header for some secondary limits; its message is the only signal then.
         return "rate limit" in _forge_message(response).lower()
 
-    def _rate_wait(self, response: httpx2.Response) -> float:
+    def _rate_wait(self, response: _Answer) -> float:
         """Seconds to wait before retrying a rate-limited request, per the forge's headers."""
         retry_after = response.headers.get("retry-after", "").strip()
         if retry_after.isdigit():
@@ -974,7 +1032,7 @@ class ForgeClient:
         self.stats.retries += 1
         await self._sleep(seconds)
 
-    def _error(self, method: str, path: str, response: httpx2.Response) -> ForgeError:
+    def _error(self, method: str, path: str, response: _Answer) -> ForgeError:
         status = response.status_code
         message = redact(_forge_message(response), extra_secrets=self._auth.secrets())
         text = f"{method} /{path}: HTTP {status}" + (f": {message!r}" if message else "")
@@ -992,9 +1050,17 @@ class ForgeClient:
 
 def _repo(repo: str) -> str:
     # Security: the repository name becomes part of a URL path; refuse anything that could change the path.
+    if repo in _CHECKED_REPOS:
+        return repo
     if not REPO_NAME_RE.match(repo) or any(part in (".", "..") for part in repo.split("/")):
         raise ForgeError(f"Forge: not a repository name: {repo!r}.")
+    if len(_CHECKED_REPOS) < _MAX_CHECKED_REPOS:
+        _CHECKED_REPOS.add(repo)
     return repo
+
+
+_CHECKED_REPOS: set[str] = set()  # names `_repo` accepted: a pass asks for the same ones every time
+_MAX_CHECKED_REPOS = 100_000
 
 
 def _fix_branch(branch: str) -> str:
@@ -1040,7 +1106,7 @@ def _as_list(body: Any) -> list[Any]:
     return body
 
 
-def _forge_message(response: httpx2.Response) -> str:
+def _forge_message(response: _Answer) -> str:
     """The `message` field of a GitHub error body, shortened; empty when there is none."""
     try:
         body = response.json()

@@ -323,6 +323,9 @@ class GitHubApp:
         return ScopedTokens(self, cache)
 
     async def _cached(self, cache: _TokenCache) -> str:
+        token = cache.token
+        if token is not None and not cache.lock.locked() and self._clock() < cache.expires_at - self._refresh_margin:
+            return token  # the usual case, without taking the lock
         async with cache.lock:
             token = cache.token
             if token is None or self._clock() >= cache.expires_at - self._refresh_margin:

@@ -12,7 +12,16 @@ import tomllib
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from policy.errors import ConfigError
 from policy.types import Autonomy
@@ -257,6 +266,9 @@ class GreenloopConfig(_Model):
     agent: AgentSettings = AgentSettings()
     spend: SpendLimits = SpendLimits()
     projects: tuple[ProjectConfig, ...] = ()
+    # An index of `projects` by name, for `project()` (a pass looks up every project: a scan would be O(N^2)).
+    # Kept with the tuple it indexes, so a copy with other projects never answers from a stale index.
+    _index: tuple[tuple[ProjectConfig, ...], dict[str, ProjectConfig]] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique_projects(self) -> GreenloopConfig:
@@ -273,10 +285,10 @@ class GreenloopConfig(_Model):
         Raises:
             KeyError: no such project.
         """
-        for p in self.projects:
-            if p.name == name:
-                return p
-        raise KeyError(name)
+        index = self._index
+        if index is None or index[0] is not self.projects:
+            index = self._index = (self.projects, {p.name: p for p in self.projects})
+        return index[1][name]
 
 
 def _loc(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:

@@ -114,16 +114,17 @@ class Runner:
         forge_before = (ctx.forge.stats.requests, ctx.forge.stats.not_modified) if ctx.forge else (0, 0)
         scope = await load_scope(ctx, projects, trigger=trigger, dry_run=dry_run)
         summary = scope.summary
-        semaphore = asyncio.Semaphore(ctx.config.server.concurrency)
+        queue = iter(projects)
 
-        async def one(project: ProjectConfig) -> None:
-            async with semaphore:
+        async def worker() -> None:
+            # `server.concurrency` workers share one iterator: no task and no semaphore wait per project.
+            for project in queue:
                 with bind_context(project=project.name, trigger=trigger):
                     result = await self._one(project.name, scope)
-            if result is not None and not dry_run:
-                self._note_result(project.name, result)
+                if result is not None and not dry_run:
+                    self._note_result(project.name, result)
 
-        await asyncio.gather(*(one(p) for p in projects))
+        await asyncio.gather(*(worker() for _ in range(min(ctx.config.server.concurrency, len(projects)))))
         await repair_ended_attempts(ctx, projects, summary=summary, dry_run=dry_run)
         summary.projects_scanned = len(projects)
         summary.projects_red = len({r.project for r in summary.red})
