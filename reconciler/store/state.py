@@ -122,19 +122,7 @@ async def set_flag(session_factory: SessionFactory, key: str, value: str) -> Non
         StoreBusy: the database stayed locked through every bounded retry.
         StoreError: any other database failure.
     """
-    if not key or len(key) > _MAX_KEY:
-        raise ValueError(f"Invalid flag key: expected 1 to {_MAX_KEY} characters: {key!r}.")
-
-    async def _once() -> None:
-        now = utcnow()
-        async with session_factory() as session, session.begin():
-            stmt = insert_for(session, Flag).values(key=key, value=value, updated_at=now)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[Flag.key], set_={"value": stmt.excluded.value, "updated_at": now}
-            )
-            await session.execute(stmt)
-
-    await with_retry(_once)
+    await _upsert_flag(session_factory, key, value, only_if_changed=False)
 
 
 async def claim_flag(session_factory: SessionFactory, key: str, value: str) -> bool:
@@ -148,6 +136,12 @@ async def claim_flag(session_factory: SessionFactory, key: str, value: str) -> b
         StoreBusy: the database stayed locked through every bounded retry.
         StoreError: any other database failure.
     """
+    return await _upsert_flag(session_factory, key, value, only_if_changed=True)
+
+
+async def _upsert_flag(session_factory: SessionFactory, key: str, value: str, *, only_if_changed: bool) -> bool:
+    """One upsert of flag `key`; with `only_if_changed`, a row already holding `value` is left alone. True when
+    the row was written."""
     if not key or len(key) > _MAX_KEY:
         raise ValueError(f"Invalid flag key: expected 1 to {_MAX_KEY} characters: {key!r}.")
 
@@ -158,7 +152,7 @@ async def claim_flag(session_factory: SessionFactory, key: str, value: str) -> b
             stmt = stmt.on_conflict_do_update(
                 index_elements=[Flag.key],
                 set_={"value": stmt.excluded.value, "updated_at": now},
-                where=Flag.value != stmt.excluded.value,
+                where=(Flag.value != stmt.excluded.value) if only_if_changed else None,
             )
             won = (await session.execute(stmt.returning(Flag.key))).scalar_one_or_none()
         return won is not None
