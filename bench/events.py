@@ -219,7 +219,9 @@ async def _forge_delivered(
         await _clear_attempts(ctx)
         await app.state.runner.wait_idle()
         seen = len(forge.hooks.deliveries)
-        await ctx.forge.rerun_workflow(repo, run_id)
+        # A write: through the MCP server's operator surface (the pass's own forge client reads only).
+        assert ctx.operator is not None
+        await ctx.operator.rerun_workflow(PROJECT, run_id)
         await _until_attempt(ctx, timeout=120)
         async with ctx.sessions() as session:
             created = await session.scalar(sa.select(Attempt.created_at).where(Attempt.project == PROJECT))
