@@ -10,7 +10,8 @@ the files they changed, and a diff summary is cut from the patches: each file's 
 first, then its head kept, within `DIFF_CHARS` characters (about `DIFF_CHARS / 4` tokens) in all. The model
 reads any file as it was at the last green commit with `read_repo_file(path, ref=...)`.
 
-The get_project_info tool returns it; the dispatcher puts it in the agent's first message.
+The get_project_info tool returns it (its session's `SessionBinding.reported` for reported jobs); the dispatcher
+puts it in the agent's first message (reading reported runs through the store's `StoreReportedRuns`).
 """
 
 from __future__ import annotations
