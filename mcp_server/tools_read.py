@@ -123,7 +123,9 @@ async def get_project_info() -> ProjectInfo:
             max_file_bytes=p.budgets.max_file_bytes,
         ),
         recent_commits=[CommitInfo(sha=c.sha, message=s.redact(_first_line(c.message))) for c in commits],
-        culprit_range=await culprit_or_none(s.forge, p.repo, p.default_branch, s.job, redact_text=redactor(s)),
+        culprit_range=await culprit_or_none(
+            s.forge, p.repo, p.default_branch, s.job, redact_text=redactor(s), reported=s.reported, project=p.name
+        ),
     )
 
 

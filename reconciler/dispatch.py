@@ -60,6 +60,7 @@ from reconciler.metrics import Metrics
 from reconciler.store import attempts as store
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt
+from reconciler.store.runs import StoreReportedRuns
 
 __all__ = [
     "AgentDispatcher",
@@ -202,6 +203,7 @@ class AgentDispatcher:
         self._forge = forge  # to read each attempt's outcome back from the forge
         self._operator = operator  # to post an escalation (the MCP server's operator surface)
         self._sessions = sessions
+        self._reported = StoreReportedRuns(sessions)  # runs reported from outside Actions, for the culprit range
         self._open_session = open_session
         self._backend_for = backend_for
         self._metrics = metrics
@@ -400,9 +402,16 @@ class AgentDispatcher:
             failing_run_id=attempt.run_id,
             head_sha=attempt.head_sha,
             revision=await self._revision(attempt, project) if attempt.revisions > 0 else None,
-            # What changed since the job was last green, read from the forge.
+            # What changed since the job was last green (its Actions runs, or its runs reported from outside
+            # Actions), compared on the forge.
             culprit_range=await culprit_or_none(
-                self._forge, project.repo, project.default_branch, attempt.job, redact_text=redact_text
+                self._forge,
+                project.repo,
+                project.default_branch,
+                attempt.job,
+                redact_text=redact_text,
+                reported=self._reported,
+                project=project.name,
             ),
             # What earlier attempts on this job did and why they stopped (the store, and the forge for a
             # human's words on a closed pull request): the agent gets it in its task, never from the store.

@@ -87,6 +87,9 @@ async def test_red_runs_reach_the_reconciler_by_webhook_and_a_cron_jobs_posted_l
             assert logs and logs[0].outcome == "ok"
             assert attempt.run_id in logs[0].arguments and not attempt.run_id.isdigit()
             assert "Invalid isoformat string: '01/11/2026'" in (attempt.transcript or "")
+            # Its first message had the culprit range from its reported runs: only a red one, so it says so.
+            assert f"First red run: run {attempt.run_id} at " in (attempt.transcript or "")
+            assert "no green run of 'nightly' among its last" in (attempt.transcript or "")
             [pull] = pulls_of(forge, "acme/cron-report")
             assert pull.state == "open" and not pull.merged
             assert bug.project == "bug-lib"
