@@ -9,7 +9,9 @@ each with a realistic page (30 runs in GitHub's full field set, 4 jobs with step
 SQLite file, migrations, `ForgeClient(config.forge, GitHubApp.from_settings(config.forge))` with an RSA key
 generated for the run, and a dispatcher that only records `dispatch` calls (no agent ever runs).
 
-Measured with nothing changed since the last pass (one warm-up pass first, then the median of `--passes`):
+Passes run on one `Runner(ctx, freeze_heap=True)`, as `reconciler.service.serve` builds it (the heap is
+frozen after the first pass). Measured with nothing changed since the last pass (one warm-up pass first, then
+the median of `--passes`):
 wall time, forge requests per project and the share answered 304 (as the client counted them, and as the
 server saw them), database statements per pass (a `before_cursor_execute` listener), peak Python memory
 (tracemalloc, in one further pass of its own so tracing doesn't slow the timed ones) and the process RSS.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import resource
@@ -49,7 +52,7 @@ from mcp_server.github_app import GitHubApp
 from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
-from reconciler.runner import reconcile
+from reconciler.runner import Runner
 from reconciler.runtime import forge_client
 from reconciler.store.engine import make_engine, make_sessionmaker
 from reconciler.store.migrate import upgrade_async
@@ -263,10 +266,12 @@ async def _measure_with(
                 metrics=Metrics(),
                 bot_logins=frozenset({config.forge.bot_login}),
             )
+            # One runner for all passes, as the service builds it (it freezes the heap after its first pass).
+            runner = Runner(ctx, freeze_heap=True)
             # Warm-up: first observation of every repo (full bodies, job lists, project rows synced).
             statements = 0
             c0, t0 = _cpu_seconds(), time.perf_counter()
-            first = await reconcile(ctx, trigger="cli")
+            first = await runner.run_pass(trigger="cli")
             first_seconds, first_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
             db_first = statements
             errors: Counter[str] = Counter(_error_kind(m) for m in first.errors.values())
@@ -286,7 +291,7 @@ async def _measure_with(
                 t0 = time.perf_counter()
                 if profiler is not None:
                     profiler.enable()
-                summary = await reconcile(ctx, trigger="cli")
+                summary = await runner.run_pass(trigger="cli")
                 if profiler is not None:
                     profiler.disable()
                 times.append(time.perf_counter() - t0)
@@ -304,7 +309,7 @@ async def _measure_with(
             # Peak Python allocations during one more unchanged pass, traced on its own.
             tracemalloc.start()
             tracemalloc.reset_peak()
-            await reconcile(ctx, trigger="cli")
+            await runner.run_pass(trigger="cli")
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             rss, max_rss = _rss_mb(), _max_rss_mb()
@@ -315,13 +320,14 @@ async def _measure_with(
             reply.raise_for_status()
             statements = 0
             t0 = time.perf_counter()
-            red_summary = await reconcile(ctx, trigger="cli")
+            red_summary = await runner.run_pass(trigger="cli")
             red_seconds = time.perf_counter() - t0
             red_statements = statements
             errors.update(_error_kind(m) for m in red_summary.errors.values())
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     finally:
         await engine.dispose()
+        gc.unfreeze()  # the next size starts as a new process would
 
     median_reqs = statistics.median(reqs)
     return ScaleResult(
