@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Project, utcnow
+from reconciler.store.names import narrowed
 from reconciler.store.translate import fetch_all, rowcount, translated, with_retry
 from reconciler.store.upsert import insert_for
 
@@ -92,13 +93,14 @@ async def project_states(session_factory: SessionFactory, names: Iterable[str]) 
     Raises:
         StoreError: the database failed.
     """
+    wanted = set(names)
     query = sa.select(Project.name, Project.paused, Project.escalation_reset_at).where(
-        Project.name.in_(list(names)),
-        sa.or_(Project.paused.is_(True), Project.escalation_reset_at.is_not(None)),
+        sa.or_(Project.paused.is_(True), Project.escalation_reset_at.is_not(None))
     )
+    query = narrowed(query, Project.name, wanted)
     async with translated(), session_factory() as session:
         rows = (await session.execute(query)).all()
-    return {r[0]: ProjectState(r[0], bool(r[1]), r[2]) for r in rows}
+    return {r[0]: ProjectState(r[0], bool(r[1]), r[2]) for r in rows if r[0] in wanted}
 
 
 async def list_projects(session_factory: SessionFactory) -> list[Project]:
