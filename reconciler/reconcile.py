@@ -207,6 +207,8 @@ def _note_reruns_in_progress(project: ProjectConfig, obs: ProjectObservation, su
     """Note each job whose latest completed run is red while a newer run of it is still going (a re-run, or
     the next scheduled run): red in the summary with the reason `rerun_in_progress`, and no attempt is
     started while it runs. Returns how many."""
+    if not obs.in_progress:
+        return 0  # the common case: nothing is running, nothing to note (and no sort)
     noted = 0
     for job, run in sorted(obs.latest.items()):
         if run.green or job not in obs.in_progress:
