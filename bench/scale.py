@@ -116,6 +116,8 @@ class ScaleResult:
     server_cpu_seconds: float  # median, the forge process, per unchanged pass
     etag_what_if: bool  # the ETag cache was resized (--etag-entries), unlike the runtime
     load_average: float  # 1-minute load average after the timed passes (the machine is shared)
+    gc_ms: float = 0.0  # median time per unchanged pass inside the garbage collector (all generations)
+    gc_full: int = 0  # full (generation 2) collections over all timed passes
     first_pass_seconds: float = 0.0  # the cold first pass: wall
     first_cpu_seconds: float = 0.0  # the cold first pass: this process's CPU
     first_requests_per_project: float = 0.0  # the cold first pass: forge requests (runs page + job lists)
@@ -284,14 +286,33 @@ async def _measure_with(
             client_cpu: list[float] = []
             server_cpu: list[float] = []
             profiler = cProfile.Profile(time.thread_time) if profile is not None else None
+            gc_times: list[float] = []
+            gc_full = 0
+            gc_started = 0.0
+            in_pass = False
+
+            def _gc_timer(phase: str, info: dict[str, int]) -> None:
+                nonlocal gc_started, gc_full
+                if not in_pass:
+                    return
+                if phase == "start":
+                    gc_started = time.perf_counter()
+                    return
+                gc_times[-1] += time.perf_counter() - gc_started
+                gc_full += info["generation"] == 2
+
+            gc.callbacks.append(_gc_timer)
             for _ in range(passes):
+                gc_times.append(0.0)
                 before = await _server_stats(control, url)
                 statements = 0
                 c0, s0 = _cpu_seconds(), forge_proc.cpu_seconds()
                 t0 = time.perf_counter()
                 if profiler is not None:
                     profiler.enable()
+                in_pass = True
                 summary = await runner.run_pass(trigger="cli")
+                in_pass = False
                 if profiler is not None:
                     profiler.disable()
                 times.append(time.perf_counter() - t0)
@@ -304,6 +325,7 @@ async def _measure_with(
                 server_reqs.append(int(after["requests"]) - int(before["requests"]))
                 errors.update(_error_kind(m) for m in summary.errors.values())
 
+            gc.callbacks.remove(_gc_timer)
             if profiler is not None and profile is not None:
                 profiler.dump_stats(f"{profile}.{projects}")
             # Peak Python allocations during one more unchanged pass, traced on its own.
@@ -336,6 +358,8 @@ async def _measure_with(
         pass_seconds_min=min(times),
         timed_passes=len(times),
         client_cpu_seconds=statistics.median(client_cpu),
+        gc_ms=statistics.median(gc_times) * 1000,
+        gc_full=gc_full,
         server_cpu_seconds=statistics.median(server_cpu),
         load_average=load,
         etag_what_if=etag_entries is not None,
@@ -493,6 +517,8 @@ def render_table(results: Sequence[ScaleResult]) -> str:
                         ("pass_ms", r.pass_seconds * 1000),
                         ("req_per_project", r.requests_per_project),
                         ("rss_mib", r.rss_mb),
+                        ("gc_ms", r.gc_ms),
+                        ("gc_full", r.gc_full),
                     )
                 },
             },
