@@ -9,7 +9,9 @@ each with a realistic page (30 runs in GitHub's full field set, 4 jobs with step
 SQLite file, migrations, `ForgeClient(config.forge, GitHubApp.from_settings(config.forge))` with an RSA key
 generated for the run, and a dispatcher that only records `dispatch` calls (no agent ever runs).
 
-Measured with nothing changed since the last pass (one warm-up pass first, then the median of `--passes`):
+Passes run on one `Runner(ctx, freeze_heap=True)`, as `reconciler.service.serve` builds it (the heap is
+frozen after the first pass). Measured with nothing changed since the last pass (one warm-up pass first, then
+the median of `--passes`):
 wall time, forge requests per project and the share answered 304 (as the client counted them, and as the
 server saw them), database statements per pass (a `before_cursor_execute` listener), peak Python memory
 (tracemalloc, in one further pass of its own so tracing doesn't slow the timed ones) and the process RSS.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import resource
@@ -49,7 +52,7 @@ from mcp_server.github_app import GitHubApp
 from policy.config import ForgeSettings, GreenloopConfig, ProjectConfig, ServerSettings
 from reconciler.context import ReconcilerContext
 from reconciler.metrics import Metrics
-from reconciler.runner import reconcile
+from reconciler.runner import Runner
 from reconciler.runtime import forge_client
 from reconciler.store.engine import make_engine, make_sessionmaker
 from reconciler.store.migrate import upgrade_async
@@ -113,6 +116,8 @@ class ScaleResult:
     server_cpu_seconds: float  # median, the forge process, per unchanged pass
     etag_what_if: bool  # the ETag cache was resized (--etag-entries), unlike the runtime
     load_average: float  # 1-minute load average after the timed passes (the machine is shared)
+    gc_ms: float = 0.0  # median time per unchanged pass inside the garbage collector (all generations)
+    gc_full: int = 0  # full (generation 2) collections over all timed passes
     first_pass_seconds: float = 0.0  # the cold first pass: wall
     first_cpu_seconds: float = 0.0  # the cold first pass: this process's CPU
     first_requests_per_project: float = 0.0  # the cold first pass: forge requests (runs page + job lists)
@@ -263,10 +268,12 @@ async def _measure_with(
                 metrics=Metrics(),
                 bot_logins=frozenset({config.forge.bot_login}),
             )
+            # One runner for all passes, as the service builds it (it freezes the heap after its first pass).
+            runner = Runner(ctx, freeze_heap=True)
             # Warm-up: first observation of every repo (full bodies, job lists, project rows synced).
             statements = 0
             c0, t0 = _cpu_seconds(), time.perf_counter()
-            first = await reconcile(ctx, trigger="cli")
+            first = await runner.run_pass(trigger="cli")
             first_seconds, first_cpu = time.perf_counter() - t0, _cpu_seconds() - c0
             db_first = statements
             errors: Counter[str] = Counter(_error_kind(m) for m in first.errors.values())
@@ -279,14 +286,33 @@ async def _measure_with(
             client_cpu: list[float] = []
             server_cpu: list[float] = []
             profiler = cProfile.Profile(time.thread_time) if profile is not None else None
+            gc_times: list[float] = []
+            gc_full = 0
+            gc_started = 0.0
+            in_pass = False
+
+            def _gc_timer(phase: str, info: dict[str, int]) -> None:
+                nonlocal gc_started, gc_full
+                if not in_pass:
+                    return
+                if phase == "start":
+                    gc_started = time.perf_counter()
+                    return
+                gc_times[-1] += time.perf_counter() - gc_started
+                gc_full += info["generation"] == 2
+
+            gc.callbacks.append(_gc_timer)
             for _ in range(passes):
+                gc_times.append(0.0)
                 before = await _server_stats(control, url)
                 statements = 0
                 c0, s0 = _cpu_seconds(), forge_proc.cpu_seconds()
                 t0 = time.perf_counter()
                 if profiler is not None:
                     profiler.enable()
-                summary = await reconcile(ctx, trigger="cli")
+                in_pass = True
+                summary = await runner.run_pass(trigger="cli")
+                in_pass = False
                 if profiler is not None:
                     profiler.disable()
                 times.append(time.perf_counter() - t0)
@@ -299,12 +325,13 @@ async def _measure_with(
                 server_reqs.append(int(after["requests"]) - int(before["requests"]))
                 errors.update(_error_kind(m) for m in summary.errors.values())
 
+            gc.callbacks.remove(_gc_timer)
             if profiler is not None and profile is not None:
                 profiler.dump_stats(f"{profile}.{projects}")
             # Peak Python allocations during one more unchanged pass, traced on its own.
             tracemalloc.start()
             tracemalloc.reset_peak()
-            await reconcile(ctx, trigger="cli")
+            await runner.run_pass(trigger="cli")
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             rss, max_rss = _rss_mb(), _max_rss_mb()
@@ -315,13 +342,14 @@ async def _measure_with(
             reply.raise_for_status()
             statements = 0
             t0 = time.perf_counter()
-            red_summary = await reconcile(ctx, trigger="cli")
+            red_summary = await runner.run_pass(trigger="cli")
             red_seconds = time.perf_counter() - t0
             red_statements = statements
             errors.update(_error_kind(m) for m in red_summary.errors.values())
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     finally:
         await engine.dispose()
+        gc.unfreeze()  # the next size starts as a new process would
 
     median_reqs = statistics.median(reqs)
     return ScaleResult(
@@ -330,6 +358,8 @@ async def _measure_with(
         pass_seconds_min=min(times),
         timed_passes=len(times),
         client_cpu_seconds=statistics.median(client_cpu),
+        gc_ms=statistics.median(gc_times) * 1000,
+        gc_full=gc_full,
         server_cpu_seconds=statistics.median(server_cpu),
         load_average=load,
         etag_what_if=etag_entries is not None,
@@ -487,6 +517,8 @@ def render_table(results: Sequence[ScaleResult]) -> str:
                         ("pass_ms", r.pass_seconds * 1000),
                         ("req_per_project", r.requests_per_project),
                         ("rss_mib", r.rss_mb),
+                        ("gc_ms", r.gc_ms),
+                        ("gc_full", r.gc_full),
                     )
                 },
             },

@@ -29,8 +29,8 @@ from reconciler.context import ReconcilerContext
 from reconciler.observe import ObservedRun, ProjectObservation, observe_actions, observe_reported
 from reconciler.pacing import budget_of
 from reconciler.store import attempts as store
-from reconciler.store.models import Attempt, Project
-from reconciler.store.projects import get_projects, reset_escalation
+from reconciler.store.models import Attempt
+from reconciler.store.projects import ProjectState, project_states, reset_escalation
 from reconciler.store.state import kill_switch_enabled
 from reconciler.summary import RedJob, RunSummary, StartedAttempt, Trigger
 
@@ -62,7 +62,7 @@ class PassScope:
 
     summary: RunSummary
     kill_switch: bool
-    rows: dict[str, Project] = field(default_factory=dict)
+    rows: dict[str, ProjectState] = field(default_factory=dict)  # only the paused or reset ones
     active: dict[str, Attempt] = field(default_factory=dict)
     last_failures: dict[str, datetime] = field(default_factory=dict)
     reported: dict[str, ProjectObservation] = field(default_factory=dict)
@@ -95,7 +95,7 @@ async def load_scope(
         summary=RunSummary(trigger=trigger, dry_run=dry_run, started_at=_now()),
         # The global kill switch: on in the config, or flipped at run time (POST /kill-switch).
         kill_switch=ctx.config.server.kill_switch or await kill_switch_enabled(ctx.sessions),
-        rows=await get_projects(ctx.sessions, names),
+        rows=await project_states(ctx.sessions, names),
         active=await store.active_by_project(ctx.sessions, names),
         last_failures=await store.last_failures(ctx.sessions, names),
         reported=await observe_reported(ctx.sessions, projects),
@@ -207,6 +207,8 @@ def _note_reruns_in_progress(project: ProjectConfig, obs: ProjectObservation, su
     """Note each job whose latest completed run is red while a newer run of it is still going (a re-run, or
     the next scheduled run): red in the summary with the reason `rerun_in_progress`, and no attempt is
     started while it runs. Returns how many."""
+    if not obs.in_progress:
+        return 0  # the common case: nothing is running, nothing to note (and no sort)
     noted = 0
     for job, run in sorted(obs.latest.items()):
         if run.green or job not in obs.in_progress:

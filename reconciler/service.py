@@ -199,8 +199,12 @@ async def serve(
     """Scheduled passes plus the HTTP API on `config`, until SIGTERM/SIGINT (`greenloop run`, and `run --dev`)."""
     from reconciler.scheduler import run_service
 
-    async with open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx, Runner(ctx) as runner:
-        # One runner for the process: scheduled passes and enqueued keys share it (and its requeues).
+    async with (
+        open_runtime(config, backend_for=backend_for, secrets=secrets) as ctx,
+        Runner(ctx, freeze_heap=True) as runner,
+    ):
+        # One runner for the process: scheduled passes and enqueued keys share it (and its requeues). After its
+        # first pass it freezes the heap built so far (`reconciler.runner.settle_heap`).
         async def scheduled(
             ctx: ReconcilerContext,
             *,

@@ -41,9 +41,11 @@ from reconciler.store.models import (
 )
 from reconciler.store.passes import recent_passes, record_pass
 from reconciler.store.projects import (
+    ProjectState,
     get_project,
     get_projects,
     list_projects,
+    project_states,
     reset_escalation,
     set_paused,
     sync_projects,
@@ -75,6 +77,7 @@ __all__ = [
     "Lease",
     "McpToolCall",
     "Project",
+    "ProjectState",
     "ReconcilePass",
     "RunSource",
     "SessionFactory",
@@ -103,6 +106,7 @@ __all__ = [
     "make_sessionmaker",
     "normalize_url",
     "pass_lease",
+    "project_states",
     "recent_passes",
     "record_pass",
     "record_run",

@@ -24,6 +24,7 @@ from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, Fail
 from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt, McpToolCall, Project, Transition, utcnow
+from reconciler.store.names import narrowed
 from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
 
 __all__ = [
@@ -426,9 +427,9 @@ async def active_by_project(session_factory: SessionFactory, projects: Iterable[
     Raises:
         StoreError: the database failed.
     """
-    names = list(projects)
-    query = sa.select(Attempt).where(Attempt.project.in_(names), Attempt.status.in_(_values(ACTIVE_STATUSES)))
-    return {a.project: a for a in await fetch_all(session_factory, query)}
+    names = set(projects)
+    query = narrowed(sa.select(Attempt).where(Attempt.status.in_(_values(ACTIVE_STATUSES))), Attempt.project, names)
+    return {a.project: a for a in await fetch_all(session_factory, query) if a.project in names}
 
 
 async def last_failures(session_factory: SessionFactory, projects: Iterable[str]) -> dict[str, datetime]:
@@ -437,14 +438,14 @@ async def last_failures(session_factory: SessionFactory, projects: Iterable[str]
     Raises:
         StoreError: the database failed.
     """
-    names = list(projects)
-    query = (
-        sa.select(Attempt.project, sa.func.max(Attempt.finished_at))
-        .where(Attempt.project.in_(names), Attempt.status.in_(_values(_FAILURES)))
-        .group_by(Attempt.project)
-    )
+    names = set(projects)
+    query = narrowed(
+        sa.select(Attempt.project, sa.func.max(Attempt.finished_at)).where(Attempt.status.in_(_values(_FAILURES))),
+        Attempt.project,
+        names,
+    ).group_by(Attempt.project)
     async with translated(), session_factory() as session:
-        return {name: at for name, at in await session.execute(query) if at is not None}
+        return {name: at for name, at in await session.execute(query) if at is not None and name in names}
 
 
 async def ended_without_pull_request(

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from mcp_server.reported_runs import ReportedRunInfo
 from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker
 from reconciler.store.models import JobRun, utcnow
+from reconciler.store.names import narrowed
 from reconciler.store.translate import fetch_all, with_retry
 from reconciler.store.upsert import insert_for
 
@@ -197,12 +198,17 @@ async def latest_reported_runs(session_factory: SessionFactory, projects: Iterab
     Raises:
         StoreError: the database failed.
     """
-    names = list(projects)
+    names = set(projects)
     if not names:
         return []
     newest = (
-        sa.select(JobRun.project, JobRun.job, sa.func.max(JobRun.created_at).label("at"))
-        .where(JobRun.source == "reported", JobRun.project.in_(names))
+        narrowed(
+            sa.select(JobRun.project, JobRun.job, sa.func.max(JobRun.created_at).label("at")).where(
+                JobRun.source == "reported"
+            ),
+            JobRun.project,
+            names,
+        )
         .group_by(JobRun.project, JobRun.job)
         .subquery()
     )
@@ -210,4 +216,4 @@ async def latest_reported_runs(session_factory: SessionFactory, projects: Iterab
         newest,
         sa.and_(JobRun.project == newest.c.project, JobRun.job == newest.c.job, JobRun.created_at == newest.c.at),
     )
-    return await fetch_all(session_factory, query)
+    return [r for r in await fetch_all(session_factory, query) if r.project in names]

@@ -122,3 +122,33 @@ async def test_a_requeue_enqueues_the_key_again_while_the_runner_runs(sessions: 
 async def test_the_verb_refuses_an_unknown_key(sessions: SessionFactory) -> None:
     with pytest.raises(KeyError):
         await reconcile_project(_ctx(sessions), "nope")
+
+
+async def test_a_freezing_runner_settles_the_heap_once_after_its_first_full_pass(
+    sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settled: list[int] = []
+    monkeypatch.setattr("reconciler.runner.settle_heap", lambda: settled.append(1))
+    ctx = _ctx(sessions)
+    runner = Runner(ctx, freeze_heap=True)
+    await runner.run_pass(repos=["alpha"])
+    assert settled == []  # a pass over some keys has not built the caches of every project yet
+    await runner.run_pass()
+    await runner.run_pass()
+    assert settled == [1]
+    await Runner(ctx).run_pass()  # the default runner (CLI, tests) never touches the collector
+    assert settled == [1]
+
+
+def test_settle_heap_collects_then_freezes_what_survives() -> None:
+    import gc
+
+    from reconciler.runner import settle_heap
+
+    frozen_before = gc.get_freeze_count()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > frozen_before
+        assert gc.get_count()[0] < 100  # collected just before freezing
+    finally:
+        gc.unfreeze()

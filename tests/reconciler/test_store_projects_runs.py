@@ -10,10 +10,12 @@ import pytest
 from reconciler.errors import StoreError
 from reconciler.store import (
     JobRun,
+    ProjectState,
     get_project,
     get_projects,
     latest_runs,
     list_projects,
+    project_states,
     recent_passes,
     record_pass,
     record_run,
@@ -134,3 +136,18 @@ async def test_record_pass_derives_duration_and_lists_newest_first(sessions: Ses
     assert [p.projects_red for p in passes] == [2, 1]
     assert passes[0].duration_ms == pytest.approx(2500.0)
     assert passes[0].summary == '{"ok": true}'
+
+
+async def test_project_states_lists_only_paused_or_reset_projects(sessions: SessionFactory) -> None:
+    await sync_projects(sessions, {"alpha": "acme/alpha", "beta": "acme/beta", "gamma": "acme/gamma"})
+    assert await set_paused(sessions, "alpha", True)
+    assert await reset_escalation(sessions, "beta", at=T0)
+
+    states = await project_states(sessions, ["alpha", "beta", "gamma", "ghost"])
+    assert states == {
+        "alpha": ProjectState(name="alpha", paused=True, escalation_reset_at=None),
+        "beta": ProjectState(name="beta", paused=False, escalation_reset_at=T0),
+    }
+    assert await project_states(sessions, ["gamma"]) == {}  # as a new project: unpaused, never reset
+    assert await set_paused(sessions, "alpha", False)
+    assert list(await project_states(sessions, ["alpha", "beta"])) == ["beta"]
