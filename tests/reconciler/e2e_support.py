@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from fixtures.forge import Forge, run_forge
 from fixtures.forge.state import Pull, Run
 from fixtures.projects.catalog import FixtureProject, load_project
+from mcp_server.scopes import APP_PERMISSIONS as SCOPES_APP_PERMISSIONS
 from policy.branches import fix_branch_name
 from policy.config import AgentSettings, GreenloopConfig, ProjectConfig, ServerSettings
 from policy.gate import failure_fingerprint
@@ -68,15 +69,7 @@ SCRIPTS_DIR = REPO_ROOT / "fixtures" / "scripts"
 POSTGRES_ENV = "GREENLOOP_TEST_POSTGRES_URL"
 
 # The App's grant on the forge: what the demo uses (actions: write lets the reconciler re-run a flaky job).
-APP_PERMISSIONS: Mapping[str, str] = {
-    "contents": "write",
-    "pull_requests": "write",
-    "actions": "write",
-    "checks": "read",
-    "statuses": "read",
-    "issues": "write",
-    "metadata": "read",
-}
+APP_PERMISSIONS: Mapping[str, str] = dict(SCOPES_APP_PERMISSIONS)
 
 
 def project_config(fixture: FixtureProject, **overrides: Any) -> ProjectConfig:

@@ -35,19 +35,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # the child runs this file as a script
     sys.path.insert(0, str(REPO_ROOT))
 
+from mcp_server.scopes import APP_PERMISSIONS as SCOPES_APP_PERMISSIONS  # noqa: E402
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus  # noqa: E402
 
 # What greenloop's one App needs (docs/operations.md): checks and statuses to merge only on green checks,
 # issues to reach a human on escalation.
-APP_PERMISSIONS = {
-    "contents": "write",
-    "pull_requests": "write",
-    "actions": "write",
-    "checks": "read",
-    "statuses": "read",
-    "issues": "write",
-    "metadata": "read",
-}
+APP_PERMISSIONS = dict(SCOPES_APP_PERMISSIONS)
 
 __all__ = [
     "REPO_ROOT",
