@@ -290,35 +290,24 @@ async def sidecar_app(
     from mcp_server.session import config_binding_factory
 
     settings = config.forge
-    if not (settings.app_id and settings.installation_id and settings.private_key_path):
+    routes: Sequence[BaseRoute] = ()
+    if settings.app_id and settings.installation_id and settings.private_key_path:
+        github = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
+        forge = await stack.enter_async_context(ForgeClient(config.forge, github))
+        watched = [p for p in config.projects if p.name in projects]
+        observer = ObserverTokens(
+            github, repositories=observer_repositories([p.repo for p in watched]), permissions=OBSERVER_PERMISSIONS
+        )
+        actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler", projects=projects)
+        factory = config_binding_factory(config, audit=audit, app=github, forge=forge, reported=reported)
+        routes = operator_routes(actions, observer, secret=secret)
+    else:
         # No App here: sessions still open (their tools then say why the forge is unreachable), and there are
         # no operator routes, so a reconciler pointed at this server gets a 404 rather than a key-less token.
         log_event(logger, "mcp_http_no_github_app", level=logging.WARNING)
-        return http_app(
-            config_binding_factory(config, audit=audit, reported=reported),
-            mode=mode,
-            secret=secret,
-            projects=projects,
-            host=host,
-            port=port,
-            path=path,
-        )
-    github = await stack.enter_async_context(GitHubApp.from_settings(config.forge))
-    forge = await stack.enter_async_context(ForgeClient(config.forge, github))
-    watched = [p for p in config.projects if p.name in projects]
-    observer = ObserverTokens(
-        github, repositories=observer_repositories([p.repo for p in watched]), permissions=OBSERVER_PERMISSIONS
-    )
-    actions = OperatorActions(config, app=github, forge=forge, audit=audit, client="reconciler", projects=projects)
+        factory = config_binding_factory(config, audit=audit, reported=reported)
     return http_app(
-        config_binding_factory(config, audit=audit, app=github, forge=forge, reported=reported),
-        mode=mode,
-        secret=secret,
-        projects=projects,
-        host=host,
-        port=port,
-        path=path,
-        extra_routes=operator_routes(actions, observer, secret=secret),
+        factory, mode=mode, secret=secret, projects=projects, host=host, port=port, path=path, extra_routes=routes
     )
 
 
