@@ -5,7 +5,7 @@
 For each size N (default 100, 1,000, 10,000; `--quick`: 100 and 1,000) a scale-mode forge
 (`fixtures/forge/scale.py`) runs as a separate process serving N synthetic repos over real loopback HTTP,
 each with a realistic page (30 runs in GitHub's full field set, 4 jobs with steps per run)
-(uvicorn on 127.0.0.1), and a reconciler context is built as `reconciler/runtime.py` builds it: a temporary
+(raw asyncio HTTP/1.1, 127.0.0.1), and a reconciler context is built as `reconciler/runtime.py` builds it: a temporary
 SQLite file, migrations, `ForgeClient(config.forge, GitHubApp.from_settings(config.forge))` with an RSA key
 generated for the run, and a dispatcher that only records `dispatch` calls (no agent ever runs).
 
@@ -484,7 +484,7 @@ def render_table(results: Sequence[ScaleResult]) -> str:
     loads = ", ".join(f"{r.load_average:.1f} at N={r.projects:,}" for r in results)
     notes = [
         "",
-        "Forge: `fixtures/forge/scale.py` in its own process, real loopback HTTP (uvicorn, 127.0.0.1); "
+        "Forge: `fixtures/forge/scale.py` in its own process, real loopback HTTP (raw asyncio, 127.0.0.1); "
         "client: `reconciler.runtime.forge_client` (API GETs over `mcp_server.conditional_get`; GitHub App token, "
         "ETag cache of "
         + ", ".join(f"{r.etag_entries:,} entries at N={r.projects:,}" for r in results)
