@@ -12,6 +12,7 @@ Driver exceptions are translated here into `reconciler.errors` types.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, FailureClass
 from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
@@ -683,54 +685,90 @@ async def _refusal(
     neither holds now: the failure's newest attempt first, then the project's active one, then, with
     `check_project`, whether the project exists.
 
+    One SELECT answers all of it (`_refusal_query`), on a connection rather than an ORM session: most start
+    calls end here, refused, so this read is the hot path of many starters racing (a statement on SQLite is a
+    round of thread hops through aiosqlite; one statement is also one consistent snapshot).
+
     Raises:
         UnknownProject: `check_project` and no such project (what a refused foreign key meant).
     """
-    newest_query = (
-        sa.select(Attempt.id, Attempt.generation, Attempt.status, Attempt.failure_class, Attempt.created_at)
-        .where(Attempt.fingerprint == fingerprint)
-        .order_by(Attempt.generation.desc())
-        .limit(1)
-    )
-    active_query = (
-        sa.select(Attempt.id).where(Attempt.project == project, Attempt.status.in_(_values(ACTIVE_STATUSES))).limit(1)
-    )
-    async with translated(), session_factory() as session:
-        generation = 0
-        newest = (await session.execute(newest_query)).first()
-        if newest is not None:
-            row = await session.get(Project, project)
-            reset_at = row.escalation_reset_at if row is not None else None
-            if not await _may_follow(session, newest, fingerprint, reset_at, max_transient_retries):
-                return StartOutcome(False, newest.id, "already_handled")
-            generation = newest.generation + 1
-        active_id = await session.scalar(active_query)
-        if active_id is not None:
-            return StartOutcome(False, active_id, "already_active")
-        if check_project and await session.get(Project, project) is None:
-            raise UnknownProject(f"Unknown project: no reconciler_project row: {project!r}.", project=project)
+    engine = session_factory.kw["bind"]
+    async with translated(), engine.connect() as connection:
+        row = (await connection.execute(_refusal_query(), {"project": project, "fingerprint": fingerprint})).one()
+    generation = 0
+    if row.newest_id is not None:
+        if not _may_follow(row, max_transient_retries):
+            return StartOutcome(False, row.newest_id, "already_handled")
+        generation = row.newest_generation + 1
+    if row.active_id is not None:
+        return StartOutcome(False, row.active_id, "already_active")
+    if check_project and not row.known:
+        raise UnknownProject(f"Unknown project: no reconciler_project row: {project!r}.", project=project)
     return generation
 
 
-async def _may_follow(
-    session: Any, newest: Any, fingerprint: str, reset_at: datetime | None, max_transient_retries: int
-) -> bool:
+@functools.cache
+def _refusal_query() -> sa.Select[Any]:
+    """One row: the failure's newest attempt (its columns NULL when it has none), the project's active attempt,
+    whether the project exists, its escalation reset, and the failure's transient failures since that reset.
+    Built once; bound per call with `project` and `fingerprint`."""
+    project = sa.bindparam("project", type_=sa.String())
+    fingerprint = sa.bindparam("fingerprint", type_=sa.String())
+    newest = aliased(Attempt, name="newest")
+    other = aliased(Attempt, name="other")
+    newest_id = (
+        sa.select(other.id)
+        .where(other.fingerprint == fingerprint)
+        .order_by(other.generation.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    reset_at = sa.select(Project.escalation_reset_at).where(Project.name == project).scalar_subquery()
+    active_id = (
+        sa.select(other.id)
+        .where(other.project == project, other.status.in_(_values(ACTIVE_STATUSES)))
+        .limit(1)
+        .scalar_subquery()
+    )
+    transient = (
+        sa.select(sa.func.count())
+        .select_from(other)
+        .where(
+            other.fingerprint == fingerprint,
+            other.status == AttemptStatus.FAILED.value,
+            other.failure_class == FailureClass.TRANSIENT.value,
+            sa.or_(reset_at.is_(None), other.created_at > reset_at),
+        )
+        .scalar_subquery()
+    )
+    one = sa.select(sa.literal(1).label("one")).subquery("one")
+    return (
+        sa.select(
+            newest.id.label("newest_id"),
+            newest.generation.label("newest_generation"),
+            newest.status.label("newest_status"),
+            newest.failure_class.label("newest_failure_class"),
+            newest.created_at.label("newest_created_at"),
+            active_id.label("active_id"),
+            sa.exists().where(Project.name == project).label("known"),
+            reset_at.label("reset_at"),
+            sa.case((newest.id.is_(None), 0), else_=transient).label("transient_failures"),
+        )
+        .select_from(one)
+        .outerjoin(newest, newest.id == newest_id)
+    )
+
+
+def _may_follow(row: Any, max_transient_retries: int) -> bool:
     """Whether a failure's newest attempt lets another one start: it ended, and an operator reset came after
     it, or it failed transient with at most `max_transient_retries` transient failures since the reset."""
-    if AttemptStatus(newest.status) not in TERMINAL_STATUSES:
+    if AttemptStatus(row.newest_status) not in TERMINAL_STATUSES:
         return False
-    if reset_at is not None and newest.created_at <= reset_at:
+    if row.reset_at is not None and row.newest_created_at <= row.reset_at:
         return True
-    if newest.status != AttemptStatus.FAILED.value or newest.failure_class != FailureClass.TRANSIENT.value:
+    if row.newest_status != AttemptStatus.FAILED.value or row.newest_failure_class != FailureClass.TRANSIENT.value:
         return False
-    transient = sa.select(sa.func.count()).where(
-        Attempt.fingerprint == fingerprint,
-        Attempt.status == AttemptStatus.FAILED.value,
-        Attempt.failure_class == FailureClass.TRANSIENT.value,
-    )
-    if reset_at is not None:
-        transient = transient.where(Attempt.created_at > reset_at)
-    return int(await session.scalar(transient) or 0) <= max_transient_retries
+    return int(row.transient_failures or 0) <= max_transient_retries
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
