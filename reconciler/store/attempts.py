@@ -24,7 +24,7 @@ from sqlalchemy.orm import aliased
 
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, FailureClass
 from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
-from reconciler.store.engine import SessionFactory
+from reconciler.store.engine import SINGLE_STATEMENT, SessionFactory
 from reconciler.store.models import Attempt, McpToolCall, Project, Transition, utcnow
 from reconciler.store.names import narrowed
 from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
@@ -694,6 +694,7 @@ async def _refusal(
     """
     engine = session_factory.kw["bind"]
     async with translated(), engine.connect() as connection:
+        await connection.execution_options(**{SINGLE_STATEMENT: True})
         row = (await connection.execute(_refusal_query(), {"project": project, "fingerprint": fingerprint})).one()
     generation = 0
     if row.newest_id is not None:
