@@ -17,16 +17,17 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, FailureClass
 from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
-from reconciler.store.engine import SINGLE_STATEMENT, SessionFactory
+from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt, McpToolCall, Project, Transition, utcnow
 from reconciler.store.names import narrowed
+from reconciler.store.one_row import one_row
 from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
 
 __all__ = [
@@ -692,15 +693,17 @@ async def _refusal(
     Raises:
         UnknownProject: `check_project` and no such project (what a refused foreign key meant).
     """
-    engine = session_factory.kw["bind"]
-    async with translated(), engine.connect() as connection:
-        await connection.execution_options(**{SINGLE_STATEMENT: True})
-        row = (await connection.execute(_refusal_query(), {"project": project, "fingerprint": fingerprint})).one()
+    async with translated():
+        row = _RefusalRow._make(
+            await one_row(
+                session_factory.kw["bind"], _refusal_query(), {"project": project, "fingerprint": fingerprint}
+            )
+        )
     generation = 0
     if row.newest_id is not None:
         if not _may_follow(row, max_transient_retries):
             return StartOutcome(False, row.newest_id, "already_handled")
-        generation = row.newest_generation + 1
+        generation = int(row.newest_generation or 0) + 1
     if row.active_id is not None:
         return StartOutcome(False, row.active_id, "already_active")
     if check_project and not row.known:
@@ -708,11 +711,26 @@ async def _refusal(
     return generation
 
 
+class _RefusalRow(NamedTuple):
+    """`_refusal_query`'s row: plain driver values (see `one_row`); booleans may be 0/1."""
+
+    newest_id: str | None
+    newest_generation: int | None
+    newest_status: str | None
+    newest_failure_class: str | None
+    reset_after_newest: bool | int | None
+    transient_failures: int | None
+    active_id: str | None
+    known: bool | int
+
+
 @functools.cache
 def _refusal_query() -> sa.Select[Any]:
-    """One row: the failure's newest attempt (its columns NULL when it has none), the project's active attempt,
-    whether the project exists, its escalation reset, and the failure's transient failures since that reset.
-    Built once; bound per call with `project` and `fingerprint`."""
+    """One row (`_RefusalRow`): the failure's newest attempt (NULLs when it has none), whether the project's
+    escalation reset came after that attempt started, the failure's transient failures since the reset, the
+    project's active attempt, and whether the project exists. Built once; bound per call with `project` and
+    `fingerprint`. Plain values only, for `one_row`: timestamps are compared in SQL, statuses are listed as
+    equalities (no expanding IN)."""
     project = sa.bindparam("project", type_=sa.String())
     fingerprint = sa.bindparam("fingerprint", type_=sa.String())
     newest = aliased(Attempt, name="newest")
@@ -727,7 +745,7 @@ def _refusal_query() -> sa.Select[Any]:
     reset_at = sa.select(Project.escalation_reset_at).where(Project.name == project).scalar_subquery()
     active_id = (
         sa.select(other.id)
-        .where(other.project == project, other.status.in_(_values(ACTIVE_STATUSES)))
+        .where(other.project == project, sa.or_(*(other.status == status for status in _values(ACTIVE_STATUSES))))
         .limit(1)
         .scalar_subquery()
     )
@@ -749,23 +767,22 @@ def _refusal_query() -> sa.Select[Any]:
             newest.generation.label("newest_generation"),
             newest.status.label("newest_status"),
             newest.failure_class.label("newest_failure_class"),
-            newest.created_at.label("newest_created_at"),
+            sa.case((newest.created_at <= reset_at, True), else_=False).label("reset_after_newest"),
+            sa.case((newest.id.is_(None), 0), else_=transient).label("transient_failures"),
             active_id.label("active_id"),
             sa.exists().where(Project.name == project).label("known"),
-            reset_at.label("reset_at"),
-            sa.case((newest.id.is_(None), 0), else_=transient).label("transient_failures"),
         )
         .select_from(one)
         .outerjoin(newest, newest.id == newest_id)
     )
 
 
-def _may_follow(row: Any, max_transient_retries: int) -> bool:
+def _may_follow(row: _RefusalRow, max_transient_retries: int) -> bool:
     """Whether a failure's newest attempt lets another one start: it ended, and an operator reset came after
     it, or it failed transient with at most `max_transient_retries` transient failures since the reset."""
-    if AttemptStatus(row.newest_status) not in TERMINAL_STATUSES:
+    if AttemptStatus(str(row.newest_status)) not in TERMINAL_STATUSES:
         return False
-    if row.reset_at is not None and row.newest_created_at <= row.reset_at:
+    if row.reset_after_newest:
         return True
     if row.newest_status != AttemptStatus.FAILED.value or row.newest_failure_class != FailureClass.TRANSIENT.value:
         return False
