@@ -12,19 +12,22 @@ Driver exceptions are translated here into `reconciler.errors` types.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 
 from policy.types import ACTIVE_STATUSES, TERMINAL_STATUSES, AttemptStatus, FailureClass
 from reconciler.errors import StoreBusy, StoreError, TransitionRefused, UnknownProject
 from reconciler.store.engine import SessionFactory
 from reconciler.store.models import Attempt, McpToolCall, Project, Transition, utcnow
 from reconciler.store.names import narrowed
+from reconciler.store.one_row import one_row
 from reconciler.store.translate import TRIES, ConstraintRefused, backoff, fetch_all, rowcount, translated, with_retry
 
 __all__ = [
@@ -683,54 +686,107 @@ async def _refusal(
     neither holds now: the failure's newest attempt first, then the project's active one, then, with
     `check_project`, whether the project exists.
 
+    One SELECT answers all of it (`_refusal_query`), on a connection rather than an ORM session: most start
+    calls end here, refused, so this read is the hot path of many starters racing (a statement on SQLite is a
+    round of thread hops through aiosqlite; one statement is also one consistent snapshot).
+
     Raises:
         UnknownProject: `check_project` and no such project (what a refused foreign key meant).
     """
-    newest_query = (
-        sa.select(Attempt.id, Attempt.generation, Attempt.status, Attempt.failure_class, Attempt.created_at)
-        .where(Attempt.fingerprint == fingerprint)
-        .order_by(Attempt.generation.desc())
-        .limit(1)
-    )
-    active_query = (
-        sa.select(Attempt.id).where(Attempt.project == project, Attempt.status.in_(_values(ACTIVE_STATUSES))).limit(1)
-    )
-    async with translated(), session_factory() as session:
-        generation = 0
-        newest = (await session.execute(newest_query)).first()
-        if newest is not None:
-            row = await session.get(Project, project)
-            reset_at = row.escalation_reset_at if row is not None else None
-            if not await _may_follow(session, newest, fingerprint, reset_at, max_transient_retries):
-                return StartOutcome(False, newest.id, "already_handled")
-            generation = newest.generation + 1
-        active_id = await session.scalar(active_query)
-        if active_id is not None:
-            return StartOutcome(False, active_id, "already_active")
-        if check_project and await session.get(Project, project) is None:
-            raise UnknownProject(f"Unknown project: no reconciler_project row: {project!r}.", project=project)
+    async with translated():
+        row = _RefusalRow._make(
+            await one_row(
+                session_factory.kw["bind"], _refusal_query(), {"project": project, "fingerprint": fingerprint}
+            )
+        )
+    generation = 0
+    if row.newest_id is not None:
+        if not _may_follow(row, max_transient_retries):
+            return StartOutcome(False, row.newest_id, "already_handled")
+        generation = int(row.newest_generation or 0) + 1
+    if row.active_id is not None:
+        return StartOutcome(False, row.active_id, "already_active")
+    if check_project and not row.known:
+        raise UnknownProject(f"Unknown project: no reconciler_project row: {project!r}.", project=project)
     return generation
 
 
-async def _may_follow(
-    session: Any, newest: Any, fingerprint: str, reset_at: datetime | None, max_transient_retries: int
-) -> bool:
+class _RefusalRow(NamedTuple):
+    """`_refusal_query`'s row: plain driver values (see `one_row`); booleans may be 0/1."""
+
+    newest_id: str | None
+    newest_generation: int | None
+    newest_status: str | None
+    newest_failure_class: str | None
+    reset_after_newest: bool | int | None
+    transient_failures: int | None
+    active_id: str | None
+    known: bool | int
+
+
+@functools.cache
+def _refusal_query() -> sa.Select[Any]:
+    """One row (`_RefusalRow`): the failure's newest attempt (NULLs when it has none), whether the project's
+    escalation reset came after that attempt started, the failure's transient failures since the reset, the
+    project's active attempt, and whether the project exists. Built once; bound per call with `project` and
+    `fingerprint`. Plain values only, for `one_row`: timestamps are compared in SQL, statuses are listed as
+    equalities (no expanding IN)."""
+    project = sa.bindparam("project", type_=sa.String())
+    fingerprint = sa.bindparam("fingerprint", type_=sa.String())
+    newest = aliased(Attempt, name="newest")
+    other = aliased(Attempt, name="other")
+    newest_id = (
+        sa.select(other.id)
+        .where(other.fingerprint == fingerprint)
+        .order_by(other.generation.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    reset_at = sa.select(Project.escalation_reset_at).where(Project.name == project).scalar_subquery()
+    active_id = (
+        sa.select(other.id)
+        .where(other.project == project, sa.or_(*(other.status == status for status in _values(ACTIVE_STATUSES))))
+        .limit(1)
+        .scalar_subquery()
+    )
+    transient = (
+        sa.select(sa.func.count())
+        .select_from(other)
+        .where(
+            other.fingerprint == fingerprint,
+            other.status == AttemptStatus.FAILED.value,
+            other.failure_class == FailureClass.TRANSIENT.value,
+            sa.or_(reset_at.is_(None), other.created_at > reset_at),
+        )
+        .scalar_subquery()
+    )
+    one = sa.select(sa.literal(1).label("one")).subquery("one")
+    return (
+        sa.select(
+            newest.id.label("newest_id"),
+            newest.generation.label("newest_generation"),
+            newest.status.label("newest_status"),
+            newest.failure_class.label("newest_failure_class"),
+            sa.case((newest.created_at <= reset_at, True), else_=False).label("reset_after_newest"),
+            sa.case((newest.id.is_(None), 0), else_=transient).label("transient_failures"),
+            active_id.label("active_id"),
+            sa.exists().where(Project.name == project).label("known"),
+        )
+        .select_from(one)
+        .outerjoin(newest, newest.id == newest_id)
+    )
+
+
+def _may_follow(row: _RefusalRow, max_transient_retries: int) -> bool:
     """Whether a failure's newest attempt lets another one start: it ended, and an operator reset came after
     it, or it failed transient with at most `max_transient_retries` transient failures since the reset."""
-    if AttemptStatus(newest.status) not in TERMINAL_STATUSES:
+    if AttemptStatus(str(row.newest_status)) not in TERMINAL_STATUSES:
         return False
-    if reset_at is not None and newest.created_at <= reset_at:
+    if row.reset_after_newest:
         return True
-    if newest.status != AttemptStatus.FAILED.value or newest.failure_class != FailureClass.TRANSIENT.value:
+    if row.newest_status != AttemptStatus.FAILED.value or row.newest_failure_class != FailureClass.TRANSIENT.value:
         return False
-    transient = sa.select(sa.func.count()).where(
-        Attempt.fingerprint == fingerprint,
-        Attempt.status == AttemptStatus.FAILED.value,
-        Attempt.failure_class == FailureClass.TRANSIENT.value,
-    )
-    if reset_at is not None:
-        transient = transient.where(Attempt.created_at > reset_at)
-    return int(await session.scalar(transient) or 0) <= max_transient_retries
+    return int(row.transient_failures or 0) <= max_transient_retries
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
