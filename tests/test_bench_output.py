@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,17 @@ def test_bench_line_is_one_token_per_figure() -> None:
     assert bench_line("mcp", {"read_p50_ratio": 1.23456, "load": "6 of 2", "n": 3}) == (
         "BENCH mcp read_p50_ratio=1.23 load=6_of_2 n=3"
     )
+
+
+def test_the_scale_forge_bench_runs_on_a_small_forge() -> None:
+    # Not a section of `python -m bench`, so `--quick` in CI does not run it: this keeps the script from rotting.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.scale_forge", "--projects", "20", "--warm", "40", "--cold", "5"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("BENCH scale_forge n=20 ") and "warm_cpu_us_per_304=" in last
