@@ -49,6 +49,7 @@ __all__ = [
     "SessionMiddleware",
     "ToolSpec",
     "bound_session",
+    "client_name",
     "mark_redacted",
     "redactor",
     "tool",
@@ -237,17 +238,40 @@ class SessionMiddleware:
             return result
         if ctx.method != "tools/call":
             return await call_next(ctx)
-        return await _audited_call(self._sessions, ctx, call_next)
+        params = ctx.params or {}
+        grant = self._sessions.grant_for(ctx)
+        client = _client_name(grant, ctx) if grant is not None else ""
+        name, arguments = params.get("name", ""), params.get("arguments")
+        return await self.audited_call(grant, name, arguments, client, lambda: call_next(ctx))
+
+    async def audited_call(
+        self,
+        grant: SessionGrant | None,
+        name: object,
+        arguments: Any,
+        client: str,
+        invoke: Callable[[], Awaitable[HandlerResult]],
+    ) -> HandlerResult:
+        """One `tools/call` of tool `name` for `grant` by `client`, run by `invoke` (the SDK's handler chain, or
+        the stdio server's lean path, `mcp_server.stdio_lean`): bound to its session, its arguments checked, its
+        result redacted, and audited whatever its outcome."""
+        return await _audited_call(self._sessions, grant, str(name)[:100], arguments, client, invoke)
+
+    @property
+    def sessions(self) -> SessionCache:
+        """The session cache this middleware binds calls with."""
+        return self._sessions
 
 
 async def _audited_call(
-    sessions: SessionCache, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    sessions: SessionCache,
+    grant: SessionGrant | None,
+    tool: str,
+    arguments: Any,
+    client: str,
+    invoke: Callable[[], Awaitable[HandlerResult]],
 ) -> HandlerResult:
     started = time.perf_counter()
-    params = ctx.params or {}
-    tool = str(params.get("name", ""))[:100]
-    arguments = params.get("arguments")
-    grant = sessions.grant_for(ctx)
     if grant is None:
         return _error_result("Access denied: this session is not bound to a project.")
     try:
@@ -271,7 +295,7 @@ async def _audited_call(
             data = _error_result(call.message)
         else:
             async with binding.lock:
-                data = _as_dict(await call_next(ctx))
+                data = _as_dict(await invoke())
         if data is not None:
             # Security: the last gate before the model: nothing leaves without the live secrets masked. A large
             # result is redacted in a worker thread, so it holds up no other session.
@@ -295,7 +319,7 @@ async def _audited_call(
         _CURRENT.reset(token)
         event = AuditEvent(
             project=binding.project.name,
-            client=call.redact(_client_name(grant, ctx)),
+            client=call.redact(client),
             tool=call.redact(tool),
             arguments=_audit_arguments(binding, arguments),
             outcome=call.outcome or "error",
@@ -397,13 +421,18 @@ def _filter_tools(result: HandlerResult, allowed: tuple[str, ...]) -> HandlerRes
 
 
 def _client_name(grant: SessionGrant, ctx: ServerRequestContext[Any, Any]) -> str:
+    params = getattr(ctx.session, "client_params", None)
+    return client_name(grant, ctx.params, getattr(getattr(params, "client_info", None), "name", None))
+
+
+def client_name(grant: SessionGrant, params: Mapping[str, Any] | None, session_client: object) -> str:
+    """Who made a call, as audited: the grant's client and the client's name (from the request's `_meta`
+    clientInfo, else `session_client`, the name its session announced)."""
     info: Any = None
-    meta = (ctx.params or {}).get("_meta")
+    meta = (params or {}).get("_meta")
     if isinstance(meta, Mapping):
         info = meta.get("io.modelcontextprotocol/clientInfo")
     if not isinstance(info, Mapping):
-        params = getattr(ctx.session, "client_params", None)
-        client_info = getattr(params, "client_info", None)
-        info = {"name": getattr(client_info, "name", None)}
+        info = {"name": session_client}
     name = info.get("name") if isinstance(info, Mapping) else None
     return f"{grant.client}/{str(name)[:64]}" if name else grant.client
