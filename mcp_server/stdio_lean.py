@@ -61,6 +61,7 @@ _ENVELOPE_KEYS = frozenset(
     {types.PROTOCOL_VERSION_META_KEY, types.CLIENT_INFO_META_KEY, types.CLIENT_CAPABILITIES_META_KEY}
 )
 _REPLAYED = frozenset({"tools/list", "ping"})
+_MAX_REMEMBERED = 256  # distinct envelopes (and replayed requests) remembered per connection
 _SHUTDOWN_WRITE_SECONDS = 1.0  # the SDK dispatcher's bound on its "Connection closed" answer at shutdown
 
 
@@ -120,6 +121,7 @@ class LeanStdio:
         self._era = _Era()
         self._off = self._gate is None
         self._answers: dict[str, bytes] = {}  # replay key -> the SDK's result, as JSON
+        self._surface_ok: set[str] = set()  # (version, _meta) of tools/call requests the SDK's surface accepts
         self._awaited: dict[types.RequestId, str] = {}  # request id -> replay key, until the SDK answers
         self._in_flight: dict[types.RequestId, _InFlight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -187,7 +189,7 @@ class LeanStdio:
             return
         request_id = coerce_request_id(message.id) if message.id is not None else None
         key = self._awaited.pop(request_id, None) if request_id is not None else None
-        if key is not None and isinstance(message, types.JSONRPCResponse):
+        if key is not None and isinstance(message, types.JSONRPCResponse) and len(self._answers) < _MAX_REMEMBERED:
             self._answers[key] = pydantic_core.to_json(message.result)
         era = self._era
         if request_id is not None and request_id in era.pending_initialize:
@@ -212,7 +214,7 @@ class LeanStdio:
         if tool is None or declared is None or not arguments.keys() <= declared:
             return False  # the SDK answers (unknown tool) or the middleware refuses (undeclared argument)
         try:
-            spec_methods.validate_client_request("tools/call", version, params)
+            self._check_surface(version, params)
             validated = tool.fn_metadata.validate_arguments(arguments)
         except Exception:  # the SDK's answer (and its error text) for arguments it refuses
             return False
@@ -279,6 +281,20 @@ class LeanStdio:
             await self._write(line)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             logger.debug("dropped an answer: stdout is closed")
+
+    def _check_surface(self, version: str, params: Mapping[str, Any]) -> None:
+        """The SDK's surface validation of a `tools/call` (`validate_client_request`). With the name a string and
+        the arguments an object (checked before), only the `_meta` can fail it: an accepted `_meta` is known
+        good for the rest of the connection.
+
+        Raises:
+            Exception: what the SDK's validation raises.
+        """
+        key = json.dumps([version, params.get("_meta")], sort_keys=True, separators=(",", ":"))
+        if key not in self._surface_ok:
+            spec_methods.validate_client_request("tools/call", version, params)
+            if len(self._surface_ok) < _MAX_REMEMBERED:
+                self._surface_ok.add(key)
 
     def _peer_cancelled(self, params: Mapping[str, Any]) -> None:
         request_id = as_request_id(params.get("requestId"))
