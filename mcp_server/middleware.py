@@ -52,6 +52,7 @@ __all__ = [
     "client_name",
     "mark_redacted",
     "redactor",
+    "structured_text",
     "tool",
 ]
 
@@ -324,7 +325,7 @@ async def _audited_call(
             arguments=_audit_arguments(binding, arguments),
             outcome=call.outcome or "error",
             message=call.redact(call.message)[:2000] if call.message else None,
-            result_bytes=len(json.dumps(data, separators=(",", ":"))) if data is not None else 0,
+            result_bytes=_json_size(data) if data is not None else 0,
             duration_ms=(time.perf_counter() - started) * 1000.0,
             attempt_id=binding.attempt_id,
         )
@@ -337,6 +338,29 @@ def _as_dict(result: HandlerResult) -> dict[str, Any] | None:
         dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return dumped
     return result
+
+
+def _json_size(data: Mapping[str, Any]) -> int:
+    """`len(json.dumps(data, separators=(",", ":")))`, the audited size of a result. pydantic's serialiser gives
+    the same text, faster, when it is printable ASCII and holds no float (json escapes non-ASCII and DEL, and
+    writes floats its own way)."""
+    try:
+        out = pydantic_core.to_json(data)
+    except (ValueError, TypeError):  # a lone surrogate: json's own escaping
+        out = b"\x80"
+    if out.isascii() and b"\x7f" not in out and not _holds_float(data):
+        return len(out)
+    return len(json.dumps(data, separators=(",", ":")))
+
+
+def _holds_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_float(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_float(v) for v in value)
+    return False
 
 
 def _error_result(message: str) -> dict[str, Any]:
@@ -372,7 +396,7 @@ def _text_chars(value: Any, clean: set[str]) -> int:
     return 0
 
 
-def _json_text(structured: Any) -> str:
+def structured_text(structured: Any) -> str:
     """The SDK's text block for a structured result: its JSON, indented by 2 (`func_metadata.convert_result`)."""
     return pydantic_core.to_json(structured, fallback=str, indent=2).decode()
 
@@ -388,7 +412,7 @@ def _to_mask(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             isinstance(block, dict)
             and block.keys() == {"type", "text"}
             and block["type"] == "text"
-            and block["text"] == _json_text(structured)
+            and block["text"] == structured_text(structured)
         ):
             return {k: v for k, v in data.items() if k != "content"}, True
     return data, False
@@ -401,7 +425,7 @@ def _gate(call: CallState, payload: dict[str, Any], rebuild: bool) -> dict[str, 
     clean = call.binding.known_clean.container(secrets, also=call.clean)
     gated: dict[str, Any] = redact_obj(payload, extra_secrets=secrets, clean=clean)
     if rebuild:
-        gated["content"] = [{"type": "text", "text": _json_text(gated["structuredContent"])}]
+        gated["content"] = [{"type": "text", "text": structured_text(gated["structuredContent"])}]
     return gated
 
 

@@ -29,7 +29,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import mcp_types as types
@@ -47,7 +47,7 @@ from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp_types import methods as spec_methods
 from mcp_types.version import LATEST_MODERN_VERSION
 
-from mcp_server.middleware import SessionMiddleware, client_name
+from mcp_server.middleware import SessionMiddleware, client_name, structured_text
 
 __all__ = ["LeanStdio"]
 
@@ -121,6 +121,7 @@ class LeanStdio:
         self._era = _Era()
         self._off = self._gate is None
         self._answers: dict[str, bytes] = {}  # replay key -> the SDK's result, as JSON
+        self._orders: dict[tuple[str, str], tuple[str, ...] | Literal[False]] = {}  # see `_direct`
         self._surface_ok: set[str] = set()  # (version, _meta) of tools/call requests the SDK's surface accepts
         self._awaited: dict[types.RequestId, str] = {}  # request id -> replay key, until the SDK answers
         self._in_flight: dict[types.RequestId, _InFlight] = {}
@@ -248,7 +249,8 @@ class LeanStdio:
         answered = False
 
         async def invoke() -> dict[str, Any]:
-            return self._shaper._serialize("tools/call", version, await _run_tool(tool, validated))
+            result = await _run_tool(tool, validated, lambda returned: self._direct(tool, version, returned))
+            return result if isinstance(result, dict) else self._shaper._serialize("tools/call", version, result)
 
         try:
             try:
@@ -282,6 +284,34 @@ class LeanStdio:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             logger.debug("dropped an answer: stdout is closed")
 
+    def _direct(self, tool: Tool, version: str, returned: Any) -> dict[str, Any] | None:
+        """A tool's successful result on the wire as `convert_result` and `ServerRunner._serialize` make it, built
+        directly (None: leave it to them). Its keys, their order and every value are checked against the SDK's
+        own answer on the first result of each tool at each protocol version; a tool whose shape differs keeps
+        the SDK's path."""
+        meta = tool.fn_metadata
+        key = (tool.name, version)
+        order = self._orders.get(key)
+        if order is False or meta.wrap_output or meta.output_schema is None or type(returned) is not meta.output_model:
+            return None
+        structured = returned.model_dump(mode="json", by_alias=True)
+        values: dict[str, Any] = {
+            "content": [{"type": "text", "text": structured_text(structured)}],
+            "structuredContent": structured,
+            "isError": False,
+            "resultType": "complete",
+            "_meta": {types.SERVER_INFO_META_KEY: self._lowlevel.server_info_stamp},
+        }
+        if order is None:  # the first: the SDK's answer, and whether ours is the same
+            sdk = self._shaper._serialize("tools/call", version, meta.convert_result(returned))
+            keys = tuple(sdk)
+            same = set(keys) <= values.keys() and pydantic_core.to_json(
+                {k: values[k] for k in keys}
+            ) == pydantic_core.to_json(sdk)
+            self._orders[key] = keys if same else False
+            return sdk
+        return {k: values[k] for k in order}
+
     def _check_surface(self, version: str, params: Mapping[str, Any]) -> None:
         """The SDK's surface validation of a `tools/call` (`validate_client_request`). With the name a string and
         the arguments an object (checked before), only the `_meta` can fail it: an accepted `_meta` is known
@@ -312,12 +342,16 @@ class LeanStdio:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _run_tool(tool: Tool, validated: dict[str, Any]) -> types.CallToolResult | types.InputRequiredResult:
-    """The tool's result as `MCPServer._handle_call_tool` (through `Tool.run`) makes it: converted by the SDK,
-    or its error result, with the SDK's text and log line."""
+async def _run_tool(
+    tool: Tool, validated: dict[str, Any], direct: Callable[[Any], dict[str, Any] | None]
+) -> dict[str, Any] | types.CallToolResult | types.InputRequiredResult:
+    """The tool's result as `MCPServer._handle_call_tool` (through `Tool.run`) makes it: shaped by `direct`
+    when it can, else converted by the SDK; or its error result, with the SDK's text and log line."""
     try:
         try:
-            return tool.fn_metadata.convert_result(await tool.fn(**validated))
+            returned = await tool.fn(**validated)
+            shaped = direct(returned)
+            return shaped if shaped is not None else tool.fn_metadata.convert_result(returned)
         except MCPError:
             raise
         except UnexpectedToolError as exc:
