@@ -11,7 +11,10 @@ non-blocking pipes. Parsing and serialising are the SDK's own (`jsonrpc_message_
 SDK does, it claims fds 0 and 1 while serving: fd 0 reads the null device and fd 1 goes to stderr, so nothing
 a tool or a child process prints can corrupt the wire; both are restored on exit.
 
-When stdin or stdout is not a pipe (a file, a terminal), the SDK's own transport runs instead.
+Each line read is first offered to `mcp_server.stdio_lean.LeanStdio`, which answers the steady state (`tools/call`,
+`tools/list`, `ping`) itself, byte for byte as the SDK would; what it leaves goes to the SDK as above.
+
+When stdin or stdout is not a pipe (a file, a terminal), the SDK's own transport runs instead (no lean loop).
 """
 
 from __future__ import annotations
