@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -37,31 +37,101 @@ def log_event(
 ) -> None:
     """Log one structured event: `event` names it, `fields` carry its data. `redacted`: the fields were
     redacted when the event was built (the MCP audit trail), so the formatter does not redact them again."""
-    if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"greenloop_fields": fields, "greenloop_redacted": redacted})
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_json_handler(logger, level) if redacted else None
+    if handler is not None:
+        # The configured setup (one JSON handler on the root): the line is rendered once, here, as the formatter
+        # would, and written under the handler's lock, without a log record passing through logging's layers.
+        created = time.time()
+        line = _render(created, int((created - int(created)) * 1000), level, logger.name, event, fields, None, True)
+        with _locked(handler):
+            try:
+                handler.stream.write(line + handler.terminator)
+                handler.flush()
+                return
+            except Exception:  # the record below goes through logging's own error handling
+                pass
+    logger.log(level, event, extra={"greenloop_fields": fields, "greenloop_redacted": redacted})
+
+
+def _sole_json_handler(logger: logging.Logger, level: int) -> logging.StreamHandler[TextIO] | None:
+    """The root's one JSON stream handler when it is the only place a record of `logger` at `level` would go
+    (no filters, no other handler on the way), else None."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        if current.handlers:
+            if current.parent is not None or len(current.handlers) != 1:
+                return None
+            (handler,) = current.handlers
+            if (
+                type(handler) is logging.StreamHandler
+                and type(handler.formatter) is JsonFormatter
+                and not handler.filters
+                and level >= handler.level
+            ):
+                return handler
+            return None
+        if not current.propagate:
+            return None
+        current = current.parent
+    return None
+
+
+@contextmanager
+def _locked(handler: logging.Handler) -> Iterator[None]:
+    handler.acquire()
+    try:
+        yield
+    finally:
+        handler.release()
+
+
+def _render(
+    created: float,
+    msecs: int,
+    level: int,
+    name: str,
+    event: str,
+    fields: Mapping[str, Any],
+    exception: str | None,
+    redacted: bool,
+) -> str:
+    """One event as its JSON line: ts, level, logger, event, context fields, event fields (`JsonFormatter`)."""
+    payload: dict[str, Any] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{msecs:03d}Z",
+        "level": logging.getLevelName(level).lower(),
+        "logger": name,
+        "event": event,
+    }
+    payload.update(_context.get())
+    payload.update(fields)
+    if exception is not None:
+        payload["exception"] = exception
+    if not redacted:
+        return json.dumps(redact_obj(payload), default=str, separators=(",", ":"))
+    # The event's own fields were redacted as it was built (the audit trail): only the rest is, here.
+    kept = {k: v for k, v in fields.items() if payload.get(k) is v}
+    masked = redact_obj({k: v for k, v in payload.items() if k not in kept})
+    return json.dumps({**masked, **kept}, default=str, separators=(",", ":"))
 
 
 class JsonFormatter(logging.Formatter):
     """Formats every record as one JSON line: ts, level, logger, event, context fields, event fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        payload.update(_context.get())
-        fields = getattr(record, "greenloop_fields", {})
-        payload.update(fields)
-        if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
-        if not getattr(record, "greenloop_redacted", False):
-            return json.dumps(redact_obj(payload), default=str, separators=(",", ":"))
-        # The event's own fields were redacted as it was built (the audit trail): only the rest is, here.
-        kept = {k: v for k, v in fields.items() if payload.get(k) is v}
-        masked = redact_obj({k: v for k, v in payload.items() if k not in kept})
-        return json.dumps({**masked, **kept}, default=str, separators=(",", ":"))
+        return _render(
+            record.created,
+            int(record.msecs),
+            record.levelno,
+            record.name,
+            record.getMessage(),
+            getattr(record, "greenloop_fields", {}),
+            self.formatException(record.exc_info) if record.exc_info else None,
+            getattr(record, "greenloop_redacted", False),
+        )
 
 
 # HTTP client libraries log every request at INFO with its full URL, and a URL can be a credential (the

@@ -49,8 +49,10 @@ __all__ = [
     "SessionMiddleware",
     "ToolSpec",
     "bound_session",
+    "client_name",
     "mark_redacted",
     "redactor",
+    "structured_text",
     "tool",
 ]
 
@@ -237,17 +239,40 @@ class SessionMiddleware:
             return result
         if ctx.method != "tools/call":
             return await call_next(ctx)
-        return await _audited_call(self._sessions, ctx, call_next)
+        params = ctx.params or {}
+        grant = self._sessions.grant_for(ctx)
+        client = _client_name(grant, ctx) if grant is not None else ""
+        name, arguments = params.get("name", ""), params.get("arguments")
+        return await self.audited_call(grant, name, arguments, client, lambda: call_next(ctx))
+
+    async def audited_call(
+        self,
+        grant: SessionGrant | None,
+        name: object,
+        arguments: Any,
+        client: str,
+        invoke: Callable[[], Awaitable[HandlerResult]],
+    ) -> HandlerResult:
+        """One `tools/call` of tool `name` for `grant` by `client`, run by `invoke` (the SDK's handler chain, or
+        the stdio server's lean path, `mcp_server.stdio_lean`): bound to its session, its arguments checked, its
+        result redacted, and audited whatever its outcome."""
+        return await _audited_call(self._sessions, grant, str(name)[:100], arguments, client, invoke)
+
+    @property
+    def sessions(self) -> SessionCache:
+        """The session cache this middleware binds calls with."""
+        return self._sessions
 
 
 async def _audited_call(
-    sessions: SessionCache, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    sessions: SessionCache,
+    grant: SessionGrant | None,
+    tool: str,
+    arguments: Any,
+    client: str,
+    invoke: Callable[[], Awaitable[HandlerResult]],
 ) -> HandlerResult:
     started = time.perf_counter()
-    params = ctx.params or {}
-    tool = str(params.get("name", ""))[:100]
-    arguments = params.get("arguments")
-    grant = sessions.grant_for(ctx)
     if grant is None:
         return _error_result("Access denied: this session is not bound to a project.")
     try:
@@ -271,7 +296,7 @@ async def _audited_call(
             data = _error_result(call.message)
         else:
             async with binding.lock:
-                data = _as_dict(await call_next(ctx))
+                data = _as_dict(await invoke())
         if data is not None:
             # Security: the last gate before the model: nothing leaves without the live secrets masked. A large
             # result is redacted in a worker thread, so it holds up no other session.
@@ -295,12 +320,12 @@ async def _audited_call(
         _CURRENT.reset(token)
         event = AuditEvent(
             project=binding.project.name,
-            client=call.redact(_client_name(grant, ctx)),
+            client=call.redact(client),
             tool=call.redact(tool),
             arguments=_audit_arguments(binding, arguments),
             outcome=call.outcome or "error",
             message=call.redact(call.message)[:2000] if call.message else None,
-            result_bytes=len(json.dumps(data, separators=(",", ":"))) if data is not None else 0,
+            result_bytes=_json_size(data) if data is not None else 0,
             duration_ms=(time.perf_counter() - started) * 1000.0,
             attempt_id=binding.attempt_id,
         )
@@ -313,6 +338,29 @@ def _as_dict(result: HandlerResult) -> dict[str, Any] | None:
         dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return dumped
     return result
+
+
+def _json_size(data: Mapping[str, Any]) -> int:
+    """`len(json.dumps(data, separators=(",", ":")))`, the audited size of a result. pydantic's serialiser gives
+    the same text, faster, when it is printable ASCII and holds no float (json escapes non-ASCII and DEL, and
+    writes floats its own way)."""
+    try:
+        out = pydantic_core.to_json(data)
+    except (ValueError, TypeError):  # a lone surrogate: json's own escaping
+        out = b"\x80"
+    if out.isascii() and b"\x7f" not in out and not _holds_float(data):
+        return len(out)
+    return len(json.dumps(data, separators=(",", ":")))
+
+
+def _holds_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_float(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_float(v) for v in value)
+    return False
 
 
 def _error_result(message: str) -> dict[str, Any]:
@@ -348,7 +396,7 @@ def _text_chars(value: Any, clean: set[str]) -> int:
     return 0
 
 
-def _json_text(structured: Any) -> str:
+def structured_text(structured: Any) -> str:
     """The SDK's text block for a structured result: its JSON, indented by 2 (`func_metadata.convert_result`)."""
     return pydantic_core.to_json(structured, fallback=str, indent=2).decode()
 
@@ -364,7 +412,7 @@ def _to_mask(data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
             isinstance(block, dict)
             and block.keys() == {"type", "text"}
             and block["type"] == "text"
-            and block["text"] == _json_text(structured)
+            and block["text"] == structured_text(structured)
         ):
             return {k: v for k, v in data.items() if k != "content"}, True
     return data, False
@@ -377,7 +425,7 @@ def _gate(call: CallState, payload: dict[str, Any], rebuild: bool) -> dict[str, 
     clean = call.binding.known_clean.container(secrets, also=call.clean)
     gated: dict[str, Any] = redact_obj(payload, extra_secrets=secrets, clean=clean)
     if rebuild:
-        gated["content"] = [{"type": "text", "text": _json_text(gated["structuredContent"])}]
+        gated["content"] = [{"type": "text", "text": structured_text(gated["structuredContent"])}]
     return gated
 
 
@@ -397,13 +445,18 @@ def _filter_tools(result: HandlerResult, allowed: tuple[str, ...]) -> HandlerRes
 
 
 def _client_name(grant: SessionGrant, ctx: ServerRequestContext[Any, Any]) -> str:
+    params = getattr(ctx.session, "client_params", None)
+    return client_name(grant, ctx.params, getattr(getattr(params, "client_info", None), "name", None))
+
+
+def client_name(grant: SessionGrant, params: Mapping[str, Any] | None, session_client: object) -> str:
+    """Who made a call, as audited: the grant's client and the client's name (from the request's `_meta`
+    clientInfo, else `session_client`, the name its session announced)."""
     info: Any = None
-    meta = (ctx.params or {}).get("_meta")
+    meta = (params or {}).get("_meta")
     if isinstance(meta, Mapping):
         info = meta.get("io.modelcontextprotocol/clientInfo")
     if not isinstance(info, Mapping):
-        params = getattr(ctx.session, "client_params", None)
-        client_info = getattr(params, "client_info", None)
-        info = {"name": getattr(client_info, "name", None)}
+        info = {"name": session_client}
     name = info.get("name") if isinstance(info, Mapping) else None
     return f"{grant.client}/{str(name)[:64]}" if name else grant.client

@@ -55,7 +55,10 @@ class SessionCache:
 
     def grant_for(self, ctx: ServerRequestContext[Any, Any]) -> SessionGrant | None:
         """The grant `ctx` acts under (its bearer token's, else the server's), never above the server's mode."""
-        token = _access_token(ctx)
+        return self.grant_of(_access_token(ctx))
+
+    def grant_of(self, token: AccessToken | None) -> SessionGrant | None:
+        """The grant a request with bearer `token` (None: none) acts under, never above the server's mode."""
         grant = grant_from_access_token(token) if token is not None else self._grant
         if grant is None:
             return None

@@ -11,7 +11,10 @@ non-blocking pipes. Parsing and serialising are the SDK's own (`jsonrpc_message_
 SDK does, it claims fds 0 and 1 while serving: fd 0 reads the null device and fd 1 goes to stderr, so nothing
 a tool or a child process prints can corrupt the wire; both are restored on exit.
 
-When stdin or stdout is not a pipe (a file, a terminal), the SDK's own transport runs instead.
+Each line read is first offered to `mcp_server.stdio_lean.LeanStdio`, which answers the steady state (`tools/call`,
+`tools/list`, `ping`) itself, byte for byte as the SDK would; what it leaves goes to the SDK as above.
+
+When stdin or stdout is not a pipe (a file, a terminal), the SDK's own transport runs instead (no lean loop).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import mcp_types as types
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.message import SessionMessage
 
+from mcp_server.stdio_lean import LeanStdio
+
 __all__ = ["run_stdio"]
 
 # One JSON-RPC message a line; a write_repo_file call carries a whole file, so lines may be long.
@@ -39,16 +44,22 @@ class _PipeReadStream:
     """The messages of stdin, one a line, parsed when the server receives them (a line that is not a JSON-RPC
     message is handed over as its parse error, as the SDK's transport does)."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: asyncio.StreamReader, lean: LeanStdio | None = None) -> None:
         self._reader = reader
+        self._lean = lean
         self._closed = False
 
     async def receive(self) -> SessionMessage | Exception:
         if self._closed:
             raise anyio.ClosedResourceError
-        line = await self._reader.readline()
-        if not line:
-            raise anyio.EndOfStream
+        while True:
+            line = await self._reader.readline()
+            if not line:
+                if self._lean is not None:
+                    await self._lean.aclose()
+                raise anyio.EndOfStream
+            if self._lean is None or not await self._lean.feed(line):
+                break
         try:
             message = types.jsonrpc_message_adapter.validate_json(line.decode("utf-8", errors="replace"), by_name=False)
         except Exception as exc:  # handed to the server, which answers it as the SDK's transport would
@@ -82,13 +93,19 @@ class _PipeWriteStream:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._closed = False
+        self.lean: LeanStdio | None = None
 
     async def send(self, item: SessionMessage, /) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
-        line = item.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+        if self.lean is not None:
+            self.lean.observe(item.message)
+        await self.write_line((item.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode("utf-8"))
+
+    async def write_line(self, line: bytes) -> None:
+        """One message, already serialised with its line break."""
         try:
-            self._writer.write(line.encode("utf-8"))
+            self._writer.write(line)
             await self._writer.drain()
         except (OSError, RuntimeError) as exc:  # the client went away
             raise anyio.BrokenResourceError from exc
@@ -114,7 +131,7 @@ def _is_pipe(fd: int) -> bool:
 
 
 @asynccontextmanager
-async def _claimed_pipes() -> AsyncIterator[tuple[_PipeReadStream, _PipeWriteStream]]:
+async def _claimed_pipes(server: MCPServer[Any]) -> AsyncIterator[tuple[_PipeReadStream, _PipeWriteStream]]:
     """Private duplicates of fds 0 and 1 as event-loop pipes, with fd 0 on the null device and fd 1 on stderr."""
     loop = asyncio.get_running_loop()
     saved_in, saved_out = os.dup(0), os.dup(1)
@@ -132,7 +149,9 @@ async def _claimed_pipes() -> AsyncIterator[tuple[_PipeReadStream, _PipeWriteStr
         write_transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, wire_out)
         writer = asyncio.StreamWriter(write_transport, protocol, None, loop)
         try:
-            yield _PipeReadStream(reader), _PipeWriteStream(writer)
+            write_stream = _PipeWriteStream(writer)
+            lean = write_stream.lean = LeanStdio(server, write_stream.write_line)
+            yield _PipeReadStream(reader, lean), write_stream
         finally:
             read_transport.close()
             write_transport.close()
@@ -151,5 +170,5 @@ async def run_stdio(server: MCPServer[Any]) -> None:
         await server.run_stdio_async()
         return
     lowlevel = server._lowlevel_server  # what `MCPServer.run_stdio_async` runs, with our streams
-    async with _claimed_pipes() as (read_stream, write_stream):
+    async with _claimed_pipes(server) as (read_stream, write_stream):
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())

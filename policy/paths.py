@@ -101,12 +101,24 @@ def check_relative(requested: str, *, allow_root: bool = False) -> PurePosixPath
     Raises:
         PathRefused: the path is empty, absolute, traversing, encoded, look-alike, too long, under `.git`, ...
     """
+    parts = _relative_parts(requested, allow_root=allow_root)
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def _relative_parts(requested: str, *, allow_root: bool) -> list[str]:
+    """`check_relative`'s checks, on strings: the path's components ('.' and empty ones dropped; none for the
+    root, when `allow_root`)."""
     # Security: every check here is lexical and runs before any join, so nothing hostile reaches realpath.
     if not isinstance(requested, str) or requested == "":
         raise _refuse(RefusalReason.EMPTY, str(requested))
     if "\x00" in requested:
         raise _refuse(RefusalReason.NUL_BYTE, requested)
-    if any(unicodedata.category(ch) in _BAD_CATEGORIES for ch in requested):
+    ascii_only = requested.isascii()  # no ASCII character is Cf, Cs, Zl, Zp or a look-alike; NFKC keeps ASCII
+    if (
+        any(ch < " " or ch == "\x7f" for ch in requested)
+        if ascii_only
+        else any(unicodedata.category(ch) in _BAD_CATEGORIES for ch in requested)
+    ):
         raise _refuse(RefusalReason.CONTROL_CHAR, requested)
     if "\\" in requested:
         raise _refuse(RefusalReason.BACKSLASH, requested)
@@ -114,15 +126,17 @@ def check_relative(requested: str, *, allow_root: bool = False) -> PurePosixPath
         raise _refuse(RefusalReason.ABSOLUTE, requested)
     if _DRIVE_RE.match(requested):
         raise _refuse(RefusalReason.DRIVE, requested)
-    if _check_encoded(requested):
+    if "%" in requested and _check_encoded(requested):
         raise _refuse(RefusalReason.ENCODED, requested)
-    if any(ch in _LOOKALIKES for ch in requested) or unicodedata.normalize("NFKC", requested) != requested:
+    if not ascii_only and (
+        any(ch in _LOOKALIKES for ch in requested) or unicodedata.normalize("NFKC", requested) != requested
+    ):
         raise _refuse(RefusalReason.LOOKALIKE, requested)
-    if len(requested.encode("utf-8")) > MAX_PATH_BYTES:
+    if (len(requested) if ascii_only else len(requested.encode("utf-8"))) > MAX_PATH_BYTES:
         raise _refuse(RefusalReason.TOO_LONG, requested)
     parts = [p for p in requested.split("/") if p not in ("", ".")]
     for i, part in enumerate(parts):
-        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+        if (len(part) if ascii_only else len(part.encode("utf-8"))) > MAX_COMPONENT_BYTES:
             raise _refuse(RefusalReason.TOO_LONG, requested)
         if part == "..":
             raise _refuse(RefusalReason.TRAVERSAL, requested)
@@ -131,11 +145,9 @@ def check_relative(requested: str, *, allow_root: bool = False) -> PurePosixPath
             raise _refuse(RefusalReason.ABSOLUTE, requested)
         if is_git_component(part):
             raise _refuse(RefusalReason.GIT_DIR, requested)
-    if not parts:
-        if allow_root:
-            return PurePosixPath(".")
+    if not parts and not allow_root:
         raise _refuse(RefusalReason.ROOT if requested.strip("/.") == "" else RefusalReason.EMPTY, requested)
-    return PurePosixPath(*parts)
+    return parts
 
 
 def is_within(root: str, candidate: str) -> bool:
@@ -150,6 +162,23 @@ def is_within(root: str, candidate: str) -> bool:
     root_path = PurePosixPath(posixpath.normpath(root))
     cand_path = PurePosixPath(posixpath.normpath(candidate))
     return cand_path.is_relative_to(root_path)
+
+
+def _parts_below(root_n: str, real_n: str) -> list[str] | None:
+    """The components of normalised `real_n` below normalised `root_n` (none: the root itself), or None when it
+    is not within it (`is_within`, on strings)."""
+    if root_n.startswith("//") or real_n.startswith("//"):  # POSIX's implementation-defined '//' root: pathlib's
+        if not is_within(root_n, real_n):
+            return None
+        return list(PurePosixPath(real_n).relative_to(PurePosixPath(root_n)).parts)
+    if not (root_n.startswith("/") and real_n.startswith("/")):
+        return None
+    if real_n == root_n:
+        return []
+    prefix = root_n if root_n.endswith("/") else root_n + "/"
+    if not real_n.startswith(prefix):
+        return None
+    return real_n[len(prefix) :].split("/")
 
 
 def _escape_class(body: str) -> str:
@@ -340,7 +369,11 @@ def check_write_allowed(rel: PurePosixPath, rules: WriteRules) -> None:
     Raises:
         PathRefused: reason `denied_glob`, `not_allowed` or `drive` (also `root` for the workspace itself).
     """
-    text = rel.as_posix()
+    _check_write_text(rel.as_posix(), rules)
+
+
+def _check_write_text(text: str, rules: WriteRules) -> None:
+    """`check_write_allowed` of a relative path as text ('.' for the root)."""
     if text in ("", "."):
         raise _refuse(RefusalReason.ROOT, text)
     # Security: no ':' in a written path. Reads of existing files with one stay allowed, but a new one would be
@@ -377,29 +410,30 @@ def confine(
         PathRefused: any lexical refusal of `check_relative`, `outside_root`, `git_dir`, `symlink_loop`,
             `root`, or the write-rule reasons.
     """
-    rel = check_relative(requested, allow_root=allow_root)
+    parts = _relative_parts(requested, allow_root=allow_root)
     real_root = realpath(root)
-    joined = real_root if rel == PurePosixPath(".") else posixpath.join(real_root, rel.as_posix())
+    joined = posixpath.join(real_root, "/".join(parts)) if parts else real_root
     real = realpath(joined)
     # Security: judge the resolved path, not the requested one: symlinks can point anywhere.
-    if not is_within(real_root, real):
+    root_n, real_n = posixpath.normpath(real_root), posixpath.normpath(real)
+    real_parts = _parts_below(root_n, real_n)
+    if real_parts is None:
         raise _refuse(RefusalReason.OUTSIDE_ROOT, requested)
-    real_rel = PurePosixPath(posixpath.normpath(real)).relative_to(PurePosixPath(posixpath.normpath(real_root)))
-    if any(is_git_component(part) for part in real_rel.parts):
+    if any(is_git_component(part) for part in real_parts):
         raise _refuse(RefusalReason.GIT_DIR, requested)
-    if real_rel == PurePosixPath(".") and not allow_root:
+    if not real_parts and not allow_root:
         raise _refuse(RefusalReason.ROOT, requested)
     if islink is not None:
         # Security: a fully resolved path has no symlink left in it; one that does is a loop realpath gave up on.
-        probe = PurePosixPath(posixpath.normpath(real_root))
-        for part in real_rel.parts:
-            probe = probe / part
-            if islink(str(probe)):
+        probe = root_n.rstrip("/")
+        for part in real_parts:
+            probe = f"{probe}/{part}"
+            if islink(probe):
                 raise _refuse(RefusalReason.SYMLINK_LOOP, requested)
     if rules is not None:
         try:
-            check_write_allowed(rel, rules)
-            check_write_allowed(real_rel, rules)
+            _check_write_text("/".join(parts) or ".", rules)
+            _check_write_text("/".join(real_parts) or ".", rules)
         except PathRefused as exc:
             # Keep the requested path in the message: the resolved one may reveal a symlink's target.
             raise _refuse(RefusalReason(exc.reason), requested) from None
