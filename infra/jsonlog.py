@@ -22,14 +22,24 @@ __all__ = ["QUIET_HTTP_LOGGERS", "JsonFormatter", "bind_context", "configure_jso
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("greenloop_log_context", default={})  # noqa: B039
 
 
-@contextmanager
-def bind_context(**fields: Any) -> Iterator[None]:
-    """Add fields (e.g. attempt_id, trace_id, project) to every event logged inside the block."""
-    token = _context.set({**_context.get(), **fields})
-    try:
-        yield
-    finally:
-        _context.reset(token)
+class bind_context:
+    """Add fields (e.g. attempt_id, trace_id, project) to every event logged inside the block.
+
+    A class rather than a `contextmanager` generator: the runner enters one per project per pass."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+        self._token: contextvars.Token[dict[str, Any]] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _context.set({**_context.get(), **self._fields})
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _context.reset(self._token)
+            self._token = None
 
 
 def log_event(

@@ -13,8 +13,11 @@ ten times the cost of the exchange itself. This client does only what those GETs
   connection before any answer byte arrives is sent once more on a new one (the server may close an idle
   connection just as the request leaves);
 - one deadline (`timeout` seconds) over the whole exchange: waiting for a connection slot, connecting,
-  writing and reading (a timer aborts the connection when it passes); a connection whose exchange failed,
-  timed out or was cancelled is closed, never reused;
+  writing and reading (the connection is aborted when it passes; one timer per client, set for the earliest
+  deadline in flight, rather than a timer per request); a connection whose exchange failed, timed out or was
+  cancelled is closed, never reused;
+- a request's bytes remembered by path, query and headers: an unchanged pass sends every project the same
+  request as the pass before (same token, same ETag), so it is built and checked once;
 - TLS for `https` bases (`httpx2.create_ssl_context()`: the same verification as the rest of the client).
 
 It knows nothing of GitHub: retries, rate limits, ETags and tokens are `mcp_server.forge.ForgeClient`'s.
@@ -28,9 +31,9 @@ import json
 import re
 import ssl
 import zlib
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx2
@@ -53,9 +56,10 @@ class LeanHTTPError(Exception):
         self.sent = sent
 
 
-@dataclass(frozen=True, slots=True)
-class LeanResponse:
-    """A complete answer: status, headers (names lower-cased, repeated ones joined by ", ") and body."""
+class LeanResponse(NamedTuple):
+    """A complete answer: status, headers (names lower-cased, repeated ones joined by ", ") and body.
+
+    A named tuple: one is built per request, and a tuple is the cheapest immutable record to build."""
 
     status_code: int
     headers: Mapping[str, str]
@@ -69,8 +73,9 @@ class LeanResponse:
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: answers are parsed as their bytes arrive, one exchange at a time."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, loop: asyncio.AbstractEventLoop) -> None:
         self._max_body = max_body
+        self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._waiter: asyncio.Future[tuple[LeanResponse, bool]] | None = None
@@ -117,47 +122,45 @@ class _Connection(asyncio.Protocol):
         """Whether an idle connection can carry another request (the server has not closed it)."""
         return not self.closed and self._transport is not None and not self._transport.is_closing()
 
-    async def exchange(self, request: bytes, deadline: float) -> tuple[LeanResponse, bool]:
-        """Send `request`, wait for the whole answer; (answer, whether the connection can be reused).
+    def send(self, request: bytes) -> asyncio.Future[tuple[LeanResponse, bool]]:
+        """Send `request`; the future of its whole answer and whether the connection can be reused then.
 
-        Raises:
-            _Stale: the connection closed before any byte of the answer (the request may be sent again).
-            LeanHTTPError: any other failure, or the deadline passed (the connection is closed then).
+        The caller awaits the future, closes the connection if that fails, and calls `finished` after it.
+        Its exception is `_Stale` when the connection closed before any byte of the answer (the request may
+        be sent again), `LeanHTTPError` for any other failure, including `expire` (the deadline passed).
         """
         transport = self._transport
         if transport is None or self.closed:
             raise _Stale
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[tuple[LeanResponse, bool]] = loop.create_future()
+        waiter: asyncio.Future[tuple[LeanResponse, bool]] = self._loop.create_future()
         self._waiter = waiter
-        self._buffer.clear()
+        if self._buffer:
+            self._buffer.clear()
         self._head = None
         self._chunks = []
         self._chunk_at = 0
         self._chunked_bytes = 0
         self._received = False
-        timer = loop.call_at(deadline, self._expire, waiter)
-        try:
-            transport.write(request)
-            return await waiter
-        except BaseException:
-            self.close()  # failed, timed out or cancelled halfway: the connection's state is unknown
-            raise
-        finally:
-            timer.cancel()
-            self._waiter = None
+        transport.write(request)
+        return waiter
+
+    def finished(self) -> None:
+        """The exchange is over (answered, failed or cancelled): bytes arriving now are out of step."""
+        self._waiter = None
+
+    def expire(self) -> None:
+        """The exchange's deadline passed: it fails as timed out, and the connection is aborted."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(LeanHTTPError("timed out", timeout=True))
+        if self._transport is not None:
+            self._transport.abort()
+        self.closed = True
 
     def close(self) -> None:
         self.closed = True
         if self._transport is not None:
             self._transport.close()
-
-    def _expire(self, waiter: asyncio.Future[tuple[LeanResponse, bool]]) -> None:
-        if not waiter.done():
-            waiter.set_exception(LeanHTTPError("timed out", timeout=True))
-        if self._transport is not None:
-            self._transport.abort()
-        self.closed = True
 
     def _ended(self, exc: Exception | None) -> None:
         self.closed = True
@@ -187,7 +190,7 @@ class _Connection(asyncio.Protocol):
                 if len(buffer) > _MAX_HEADER_BYTES:
                     raise LeanHTTPError("answer headers too large")
                 return None
-            status, headers = _parse_head(bytes(buffer[: end + 2]))
+            status, headers = _parse_head(buffer[: end + 2].decode("latin-1"))
             if 100 <= status < 200:
                 raise LeanHTTPError(f"unexpected interim answer {status}")
             self._head = (status, headers, end + 4)
@@ -218,7 +221,7 @@ class _Connection(asyncio.Protocol):
             body, end = bytes(buffer[start:]), len(buffer)
         # Reusable only when nothing follows the answer: stray bytes would be read as the next one's.
         reusable = keep_alive and not self.closed and len(buffer) == end
-        return LeanResponse(status, headers, self._decoded(headers, body)), reusable
+        return LeanResponse(status, headers, self._decoded(headers, body) if body else body), reusable
 
     def _read_chunks(self) -> int:
         """Consume the complete chunks in the buffer; the offset after the last (empty) chunk and its trailers
@@ -248,7 +251,7 @@ class _Connection(asyncio.Protocol):
 
     def _decoded(self, headers: Mapping[str, str], body: bytes) -> bytes:
         encoding = headers.get("content-encoding", "identity").strip().lower()
-        if not body or encoding in ("identity", ""):
+        if encoding in ("identity", ""):
             return body
         if encoding != "gzip":
             raise LeanHTTPError(f"unsupported content encoding {encoding!r}")
@@ -289,11 +292,20 @@ class ConditionalGetClient:
         if self._fixed.count("\n") != len(fixed) or self._fixed.count("\r") != len(fixed):
             raise ValueError("header names and values must not contain CR or LF")
         self._timeout = timeout
-        self._slots = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
+        self._in_use = 0  # requests holding one of the `max_connections` slots
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._idle: list[_Connection] = []
         self._max_idle = max_connections
         self._max_body = max_body_bytes
         self._closed = False
+        self._requests: dict[tuple[str, tuple[tuple[str, str | int], ...], tuple[tuple[str, str], ...]], bytes] = {}
+        # Deadlines: one timer per client, not one per request. `_busy` holds each exchange in flight and its
+        # deadline; the timer is set for the earliest of them and, when it fires, expires those that passed.
+        self._busy: dict[_Connection, float] = {}
+        self._watch: asyncio.TimerHandle | None = None
+        self._watch_at = float("inf")
+        self._watch_loop: asyncio.AbstractEventLoop | None = None
         self.connections_opened = 0
         """Connections opened since the client was built (reuse keeps it at the concurrency reached)."""
 
@@ -312,30 +324,38 @@ class ConditionalGetClient:
         """
         if self._closed:
             raise LeanHTTPError("client closed", sent=False)
-        target = self._prefix + path
-        if params:
-            target += ("&" if "?" in target else "?") + _query(params)
-        if not target.isascii() or not target.isprintable() or " " in target:
-            target = quote(target, safe=_TARGET_SAFE)
-        extra = ""
-        if headers:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            if extra.count("\n") != len(headers) or extra.count("\r") != len(headers):
-                raise ValueError("header names and values must not contain CR or LF")  # Security: no injection
-        request = f"GET {target} HTTP/1.1\r\n{self._fixed}{extra}\r\n".encode("latin-1")
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        if self._slots.locked():  # every connection busy: wait for one, within the same deadline
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._slots.acquire()
-            except TimeoutError as exc:
-                raise LeanHTTPError("timed out waiting for a connection", timeout=True, sent=False) from exc
-        else:
-            await self._slots.acquire()
+        request = self._request(path, params, headers)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        if self._in_use < self._max_connections and not self._slot_waiters:
+            self._in_use += 1
+        else:  # every connection busy: wait for one, within the same deadline
+            await self._wait_for_slot(loop, deadline)
         try:
-            return await self._exchange(request, deadline)
+            conn = self._reusable()
+            while True:
+                fresh = conn is None
+                if conn is None:
+                    conn = await self._connect(loop, deadline)
+                busy = self._busy
+                busy[conn] = deadline
+                if deadline < self._watch_at or loop is not self._watch_loop:
+                    self._watch_until(loop, deadline)
+                try:
+                    return self._done(conn, await conn.send(request))
+                except _Stale as exc:
+                    conn.close()
+                    if fresh:
+                        raise LeanHTTPError("connection closed before an answer") from exc
+                except BaseException:
+                    conn.close()  # failed, timed out or cancelled halfway: the connection's state is unknown
+                    raise
+                finally:
+                    del busy[conn]
+                    conn.finished()
+                conn = None  # closed by the server while idle: send once more on a new connection
         finally:
-            self._slots.release()
+            self._release_slot()
 
     async def aclose(self) -> None:
         """Close every idle connection; later calls fail."""
@@ -343,22 +363,86 @@ class ConditionalGetClient:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+        if self._watch is not None and not self._busy:
+            self._watch.cancel()
+            self._watch, self._watch_at = None, float("inf")
 
-    async def _exchange(self, request: bytes, deadline: float) -> LeanResponse:
+    def _request(self, path: str, params: Mapping[str, str | int] | None, headers: Mapping[str, str] | None) -> bytes:
+        """The request's bytes, remembered: a pass sends each project the same request (path, query, token
+        and ETag) as the pass before, until something changes."""
+        key = (path, tuple(params.items()) if params else (), tuple(headers.items()) if headers else ())
+        request = self._requests.get(key)
+        if request is not None:
+            return request
+        target = self._prefix + path
+        if params:
+            target += ("&" if "?" in target else "?") + _query(params)
+        if not target.isascii() or not target.isprintable() or " " in target:
+            target = quote(target, safe=_TARGET_SAFE)
+        extra = ""
+        if headers:
+            extra = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+            if extra.count("\n") != len(headers) or extra.count("\r") != len(headers):
+                raise ValueError("header names and values must not contain CR or LF")  # Security: no injection
+        request = f"GET {target} HTTP/1.1\r\n{self._fixed}{extra}\r\n".encode("latin-1")
+        if len(self._requests) >= _MAX_REQUESTS:
+            self._requests.clear()  # a new token makes every request new: start over rather than grow
+        self._requests[key] = request
+        return request
+
+    def _reusable(self) -> _Connection | None:
+        """The newest idle connection the server has not closed (the others found on the way are closed)."""
         while self._idle:
             conn = self._idle.pop()
-            if not conn.usable():
-                conn.close()
-                continue
-            try:
-                return self._done(conn, await conn.exchange(request, deadline))
-            except _Stale:
-                break  # closed by the server while idle: send once more on a new connection
-        conn = await self._connect(deadline)
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
+
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._slot_waiters.append(waiter)
         try:
-            return self._done(conn, await conn.exchange(request, deadline))
-        except _Stale as exc:
-            raise LeanHTTPError("connection closed before an answer") from exc
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot just as the wait ended: pass it on
+            else:
+                waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                raise LeanHTTPError("timed out waiting for a connection", timeout=True, sent=False) from exc
+            raise
+
+    def _release_slot(self) -> None:
+        """Hand the slot to the first request still waiting, else free it."""
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._in_use -= 1
+
+    def _watch_until(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch = loop.call_at(when, self._expire_due, loop)
+        self._watch_at = when
+        self._watch_loop = loop
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire the exchanges whose deadline passed; set the timer for the earliest one left."""
+        self._watch, self._watch_at = None, float("inf")
+        now = loop.time()
+        later = float("inf")
+        for conn, deadline in list(self._busy.items()):
+            if deadline <= now:
+                conn.expire()
+            elif deadline < later:
+                later = deadline
+        if later < float("inf"):
+            self._watch_until(loop, later)
 
     def _done(self, conn: _Connection, answer: tuple[LeanResponse, bool]) -> LeanResponse:
         response, reusable = answer
@@ -368,12 +452,11 @@ class ConditionalGetClient:
             conn.close()
         return response
 
-    async def _connect(self, deadline: float) -> _Connection:
-        loop = asyncio.get_running_loop()
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         try:
             async with asyncio.timeout_at(deadline):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self._max_body),
+                    lambda: _Connection(self._max_body, loop),
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -391,9 +474,8 @@ class _Stale(Exception):
     """A reused connection closed before any byte of the answer arrived."""
 
 
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+def _parse_head(text: str) -> tuple[int, dict[str, str]]:
     """The status and headers of an answer head (its status line and header lines, each ending in CRLF)."""
-    text = head.decode("latin-1")
     first = text.index("\r\n")
     version, _, rest = text[:first].partition(" ")
     code = rest[:3]
@@ -402,10 +484,12 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     fields = _HEADER_RE.findall(text, first)
     if len(fields) != text.count("\r\n") - 1:
         raise LeanHTTPError("malformed header line")
-    headers: dict[str, str] = {}
-    for name, value in fields:
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    headers = {name.lower(): value for name, value in fields}
+    if len(headers) != len(fields):  # a repeated header: its values joined, in order
+        headers = {}
+        for name, value in fields:
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return int(code), headers
 
 
@@ -422,6 +506,7 @@ def _query(params: Mapping[str, str | int]) -> str:
 
 _QUERIES: dict[tuple[tuple[str, str | int], ...], str] = {}
 _MAX_QUERIES = 4096
+_MAX_REQUESTS = 50_000  # remembered requests per client (~1 KiB each; one a project and list)
 
 
 def _content_length(value: str) -> int:

@@ -394,10 +394,21 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 def _cache_key(path: str, params: Mapping[str, str | int] | None) -> str:
-    """The ETag cache key of a GET: its path and sorted query (no request object built)."""
+    """The ETag cache key of a GET: its path and sorted query (no request object built; remembered)."""
     if not params:
         return path
-    return path + "?" + "&".join(f"{k}={params[k]}" for k in sorted(params))
+    memo = (path, tuple(params.items()))
+    key = _CACHE_KEYS.get(memo)
+    if key is None:
+        key = path + "?" + "&".join(f"{k}={params[k]}" for k in sorted(params))
+        if len(_CACHE_KEYS) >= _MAX_CACHE_KEYS:
+            _CACHE_KEYS.clear()
+        _CACHE_KEYS[memo] = key
+    return key
+
+
+_CACHE_KEYS: dict[tuple[str, tuple[tuple[str, str | int], ...]], str] = {}
+_MAX_CACHE_KEYS = 100_000  # a pass asks for the same lists every time: one key a project and list
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -853,10 +864,12 @@ class ForgeClient:
         )
         if response.status_code == 304 and cached is not None and key is not None:
             self.stats.not_modified += 1
-            # The entry may have been evicted by concurrent requests while this one was in flight: put it back.
-            self._etags[key] = cached
-            self._etags.move_to_end(key)
-            self._evict()
+            etags = self._etags
+            if key in etags:
+                etags.move_to_end(key)
+            else:  # evicted by concurrent requests while this one was in flight: put it back
+                etags[key] = cached
+                self._evict()
             return _cached_reply(cached, lazy=lazy)
         try:
             body = response.json() if response.content else None
@@ -890,7 +903,8 @@ class ForgeClient:
         refreshed = False
         lean = self._gets if method == "GET" and not redirect_ok else None
         while True:
-            await self._wait_for_primary_limit(method, path)
+            if self.stats.rate_remaining == 0:  # else nothing to wait for (checked here: one await less a request)
+                await self._wait_for_primary_limit(method, path)
             token = await self._auth.token()
             headers = {"Authorization": f"Bearer {token}"}
             if if_none_match:

@@ -66,9 +66,11 @@ class ProjectObservation:
     in_progress: set[str] = field(default_factory=set)
     green_shas: dict[str, set[str]] = field(default_factory=dict)
     runs: list[ObservedRun] = field(default_factory=list)
+    _red: list[ObservedRun] | None = field(default=None, repr=False, compare=False)
 
     def add(self, run: ObservedRun) -> None:
         """Fold one run into the observation (runs may arrive in any order)."""
+        self._red = None
         self.runs.append(run)
         if not run.completed:
             current = self.latest.get(run.job)
@@ -81,8 +83,19 @@ class ProjectObservation:
         if current is None or run.order >= current.order:
             self.latest[run.job] = run
 
+    def red(self) -> list[ObservedRun]:
+        """The latest completed run of each job that is red with no newer run going, by job name.
+
+        Remembered until the next `add`: an unchanged project's observation is reused pass after pass."""
+        if self._red is None:
+            self._red = [
+                run for job, run in sorted(self.latest.items()) if not run.green and job not in self.in_progress
+            ]
+        return list(self._red)
+
     def finish(self) -> None:
         """Drop in-progress marks older than the latest completed run of their job."""
+        self._red = None
         for job in list(self.in_progress):
             latest = self.latest.get(job)
             newer = [r for r in self.runs if r.job == job and not r.completed]

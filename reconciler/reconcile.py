@@ -56,6 +56,9 @@ class Result:
     requeue_after: timedelta | None = None
 
 
+_NO_REQUEUE = Result()  # a project that asks nothing of the runner (most, on most passes)
+
+
 @dataclass
 class PassScope:
     """One pass's view of the store, loaded for all its projects at once, and where the pass notes what it did."""
@@ -67,6 +70,7 @@ class PassScope:
     last_failures: dict[str, datetime] = field(default_factory=dict)
     reported: dict[str, ProjectObservation] = field(default_factory=dict)
     costs: WindowCosts | None = None  # the current spend windows (None: not read; no cost limit applies)
+    projects: dict[str, ProjectConfig] = field(default_factory=dict)  # the pass's projects by name
 
     @property
     def dry_run(self) -> bool:
@@ -100,6 +104,7 @@ async def load_scope(
         last_failures=await store.last_failures(ctx.sessions, names),
         reported=await observe_reported(ctx.sessions, projects),
         costs=costs,
+        projects={p.name: p for p in projects},
     )
 
 
@@ -110,7 +115,9 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
         KeyError: `key` names no configured project.
         ForgeError, ReconcilerError: the forge or the store failed (the runner records it as this key's error).
     """
-    project = ctx.config.project(key)
+    project = scope.projects.get(key) if scope is not None else None
+    if project is None:
+        project = ctx.config.project(key)
     if scope is None:
         scope = await load_scope(ctx, [project], trigger="cli", dry_run=False)
     summary = scope.summary
@@ -122,12 +129,12 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
     if scope.costs is not None and project.daily_cost_usd is not None and not scope.dry_run:
         await give_notices(ctx, scope.costs, project)
 
-    red = [run for job, run in sorted(obs.latest.items()) if not run.green and job not in obs.in_progress]
+    red = obs.red()
     rerunning = _note_reruns_in_progress(project, obs, summary)
     reset_at = row.escalation_reset_at if row is not None else None
     if not red:
         if rerunning:
-            return Result()  # still red until the newer run ends; no attempt while it runs
+            return _NO_REQUEUE  # still red until the newer run ends; no attempt while it runs
         last_failure = scope.last_failures.get(project.name)
         if (
             obs.latest
@@ -136,7 +143,7 @@ async def reconcile_project(ctx: ReconcilerContext, key: str, *, scope: PassScop
             and (reset_at is None or last_failure > reset_at)
         ):
             await reset_escalation(ctx.sessions, project.name)  # green again: earlier failures no longer count
-        return Result()
+        return _NO_REQUEUE
 
     paused = row.paused if row is not None else False
     effective = project.model_copy(update={"paused": project.paused or paused})
@@ -233,6 +240,9 @@ def _note_reruns_in_progress(project: ProjectConfig, obs: ProjectObservation, su
 def _rate_limit_low(ctx: ReconcilerContext) -> bool:
     """Whether the forge's last reported budget is below the reserve and has not reset since (the last wall:
     the scheduled resync is paced to stay above it, `reconciler.pacing`; events and attempts may reach it)."""
+    remaining = ctx.forge.stats.rate_remaining if ctx.forge is not None else None
+    if remaining is None or remaining >= ctx.rate_limit_reserve:
+        return False  # the usual case, decided without building the budget
     return budget_of(ctx).below_reserve(time.time())
 
 
@@ -244,7 +254,7 @@ async def _observe(
     urgent: bool,
     summary: RunSummary,
 ) -> ProjectObservation:
-    obs = ProjectObservation()
+    actions_runs: Sequence[ObservedRun] = ()
     if ctx.forge is not None and not urgent and _rate_limit_low(ctx):
         # Non-urgent observation waits for the budget to reset; attempts in flight keep theirs.
         summary.count_skip(RATE_LIMIT_LOW)
@@ -259,8 +269,10 @@ async def _observe(
         ctx.caches.observations[project.name] = actions
         if reported is None:
             return actions  # already finished; on a 304 it is the previous pass's object, not a rebuild
-        for run in actions.runs:
-            obs.add(run)
+        actions_runs = actions.runs
+    obs = ProjectObservation()
+    for run in actions_runs:
+        obs.add(run)
     if reported is not None:
         for run in reported.runs:
             obs.add(run)

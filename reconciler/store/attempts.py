@@ -455,11 +455,16 @@ async def ended_without_pull_request(
     session_factory: SessionFactory, projects: Iterable[str], *, since: datetime, limit: int
 ) -> list[Attempt]:
     """The projects' attempts that ended since `since` naming a fix branch but no pull request, newest first
-    (at most `limit`): one statement, whatever the number of projects."""
+    (at most `limit`): one statement, whatever the number of projects.
+
+    A long list of names is not sent (`narrowed`): the newest `limit` such attempts of every project are read
+    and the asked ones kept. That is the answer unless the limit cut rows and some of those read were other
+    projects' (a pass over part of the fleet); only then a second statement reads with the names in SQL.
+    """
+    names = set(projects)
     query = (
         sa.select(Attempt)
         .where(
-            Attempt.project.in_(list(projects)),
             Attempt.status.in_(_values(TERMINAL_STATUSES)),
             Attempt.pr_number.is_(None),
             Attempt.branch.is_not(None),
@@ -468,7 +473,11 @@ async def ended_without_pull_request(
         .order_by(Attempt.finished_at.desc())
         .limit(limit)
     )
-    return await fetch_all(session_factory, query)
+    rows = await fetch_all(session_factory, narrowed(query, Attempt.project, names))
+    kept = [a for a in rows if a.project in names]
+    if len(rows) < limit or len(kept) == len(rows):
+        return kept
+    return await fetch_all(session_factory, query.where(Attempt.project.in_(list(names))))
 
 
 async def claim_resume(

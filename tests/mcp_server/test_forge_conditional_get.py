@@ -287,3 +287,32 @@ async def test_nothing_listens_is_a_connect_error_that_was_never_sent() -> None:
     with pytest.raises(LeanHTTPError) as info:
         await client.get("x")
     assert not info.value.sent and not info.value.timeout
+
+
+@pytest.mark.anyio
+async def test_requests_beyond_max_connections_wait_for_a_slot() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            if "/slow" in request:
+                await asyncio.sleep(0.6)
+            writer.write(b'HTTP/1.1 304 Not Modified\r\nETag: "e"\r\n\r\n')
+            await writer.drain()
+
+    server, base, _ = await serve(handler)
+    client = ConditionalGetClient(base, headers={}, timeout=0.4, max_connections=1)
+    try:
+        answers = await asyncio.gather(*(client.get(f"x{i}") for i in range(5)))
+        assert [a.status_code for a in answers] == [304] * 5
+        assert client.connections_opened == 1, "one slot: the requests took turns on one connection"
+        slow = asyncio.create_task(client.get("slow"))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(client.get("x"))  # waits for the only slot, which `slow` holds
+        with pytest.raises(LeanHTTPError) as timed_out:
+            await slow
+        assert timed_out.value.timeout and timed_out.value.sent
+        assert (await waiting).status_code == 304, "the slot passed on when the slow request timed out"
+        assert (await client.get("x")).status_code == 304, "the slot of the timed-out request was freed"
+    finally:
+        await client.aclose()
+        server.close()

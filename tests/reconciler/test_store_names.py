@@ -59,3 +59,32 @@ async def test_each_per_pass_read_returns_only_the_names_asked(sessions: Session
     assert active_outside not in {a.id for a in active.values()}
     assert list(await attempt_store.last_failures(sessions, asked)) == [inside]
     assert [(r.project, r.run_id) for r in await latest_reported_runs(sessions, asked)] == [(inside, "1")]
+
+
+@pytest.mark.parametrize("asked", [NAMES[1:], NAMES[1:10]], ids=["long list", "short list"])
+async def test_ended_attempts_are_the_newest_of_the_names_asked_whatever_the_limit(
+    sessions: SessionFactory, asked: list[str]
+) -> None:
+    await sync_projects(sessions, {n: f"acme/{n}" for n in NAMES})
+    ended: dict[str, str] = {}
+    for name in (NAMES[5], NAMES[0], NAMES[6]):  # oldest first; NAMES[0] is never asked for
+        outcome = await attempt_store.start_attempt(
+            sessions, project=name, job="test", fingerprint=f"fp-{name}", run_id="0", head_sha="a" * 40
+        )
+        assert outcome.attempt_id is not None
+        assert await attempt_store.transition(sessions, outcome.attempt_id, AttemptStatus.RUNNING, reason="test")
+        assert await attempt_store.transition(
+            sessions, outcome.attempt_id, AttemptStatus.FAILED, reason="test", branch=f"greenloop/fix-{name}"
+        )
+        ended[name] = outcome.attempt_id
+    since = datetime(2000, 1, 1, tzinfo=UTC)
+
+    async def newest(limit: int) -> list[str]:
+        rows = await attempt_store.ended_without_pull_request(sessions, asked, since=since, limit=limit)
+        return [a.id for a in rows]
+
+    assert await newest(1) == [ended[NAMES[6]]]
+    # The newest two of every project include NAMES[0]'s: the limit must not hide NAMES[5]'s.
+    assert await newest(2) == [ended[NAMES[6]], ended[NAMES[5]]]
+    assert await newest(3) == [ended[NAMES[6]], ended[NAMES[5]]]
+    assert await newest(50) == [ended[NAMES[6]], ended[NAMES[5]]]
