@@ -40,12 +40,7 @@ async def planted(tmp_path: Path) -> AsyncIterator[tuple[Any, ForgeClient]]:
         await forge.load_project(load_fixture_project(projects, "bug-lib"))
         await forge.wait_idle(60)
         async with (
-            GitHubApp(
-                api_url=forge.api_url,
-                app_id=str(forge.app_id),
-                installation_id=str(forge.installation_id),
-                private_key_path=forge.private_key_path,
-            ) as app,
+            GitHubApp.from_settings(forge.forge_settings()) as app,
             ForgeClient(ForgeSettings(api_url=forge.api_url), app) as client,
         ):
             yield forge, client

@@ -483,12 +483,7 @@ async def local_forge(tmp_path: Any) -> Any:
 
     async with (
         run_forge(tmp_path / "forge", projects=["clean", "bug-lib"], actions_enabled=False) as forge,
-        GitHubApp(
-            api_url=forge.api_url,
-            app_id=str(forge.app_id),
-            installation_id=str(forge.installation_id),
-            private_key_path=forge.private_key_path,
-        ) as app,
+        GitHubApp.from_settings(forge.forge_settings()) as app,
     ):
         sleeps: list[float] = []
 

@@ -108,12 +108,7 @@ class Env:
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     async with (
         run_forge(tmp_path / "forge", projects=["clean"], actions_enabled=False) as forge,
-        GitHubApp(
-            api_url=forge.api_url,
-            app_id=str(forge.app_id),
-            installation_id=str(forge.installation_id),
-            private_key_path=forge.private_key_path,
-        ) as app,
+        GitHubApp.from_settings(forge.forge_settings()) as app,
     ):
         yield Env(forge=forge, app=app, tmp=tmp_path)
 
