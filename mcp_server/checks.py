@@ -18,7 +18,7 @@ from policy.checks import PASSING_CONCLUSIONS, CheckState, ChecksVerdict, Contex
 from policy.config import ProjectConfig
 from policy.types import Autonomy
 
-__all__ = ["FailedChecks", "failed_checks", "head_checks", "merge_when_green"]
+__all__ = ["FailedChecks", "failed_checks", "head_checks", "merge_when_green", "refuse_unless_mergeable"]
 
 REVISION_EXCERPT_TOKENS = 1500
 """How much of the failing check's log a revision round is given (about 5,000 characters)."""
@@ -56,17 +56,34 @@ async def merge_when_green(
         raise ToolRefused(f"Merge refused: project autonomy is {project.autonomy.value!r}, not 'auto_merge'.")
     if pr.state != "open":
         raise ToolRefused(f"Merge refused: pull request #{pr.number} is {pr.state}.")
+    await refuse_unless_mergeable(forge, project, pr, pushed_sha, pusher="the attempt")
+    return await forge.merge_pull_request(project.repo, pr.number, sha=pushed_sha, title=title, message=message)
+
+
+async def refuse_unless_mergeable(
+    forge: ForgeClient, project: ProjectConfig, pr: PullRequest, pushed_sha: str, *, pusher: str, not_green: str = ""
+) -> None:
+    """The walls every merge of an open pull request passes, the merge tool's and the reconciler's alike.
+
+    `pusher` names who pushed `pushed_sha` in the refusal ("this session", "the attempt"); `not_green` is
+    appended to the refusal when the checks have not passed (what the caller does next).
+
+    Raises:
+        ToolRefused: the head is not `pushed_sha`, the base is not the default branch, or the head's checks
+            (the required ones, or all) have not passed.
+    """
+    # Security: merge only what was pushed; a head moved by anyone else needs a human.
     if pr.head.sha != pushed_sha:
         raise ToolRefused(
-            f"Merge refused: the pull request head moved: {pr.head.sha[:12]!r} is not the commit the attempt "
+            f"Merge refused: the pull request head moved: {pr.head.sha[:12]!r} is not the commit {pusher} "
             f"pushed ({pushed_sha[:12]!r}); a human must review it."
         )
     if pr.base.ref != project.default_branch:
         raise ToolRefused(f"Merge refused: the pull request targets {pr.base.ref!r}, not the default branch.")
+    # Security: untested code never lands.
     checks = await head_checks(forge, project.repo, pushed_sha, pr.base.ref)
     if checks.state is not CheckState.PASSED:
-        raise ToolRefused(f"Merge refused: {checks.reason()}.")
-    return await forge.merge_pull_request(project.repo, pr.number, sha=pushed_sha, title=title, message=message)
+        raise ToolRefused(f"Merge refused: {checks.reason()}.{not_green}")
 
 
 async def failed_checks(

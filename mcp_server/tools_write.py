@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from mcp_server.checks import head_checks
+from mcp_server.checks import refuse_unless_mergeable
 from mcp_server.deadline import off_loop
 from mcp_server.errors import ForgeError, ToolRefused
 from mcp_server.forge import PullRequest
@@ -28,7 +28,6 @@ from mcp_server.models import (
 )
 from mcp_server.session import SessionBinding
 from mcp_server.workspace import Workspace
-from policy.checks import CheckState
 from policy.redaction import secret_variants
 from policy.types import Autonomy
 
@@ -216,21 +215,15 @@ async def merge_pull_request() -> PullRequestMerged:
         return PullRequestMerged(number=pr.number, merged=True, sha=pr.merge_commit_sha)
     if pr is None or pr.state != "open":
         raise ToolRefused("Merge refused: the fix branch has no open pull request; call create_pull_request.")
-    # Security: merge only what this session pushed; a head moved by anyone else needs a human.
-    if pr.head.sha != pushed:
-        raise ToolRefused(
-            f"Merge refused: the pull request head moved: {pr.head.sha[:12]!r} is not the commit this "
-            f"session pushed ({pushed[:12]!r}); a human must review it."
-        )
-    if pr.base.ref != p.default_branch:
-        raise ToolRefused(f"Merge refused: the pull request targets {pr.base.ref!r}, not the default branch.")
-    # Security: untested code never lands: the head's checks (the required ones, or all) must have passed.
-    checks = await head_checks(s.forge, p.repo, pushed, pr.base.ref)
-    if checks.state is not CheckState.PASSED:
-        raise ToolRefused(
-            f"Merge refused: {checks.reason()}. The pull request stays open; greenloop merges it once its "
-            "checks pass. Stop here."
-        )
+    # Security: only what this session pushed, onto the default branch, once its checks passed.
+    await refuse_unless_mergeable(
+        s.forge,
+        p,
+        pr,
+        pushed,
+        pusher="this session",
+        not_green=" The pull request stays open; greenloop merges it once its checks pass. Stop here.",
+    )
     try:
         merge_sha = await s.forge.merge_pull_request(
             p.repo,
