@@ -18,7 +18,6 @@ from reconciler.errors import DatabaseUrlInvalid
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",
-    "SINGLE_STATEMENT",
     "SessionFactory",
     "make_engine",
     "make_sessionmaker",
@@ -28,11 +27,6 @@ __all__ = [
 ]
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
-
-SINGLE_STATEMENT = "greenloop_single_statement"
-"""A connection execution option: this connection runs one read statement and nothing else, so on SQLite no
-explicit `BEGIN` is sent (a statement is its own consistent snapshot there; the `BEGIN` and its thread hops
-through aiosqlite would be all the extra it buys). Never set it on a connection that writes."""
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
@@ -137,6 +131,4 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_timeout_ms: int, memory: 
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(SINGLE_STATEMENT):
-            return  # one read statement: its own implicit transaction (see SINGLE_STATEMENT)
         conn.exec_driver_sql("BEGIN")

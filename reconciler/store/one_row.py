@@ -27,8 +27,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from reconciler.store.engine import SINGLE_STATEMENT
-
 __all__ = ["one_row"]
 
 _compiled: dict[tuple[int, str], tuple[sa.Select[Any], SQLCompiler]] = {}
@@ -41,7 +39,6 @@ async def one_row(engine: AsyncEngine, statement: sa.Select[Any], params: Mappin
         sqlalchemy.exc.DBAPIError: the driver failed (wrap the call in `translate.translated`).
     """
     async with engine.connect() as connection:
-        await connection.execution_options(**{SINGLE_STATEMENT: True})
         if engine.dialect.name != "sqlite":
             return tuple((await connection.execute(statement, params)).one())
         compiled = _compile(statement, engine.dialect)

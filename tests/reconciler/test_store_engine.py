@@ -15,14 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from policy.types import AttemptStatus
 from reconciler.errors import DatabaseUrlInvalid, StoreBusy
 from reconciler.store import StartOutcome, get_attempt, heartbeat, start_attempt, transition
-from reconciler.store.engine import (
-    SINGLE_STATEMENT,
-    SessionFactory,
-    make_engine,
-    make_sessionmaker,
-    normalize_url,
-    redact_url,
-)
+from reconciler.store.engine import SessionFactory, make_engine, make_sessionmaker, normalize_url, redact_url
 from reconciler.store.migrate import upgrade
 from reconciler.store.models import Project, UTCDateTime
 
@@ -87,32 +80,6 @@ async def test_sqlite_rollback_undoes_ddl_and_savepoints_work(tmp_path: Path) ->
             await connection.rollback()
             async with engine.connect() as other:
                 assert await other.scalar(sa.text("SELECT count(*) FROM sqlite_master WHERE name = 't'")) == 0
-    finally:
-        await engine.dispose()
-
-
-async def test_a_single_statement_connection_sends_no_begin_and_every_other_one_does(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 's.db'}")
-    sent: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        sent.append(statement.strip().split()[0].upper())
-
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        async with engine.connect() as connection:
-            await connection.execution_options(**{SINGLE_STATEMENT: True})
-            assert await connection.scalar(sa.text("SELECT 1")) == 1
-        assert sent == ["SELECT"]
-        sent.clear()
-        async with engine.connect() as connection:
-            assert await connection.scalar(sa.text("SELECT 1")) == 1
-        assert sent == ["BEGIN", "SELECT"]
-        sent.clear()
-        # The option belongs to that one connection, not to the pooled DBAPI connection it borrowed.
-        async with engine.begin() as connection:
-            await connection.execute(sa.text("CREATE TABLE t (x INTEGER)"))
-        assert sent == ["BEGIN", "CREATE"]
     finally:
         await engine.dispose()
 

@@ -69,6 +69,23 @@ async def test_the_refusal_row_is_the_same_through_one_row_and_through_sqlalchem
     assert row[4:6] == (1, 0)
 
 
+async def test_the_fast_path_reads_outside_any_transaction(tmp_path: Path) -> None:
+    # One statement is its own snapshot: no BEGIN (the engine's SQLite hook), no statement through SQLAlchemy.
+    engine = make_engine(f"sqlite:///{tmp_path / 'plain.db'}")
+    seen: list[str] = []
+    sa.event.listen(engine.sync_engine, "begin", lambda connection: seen.append("begin"))
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: seen.append(str(args[2])))
+    try:
+        tables = sa.select(sa.func.count()).select_from(sa.table("sqlite_master"))
+        assert await one_row(engine, tables, {}) == (0,)
+        assert seen == []
+        async with engine.connect() as connection:  # the ordinary path, for contrast: the hook's BEGIN
+            await connection.execute(tables)
+        assert {"begin", "BEGIN"} <= set(seen)
+    finally:
+        await engine.dispose()
+
+
 async def test_a_driver_error_on_the_fast_path_is_a_store_error(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     try:
