@@ -162,7 +162,16 @@ async def _pr_open(step: StepInput) -> Attempt | None:
     if pr is None:
         return attempt
     if pr.merged:
-        await _transition(step, AttemptStatus.VERIFYING, reason="pr_merged", merged_sha=pr.merge_commit_sha)
+        # What the merged head's checks say now: the value recorded for the PR may be an earlier round's, when
+        # the merge (the agent's tool, or a person) came before a pass saw the newer head's checks.
+        verdict = await head_checks(ctx.forge, project.repo, attempt.pushed_sha or pr.head.sha, pr.base.ref)
+        await _transition(
+            step,
+            AttemptStatus.VERIFYING,
+            reason="pr_merged",
+            merged_sha=pr.merge_commit_sha,
+            checks=verdict.state.value,
+        )
         return attempt
     if pr.state == "closed":
         await _transition(step, AttemptStatus.CANCELLED, reason="pr_closed_unmerged")

@@ -32,6 +32,7 @@ from e2e_support import (
 )
 
 from fixtures.forge import Forge
+from mcp_server.checks import head_checks
 from policy.branches import fix_branch_name
 from policy.config import GreenloopConfig
 from policy.types import AttemptStatus
@@ -291,6 +292,8 @@ async def test_an_attempt_whose_unrecorded_pull_request_was_merged_moves_to_veri
             ctx.sessions, attempt.id, AttemptStatus.PR_OPEN, reason="pr_opened", expected=AttemptStatus.RUNNING
         )
         assert moved
+        # A verdict read before the head moved, still recorded when the merge came before a pass saw the new one.
+        assert await store.heartbeat(ctx.sessions, attempt.id, expected=AttemptStatus.PR_OPEN, checks="passed")
         # The PR is merged into a side branch, so main (shared by this module's tests) does not move.
         pusher = GitPusher(forge, forge.admin_token, tmp_path)
         await pusher.push("acme/protected-workflow", {"SIDE.md": "side\n"}, "side", branch="side-merge")
@@ -302,4 +305,11 @@ async def test_an_attempt_whose_unrecorded_pull_request_was_merged_moves_to_veri
         assert [(t.from_status, t.to_status, t.reason) for t in done.transitions] == [
             ("pr_open", "verifying", "pr_merged")
         ]
+        # The merged head's checks as the forge reports them now replace the stale verdict.
+        assert ctx.forge is not None
+        pr = await ctx.forge.get_pull_request("acme/protected-workflow", number)
+        now = await head_checks(ctx.forge, "acme/protected-workflow", pr.head.sha, pr.base.ref)
+        merged = await store.get_attempt(ctx.sessions, attempt.id)
+        assert now.state.value == "failing"  # this fix branch's workflow run fails
+        assert merged is not None and merged.checks == now.state.value
     await forge.wait_idle(60)
